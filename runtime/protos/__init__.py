@@ -1,0 +1,1 @@
+"""Generated protobuf modules (scripts/gen-protos.sh); do not edit by hand."""
