@@ -1,0 +1,298 @@
+"""kopf handlers: thin glue between events and the pure modules.
+
+- create / update / resume: apply the children (server-side apply), annotate the pods, refresh status.
+- spec.version field: annotate every pod at once (the rollback path), with an Event.
+- pod events: a new pod (or one whose annotation drifted) gets the model's target at once.
+- timer: ask every runtime what it serves and fold it into status; re-annotates as a safety net.
+- delete: children go with the owner (ownerReferences); the handler only records it.
+Spec errors become Degraded and wait for the next spec change; a missing Secret is retried.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from typing import Any, Mapping
+
+import kopf
+
+from deeprec_operator import GROUP, PLURAL, VERSION, resources
+from deeprec_operator.kube import ApiError, Kube, collection_path, object_path
+from deeprec_operator.probe import Prober, ProbeError, pod_address
+from deeprec_operator.spec import ModelSpec, SpecError, parse
+from deeprec_operator.status import Failure, PodReport, aggregate, stamp_conditions
+from deeprec_operator.versions import annotation_patch, desired_targets, pod_target, target_version
+
+TIMER_INTERVAL = float(os.environ.get("DEEPREC_OPERATOR_POLL_SECONDS", "3"))
+SECRET_RETRY_SECONDS = 15
+RUNTIME_IMAGE_ENV = "DEEPREC_RUNTIME_IMAGE"
+
+log = logging.getLogger(__name__)
+
+
+# --- operator-wide set-up ------------------------------------------------------------------------
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Progress and diff-base live in annotations under our own prefix, so status stays typed
+    # (the CRD's status schema is strict) and nothing of kopf's leaks into it.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    # Only warnings from handler logs become Events; the handlers post their own info Events.
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 32
+    settings.watching.server_timeout = 270
+    settings.networking.request_timeout = 30
+    if getattr(memo, "kube", None) is None:
+        from deeprec_operator.kube import load_configuration
+        memo.kube = Kube(load_configuration())
+    if getattr(memo, "prober", None) is None:
+        memo.prober = Prober()
+    if getattr(memo, "default_image", None) is None:
+        memo.default_image = os.environ.get(RUNTIME_IMAGE_ENV, "")
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """The same credentials as the JSON client: KUBECONFIG first, else in-cluster."""
+    from deeprec_operator.kube import load_configuration
+
+    cfg = load_configuration()
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        trust_env=settings.networking.trust_env,
+    )
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    prober = getattr(memo, "prober", None)
+    if prober is not None:
+        prober.close()
+
+
+# --- helpers (API calls only; decisions are in the pure modules) -------------------------------
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _model_path(namespace: str, name: str) -> str:
+    return object_path(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
+
+
+def _list_pods(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    return kube.list(collection_path("v1", "pods", namespace), label_selector=resources.selector_string(name))
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+def annotate_pods(kube: Kube, namespace: str, pods: list[dict[str, Any]], target: str) -> int:
+    """Writes the target onto every pod that lacks it; returns how many were patched."""
+    patched = 0
+    for pod_name, value in desired_targets(pods, target).items():
+        try:
+            kube.merge_patch(object_path("v1", "pods", namespace, pod_name), annotation_patch(value))
+            patched += 1
+        except ApiError as e:
+            if e.status != 404:  # a pod that just went away needs nothing
+                raise
+    return patched
+
+
+def missing_secrets(kube: Kube, model: ModelSpec) -> Failure | None:
+    """A referenced Secret or key that is absent. Values are never read into anything but this check."""
+    for ref in model.secret_refs:
+        secret = kube.get(object_path("v1", "secrets", model.namespace, ref.name))
+        if secret is None:
+            if ref.optional:
+                continue
+            return Failure("SecretNotFound", f"Secret {ref.name!r} not found in namespace {model.namespace!r}")
+        keys = set((secret.get("data") or {}).keys()) | set((secret.get("stringData") or {}).keys())
+        if ref.key not in keys and not ref.optional:
+            return Failure("SecretKeyNotFound", f"Secret {ref.name!r} has no key {ref.key!r}")
+    return None
+
+
+def report_pods(prober: Prober, pods: list[dict[str, Any]]) -> list[PodReport]:
+    ready = [p for p in pods if _pod_ready(p)]
+    answers = prober.info_many([pod_address(p, resources.GRPC_PORT) for p in ready])
+    by_name = {p["metadata"]["name"]: a for p, a in zip(ready, answers)}
+    prober.forget_except({a for a in (pod_address(p, resources.GRPC_PORT) for p in ready) if a})
+    reports = []
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        answer = by_name.get(name)
+        base = {"name": name, "ready": name in by_name, "annotated_target": pod_target(pod)}
+        if answer is None:
+            reports.append(PodReport(**base))
+        elif isinstance(answer, ProbeError):
+            reports.append(PodReport(**base, reachable=False, probe_error=str(answer)))
+        else:
+            reports.append(PodReport(**base, reachable=True, served_version=answer.version,
+                                     runtime_target=answer.target_version,
+                                     last_update_error=answer.last_update_error))
+    return reports
+
+
+def refresh_status(memo: kopf.Memo, body: Mapping[str, Any], *, pods: list[dict[str, Any]] | None = None,
+                   ) -> dict[str, Any]:
+    """Recomputes status from the pods and writes it when it changed; posts Events on transitions."""
+    kube: Kube = memo.kube
+    meta, spec = body["metadata"], body.get("spec") or {}
+    namespace, name = meta["namespace"], meta["name"]
+    target = target_version(spec.get("version"))
+    if pods is None:
+        pods = _list_pods(kube, namespace, name)
+    reports = report_pods(memo.prober, pods)
+    old = dict(body.get("status") or {})
+    generation = getattr(memo, "observed_generation", None) or old.get("observedGeneration")
+    new = aggregate(target=target, desired_replicas=int(spec.get("replicas", 1)), reports=reports,
+                    failure=getattr(memo, "failure", None))
+    new["conditions"] = stamp_conditions(new["conditions"], old.get("conditions"), _now(), generation)
+    new["selector"] = resources.selector_string(name)
+    if generation is not None:
+        new["observedGeneration"] = generation
+    if any(old.get(k) != v for k, v in new.items()):
+        kube.merge_patch(_model_path(namespace, name), {"status": new}, subresource="status")
+        if new["activeVersion"] and new["activeVersion"] != old.get("activeVersion"):
+            kopf.info(dict(body), reason="ActiveVersionChanged",
+                      message=f"replicas serve {new['activeVersion']!r} (was {old.get('activeVersion') or 'none'!r})")
+        errors = [r for r in reports if r.last_update_error]
+        degraded = next(c for c in new["conditions"] if c["type"] == "Degraded")
+        was = next((c for c in old.get("conditions") or [] if c.get("type") == "Degraded"), {})
+        if errors and (was.get("status") != "True" or was.get("reason") != degraded["reason"]):
+            kopf.warn(dict(body), reason="UpdateFailed", message=degraded["message"])
+    return new
+
+
+def _record_failure(memo: kopf.Memo, body: Mapping[str, Any], failure: Failure) -> None:
+    previous = getattr(memo, "failure", None)
+    memo.failure = failure
+    memo.observed_generation = body["metadata"].get("generation")
+    if previous != failure:
+        kopf.warn(dict(body), reason=failure.reason, message=failure.message)
+    try:
+        refresh_status(memo, body)
+    except ApiError as e:
+        log.warning("could not write status of %s: %s", body["metadata"]["name"], e)
+
+
+# --- DeepRecModel handlers -----------------------------------------------------------------------
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def model_targets(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[Any, str]:
+    """(namespace, name) -> target version, so pod events decide without an API call."""
+    return {(namespace, name): target_version(spec.get("version"))}
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.version")
+def version_changed(old: Any, new: Any, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo,
+                    logger: logging.Logger, **_: Any) -> None:
+    if old is None and body.get("status") is None:
+        return  # creation: reconcile annotates the pods it creates
+    before, target = target_version(old), target_version(new)
+    pods = _list_pods(memo.kube, namespace, name)
+    patched = annotate_pods(memo.kube, namespace, pods, target)
+    logger.info("target version %s -> %s: annotated %d of %d pods", before, target, patched, len(pods))
+    kopf.info(body, reason="TargetVersionChanged",
+              message=f"target version {before!r} -> {target!r}; annotated {patched} of {len(pods)} pods")
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, namespace: str,
+              memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    kube: Kube = memo.kube
+    try:
+        model = parse(name, namespace, spec, default_image=memo.default_image, labels=meta.labels)
+        manifests = resources.children(model)
+    except SpecError as e:
+        _record_failure(memo, body, Failure(e.reason, e.message))
+        raise kopf.PermanentError(e.message) from None
+    except resources.TemplateError as e:
+        _record_failure(memo, body, Failure("InvalidPodTemplate", str(e)))
+        raise kopf.PermanentError(str(e)) from None
+    except ValueError as e:  # a malformed resource quantity
+        _record_failure(memo, body, Failure("InvalidSpec", str(e)))
+        raise kopf.PermanentError(str(e)) from None
+
+    failure = missing_secrets(kube, model)
+    if failure is not None:
+        _record_failure(memo, body, failure)
+        # The Secret may be created later: retry, without ever creating pods that cannot start.
+        raise kopf.TemporaryError(failure.message, delay=SECRET_RETRY_SECONDS)
+
+    kopf.adopt(manifests, owner=body)
+    for manifest in manifests:
+        try:
+            kube.apply(manifest)
+        except ApiError as e:
+            if e.status in (400, 403, 422):
+                _record_failure(memo, body, Failure("ChildRejected", f"{manifest['kind']} {name}: {e.message}"))
+                raise kopf.TemporaryError(e.message, delay=SECRET_RETRY_SECONDS) from None
+            raise
+    pods = _list_pods(kube, namespace, name)
+    annotate_pods(kube, namespace, pods, target_version(model.version))
+    if getattr(memo, "failure", None) is not None:
+        kopf.info(body, reason="Recovered", message="children applied; previous failure resolved")
+    memo.failure = None
+    memo.observed_generation = meta.get("generation")
+    logger.info("applied ConfigMap, Deployment and Service for %s (generation %s)", name, meta.get("generation"))
+    refresh_status(memo, body, pods=_list_pods(kube, namespace, name))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=1.0)
+def poll(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, memo: kopf.Memo,
+         logger: logging.Logger, **_: Any) -> None:
+    kube: Kube = memo.kube
+    pods = _list_pods(kube, namespace, name)
+    target = target_version(spec.get("version"))
+    if getattr(memo, "failure", None) is None and annotate_pods(kube, namespace, pods, target):
+        pods = _list_pods(kube, namespace, name)
+    refresh_status(memo, body, pods=pods)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def deleted(name: str, namespace: str, logger: logging.Logger, **_: Any) -> None:
+    # No finalizer: the garbage collector removes the owned children even when the operator is down.
+    logger.info("DeepRecModel %s/%s deleted; its children go with it", namespace, name)
+
+
+# --- pods ----------------------------------------------------------------------------------------
+
+@kopf.on.event("", "v1", "pods", labels={resources.MODEL_LABEL: kopf.PRESENT})
+def pod_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, labels: Mapping[str, str],
+              model_targets: kopf.Index[Any, str], memo: kopf.Memo, **_: Any) -> None:
+    if event.get("type") == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    store = model_targets.get((namespace, labels[resources.MODEL_LABEL]))
+    if not store:
+        return
+    target = next(iter(store))
+    if pod_target(body) != target:
+        try:
+            memo.kube.merge_patch(object_path("v1", "pods", namespace, body["metadata"]["name"]),
+                                  annotation_patch(target))
+        except ApiError as e:
+            if e.status != 404:
+                raise

@@ -1,0 +1,58 @@
+"""`deeprec-operator`: runs the operator with the current kubeconfig, watching some namespaces or all."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Sequence
+
+import kopf
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deeprec-operator",
+        description="Reconciles DeepRecModel resources (serving.deeprec.io/v1alpha1) into runtime pods.")
+    parser.add_argument("-n", "--namespace", action="append", default=[], dest="namespaces",
+                        help="namespace to watch; repeat for several; none means every namespace")
+    parser.add_argument("--liveness-port", type=int, default=None,
+                        help="serve /healthz on this port (for the Deployment's liveness probe)")
+    parser.add_argument("--log-format", choices=("plain", "json"), default="plain")
+    parser.add_argument("--runtime-image", default=os.environ.get("DEEPREC_RUNTIME_IMAGE", ""),
+                        help="runtime image for models without spec.image (env DEEPREC_RUNTIME_IMAGE)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kopf.configure(verbose=args.verbose,
+                   log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL)
+
+    from deeprec_operator import handlers  # noqa: F401  (registers the handlers)
+    from deeprec_operator.kube import Kube, load_configuration
+    from deeprec_operator.probe import Prober
+
+    try:
+        kube = Kube(load_configuration())
+    except Exception as e:  # no kubeconfig and not in a cluster: say so instead of a traceback
+        print(f"deeprec-operator: no Kubernetes credentials: {e}", file=sys.stderr)
+        return 2
+    memo = kopf.Memo(kube=kube, prober=Prober(), default_image=args.runtime_image)
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    logging.getLogger(__name__).info("watching %s", ", ".join(args.namespaces) or "all namespaces")
+    asyncio.run(kopf.operator(
+        namespaces=args.namespaces,
+        clusterwide=not args.namespaces,
+        standalone=True,
+        liveness_endpoint=liveness,
+        memo=memo,
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The DeepRecModel spec as one typed object, with the semantic checks the CRD schema cannot make.
+
+The API server already enforces types, enums and ranges (crds/). What is left here needs several
+fields at once: a `checkpoint_dir` whose scheme does not match `storeType`, OSS without credentials,
+Redis without a password Secret, a name too long for a Service. Such a spec raises SpecError with
+the field, a reason (CamelCase, it becomes a condition reason) and a message; handlers turn it into
+a Degraded condition instead of retrying.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+LATEST = "latest"
+
+#: DeepRec keys whose values are credentials. They never come from the CR (the schema rejects
+#: them); the runtime reads them from the environment, filled from Secrets.
+SECRET_CONFIG_KEYS = ("oss_access_id", "oss_access_key", "redis_password")
+
+STORE_TYPES = ("local", "oss", "hdfs")
+_SCHEME_OF_STORE = {"oss": "oss://", "hdfs": "hdfs://"}
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+#: Children are named `<name>` and `<name>-config`; a Service name is a DNS-1035 label (<= 63).
+MAX_NAME_LENGTH = 63
+
+
+class SpecError(Exception):
+    """A spec the operator cannot act on until the user changes it (or a referenced object)."""
+
+    def __init__(self, field_path: str, reason: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field = field_path
+        self.reason = reason
+        self.message = f"{field_path}: {message}"
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class VolumeClaimMount:
+    claim_name: str
+    mount_path: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    store_type: str
+    checkpoint_dir: str
+    savedmodel_dir: str
+    oss_endpoint: str
+    access_id: SecretKeyRef | None
+    access_key: SecretKeyRef | None
+    endpoint: SecretKeyRef | None
+    volume_claim: VolumeClaimMount | None
+
+
+@dataclass(frozen=True)
+class SessionGroupSpec:
+    session_num: int | None
+    policy: str | None
+    cpusets: str | None
+
+
+@dataclass(frozen=True)
+class FeatureStoreSpec:
+    redis_url: str
+    password: SecretKeyRef | None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    type: str = "ClusterIP"
+    grpc_port: int = 8500
+    http_port: int = 8501
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the pure builders need, read once from the CR."""
+
+    name: str
+    namespace: str
+    version: str
+    replicas: int
+    image: str
+    image_pull_policy: str | None
+    resources: Mapping[str, Any]
+    model_config: Mapping[str, Any]
+    storage: StorageSpec
+    session_group: SessionGroupSpec
+    warmup_file: str
+    feature_store: FeatureStoreSpec
+    pod_template: Mapping[str, Any] | None
+    service: ServiceSpec
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def secret_refs(self) -> list[SecretKeyRef]:
+        refs = [self.storage.access_id, self.storage.access_key, self.storage.endpoint]
+        refs.append(self.feature_store.password)
+        return [r for r in refs if r is not None]
+
+
+def _get(obj: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
+    if not obj:
+        return default
+    value = obj.get(key, default)
+    return default if value is None else value
+
+
+def _agree(field_path: str, structured: str, config_key: str, config: Mapping[str, Any]) -> str:
+    """One value set in two places (a typed field and its DeepRec key) must not disagree."""
+    raw = config.get(config_key)
+    if structured and raw not in (None, "") and str(raw) != structured:
+        raise SpecError(
+            field_path,
+            "ConflictingFields",
+            f"{structured!r} disagrees with spec.modelConfig.{config_key} {raw!r}; set it in one place",
+        )
+    return structured or (str(raw) if raw not in (None, "") else "")
+
+
+def _check_store_path(field_path: str, store_type: str, path: str) -> None:
+    if not path:
+        return
+    scheme = path.split("://", 1)[0] + "://" if "://" in path else ""
+    expected = _SCHEME_OF_STORE.get(store_type, "")
+    if scheme and scheme not in _SCHEME_OF_STORE.values():
+        raise SpecError(
+            field_path,
+            "UnknownStoreType",
+            f"{path!r} uses {scheme!r}, which no store type serves; supported: "
+            "local paths, oss:// (storeType oss), hdfs:// (storeType hdfs)",
+        )
+    if scheme != expected:
+        want = expected or "a local path (no scheme)"
+        raise SpecError(
+            field_path, "StoreTypeMismatch", f"{path!r} does not match storeType {store_type!r}: expected {want}"
+        )
+
+
+def parse(name: str, namespace: str, spec: Mapping[str, Any], *, default_image: str = "",
+          labels: Mapping[str, str] | None = None) -> ModelSpec:
+    """Reads a DeepRecModel spec (as the API server stored it, defaults applied) into ModelSpec."""
+    if len(name) > MAX_NAME_LENGTH or not _DNS1035.match(name):
+        raise SpecError(
+            "metadata.name",
+            "InvalidName",
+            f"{name!r} must be a DNS-1035 label (lower-case letters, digits, '-', starting with a "
+            f"letter, at most {MAX_NAME_LENGTH} characters) because the Service takes this name",
+        )
+    config: Mapping[str, Any] = dict(_get(spec, "modelConfig", {}))
+    for key in SECRET_CONFIG_KEYS:
+        if config.get(key) not in (None, ""):
+            raise SpecError(
+                f"spec.modelConfig.{key}",
+                "SecretInSpec",
+                "credentials must come from a Secret (spec.storage.credentialsSecretRef or "
+                "spec.featureStore.passwordSecretRef), never from the resource itself",
+            )
+
+    raw_storage = _get(spec, "storage", {})
+    store_type = _agree("spec.storage.storeType", str(_get(raw_storage, "storeType", "")),
+                        "model_store_type", config) or "local"
+    if store_type not in STORE_TYPES:
+        raise SpecError("spec.storage.storeType", "UnknownStoreType",
+                        f"{store_type!r} is not one of {', '.join(STORE_TYPES)}")
+    checkpoint_dir = _agree("spec.storage.checkpointDir", str(_get(raw_storage, "checkpointDir", "")),
+                            "checkpoint_dir", config)
+    savedmodel_dir = _agree("spec.storage.savedModelDir", str(_get(raw_storage, "savedModelDir", "")),
+                            "savedmodel_dir", config)
+    if not savedmodel_dir:
+        raise SpecError("spec.storage.savedModelDir", "MissingField",
+                        "the SavedModel directory is required (or spec.modelConfig.savedmodel_dir)")
+    _check_store_path("spec.storage.checkpointDir", store_type, checkpoint_dir)
+    _check_store_path("spec.storage.savedModelDir", store_type, savedmodel_dir)
+    oss_endpoint = _agree("spec.storage.ossEndpoint", str(_get(raw_storage, "ossEndpoint", "")),
+                          "oss_endpoint", config)
+
+    creds = _get(raw_storage, "credentialsSecretRef")
+    access_id = access_key = endpoint = None
+    if creds:
+        secret = str(creds["name"])
+        access_id = SecretKeyRef(secret, str(_get(creds, "accessIdKey", "oss_access_id")))
+        access_key = SecretKeyRef(secret, str(_get(creds, "accessKeyKey", "oss_access_key")))
+        if _get(creds, "endpointKey"):
+            endpoint = SecretKeyRef(secret, str(creds["endpointKey"]), optional=True)
+    if store_type == "oss" and access_key is None:
+        raise SpecError("spec.storage.credentialsSecretRef", "MissingCredentials",
+                        "storeType oss needs a Secret with oss_access_id and oss_access_key")
+    if store_type == "oss" and not oss_endpoint and endpoint is None:
+        raise SpecError("spec.storage.ossEndpoint", "MissingField",
+                        "storeType oss needs an endpoint (ossEndpoint or credentialsSecretRef.endpointKey)")
+
+    claim = _get(raw_storage, "volumeClaim")
+    volume_claim = None
+    if claim:
+        volume_claim = VolumeClaimMount(str(claim["claimName"]), str(_get(claim, "mountPath", "/models")),
+                                        bool(_get(claim, "readOnly", True)))
+
+    raw_sg = _get(spec, "sessionGroup", {})
+    session_group = SessionGroupSpec(
+        session_num=int(raw_sg["sessionNum"]) if _get(raw_sg, "sessionNum") is not None else None,
+        policy=_get(raw_sg, "policy"),
+        cpusets=_get(raw_sg, "cpusets"),
+    )
+    for typed, key, path in ((session_group.session_num, "session_num", "sessionNum"),
+                             (session_group.policy, "select_session_policy", "policy"),
+                             (session_group.cpusets, "cpusets", "cpusets")):
+        if typed is not None:
+            _agree(f"spec.sessionGroup.{path}", str(typed), key, config)
+    if session_group.cpusets and session_group.session_num:
+        groups = len([g for g in session_group.cpusets.split(";") if g.strip()])
+        if groups != session_group.session_num:
+            raise SpecError("spec.sessionGroup.cpusets", "InvalidSessionGroup",
+                            f"{groups} cpu groups for sessionNum {session_group.session_num}; "
+                            "give one ';'-separated group per session")
+
+    raw_fs = _get(spec, "featureStore", {})
+    redis_url = _agree("spec.featureStore.redisUrl", str(_get(raw_fs, "redisUrl", "")), "redis_url", config)
+    pw = _get(raw_fs, "passwordSecretRef")
+    password = SecretKeyRef(str(pw["name"]), str(_get(pw, "key", "redis_password"))) if pw else None
+    if str(config.get("feature_store_type", "local")) == "redis":
+        if not redis_url:
+            raise SpecError("spec.featureStore.redisUrl", "MissingField",
+                            "feature_store_type redis needs a Redis URL")
+        if password is None:
+            raise SpecError("spec.featureStore.passwordSecretRef", "MissingCredentials",
+                            "feature_store_type redis needs a Secret holding the Redis password")
+
+    warmup = _agree("spec.warmup.fileName", str(_get(_get(spec, "warmup", {}), "fileName", "")),
+                    "warmup_file_name", config)
+
+    image = str(_get(spec, "image", "") or default_image)
+    if not image:
+        raise SpecError("spec.image", "MissingField",
+                        "no runtime image: set spec.image, or start the operator with a default image")
+
+    raw_svc = _get(spec, "service", {})
+    service = ServiceSpec(
+        type=str(_get(raw_svc, "type", "ClusterIP")),
+        grpc_port=int(_get(raw_svc, "grpcPort", 8500)),
+        http_port=int(_get(raw_svc, "httpPort", 8501)),
+    )
+
+    return ModelSpec(
+        name=name,
+        namespace=namespace,
+        version=str(_get(spec, "version", LATEST)) or LATEST,
+        replicas=int(_get(spec, "replicas", 1)),
+        image=image,
+        image_pull_policy=_get(spec, "imagePullPolicy"),
+        resources=dict(_get(spec, "resources", {})),
+        model_config=config,
+        storage=StorageSpec(store_type, checkpoint_dir, savedmodel_dir, oss_endpoint,
+                            access_id, access_key, endpoint, volume_claim),
+        session_group=session_group,
+        warmup_file=warmup,
+        feature_store=FeatureStoreSpec(redis_url, password),
+        pod_template=_get(spec, "podTemplate"),
+        service=service,
+        labels=dict(labels or {}),
+    )

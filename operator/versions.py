@@ -1,0 +1,48 @@
+"""Which version each pod should serve, and which pods still carry another decision.
+
+The decision travels as one pod annotation that the runtime reads through the Downward API:
+`latest` follows the newest checkpoint, any other value pins that version. Rolling back is
+pinning an older one. Today every pod of a model gets the same target; the per-pod shape of these
+functions leaves room for canaries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from deeprec_operator.spec import LATEST
+
+TARGET_ANNOTATION = "serving.deeprec.io/target-version"
+
+
+def target_version(spec_version: str | None) -> str:
+    """spec.version as the value the runtime understands (empty or absent means latest)."""
+    return (spec_version or "").strip() or LATEST
+
+
+def is_pinned(target: str) -> bool:
+    return target != LATEST
+
+
+def pod_target(pod: Mapping[str, Any]) -> str | None:
+    """The target the pod carries now, None when it has none yet (a pod the operator hasn't seen)."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(TARGET_ANNOTATION)
+    return None if value is None else str(value)
+
+
+def desired_targets(pods: Iterable[Mapping[str, Any]], target: str) -> dict[str, str]:
+    """Pod name -> target for every pod whose annotation differs from the decision."""
+    out = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        if pod_target(pod) != target:
+            out[str(meta["name"])] = target
+    return out
+
+
+def annotation_patch(target: str) -> dict[str, Any]:
+    """A merge patch that sets the annotation and nothing else on the pod."""
+    return {"metadata": {"annotations": {TARGET_ANNOTATION: target}}}
