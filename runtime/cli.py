@@ -1,0 +1,79 @@
+"""`deeprec-runtime`: serve a model, run the demo, locate the C API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from deeprec_runtime.model.annotations import DEFAULT_ANNOTATIONS_FILE
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve the model a DeepRec model_config JSON describes")
+    p.add_argument("--config", required=True, help="path of the model_config JSON file")
+    p.add_argument("--grpc-port", type=int, default=8500)
+    p.add_argument("--http-port", type=int, default=0, help="REST port; 0 disables REST")
+    p.add_argument("--host", default="[::]", help="address to bind (default: all)")
+    p.add_argument("--annotations-file", default=DEFAULT_ANNOTATIONS_FILE,
+                   help="Downward API annotations file carrying serving.deeprec.io/target-version")
+    p.add_argument("--model-name", default="default")
+    p.add_argument("--grace-seconds", type=float, default=20.0,
+                   help="on SIGTERM, how long in-flight requests may take to finish")
+    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="build a small recommendation model, serve it and update it live")
+    p.add_argument("--dir", default="", help="where to write the model (default: a temp folder)")
+    p.add_argument("--duration", type=float, default=25.0, help="seconds to run")
+    p.add_argument("--grpc-port", type=int, default=0, help="port (0 = any free port)")
+    p.add_argument("--num-ids", type=int, default=100_000)
+    p.add_argument("--log-level", default="WARNING")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deeprec-runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _demo_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "demo":
+        from deeprec_runtime.demo import run_demo  # noqa: PLC0415 (TensorFlow-heavy)
+
+        return run_demo(args)
+    return 2
+
+
+def serve(args) -> int:
+    from deeprec_runtime.app import Runtime  # noqa: PLC0415
+    from deeprec_runtime.config import load_model_config  # noqa: PLC0415
+    from deeprec_runtime.errors import ConfigError  # noqa: PLC0415
+
+    try:
+        config = load_model_config(args.config)
+    except ConfigError as exc:
+        print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    runtime = Runtime(config, grpc_port=args.grpc_port, http_port=args.http_port, host=args.host,
+                      annotations_file=args.annotations_file, model_name=args.model_name,
+                      workers=args.workers)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    runtime.start()
+    print(f"deeprec-runtime: gRPC on port {runtime.grpc_port}", flush=True)
+    stop.wait()
+    runtime.stop(args.grace_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

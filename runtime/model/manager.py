@@ -1,0 +1,287 @@
+"""Manager: keeps the aspired version serving.
+
+Each poll it reads the target version (pod annotation), scans the store, asks the policy what to
+do and does it on its own update thread: load + warm up + atomic swap for a new full version,
+in-place deltas for the serving one, an instant swap back to the retained previous version for a
+rollback. Requests hold the serving version through `acquire()`; an old version is closed only
+after its last request has released it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from deeprec_runtime.config import ModelConfig
+from deeprec_runtime.errors import Unavailable, VersionLoadError
+from deeprec_runtime.model import policy
+from deeprec_runtime.model.annotations import read_target_version
+from deeprec_runtime.model.servable import Servable, load_servable, session_options_from
+from deeprec_runtime.model.source import VersionInfo, VersionSource
+from deeprec_runtime.model.warmup import load_warmup_request, warm_up
+from deeprec_runtime.protos import predict_pb2 as pb
+from deeprec_runtime.store.base import ModelStore, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpdateEvent:
+    """What happened in one update; handed to listeners (metrics, logs, tests)."""
+
+    kind: str  # "load", "delta", "swap_back", "unload"
+    version: str
+    ok: bool
+    seconds: float
+    error: str = ""
+
+
+class Manager:
+    def __init__(self, config: ModelConfig, annotations_file: str | None = None,
+                 store: ModelStore | None = None):
+        self.config = config
+        self.annotations_file = annotations_file
+        self.store = store or open_store(config)
+        self.source = VersionSource(self.store, config.checkpoint_dir) if config.checkpoint_dir else None
+        self._options = session_options_from(config)
+        self._warmup_request = (load_warmup_request(config.warmup_file_name)
+                                if config.warmup_file_name else None)
+        self._lock = threading.Lock()  # guards _current/_previous/_status
+        self._current: Servable | None = None
+        self._previous: Servable | None = None
+        self._failed: set[tuple[str, int, float]] = set()
+        self._status: dict[str, pb.VersionStatus] = {}
+        self._known: list[VersionInfo] = []
+        self.target = "latest"
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self.listeners: list[Callable[[UpdateEvent], None]] = []
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="deeprec-update", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=60)
+        with self._lock:
+            servables = [s for s in (self._current, self._previous) if s]
+            self._current = self._previous = None
+        for s in servables:
+            s.close()
+
+    def poll_now(self) -> None:
+        """Asks the update thread to poll at once (e.g. after the annotations file changed)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # the update thread must survive anything a store or TF throws
+                log.exception("update poll failed")
+            self._wake.wait(self.config.update_poll_seconds)
+            self._wake.clear()
+
+    # --- requests -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Servable]:
+        """The serving version, held for the duration of one request."""
+        servable = self.acquire()
+        try:
+            yield servable
+        finally:
+            servable.gate.release_read()
+
+    def acquire(self) -> Servable:
+        while True:
+            servable = self._current
+            if servable is None:
+                raise Unavailable("no model version is loaded yet"
+                                  + (f" (last error: {self.last_error})" if self.last_error else ""))
+            servable.gate.acquire_read()
+            if not servable.closed:
+                return servable
+            servable.gate.release_read()  # swapped out and closed meanwhile: take the new one
+
+    def release(self, servable: Servable) -> None:
+        servable.gate.release_read()
+
+    # --- the update loop ----------------------------------------------------------------------
+    def poll_once(self) -> None:
+        self.target = read_target_version(self.annotations_file)
+        if self.source is None:
+            if self._current is None:
+                self._load(None)
+            return
+        versions, bad = self.source.scan()
+        self._known = versions
+        for b in bad:
+            self._set_status(b.name, 0, 0, "ERROR", b.reason)
+        action = policy.next_action(versions, self.target, self._loaded_state(self._current),
+                                    self._loaded_state(self._previous), self._failed)
+        if isinstance(action, policy.Load):
+            self._load(action.version)
+        elif isinstance(action, policy.SwapBack):
+            self._swap_back(action.version)
+        elif isinstance(action, policy.ApplyDeltas):
+            self._apply_deltas(self._current, action.version)
+        elif isinstance(action, policy.Missing):
+            self._record_error(f"target version '{action.target}' does not exist in "
+                               f"{self.config.checkpoint_dir}")
+
+    @staticmethod
+    def _loaded_state(s: Servable | None) -> policy.LoadedState | None:
+        if s is None:
+            return None
+        return policy.LoadedState(s.name, s.full_step, s.delta_step,
+                                  s.version.mtime if s.version else 0.0)
+
+    def _load(self, version: VersionInfo | None) -> None:
+        name = version.name if version else "savedmodel"
+        started = time.monotonic()
+        if version:
+            self._set_status(name, version.full_step, version.delta_step, "LOADING", "")
+        try:
+            servable = load_servable(self.store.localize_tree(self.config.savedmodel_dir), version,
+                                     self.store.localize_checkpoint, self._options)
+            if version:
+                self._apply_deltas(servable, version)
+            try:
+                warm_up(servable, self.config.signature_name, self._warmup_request,
+                        self.config.warmup_iterations)
+            except VersionLoadError:
+                servable.close()
+                raise
+        except VersionLoadError as exc:
+            if version:
+                self._failed.add(policy.load_key(version))
+                self._set_status(name, version.full_step, version.delta_step, "ERROR", str(exc))
+            self._record_error(str(exc))
+            self._emit(UpdateEvent("load", name, False, time.monotonic() - started, str(exc)))
+            return
+        self._swap_in(servable)
+        self.last_error = ""
+        self._emit(UpdateEvent("load", name, True, time.monotonic() - started))
+
+    def _swap_in(self, servable: Servable) -> None:
+        with self._lock:
+            old_current, old_previous = self._current, self._previous
+            self._current = servable
+            self._previous = old_current if self.config.retain_previous_version else None
+        self._set_status(servable.name, servable.full_step, servable.delta_step, "SERVING", "")
+        if old_current is not None:
+            self._set_status(old_current.name, old_current.full_step, old_current.delta_step,
+                             "AVAILABLE" if self._previous is old_current else "UNLOADING", "")
+        for retired in (old_previous, None if self._previous is old_current else old_current):
+            if retired is not None and retired is not servable:
+                self._retire(retired)
+        self._ready.set()
+        log.info("now serving %s (full step %d, delta step %d)", servable.name,
+                 servable.full_step, servable.delta_step)
+
+    def _swap_back(self, version: VersionInfo) -> None:
+        started = time.monotonic()
+        with self._lock:
+            back, self._previous, self._current = self._previous, self._current, self._previous
+        assert back is not None
+        self._set_status(back.name, back.full_step, back.delta_step, "SERVING", "")
+        if self._previous is not None:
+            p = self._previous
+            self._set_status(p.name, p.full_step, p.delta_step, "AVAILABLE", "")
+        log.info("rolled back to retained version %s", back.name)
+        self._emit(UpdateEvent("swap_back", back.name, True, time.monotonic() - started))
+        self._apply_deltas(back, version)
+
+    def _apply_deltas(self, servable: Servable | None, version: VersionInfo) -> None:
+        if servable is None:
+            return
+        state = "SERVING" if servable is self._current else "LOADING"
+        for delta in version.deltas_after(servable.delta_step):
+            started = time.monotonic()
+            try:
+                servable.apply_delta(delta, self.store.localize_checkpoint(delta.prefix))
+            except VersionLoadError as exc:
+                # Stop at the first bad delta: later ones build on it. It is retried next poll,
+                # which also covers a delta that was still being copied.
+                self._set_status(servable.name, servable.full_step, servable.delta_step,
+                                 state, str(exc))
+                self._record_error(str(exc))
+                self._emit(UpdateEvent("delta", servable.name, False, time.monotonic() - started, str(exc)))
+                return
+            self.last_error = ""
+            self._set_status(servable.name, servable.full_step, servable.delta_step, state, "")
+            self._emit(UpdateEvent("delta", servable.name, True, time.monotonic() - started))
+            log.info("applied delta %d to %s in %.3fs", delta.step, servable.name,
+                     time.monotonic() - started)
+
+    def _retire(self, servable: Servable) -> None:
+        def close() -> None:
+            started = time.monotonic()
+            servable.close()
+            self._set_status(servable.name, servable.full_step, servable.delta_step, "END", "")
+            self._emit(UpdateEvent("unload", servable.name, True, time.monotonic() - started))
+            log.info("unloaded %s", servable.name)
+
+        threading.Thread(target=close, name=f"deeprec-unload-{servable.name}", daemon=True).start()
+
+    # --- status -------------------------------------------------------------------------------
+    def _record_error(self, message: str) -> None:
+        if message != self.last_error:
+            log.error("update failed, still serving %s: %s",
+                      self._current.name if self._current else "nothing", message)
+        self.last_error = message
+
+    def _set_status(self, name: str, full: int, delta: int, state: str, error: str) -> None:
+        with self._lock:
+            self._status[name] = pb.VersionStatus(name=name, full_step=full, delta_step=delta,
+                                                  state=state, error=error)
+
+    def _emit(self, event: UpdateEvent) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("update listener failed")
+
+    def info(self) -> pb.ServingModelInfo:
+        with self._lock:
+            current = self._current
+            statuses = dict(self._status)
+        info = pb.ServingModelInfo(
+            model_path=(current.version.path if current and current.version
+                        else self.config.savedmodel_dir),
+            target_version=self.target, last_update_error=self.last_error,
+            signature_name=self.config.signature_name)
+        if current is not None:
+            info.version = current.name
+            info.full_step = current.full_step
+            info.delta_step = current.delta_step
+            info.load_time = current.load_time
+            info.update_time = current.update_time
+        order = [v.name for v in self._known]
+        for name in order + sorted(set(statuses) - set(order)):
+            if name in statuses:
+                info.versions.append(statuses[name])
+            else:
+                v = next(x for x in self._known if x.name == name)
+                info.versions.append(pb.VersionStatus(name=name, full_step=v.full_step,
+                                                      delta_step=v.delta_step, state="NEW"))
+        return info

@@ -1,0 +1,70 @@
+"""Warm-up: run requests on a new version before it serves, so its first real request does not
+pay for lazy initialisation (memory pools, kernels, prepared callables).
+
+With `warmup_file_name` the file holds one serialized PredictRequest (DeepRec's format); without
+one, a batch-1 request of ones is generated from the signature (string inputs get "").
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from deeprec_runtime.codec import encode_array
+from deeprec_runtime.errors import ServingError, VersionLoadError
+from deeprec_runtime.model.servable import Servable
+from deeprec_runtime.predict import predict
+from deeprec_runtime.protos import predict_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def load_warmup_request(path: str) -> pb.PredictRequest:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return pb.PredictRequest.FromString(data)
+    except OSError as exc:
+        raise VersionLoadError(f"warmup file {path}: {exc.strerror}") from None
+    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
+        raise VersionLoadError(f"warmup file {path} is not a serialized PredictRequest: {exc}") from None
+
+
+def generated_request(servable: Servable, signature_name: str) -> pb.PredictRequest | None:
+    signature = servable.signatures.get(signature_name)
+    if signature is None:
+        return None
+    request = pb.PredictRequest(signature_name=signature_name)
+    for alias, spec in signature.inputs.items():
+        shape = tuple(1 if d < 0 else d for d in spec.shape) if spec.shape is not None else (1,)
+        if spec.dtype.is_numpy_compatible and spec.dtype.as_numpy_dtype is not object:
+            array = np.ones(shape, dtype=spec.dtype.as_numpy_dtype)
+        else:
+            array = np.full(shape, b"", dtype=object)
+        encode_array(array, request.inputs[alias])
+    return request
+
+
+def warm_up(servable: Servable, signature_name: str, request: pb.PredictRequest | None,
+            iterations: int) -> None:
+    """Raises VersionLoadError when a warmup file's request fails (the version is then not
+    served); a generated request that the model rejects only logs, since ones may simply be
+    invalid input for that model."""
+    explicit = request is not None
+    if request is None:
+        request = generated_request(servable, signature_name)
+        if request is None:
+            return
+    for _ in range(iterations):
+        servable.gate.acquire_read()
+        try:
+            predict(servable, request, signature_name)
+        except ServingError as exc:
+            if explicit:
+                raise VersionLoadError(f"warmup of {servable.name} failed: {exc}") from None
+            log.warning("generated warmup request failed on %s (%s); serving without warmup",
+                        servable.name, exc)
+            return
+        finally:
+            servable.gate.release_read()

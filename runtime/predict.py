@@ -1,0 +1,57 @@
+"""The data plane's core: one PredictRequest against one servable.
+
+Every protocol adapter (DeepRec gRPC, TF Serving gRPC, REST, C API) ends here, so validation
+and error messages are the same whichever way a request arrives.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from deeprec_runtime.codec import decode_array, encode_array
+from deeprec_runtime.errors import InvalidArgument
+from deeprec_runtime.model.servable import Servable
+from deeprec_runtime.model.signature import Signature
+from deeprec_runtime.protos import predict_pb2 as pb
+
+
+def resolve_feeds(signature: Signature, arrays: Mapping[str, np.ndarray],
+                  wire_dtypes: Mapping[str, int] | None = None) -> tuple[tuple[str, ...], list[np.ndarray]]:
+    """Matches request inputs (by alias or tensor name) to the signature; returns the tensor names
+    in a canonical order (so prepared callables are shared between requests) and the arrays."""
+    by_tensor: dict[str, np.ndarray] = {}
+    for key, array in arrays.items():
+        spec = signature.input(key)
+        if spec.name in by_tensor:
+            raise InvalidArgument(f"input '{spec.alias}' is given twice (by alias and by tensor name)")
+        if wire_dtypes is not None:
+            spec.check(wire_dtypes[key], array.shape, key)
+        by_tensor[spec.name] = array
+    missing = [s.alias for s in signature.inputs.values() if s.name not in by_tensor]
+    if missing:
+        raise InvalidArgument(
+            f"missing input(s) {', '.join(sorted(missing))} for signature '{signature.name}'")
+    names = tuple(sorted(by_tensor))
+    return names, [by_tensor[n] for n in names]
+
+
+def predict(servable: Servable, request: pb.PredictRequest, default_signature: str) -> pb.PredictResponse:
+    """Runs `request` on `servable`; raises InvalidArgument naming what was wrong."""
+    signature = servable.signature(request.signature_name or default_signature)
+    arrays: dict[str, np.ndarray] = {}
+    dtypes: dict[str, int] = {}
+    for key, proto in request.inputs.items():
+        arrays[key] = decode_array(proto, key)
+        dtypes[key] = proto.dtype
+    feed_names, feed_arrays = resolve_feeds(signature, arrays, dtypes)
+    keys = list(request.output_filter) or sorted(signature.outputs)
+    specs = [signature.output(k) for k in keys]
+    fetch_names = tuple(sorted({s.name for s in specs}))
+    results = servable.run(feed_names, fetch_names, feed_arrays)
+    by_name = dict(zip(fetch_names, results))
+    response = pb.PredictResponse()
+    for key, spec in zip(keys, specs):
+        encode_array(by_name[spec.name], response.outputs[key])
+    return response

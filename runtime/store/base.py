@@ -1,0 +1,113 @@
+"""The ModelStore interface and the local-disk backend."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from deeprec_runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deeprec_runtime.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    """Base name inside the listed folder."""
+    is_dir: bool
+    size: int
+    mtime: float
+
+
+class ModelStore:
+    """A read-only file-system view rooted at a model's folders.
+
+    Example: `store.list("ckpt_parent/checkpoint_3/.incremental_checkpoint")` lists the deltas of a
+    version, and `store.local_path(prefix_files)` makes them readable by TensorFlow.
+    """
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(*parts)
+
+    def list(self, path: str) -> list[FileInfo]:
+        """Entries directly inside `path`; [] when it does not exist."""
+        raise NotImplementedError
+
+    def read_bytes(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def stat(self, path: str) -> FileInfo | None:
+        raise NotImplementedError
+
+    def localize_checkpoint(self, prefix: str) -> str:
+        """Makes the checkpoint at `prefix` (its .index and .data shards) readable on local disk
+        and returns the local prefix."""
+        raise NotImplementedError
+
+    def localize_tree(self, path: str) -> str:
+        """Makes the folder `path` (e.g. a SavedModel) readable on local disk."""
+        raise NotImplementedError
+
+
+class LocalStore(ModelStore):
+    """Local disk (also what a Kubernetes volume mount looks like to the runtime).
+
+    Symbolic links that lead outside the root folder are refused, so a store cannot be used to read
+    arbitrary files of the pod."""
+
+    def __init__(self, roots: list[str]):
+        self._roots = [os.path.realpath(r) for r in roots if r]
+
+    def _check(self, path: str) -> str:
+        real = os.path.realpath(path)
+        if self._roots and not any(real == r or real.startswith(r + os.sep) for r in self._roots):
+            raise PermissionError(f"{path} resolves outside the model folders")
+        return path
+
+    def join(self, *parts: str) -> str:
+        return os.path.join(*parts)
+
+    def list(self, path: str) -> list[FileInfo]:
+        self._check(path)
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        out = []
+        for entry in entries:
+            try:
+                st = entry.stat()
+            except FileNotFoundError:  # removed between scandir and stat
+                continue
+            out.append(FileInfo(entry.name, entry.is_dir(), st.st_size, st.st_mtime))
+        return out
+
+    def stat(self, path: str) -> FileInfo | None:
+        self._check(path)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return FileInfo(os.path.basename(path), os.path.isdir(path), st.st_size, st.st_mtime)
+
+    def read_bytes(self, path: str) -> bytes:
+        self._check(path)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+    def localize_checkpoint(self, prefix: str) -> str:
+        self._check(prefix + ".index")
+        return prefix
+
+    def localize_tree(self, path: str) -> str:
+        return self._check(path)
+
+
+def open_store(config: "ModelConfig") -> ModelStore:
+    """The store the config asks for."""
+    if config.model_store_type == "local":
+        return LocalStore([config.savedmodel_dir, config.checkpoint_dir])
+    raise ConfigError("model_store_type", f"{config.model_store_type!r} store is not available in this build")
