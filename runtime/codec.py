@@ -121,10 +121,23 @@ def decode_array(proto: pb.ArrayProto, name: str) -> np.ndarray:
         return flat
     expected = int(np.prod(dims, dtype=np.int64)) if dims else 1
     if flat.size != expected:
+        if flat.size == 0 and not proto.tensor_content:
+            other = _populated_field(proto)
+            if other:
+                raise InvalidArgument(
+                    f"input '{name}': dtype {wire_dtype_name(code)} carries its values in {field}, "
+                    f"but they were sent in {other}")
         raise InvalidArgument(
             f"input '{name}': shape {list(dims)} needs {expected} elements but "
             f"{flat.size} were sent")
     return flat.reshape(dims)
+
+
+def _populated_field(proto: pb.ArrayProto) -> str:
+    for field in ("float_val", "double_val", "int_val", "string_val", "int64_val", "bool_val"):
+        if len(getattr(proto, field)):
+            return field
+    return ""
 
 
 def encode_array(array: np.ndarray, out: pb.ArrayProto, use_tensor_content: bool = False) -> None:

@@ -259,7 +259,8 @@ def read_delta(prefix: str, updaters: dict[str, _VariableUpdater]) -> list[tuple
                 continue
             else:
                 raise VersionLoadError(f"delta {prefix}: variable '{key}' is not in the model")
-    except tf.errors.OpError as exc:
+    except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as exc:
+        # The checkpoint reader reports truncated files as IndexError / RuntimeError.
         raise VersionLoadError(f"cannot read delta {prefix}: {_first_line(exc)}") from None
     return plan
 
@@ -314,7 +315,7 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
         if session is not None:
             session.close()
         raise
-    except (tf.errors.OpError, OSError, ValueError, RuntimeError, ServingError) as exc:
+    except (tf.errors.OpError, OSError, ValueError, RuntimeError, IndexError, ServingError) as exc:
         if session is not None:
             session.close()
         what = version.name if version else savedmodel_dir

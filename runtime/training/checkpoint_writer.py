@@ -26,6 +26,7 @@ from typing import Any, Union
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
 
 from . import bundle
 from .format import (
@@ -314,6 +315,13 @@ class CheckpointWriter:
         return export_saved_model(self.session, export_dir, inputs, outputs, signature_name)
 
 
+def _tensor_info(t: tf.Tensor) -> meta_graph_pb2.TensorInfo:
+    # By hand: predict_signature_def logs a deprecation warning on every process start.
+    return meta_graph_pb2.TensorInfo(
+        name=t.name, dtype=t.dtype.as_datatype_enum, tensor_shape=t.shape.as_proto()
+    )
+
+
 def export_saved_model(
     session: tf1.Session,
     export_dir: str,
@@ -328,10 +336,12 @@ def export_saved_model(
         raise ValueError("a serving signature needs at least one input and one output")
     parent, base = os.path.split(os.path.normpath(export_dir))
     tmp = os.path.join(parent, f"{TEMP_PREFIX}{base}-{uuid.uuid4().hex[:12]}")
+    signature = meta_graph_pb2.SignatureDef(
+        inputs={k: _tensor_info(t) for k, t in inputs.items()},
+        outputs={k: _tensor_info(t) for k, t in outputs.items()},
+        method_name=tf1.saved_model.signature_constants.PREDICT_METHOD_NAME,
+    )
     with session.graph.as_default():
-        signature = tf1.saved_model.signature_def_utils.predict_signature_def(
-            inputs=dict(inputs), outputs=dict(outputs)
-        )
         builder = tf1.saved_model.Builder(tmp)
         try:
             builder.add_meta_graph_and_variables(

@@ -1,0 +1,34 @@
+# Entry points for users and CI. `make demo` and `make test` work on a fresh clone.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-unit test-e2e k8s-plane lint protos bench
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# tensorflow-serving-api declares a dependency on the full `tensorflow` wheel; the runtime uses
+# tensorflow-cpu (same package, smaller), so the API stubs are installed without dependencies.
+setup: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]' --no-deps
+	$(BIN)/pip install -q -r requirements-test.txt
+	$(BIN)/pip install -q --no-deps tensorflow-serving-api==2.21.0
+
+demo: setup
+	$(BIN)/deeprec-runtime demo
+
+# The whole suite: unit, integration (real TensorFlow, gRPC, redis-server) and end-to-end (a real
+# Kubernetes control plane built by scripts/k8s-plane.sh into a cache folder).
+test: setup k8s-plane
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests -m 'not e2e'
+
+k8s-plane:
+	bash scripts/k8s-plane.sh build
+
+protos: setup
+	bash scripts/gen-protos.sh

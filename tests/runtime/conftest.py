@@ -1,0 +1,133 @@
+"""Fixtures that build real small models on disk and serve them over real gRPC on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+import numpy as np
+import pytest
+
+from deeprec_runtime.app import Runtime
+from deeprec_runtime.codec import encode_array
+from deeprec_runtime.config import parse_model_config
+from deeprec_runtime.protos import predict_pb2 as pb
+from deeprec_runtime.training import write_demo_model
+from deeprec_runtime.training.checkpoint_writer import CheckpointWriter
+from deeprec_runtime.training.demo_models import build_seed_example
+
+SERVICE = "/deeprec.serving.PredictionService/"
+
+
+@dataclass
+class Client:
+    """A DeepRec gRPC client over a real channel."""
+
+    channel: grpc.Channel
+
+    def __post_init__(self) -> None:
+        self._predict = self.channel.unary_unary(
+            SERVICE + "Predict", request_serializer=pb.PredictRequest.SerializeToString,
+            response_deserializer=pb.PredictResponse.FromString)
+        self._info = self.channel.unary_unary(
+            SERVICE + "GetServingModelInfo",
+            request_serializer=pb.ServingModelInfoRequest.SerializeToString,
+            response_deserializer=pb.ServingModelInfo.FromString)
+        self.raw_predict = self.channel.unary_unary(SERVICE + "Predict")
+
+    def predict(self, inputs: dict[str, np.ndarray], output_filter=(), signature_name="",
+                timeout=10) -> pb.PredictResponse:
+        return self._predict(make_request(inputs, output_filter, signature_name), timeout=timeout)
+
+    def info(self) -> pb.ServingModelInfo:
+        return self._info(pb.ServingModelInfoRequest(), timeout=10)
+
+
+def make_request(inputs, output_filter=(), signature_name="") -> pb.PredictRequest:
+    req = pb.PredictRequest(signature_name=signature_name, output_filter=list(output_filter))
+    for key, value in inputs.items():
+        encode_array(np.asarray(value), req.inputs[key])
+    return req
+
+
+def output(response: pb.PredictResponse, key: str) -> np.ndarray:
+    proto = response.outputs[key]
+    from deeprec_runtime.codec import decode_array
+
+    return decode_array(proto, key)
+
+
+@pytest.fixture
+def demo(tmp_path):
+    """A small Wide&Deep model: SavedModel + checkpoint_1 (full + 1 delta), trainer still live."""
+    art = write_demo_model(str(tmp_path / "model"), num_ids=2000, num_deltas=1, hidden=(32, 16),
+                           steps_per_delta=2, batch_size=16)
+    yield art
+    art.close()
+
+
+@pytest.fixture
+def seed_model(tmp_path):
+    """DeepRec's documented example signature (input1 double, input2 int32 -> prediction)."""
+    model = build_seed_example(num_ids=50)
+    base = tmp_path / "seed"
+    writer = CheckpointWriter(model.session, str(base / "checkpoints"), "checkpoint_1",
+                              model.embedding_variables, model.dense_variables)
+    model.writer = writer
+    writer.export_saved_model(str(base / "saved_model"), model.inputs, model.outputs)
+    model.train_step(8)
+    writer.save_full(1)
+    yield model, writer, base
+    model.close()
+
+
+@pytest.fixture
+def serve(tmp_path) -> Callable[..., tuple[Runtime, Client]]:
+    """Starts an in-process runtime on a free port; stops it after the test."""
+    started: list[tuple[Runtime, grpc.Channel]] = []
+
+    def start(savedmodel_dir: str, checkpoint_dir: str = "", wait: bool = True,
+              annotations_file: str | None = None, **fields) -> tuple[Runtime, Client]:
+        raw = {"savedmodel_dir": savedmodel_dir, "checkpoint_dir": checkpoint_dir,
+               "model_store_type": "local", "feature_store_type": "memory",
+               "signature_name": "serving_default", "update_poll_seconds": 0.2,
+               "warmup_iterations": 1, **fields}
+        runtime = Runtime(parse_model_config(raw), grpc_port=0, host="127.0.0.1",
+                          annotations_file=annotations_file or str(tmp_path / "no-annotations"))
+        runtime.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
+        started.append((runtime, channel))
+        if wait:
+            assert runtime.manager.wait_ready(60), runtime.manager.last_error
+        return runtime, Client(channel)
+
+    yield start
+    for runtime, channel in started:
+        channel.close()
+        runtime.stop(1.0)
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05, message="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+def write_config(path, **fields) -> str:
+    with open(path, "w") as fh:
+        json.dump(fields, fh)
+    return str(path)
+
+
+def touch_newer(path: str) -> None:
+    """Makes a state file's mtime strictly newer (filesystems with coarse timestamps)."""
+    now = time.time() + 1
+    os.utime(path, (now, now))
