@@ -1,0 +1,68 @@
+{{- define "deeprec-serving.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "deeprec-serving.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "deeprec-serving.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "deeprec-serving.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "deeprec-serving.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "deeprec-serving.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "deeprec-serving.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "deeprec-serving.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "deeprec-serving.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "deeprec-serving.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The rules the operator needs where DeepRecModels live (namespaced Role, or ClusterRole
+     when watching every namespace). Secrets: get only, to report a missing Secret or key as a
+     Degraded condition instead of creating pods that cannot start. Children are written with
+     server-side apply (create + patch) and removed by the garbage collector (no delete). */}}
+{{- define "deeprec-serving.namespacedRules" -}}
+- apiGroups: [serving.deeprec.io]
+  resources: [deeprecmodels]
+  verbs: [get, list, watch, patch]
+- apiGroups: [serving.deeprec.io]
+  resources: [deeprecmodels/status]
+  verbs: [get, patch]
+# Owner references with blockOwnerDeletion need update on the owner's finalizers.
+- apiGroups: [serving.deeprec.io]
+  resources: [deeprecmodels/finalizers]
+  verbs: [update]
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, patch]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
