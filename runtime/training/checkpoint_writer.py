@@ -32,7 +32,9 @@ from . import bundle
 from .format import (
     DELTA_DIRNAME,
     DELTA_IDS_SUFFIX,
+    DELTA_INDEX_RE,
     DELTA_VALUES_SUFFIX,
+    FULL_INDEX_RE,
     STATE_FILENAME,
     TEMP_PREFIX,
     delta_prefix_name,
@@ -64,6 +66,18 @@ def _read_state(folder: str) -> list[str]:
     if state is None:
         return []
     return [os.path.basename(p) for p in state.all_model_checkpoint_paths]
+
+
+def _highest_step(*folders: str) -> int | None:
+    steps = []
+    for folder in folders:
+        if not tf.io.gfile.isdir(folder):
+            continue
+        for name in tf.io.gfile.listdir(folder):
+            m = FULL_INDEX_RE.match(name) or DELTA_INDEX_RE.match(name)
+            if m:
+                steps.append(int(m.group(1)))
+    return max(steps) if steps else None
 
 
 class _Table:
@@ -172,6 +186,9 @@ class CheckpointWriter:
         self._deltas: list[str] = []
         self._last_step: int | None = None
         self._full_step: int | None = None
+        # A restarted trainer may reopen a folder: never reuse (and so overwrite) a step that a
+        # server may be reading.
+        self._floor_step = _highest_step(self.version_dir, self.delta_dir)
 
     @property
     def last_step(self) -> int | None:
@@ -209,6 +226,11 @@ class CheckpointWriter:
         if self._last_step is not None and step <= self._last_step:
             raise ValueError(
                 f"step must increase: {step} <= last saved step {self._last_step} "
+                f"in version '{self.version_name}'"
+            )
+        if self._floor_step is not None and step <= self._floor_step:
+            raise ValueError(
+                f"step must increase: {step} <= step {self._floor_step} already on disk "
                 f"in version '{self.version_name}'"
             )
         return step

@@ -302,3 +302,32 @@ def test_saved_model_export_leaves_no_temporary_folder(model, tmp_path):
     _export(writer, model, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["checkpoints", "saved_model"]
     assert sorted(os.listdir(tmp_path / "saved_model")) == ["saved_model.pb", "variables"]
+
+
+def test_writer_works_on_a_finalized_graph_by_reading_whole_tables(model, rng, tmp_path):
+    model.graph.finalize()  # MonitoredTrainingSession finalizes training graphs
+    writer = _writer(model, tmp_path)
+    model.writer = writer
+    full = writer.save_full(1)
+    ids = np.unique(model.train_step(16, rng))
+    delta = read_delta(writer.save_delta(2))
+    now = model.variable_values()
+    np.testing.assert_array_equal(delta.embeddings["embedding"][0], ids)
+    np.testing.assert_array_equal(delta.embeddings["embedding"][1], now["embedding"][ids])
+    assert tf.train.load_checkpoint(full).get_tensor("wide_bias").shape == (1,)
+
+
+def test_a_reopened_version_folder_never_reuses_a_step_on_disk(model, rng, tmp_path):
+    first = _writer(model, tmp_path)
+    first.save_full(10)
+    model.train_step(8, rng)
+    first.save_delta(12)
+    again = _writer(model, tmp_path)  # e.g. the trainer restarted
+    with pytest.raises(ValueError, match="already on disk"):
+        again.save_full(12)
+    again.save_full(13)
+    state = tf1.train.get_checkpoint_state(str(tmp_path / "checkpoints" / "checkpoint_1"))
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+        "model.ckpt-10",
+        "model.ckpt-13",
+    ]
