@@ -1,0 +1,161 @@
+"""Fixtures for end-to-end tests on a real Kubernetes control plane.
+
+The plane is ``scripts/k8s-plane.sh``: etcd, kube-apiserver (RBAC + Node authorization,
+service-account tokens), kube-controller-manager (all controllers: garbage collection,
+ReplicaSets, ServiceAccounts, ...), kube-scheduler and kwok, whose two fake nodes
+(``kwok-node-1``, ``kwok-node-2``: cpu 8, memory 32Gi, pods 110, nvidia.com/gpu 2) report
+scheduled pods Running. Pod IPs come from loopback ranges (``plane.pod_cidrs``, e.g.
+``127.142.1.0/24``), so a local process bound to a pod's IP can stand in for the pod.
+
+The binaries come from a cache built by ``scripts/k8s-plane.sh build`` (about 10 minutes cold;
+CI builds it before the tests). Without the cache the ``k8s_plane`` fixture FAILS the test with
+the command to run; it never skips.
+
+Fixtures
+--------
+``k8s_plane`` (session): a :class:`tests.e2e.helpers.Plane`, started once per test session
+in a temporary folder and stopped at the end:
+
+- ``k8s_plane.kubeconfig``: admin kubeconfig path (``O=system:masters``).
+- ``k8s_plane.kubectl(*args, check=True, input=None, kubeconfig=None, timeout=120)``: runs
+  the plane's kubectl; returns ``subprocess.CompletedProcess`` (text); raises
+  ``CommandError`` (an ``AssertionError`` with stderr) on a non-zero exit unless
+  ``check=False``.
+- ``k8s_plane.kubectl_json(*args)``: ``kubectl ARGS -o json``, parsed.
+- ``k8s_plane.apply(yaml_text | dict | [dicts], namespace=None)``.
+- ``k8s_plane.helm(*args, check=True, ...)``: the plane's helm, same conventions.
+- ``k8s_plane.env``: environment (KUBECONFIG, PATH) for local processes such as the
+  operator; ``k8s_plane.logs("kube-apiserver")``: a component's last log lines.
+
+``namespace`` (per test): a fresh namespace (``e2e-<test name>-<random>``) whose default
+ServiceAccount exists; deleted after the test (without waiting). When a test fails, its
+namespace's objects and events are added to the report.
+
+``kubectl``, ``helm``: shorthands for ``k8s_plane.kubectl`` and ``k8s_plane.helm``.
+
+Helpers (``tests/e2e/helpers.py``): ``service_account_kubeconfig(plane, ns, sa, path)``
+(run a process with a ServiceAccount's token to prove its RBAC), ``DownwardAPIBridge``
+(keep a local file in step with a pod's annotations, in the kubelet's Downward API format),
+``format_downward_api``, ``wait_until``.
+
+Every test collected under ``tests/e2e`` gets the ``e2e`` marker.
+
+Environment
+-----------
+``DEEPREC_K8S_CACHE``: cache folder (default ``~/.cache/deeprec-serving/k8s-v1.34.4``).
+``DEEPREC_E2E_PLANE_DIR``: use a plane already started there with ``scripts/k8s-plane.sh up``
+(for quick iterations); it is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parents[2]
+if str(_REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off sys.path
+    sys.path.insert(0, str(_REPO))
+
+from tests.e2e.helpers import (  # noqa: E402
+    CommandError,
+    DownwardAPIBridge,
+    Plane,
+    format_downward_api,
+    service_account_kubeconfig,
+    wait_until,
+)
+
+__all__ = ["CommandError", "DownwardAPIBridge", "Plane", "format_downward_api",
+           "service_account_kubeconfig", "wait_until"]
+
+PLANE_SCRIPT = _REPO / "scripts" / "k8s-plane.sh"
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"_e2e_report_{report.when}", report)
+
+
+def _start_plane(plane_dir: Path) -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(PLANE_SCRIPT), "up", str(plane_dir), "--owner-pid", str(os.getpid())],
+        capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        # Not a skip: CI counts skips as passes, and a missing plane is a broken setup.
+        pytest.fail(
+            f"could not start the Kubernetes control plane (scripts/k8s-plane.sh up, exit "
+            f"{proc.returncode}).\nIf the binary cache is missing, build it first with:\n"
+            f"    scripts/k8s-plane.sh build\n--- output ---\n{proc.stderr[-6000:]}",
+            pytrace=False)
+    sys.stderr.write(f"\n[e2e] control plane up in {time.monotonic() - started:.1f}s at {plane_dir}\n")
+
+
+@pytest.fixture(scope="session")
+def k8s_plane(tmp_path_factory) -> Plane:
+    reuse = os.environ.get("DEEPREC_E2E_PLANE_DIR")
+    if reuse:
+        plane_dir = Path(reuse)
+        if not (plane_dir / "env").exists():
+            pytest.fail(f"DEEPREC_E2E_PLANE_DIR={reuse} has no env file: start a plane there "
+                        f"with scripts/k8s-plane.sh up {reuse}", pytrace=False)
+        yield Plane.from_dir(plane_dir)
+        return
+    plane_dir = tmp_path_factory.mktemp("k8s-plane")
+    try:
+        _start_plane(plane_dir)
+        yield Plane.from_dir(plane_dir)
+    finally:
+        subprocess.run(["bash", str(PLANE_SCRIPT), "down", str(plane_dir)],
+                       capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def kubectl(k8s_plane):
+    return k8s_plane.kubectl
+
+
+@pytest.fixture
+def helm(k8s_plane):
+    return k8s_plane.helm
+
+
+def _namespace_name(test_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")
+    suffix = uuid.uuid4().hex[:6]
+    return f"e2e-{slug[:63 - len('e2e-') - len(suffix) - 1].rstrip('-')}-{suffix}"
+
+
+@pytest.fixture
+def namespace(k8s_plane, request) -> str:
+    name = _namespace_name(request.node.name)
+    k8s_plane.kubectl("create", "namespace", name)
+    # Pods are refused until the namespace's default ServiceAccount exists.
+    wait_until(lambda: k8s_plane.kubectl("get", "serviceaccount", "default", "-n", name,
+                                         check=False).returncode == 0,
+               timeout=30, message=f"the default ServiceAccount in {name}")
+    yield name
+    report = getattr(request.node, "_e2e_report_call", None)
+    if report is not None and report.failed:
+        state = k8s_plane.kubectl("get", "all,events,configmaps,serviceaccounts,roles,rolebindings",
+                                  "-n", name, "-o", "wide", check=False)
+        request.node.add_report_section(
+            "teardown", f"namespace {name}", state.stdout + state.stderr)
+    k8s_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found",
+                      check=False)
