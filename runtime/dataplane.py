@@ -6,6 +6,8 @@ PredictResponse on the serving version; adapters only convert wire formats and s
 
 from __future__ import annotations
 
+from typing import Callable
+
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.model.manager import Manager
 from deeprec_runtime.predict import predict
@@ -17,10 +19,15 @@ class DataPlane:
         self.config = config
         self.manager = manager
         self.model_name = model_name
+        #: Called with (version name, request) once a request holds its version (metrics).
+        self.observer: Callable[[str, pb.PredictRequest], None] | None = None
 
-    def predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
-        servable = self.manager.acquire()
+    def predict(self, request: pb.PredictRequest, version: str | None = None) -> pb.PredictResponse:
+        """Runs `request` on the serving version, or on the loaded version named `version`."""
+        servable = self.manager.acquire(version)
         try:
+            if self.observer is not None:
+                self.observer(servable.name, request)
             return predict(servable, request, self.config.signature_name)
         finally:
             servable.gate.release_read()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from deeprec_runtime.config import ModelConfig
-from deeprec_runtime.errors import Unavailable, VersionLoadError
+from deeprec_runtime.errors import NotFound, Unavailable, VersionLoadError
 from deeprec_runtime.model import policy
 from deeprec_runtime.model.annotations import read_target_version
 from deeprec_runtime.model.servable import Servable, load_servable, session_options_from
@@ -110,12 +110,18 @@ class Manager:
         finally:
             servable.gate.release_read()
 
-    def acquire(self) -> Servable:
+    def acquire(self, version: str | None = None) -> Servable:
+        """The serving version, or the loaded version named `version` (the serving one or the
+        retained previous one); NotFound when that version is not loaded."""
         while True:
-            servable = self._current
-            if servable is None:
+            servable = current = self._current
+            if current is None:
                 raise Unavailable("no model version is loaded yet"
                                   + (f" (last error: {self.last_error})" if self.last_error else ""))
+            if version is not None and current.name != version:
+                servable = self._previous
+                if servable is None or servable.name != version:
+                    raise NotFound(f"version '{version}' is not loaded; serving '{current.name}'")
             servable.gate.acquire_read()
             if not servable.closed:
                 return servable
@@ -123,6 +129,16 @@ class Manager:
 
     def release(self, servable: Servable) -> None:
         servable.gate.release_read()
+
+    def loaded(self) -> list[Servable]:
+        """The loaded versions: the serving one first, then the retained previous one."""
+        with self._lock:
+            return [s for s in (self._current, self._previous) if s is not None]
+
+    @property
+    def known_versions(self) -> list[VersionInfo]:
+        """Every version found by the last scan of checkpoint_dir, newest first."""
+        return list(self._known)
 
     # --- the update loop ----------------------------------------------------------------------
     def poll_once(self) -> None:
