@@ -40,7 +40,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    # Only warnings from handler logs become Events; the handlers post their own info Events.
+    # Only warnings from handler logs become Events; Normal Events are posted explicitly
+    # (kopf.event), since kopf.info() is filtered by this same level.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 32
     settings.watching.server_timeout = 270
@@ -174,7 +175,7 @@ def refresh_status(memo: kopf.Memo, body: Mapping[str, Any], *, pods: list[dict[
     if any(old.get(k) != v for k, v in new.items()):
         kube.merge_patch(_model_path(namespace, name), {"status": new}, subresource="status")
         if new["activeVersion"] and new["activeVersion"] != old.get("activeVersion"):
-            kopf.info(dict(body), reason="ActiveVersionChanged",
+            kopf.event(dict(body), type="Normal", reason="ActiveVersionChanged",
                       message=f"replicas serve {new['activeVersion']!r} (was {old.get('activeVersion') or 'none'!r})")
         errors = [r for r in reports if r.last_update_error]
         degraded = next(c for c in new["conditions"] if c["type"] == "Degraded")
@@ -213,7 +214,7 @@ def version_changed(old: Any, new: Any, body: kopf.Body, namespace: str, name: s
     pods = _list_pods(memo.kube, namespace, name)
     patched = annotate_pods(memo.kube, namespace, pods, target)
     logger.info("target version %s -> %s: annotated %d of %d pods", before, target, patched, len(pods))
-    kopf.info(body, reason="TargetVersionChanged",
+    kopf.event(body, type="Normal", reason="TargetVersionChanged",
               message=f"target version {before!r} -> {target!r}; annotated {patched} of {len(pods)} pods")
 
 
@@ -254,7 +255,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, name
     pods = _list_pods(kube, namespace, name)
     annotate_pods(kube, namespace, pods, target_version(model.version))
     if getattr(memo, "failure", None) is not None:
-        kopf.info(body, reason="Recovered", message="children applied; previous failure resolved")
+        kopf.event(body, type="Normal", reason="Recovered", message="children applied; previous failure resolved")
     memo.failure = None
     memo.observed_generation = meta.get("generation")
     logger.info("applied ConfigMap, Deployment and Service for %s (generation %s)", name, meta.get("generation"))
