@@ -41,7 +41,7 @@ class Runtime:
 
     _stopping = False
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 10.0, drain_delay: float = 0.0) -> None:
         self._stopping = True
-        self.grpc.drain(grace)
+        self.grpc.drain(grace, drain_delay)
         self.manager.stop()

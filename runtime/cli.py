@@ -20,8 +20,11 @@ def _serve_parser(sub) -> None:
     p.add_argument("--annotations-file", default=DEFAULT_ANNOTATIONS_FILE,
                    help="Downward API annotations file carrying serving.deeprec.io/target-version")
     p.add_argument("--model-name", default="default")
+    p.add_argument("--drain-seconds", type=float, default=3.0,
+                   help="on SIGTERM, how long to keep accepting requests after health turns "
+                        "NOT_SERVING, while clients and endpoints stop sending")
     p.add_argument("--grace-seconds", type=float, default=20.0,
-                   help="on SIGTERM, how long in-flight requests may take to finish")
+                   help="then, how long in-flight requests may take to finish")
     p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     p.add_argument("--log-level", default="INFO")
 
@@ -40,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _demo_parser(sub)
+    sub.add_parser("capi-path", help="print the path of libserving_processor.so (the DeepRec "
+                                     "Processor C API), building it on first use")
+    sub.add_parser("capi-include", help="print the folder holding processor.h")
     args = parser.parse_args(argv)
+    if args.command.startswith("capi-"):
+        return capi(args.command)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
@@ -52,7 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def capi(command: str) -> int:
+    from deeprec_runtime.capi import BuildError, include_dir, library_path  # noqa: PLC0415
+
+    if command == "capi-include":
+        print(include_dir())
+        return 0
+    try:
+        print(library_path())
+    except BuildError as exc:
+        print(f"deeprec-runtime: cannot build the C API library: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def serve(args) -> int:
+    import faulthandler  # noqa: PLC0415
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack
     from deeprec_runtime.app import Runtime  # noqa: PLC0415
     from deeprec_runtime.config import load_model_config  # noqa: PLC0415
     from deeprec_runtime.errors import ConfigError  # noqa: PLC0415
@@ -71,7 +96,7 @@ def serve(args) -> int:
     runtime.start()
     print(f"deeprec-runtime: gRPC on port {runtime.grpc_port}", flush=True)
     stop.wait()
-    runtime.stop(args.grace_seconds)
+    runtime.stop(args.grace_seconds, args.drain_seconds)
     return 0
 
 

@@ -7,6 +7,7 @@ a request that does not parse with INTERNAL, and it must be INVALID_ARGUMENT.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 from typing import Callable
 
@@ -96,7 +97,11 @@ class GrpcServer:
     def start(self) -> None:
         self.server.start()
 
-    def drain(self, grace: float) -> None:
-        """Health goes NOT_SERVING at once; in-flight calls get `grace` seconds to finish."""
+    def drain(self, grace: float, delay: float = 0.0) -> None:
+        """Graceful shutdown. Health goes NOT_SERVING at once, but calls are still accepted for
+        `delay` seconds: clients and Kubernetes endpoints need that long to stop sending, and a
+        call that reaches a stopped server fails. Then in-flight calls get `grace` seconds."""
         self.set_serving(False)
+        if delay > 0:
+            time.sleep(delay)
         self.server.stop(grace).wait()
