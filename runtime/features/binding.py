@@ -1,0 +1,73 @@
+"""The glue between a servable and its feature store: turns a request's feeds into feeds that
+also carry the looked-up embedding rows.
+
+For each table lookup found in the graph (see graph.py) the ids come from the request itself when
+the ids tensor is fed (the usual case: `sparse_ids:0`), otherwise from one extra session run that
+computes only the ids tensors. Ids are de-duplicated per table across all its lookups, so each
+distinct row is fetched once per request, and the rows are fed in place of the gathers' outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from deeprec_runtime.errors import InvalidArgument
+from deeprec_runtime.features.base import TableRows
+from deeprec_runtime.features.graph import Table
+
+RunFn = Callable[[tuple[str, ...], tuple[str, ...], Sequence[np.ndarray]], list[np.ndarray]]
+
+
+class ExternalTables:
+    """A servable's embedding tables that live in a feature store rather than in its session."""
+
+    def __init__(self, tables: Mapping[str, Table], rows: TableRows):
+        self.tables = dict(tables)
+        self.rows = rows
+        self._lookups = [(t, lk) for t in self.tables.values() for lk in t.lookups]
+        self._outputs = tuple(lk.output for _, lk in self._lookups)
+
+    def owns(self, variable: str) -> bool:
+        return variable in self.tables
+
+    def feed(self, run: RunFn, feed_names: tuple[str, ...],
+             arrays: Sequence[np.ndarray]) -> tuple[tuple[str, ...], list[np.ndarray]]:
+        """Returns the feeds extended with the gathered rows of every lookup."""
+        index = {name: i for i, name in enumerate(feed_names)}
+        derived = tuple(sorted({lk.ids for _, lk in self._lookups if lk.ids not in index}))
+        computed = dict(zip(derived, run(feed_names, derived, arrays))) if derived else {}
+        ids_of = []
+        for table, lk in self._lookups:
+            ids = np.asarray(arrays[index[lk.ids]] if lk.ids in index else computed[lk.ids])
+            if ids.dtype.kind not in "iu":
+                raise InvalidArgument(f"ids for embedding table '{table.name}' ({lk.ids}) must be "
+                                      f"integers, got {ids.dtype}")
+            if ids.size and (ids.min() < 0 or ids.max() >= table.rows):
+                raise InvalidArgument(
+                    f"ids for embedding table '{table.name}' ({lk.ids}) must be in "
+                    f"[0, {table.rows}), got values in [{ids.min()}, {ids.max()}]")
+            ids_of.append(ids)
+        # One de-duplicated id set per table, so a row wanted by several lookups (or several
+        # times in a batch) is read once.
+        order = list(self.tables.values())
+        uniques, inverses = [], {}
+        for table in order:
+            parts = [ids.reshape(-1) for (t, _), ids in zip(self._lookups, ids_of) if t is table]
+            flat = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.empty(0, np.int64)
+            unique, inverse = np.unique(flat, return_inverse=True)
+            uniques.append((table, unique))
+            inverses[table.name] = inverse
+        fetched = dict(zip((t.name for t in order), self.rows.lookup(uniques)))
+        offsets = dict.fromkeys(self.tables, 0)
+        fed = []
+        for (table, _), ids in zip(self._lookups, ids_of):
+            start = offsets[table.name]
+            offsets[table.name] = start + ids.size
+            picked = fetched[table.name][inverses[table.name][start:start + ids.size]]
+            fed.append(picked.reshape(ids.shape + table.row_shape))
+        return feed_names + self._outputs, [*arrays, *fed]
+
+    def close(self) -> None:
+        self.rows.close()
