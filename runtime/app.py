@@ -6,36 +6,63 @@ import logging
 import threading
 
 from deeprec_runtime.config import ModelConfig
-from deeprec_runtime.dataplane import DataPlane
-from deeprec_runtime.model.manager import Manager
+from deeprec_runtime.metrics import Metrics
+from deeprec_runtime.models import ModelEntry, ModelRegistry
 from deeprec_runtime.server.grpc_server import GrpcServer, deeprec_service
+from deeprec_runtime.server.rest import RestServer
 
 log = logging.getLogger(__name__)
 
 
+def _tfs_services(models: ModelRegistry, metrics: Metrics) -> list:
+    """TF Serving's gRPC services, when the tensorflow-serving-api package is installed."""
+    try:
+        from deeprec_runtime.server.tfs_grpc import tfs_services  # noqa: PLC0415
+    except ImportError as exc:
+        log.warning("TensorFlow Serving gRPC API disabled (%s); install it with "
+                    "'pip install --no-deps tensorflow-serving-api'", exc)
+        return []
+    return tfs_services(models, metrics)
+
+
 class Runtime:
-    def __init__(self, config: ModelConfig, grpc_port: int = 8500, http_port: int = 0,
+    """One or more models (`models`; else `config` named `model_name`) behind DeepRec gRPC,
+    TF Serving gRPC (same port), REST and /metrics (`http_port`; None: no HTTP server)."""
+
+    def __init__(self, config: ModelConfig, grpc_port: int = 8500, http_port: int | None = None,
                  host: str = "[::]", annotations_file: str | None = None,
-                 model_name: str = "default", workers: int = 16):
+                 model_name: str = "default", workers: int = 16,
+                 models: list[ModelEntry] | None = None):
         self.config = config
-        self.manager = Manager(config, annotations_file)
-        self.dataplane = DataPlane(config, self.manager, model_name)
-        self.grpc = GrpcServer([deeprec_service(self.dataplane)], grpc_port, host, workers)
+        self.models = ModelRegistry(models or [ModelEntry(model_name, config)], annotations_file)
+        self.manager = self.models.default.manager
+        self.dataplane = self.models.default.dataplane
+        self.metrics = Metrics()
+        self.metrics.attach(self.models)
+        # The DeepRec service has no model name: it serves the default (first) model.
+        services = [self.metrics.observed_service(deeprec_service(self.dataplane), "deeprec_grpc")]
+        services += [self.metrics.observed_service(s, "tfs_grpc")
+                     for s in _tfs_services(self.models, self.metrics)]
+        self.grpc = GrpcServer(services, grpc_port, host, workers)
         self.grpc_port = self.grpc.port
-        self.http_port = 0
+        self.http = (RestServer(self.models, http_port, host, self.metrics)
+                     if http_port is not None else None)
+        self.http_port = self.http.port if self.http else 0
         self._health_thread: threading.Thread | None = None
 
     def start(self) -> None:
         log.info("starting with config %s", self.config.redacted())
         self.grpc.start()
-        self.manager.start()
+        if self.http:
+            self.http.start()
+        self.models.start()
         # Health turns SERVING only once a version is loaded and warmed up.
         self._health_thread = threading.Thread(target=self._mark_serving_when_ready,
                                                name="deeprec-health", daemon=True)
         self._health_thread.start()
 
     def _mark_serving_when_ready(self) -> None:
-        self.manager.wait_ready()
+        self.models.wait_ready()
         if not self._stopping:
             self.grpc.set_serving(True)
 
@@ -44,4 +71,6 @@ class Runtime:
     def stop(self, grace: float = 10.0, drain_delay: float = 0.0) -> None:
         self._stopping = True
         self.grpc.drain(grace, drain_delay)
-        self.manager.stop()
+        if self.http:
+            self.http.stop()
+        self.models.stop()

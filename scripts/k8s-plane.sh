@@ -38,9 +38,9 @@ k8s_cache_complete() {
   for b in "${K8S_BINARIES[@]}"; do [[ -x $K8S_BIN/$b ]] || return 1; done
 }
 
-# shellcheck source=k8s/build.sh
+# shellcheck source=scripts/k8s/build.sh
 source "$SCRIPT_DIR/k8s/build.sh"
-# shellcheck source=k8s/plane.sh
+# shellcheck source=scripts/k8s/plane.sh
 source "$SCRIPT_DIR/k8s/plane.sh"
 
 usage() { sed -n '2,/^set /{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }

@@ -21,7 +21,8 @@ k8s_build() {
   local t0=$SECONDS t
   mkdir -p "$K8S_BIN" "$K8S_CACHE/src"
   rm -f "$K8S_STAMP"
-  export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0
+  # GOFLAGS from the caller (e.g. -mod=vendor) would break module-mode builds.
+  export GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 GOFLAGS=
   local src=$K8S_CACHE/src
 
   # --- Kubernetes: the module zip lacks the staging modules its go.mod replaces; point the
@@ -57,29 +58,13 @@ k8s_build() {
     || die "building Kubernetes binaries failed"
   log "built kube-apiserver, kube-controller-manager, kube-scheduler, kubectl in $((SECONDS - t))s"
 
-  # --- etcd: the server module has no installable main; a one-line main calls etcdmain.Main.
+  # --- etcd: the server module has no installable main; scripts/k8s/etcd is a one-line main
+  # calling etcdmain.Main, with go.mod/go.sum pinning etcd and its dependencies.
   t=$SECONDS
-  local edir=$src/etcd
-  mkdir -p "$edir"
-  cat >"$edir/main.go" <<'GO'
-// Command etcd runs the etcd server from go.etcd.io/etcd/server/v3.
-package main
-
-import (
-	"os"
-
-	"go.etcd.io/etcd/server/v3/etcdmain"
-)
-
-func main() { etcdmain.Main(os.Args) }
-GO
-  if [[ ! -f $edir/go.mod ]] || ! grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION" "$edir/go.mod"; then
-    rm -f "$edir/go.mod" "$edir/go.sum"
-    (cd "$edir" && "$go" mod init deeprec-serving/etcd >/dev/null 2>&1 \
-      && "$go" get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" && "$go" mod tidy) \
-      || die "resolving go.etcd.io/etcd/server/v3@$ETCD_VERSION failed"
-  fi
-  (cd "$edir" && "$go" build -trimpath -ldflags "-s -w" -o "$K8S_BIN/etcd" .) || die "building etcd failed"
+  grep -q "go.etcd.io/etcd/server/v3 $ETCD_VERSION\$" "$SCRIPT_DIR/k8s/etcd/go.mod" \
+    || die "scripts/k8s/etcd/go.mod does not require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+  (cd "$SCRIPT_DIR/k8s/etcd" && "$go" build -trimpath -ldflags "-s -w" -o "$K8S_BIN/etcd" .) \
+    || die "building etcd failed"
   log "built etcd $ETCD_VERSION in $((SECONDS - t))s"
 
   # --- kwok and helm install as they are.

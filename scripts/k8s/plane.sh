@@ -5,6 +5,8 @@
 # Layout of a plane folder DIR after `up DIR`:
 #   kubeconfig        admin credentials (O=system:masters), certificates embedded
 #   env               export lines: KUBECONFIG, PATH, K8S_PLANE_DIR, K8S_PLANE_POD_CIDRS, ...
+#                     (KUBECACHEDIR too: kubectl's discovery cache is keyed by host:port, and
+#                     ports are reused by later planes)
 #   pki/              CA, serving and client certificates, service-account key pair
 #   kubeconfigs/      one kubeconfig per component
 #   logs/NAME.log     each component's output
@@ -97,11 +99,16 @@ start_component() { # start_component NAME ARGS...; records DIR/pids/NAME.pid
   echo $! >"$PLANE_DIR/pids/$name.pid"
 }
 
-# is_ours PID: the process is alive and was started for this plane folder (guards pid reuse).
+# is_ours PID: the process is alive and was started for this plane folder (one of its arguments
+# is the folder or a path inside it), which guards against a recycled pid.
 is_ours() {
-  local pid=$1
+  local pid=$1 arg argv=()
   [[ -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$PLANE_DIR"
+  mapfile -d '' argv <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  for arg in "${argv[@]}"; do
+    [[ $arg == "$PLANE_DIR" || $arg == "$PLANE_DIR"/* ]] && return 0
+  done
+  return 1
 }
 
 component_alive() { local f=$PLANE_DIR/pids/$1.pid; [[ -f $f ]] && is_ours "$(cat "$f")"; }
@@ -261,6 +268,7 @@ export K8S_PLANE_BIN=$K8S_BIN
 export K8S_PLANE_SERVER=$server
 export K8S_PLANE_POD_CIDRS=$cidr1,$cidr2
 export K8S_PLANE_NODES=$(IFS=,; echo "${K8S_NODES[*]}")
+export KUBECACHEDIR=$PLANE_DIR/kube-cache
 ENV
   if [[ -n $owner ]]; then
     # Stops the plane if its owner dies without calling down (a killed test run).

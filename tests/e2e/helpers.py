@@ -98,6 +98,8 @@ class Plane:
         env = dict(os.environ)
         env["KUBECONFIG"] = values["KUBECONFIG"]
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        if "KUBECACHEDIR" in values:
+            env["KUBECACHEDIR"] = values["KUBECACHEDIR"]
         # helm keeps caches and repository config under HOME; keep them inside the plane.
         env.setdefault("HELM_CACHE_HOME", str(plane_dir / "helm" / "cache"))
         env.setdefault("HELM_CONFIG_HOME", str(plane_dir / "helm" / "config"))
