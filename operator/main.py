@@ -12,6 +12,18 @@ from typing import Sequence
 import kopf
 
 
+class _QuietRoutine(logging.Filter):
+    """Drops kopf's per-run success lines of the poll timer and the pod watcher.
+
+    They fire every few seconds per model and per pod event; failures still get through.
+    """
+
+    _ROUTINE = ("Timer 'poll' succeeded.", "Handler 'pod_event' succeeded.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self._ROUTINE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deeprec-operator",
@@ -31,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kopf.configure(verbose=args.verbose,
                    log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL)
+
+    if not args.verbose:
+        logging.getLogger("kopf.objects").addFilter(_QuietRoutine())
 
     from deeprec_operator import handlers  # noqa: F401  (registers the handlers)
     from deeprec_operator.kube import Kube, load_configuration

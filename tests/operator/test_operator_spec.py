@@ -102,3 +102,11 @@ def test_image_falls_back_to_operator_default(spec):
     del spec["image"]
     assert _error(spec).field == "spec.image"
     assert parse("wd", "ns", spec, default_image="img:2").image == "img:2"
+
+
+def test_cli_parses_namespaces_and_formats():
+    from deeprec_operator.main import build_parser
+
+    args = build_parser().parse_args(["--namespace", "a", "-n", "b", "--liveness-port", "8080", "--log-format", "json"])
+    assert (args.namespaces, args.liveness_port, args.log_format) == (["a", "b"], 8080, "json")
+    assert build_parser().parse_args([]).namespaces == []
