@@ -211,6 +211,8 @@ plane_up() { # plane_up DIR [--owner-pid PID]
   wait_for 30 "etcd health" etcd bash -c "curl -s --max-time 2 http://127.0.0.1:$etcd_client/health | grep -q '\"health\":\"true\"'"
   log "etcd ready on 127.0.0.1:$etcd_client ($((SECONDS - t0))s)"
 
+  # --endpoint-reconciler-type none: the API refuses 127.0.0.1 as an endpoint address, so the
+  # `kubernetes` Service's endpoints could never be written (nothing here runs in-cluster).
   start_component kube-apiserver \
     --etcd-servers "http://127.0.0.1:$etcd_client" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
@@ -221,6 +223,7 @@ plane_up() { # plane_up DIR [--owner-pid PID]
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
+    --endpoint-reconciler-type none \
     --allow-privileged=true --profiling=false --v=1
   wait_for 90 "kube-apiserver /readyz" kube-apiserver \
     curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$server/readyz"

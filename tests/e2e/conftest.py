@@ -25,7 +25,14 @@ in a temporary folder and stopped at the end:
 - ``k8s_plane.apply(yaml_text | dict | [dicts], namespace=None)``.
 - ``k8s_plane.helm(*args, check=True, ...)``: the plane's helm, same conventions.
 - ``k8s_plane.env``: environment (KUBECONFIG, PATH) for local processes such as the
-  operator; ``k8s_plane.logs("kube-apiserver")``: a component's last log lines.
+  operator; ``k8s_plane.logs("kube-apiserver")``: a component's last log lines;
+  ``k8s_plane.components()``: which components are alive.
+- ``k8s_plane.pod_cidrs`` / ``k8s_plane.nodes``: the kwok nodes' pod ranges and names.
+
+Limits: kwok pods run nothing (start a local process on the pod's IP to stand in, see
+``DownwardAPIBridge``); no kubelet, so no ``kubectl logs/exec/port-forward``; Services get no
+endpoints for loopback pod IPs (EndpointSlice validation refuses 127.0.0.0/8), so reach
+stand-ins by pod IP; no kube-proxy, so ClusterIPs do not route.
 
 ``namespace`` (per test): a fresh namespace (``e2e-<test name>-<random>``) whose default
 ServiceAccount exists; deleted after the test (without waiting). When a test fails, its
@@ -157,5 +164,10 @@ def namespace(k8s_plane, request) -> str:
                                   "-n", name, "-o", "wide", check=False)
         request.node.add_report_section(
             "teardown", f"namespace {name}", state.stdout + state.stderr)
+        dead = [c for c, alive in k8s_plane.components().items() if not alive]
+        if dead:
+            request.node.add_report_section(
+                "teardown", "control plane components that exited",
+                "\n\n".join(f"--- {c} ---\n{k8s_plane.logs(c)}" for c in dead))
     k8s_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found",
                       check=False)

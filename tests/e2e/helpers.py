@@ -144,6 +144,20 @@ class Plane:
         return _run(cmd + [str(a) for a in args], env=self.env, check=check, input=input,
                     timeout=timeout)
 
+    def components(self) -> dict[str, bool]:
+        """Each component's liveness: {"kube-apiserver": True, ...} (from DIR/pids)."""
+        alive = {}
+        for pid_file in sorted((self.dir / "pids").glob("*.pid")):
+            if pid_file.stem == "watch":  # the owner watch, not a component
+                continue
+            try:
+                pid = int(pid_file.read_text())
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                alive[pid_file.stem] = state != "Z"
+            except (OSError, ValueError, IndexError):
+                alive[pid_file.stem] = False
+        return alive
+
     def logs(self, component: str, lines: int = 50) -> str:
         """Last lines of a component's log (etcd, kube-apiserver, kube-controller-manager,
         kube-scheduler, kwok)."""

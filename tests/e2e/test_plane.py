@@ -144,6 +144,15 @@ def test_rbac_denies_bare_service_account(k8s_plane, namespace, tmp_path):
     assert denied.returncode != 0
     assert "Forbidden" in denied.stderr and user in denied.stderr, denied.stderr
 
+    # The Python client (what the operator uses) reads the same kubeconfig and is refused too.
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    with pytest.raises(ApiException) as refused:
+        api.list_namespaced_pod(namespace)
+    assert refused.value.status == 403
+
     # The token does authenticate: granting a Role makes the same call succeed, and only that.
     k8s_plane.kubectl("create", "role", "pod-reader", "-n", namespace, "--verb", "get,list",
                       "--resource", "pods")
@@ -157,6 +166,8 @@ def test_rbac_denies_bare_service_account(k8s_plane, namespace, tmp_path):
                  ["delete", "pod", "anything", "-n", namespace]):
         proc = k8s_plane.kubectl(*args, kubeconfig=kubeconfig, check=False)
         assert proc.returncode != 0 and "Forbidden" in proc.stderr, (args, proc.stderr)
+    assert api.list_namespaced_pod(namespace).items == []
+    api.api_client.close()
 
 
 def test_garbage_collector_deletes_owned_children(k8s_plane, namespace):
@@ -342,6 +353,8 @@ def test_plane_stops_when_its_owner_dies(k8s_plane, tmp_path):
         assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager",
                              "kube-scheduler", "kwok", "watch"}
         assert all(_alive(p) for p in pids.values())
+        assert k8s_plane.components() == {c: True for c in ("etcd", "kube-apiserver",
+                                          "kube-controller-manager", "kube-scheduler", "kwok")}
         env = (plane_dir / "env").read_text()
         assert "127.99.1.0/24" in env
         owner.send_signal(signal.SIGKILL)
