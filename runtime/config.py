@@ -27,6 +27,8 @@ CREDENTIAL_ENV = {
     "oss_endpoint": "OSS_ENDPOINT",
     "redis_password": "REDIS_PASSWORD",
     "redis_url": "REDIS_URL",
+    "webhdfs_address": "WEBHDFS_ADDRESS",
+    "hdfs_user": "HADOOP_USER_NAME",
 }
 SECRET_FIELDS = frozenset({"oss_access_key", "redis_password"})
 
@@ -76,6 +78,16 @@ class ModelConfig:
     oss_access_id: str = ""
     oss_access_key: str = dataclasses.field(default="", repr=False)
 
+    # --- remote stores (extensions) -----------------------------------------------------------
+    model_cache_dir: str = ""
+    """Extension: local folder for files fetched from oss:// or hdfs:// (a pod's emptyDir keeps
+    them across container restarts); empty = a temporary folder."""
+    webhdfs_address: str = ""
+    """Extension: the NameNode's WebHDFS URL for hdfs:// paths, e.g. "http://namenode:9870";
+    empty = http://<host of the hdfs:// path>:9870."""
+    hdfs_user: str = ""
+    """Extension: user name for WebHDFS (simple auth; also HADOOP_USER_NAME)."""
+
     # --- session group ----------------------------------------------------------------------
     session_num: int = 1
     select_session_policy: str = "MOD"
@@ -122,6 +134,9 @@ class ModelConfig:
     """Extension: keep the version served before the last swap loaded, so rolling back to it is
     instant (costs one more copy of the parameters). False frees it as soon as its requests end."""
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    custom_op_paths: tuple[str, ...] = ()
+    """Extension: shared libraries of custom TensorFlow ops, loaded with tf.load_op_library
+    before any model loads (a graph that uses them cannot be imported otherwise)."""
 
     @property
     def timeline_enabled(self) -> bool:
@@ -248,6 +263,10 @@ def parse_model_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = N
             continue
         if key == "batching":
             values[key] = _parse_batching(value)
+        elif key == "custom_op_paths":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(key, f"expected a list of .so paths, got {value!r}")
+            values[key] = tuple(value)
         elif key == "ev_storage_size":
             if not isinstance(value, list):
                 raise ConfigError(key, f"expected a list of byte sizes, got {value!r}")
@@ -314,12 +333,19 @@ def load_model_config(path: str, env: Mapping[str, str] | None = None) -> ModelC
             text = fh.read()
     except OSError as exc:
         raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    return parse_model_config_json(text, path, env)
+
+
+def parse_model_config_json(text: str, origin: str = "model_config",
+                            env: Mapping[str, str] | None = None) -> ModelConfig:
+    """Validates model_config JSON text (the C API's initialize() receives the text itself);
+    `origin` names where it came from in error messages."""
     if not text.strip():
-        raise ConfigError("<file>", f"{path} is empty")
+        raise ConfigError("<file>", f"{origin} is empty")
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise ConfigError("<file>", f"{path} is not valid JSON: {exc}") from None
+        raise ConfigError("<file>", f"{origin} is not valid JSON: {exc}") from None
     if isinstance(raw, dict) and isinstance(raw.get("model_config"), dict):
         raw = raw["model_config"]
     return parse_model_config(raw, env)
