@@ -18,7 +18,6 @@ from typing import Callable, Iterator
 
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.errors import NotFound, Unavailable, VersionLoadError
-from deeprec_runtime.features import StoreUnavailable, open_feature_store
 from deeprec_runtime.model import policy
 from deeprec_runtime.model.custom_ops import load_custom_ops
 from deeprec_runtime.model.annotations import read_target_version
@@ -26,8 +25,7 @@ from deeprec_runtime.model.servable import Servable, load_servable, session_opti
 from deeprec_runtime.model.source import VersionInfo, VersionSource
 from deeprec_runtime.model.warmup import load_warmup_request, warm_up
 from deeprec_runtime.protos import predict_pb2 as pb
-from deeprec_runtime.store.base import ModelStore, StoreError, open_store
-from deeprec_runtime.timeline import TimelineRecorder
+from deeprec_runtime.store.base import ModelStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +50,6 @@ class Manager:
         self.store = store or open_store(config)
         self.source = VersionSource(self.store, config.checkpoint_dir) if config.checkpoint_dir else None
         self._options = session_options_from(config)
-        #: Where embedding rows live when not in the session (Redis, DRAM+SSD tiers), or None.
-        self.features = open_feature_store(config)
-        self.tracer = TimelineRecorder.from_config(config, getattr(self.store, "write_bytes", None))
         self._warmup_request = (load_warmup_request(config.warmup_file_name)
                                 if config.warmup_file_name else None)
         self._lock = threading.Lock()  # guards _current/_previous/_status
@@ -93,8 +88,6 @@ class Manager:
             self._current = self._previous = None
         for s in servables:
             s.close()
-        if self.features is not None:
-            self.features.close()
 
     def poll_now(self) -> None:
         """Asks the update thread to poll at once (e.g. after the annotations file changed)."""
@@ -153,21 +146,11 @@ class Manager:
     def poll_once(self) -> None:
         self.target = read_target_version(self.annotations_file)
         if self.source is None:
-            if self._current is None or self._rows_lost():
+            if self._current is None:
                 self._load(None)
             return
         versions, bad = self.source.scan()
         self._known = versions
-        if self._rows_lost():
-            # The feature store lost the serving version's rows (Redis restarted empty): load it
-            # again, which imports the rows again (one replica does, the others wait and bind).
-            current = self._current
-            again = next((v for v in versions if current and v.name == current.name), None)
-            if again is not None:
-                log.warning("embedding rows of %s are gone from the feature store; importing again",
-                            again.name)
-                self._load(again)
-                return
         for b in bad:
             self._set_status(b.name, 0, 0, "ERROR", b.reason)
         action = policy.next_action(versions, self.target, self._loaded_state(self._current),
@@ -182,10 +165,6 @@ class Manager:
             self._record_error(f"target version '{action.target}' does not exist in "
                                f"{self.config.checkpoint_dir}")
 
-    def _rows_lost(self) -> bool:
-        current = self._current
-        return bool(current is not None and current.tables is not None and current.tables.rows.lost())
-
     @staticmethod
     def _loaded_state(s: Servable | None) -> policy.LoadedState | None:
         if s is None:
@@ -199,20 +178,8 @@ class Manager:
         if version:
             self._set_status(name, version.full_step, version.delta_step, "LOADING", "")
         try:
-            # Fetch before building anything: a store outage or a half-uploaded version is
-            # retried on the next poll instead of marking the version as failed.
-            savedmodel_dir = self.store.localize_tree(self.config.savedmodel_dir)
-            if version:
-                self.store.localize_checkpoint(version.full_prefix)
-        except StoreError as exc:
-            if version:
-                self._set_status(name, version.full_step, version.delta_step, "LOADING", str(exc))
-            self._record_error(str(exc))
-            self._emit(UpdateEvent("load", name, False, time.monotonic() - started, str(exc)))
-            return
-        try:
-            servable = load_servable(savedmodel_dir, version,
-                                     self.store.localize_checkpoint, self._options, self.features)
+            servable = load_servable(self.store.localize_tree(self.config.savedmodel_dir), version,
+                                     self.store.localize_checkpoint, self._options)
             if version:
                 self._apply_deltas(servable, version)
             try:
@@ -222,13 +189,12 @@ class Manager:
                 servable.close()
                 raise
         except VersionLoadError as exc:
-            if version and not isinstance(exc, StoreUnavailable):  # an outage is retried
+            if version:
                 self._failed.add(policy.load_key(version))
                 self._set_status(name, version.full_step, version.delta_step, "ERROR", str(exc))
             self._record_error(str(exc))
             self._emit(UpdateEvent("load", name, False, time.monotonic() - started, str(exc)))
             return
-        servable.tracer = self.tracer  # after warmup: timeline steps count real requests only
         self._swap_in(servable)
         self.last_error = ""
         self._emit(UpdateEvent("load", name, True, time.monotonic() - started))
@@ -246,18 +212,8 @@ class Manager:
             if retired is not None and retired is not servable:
                 self._retire(retired)
         self._ready.set()
-        self._free_cached_files()
         log.info("now serving %s (full step %d, delta step %d)", servable.name,
                  servable.full_step, servable.delta_step)
-
-    def _free_cached_files(self) -> None:
-        """Remote stores drop local copies of versions that are neither serving nor retained."""
-        keep = [self.config.savedmodel_dir] + [s.version.path for s in (self._current, self._previous)
-                                               if s is not None and s.version is not None]
-        try:
-            self.store.retain(keep)
-        except OSError as exc:
-            log.warning("could not free cached model files: %s", exc)
 
     def _swap_back(self, version: VersionInfo) -> None:
         started = time.monotonic()
@@ -280,7 +236,7 @@ class Manager:
             started = time.monotonic()
             try:
                 servable.apply_delta(delta, self.store.localize_checkpoint(delta.prefix))
-            except (VersionLoadError, StoreError) as exc:
+            except VersionLoadError as exc:
                 # Stop at the first bad delta: later ones build on it. It is retried next poll,
                 # which also covers a delta that was still being copied.
                 self._set_status(servable.name, servable.full_step, servable.delta_step,
