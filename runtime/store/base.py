@@ -13,6 +13,23 @@ if TYPE_CHECKING:
     from deeprec_runtime.config import ModelConfig
 
 
+class StoreError(OSError):
+    """A remote store call failed; the message names the path and, for credentials, the config
+    fields to check (never their values). The manager keeps serving and retries on the next poll."""
+
+
+class StoreNotFound(StoreError, FileNotFoundError):
+    """The path (object, folder or bucket) does not exist."""
+
+
+class StoreAuthError(StoreError, PermissionError):
+    """The store refused the credentials or denied access."""
+
+
+class StoreUnavailable(StoreError):
+    """Transient failures (5xx, timeouts, resets) outlasted the retry policy."""
+
+
 @dataclass(frozen=True)
 class FileInfo:
     name: str
@@ -50,6 +67,10 @@ class ModelStore:
     def localize_tree(self, path: str) -> str:
         """Makes the folder `path` (e.g. a SavedModel) readable on local disk."""
         raise NotImplementedError
+
+    def retain(self, keep: list[str]) -> None:
+        """Frees local copies of everything fetched from outside the folders in `keep` (the
+        versions the manager may still load from). A no-op for stores read in place."""
 
 
 class LocalStore(ModelStore):
@@ -110,4 +131,12 @@ def open_store(config: "ModelConfig") -> ModelStore:
     """The store the config asks for."""
     if config.model_store_type == "local":
         return LocalStore([config.savedmodel_dir, config.checkpoint_dir])
+    if config.model_store_type == "oss":
+        from deeprec_runtime.store.oss import OssStore  # noqa: PLC0415 (oss2 only when used)
+
+        return OssStore.from_config(config)
+    if config.model_store_type == "hdfs":
+        from deeprec_runtime.store.hdfs import HdfsStore  # noqa: PLC0415 (fsspec only when used)
+
+        return HdfsStore.from_config(config)
     raise ConfigError("model_store_type", f"{config.model_store_type!r} store is not available in this build")
