@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 
@@ -10,6 +11,7 @@ from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
 from deeprec_runtime.server.grpc_server import GrpcServer, deeprec_service
 from deeprec_runtime.server.rest import RestServer
+from deeprec_runtime.security import Security, SecurityConfigError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,17 @@ def _tfs_services(models: ModelRegistry, metrics: Metrics) -> list:
     return tfs_services(models, metrics)
 
 
+def _refuse_unprotected_http(server_class, security: Security, http_port: int | None) -> None:
+    """Fails closed: with TLS or auth configured, an HTTP server that cannot apply them (one whose
+    constructor takes no `security`) must not open a plaintext, unauthenticated side door."""
+    cfg = security.config
+    if http_port is None or not (cfg.tls_enabled or cfg.auth_enabled):
+        return
+    if "security" not in inspect.signature(server_class).parameters:
+        raise SecurityConfigError("--http-port", "the REST server does not support TLS/auth yet; "
+                                  "serve gRPC only (omit --http-port) or turn security off")
+
+
 class Runtime:
     """One or more models (`models`; else `config` named `model_name`) behind DeepRec gRPC,
     TF Serving gRPC (same port), REST and /metrics (`http_port`; None: no HTTP server)."""
@@ -32,8 +45,10 @@ class Runtime:
     def __init__(self, config: ModelConfig, grpc_port: int = 8500, http_port: int | None = None,
                  host: str = "[::]", annotations_file: str | None = None,
                  model_name: str = "default", workers: int = 16,
-                 models: list[ModelEntry] | None = None):
+                 models: list[ModelEntry] | None = None, security: Security | None = None):
         self.config = config
+        #: TLS + authentication for both ports (runtime/security.py); default: plaintext, open.
+        self.security = security or Security()
         self.models = ModelRegistry(models or [ModelEntry(model_name, config)], annotations_file)
         self.manager = self.models.default.manager
         self.dataplane = self.models.default.dataplane
@@ -43,7 +58,10 @@ class Runtime:
         services = [self.metrics.observed_service(deeprec_service(self.dataplane), "deeprec_grpc")]
         services += [self.metrics.observed_service(s, "tfs_grpc")
                      for s in _tfs_services(self.models, self.metrics)]
-        self.grpc = GrpcServer(services, grpc_port, host, workers)
+        self.grpc = GrpcServer(services, grpc_port, host, workers,
+                               credentials=self.security.grpc_credentials(),
+                               interceptors=self.security.grpc_interceptors())
+        _refuse_unprotected_http(RestServer, self.security, http_port)
         self.grpc_port = self.grpc.port
         self.http = (RestServer(self.models, http_port, host, self.metrics)
                      if http_port is not None else None)
@@ -68,9 +86,9 @@ class Runtime:
 
     _stopping = False
 
-    def stop(self, grace: float = 10.0, drain_delay: float = 0.0) -> None:
+    def stop(self, grace: float = 10.0, quiet: float = 0.0) -> None:
         self._stopping = True
-        self.grpc.drain(grace, drain_delay)
+        self.grpc.drain(grace, quiet)
         if self.http:
             self.http.stop()
         self.models.stop()

@@ -21,10 +21,10 @@ def _serve_parser(sub) -> None:
                    help="Downward API annotations file carrying serving.deeprec.io/target-version")
     p.add_argument("--model-name", default="default")
     p.add_argument("--drain-seconds", type=float, default=3.0,
-                   help="on SIGTERM, how long to keep accepting requests after health turns "
-                        "NOT_SERVING, while clients and endpoints stop sending")
+                   help="on SIGTERM, health turns NOT_SERVING and requests are still served "
+                        "until none has arrived for this long (clients stop sending)")
     p.add_argument("--grace-seconds", type=float, default=20.0,
-                   help="then, how long in-flight requests may take to finish")
+                   help="upper bound on the whole shutdown")
     p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
     p.add_argument("--log-level", default="INFO")
 
@@ -77,7 +77,7 @@ def capi(command: str) -> int:
 def serve(args) -> int:
     import faulthandler  # noqa: PLC0415
 
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__)  # `kill -USR1`: every stack
     from deeprec_runtime.app import Runtime  # noqa: PLC0415
     from deeprec_runtime.config import load_model_config  # noqa: PLC0415
     from deeprec_runtime.errors import ConfigError  # noqa: PLC0415
@@ -95,7 +95,10 @@ def serve(args) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     runtime.start()
     print(f"deeprec-runtime: gRPC on port {runtime.grpc_port}", flush=True)
-    stop.wait()
+    # A timed wait: the kernel may deliver SIGTERM to any of TensorFlow's or gRPC's threads, and
+    # Python runs its handler only when the main thread wakes up to look.
+    while not stop.wait(0.2):
+        pass
     runtime.stop(args.grace_seconds, args.drain_seconds)
     return 0
 

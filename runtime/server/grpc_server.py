@@ -7,6 +7,7 @@ a request that does not parse with INTERNAL, and it must be INVALID_ARGUMENT.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent import futures
 from typing import Callable
@@ -40,8 +41,31 @@ def parse(message_type, data: bytes, what: str):
         raise InvalidArgument(f"request is not a valid {what}: {exc}") from None
 
 
+class CallTracker:
+    """Counts calls in progress and remembers when the last one started, so a shutdown can wait
+    until traffic has really stopped (see GrpcServer.drain)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.last_start = 0.0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.last_start = time.monotonic()
+
+    def exit(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+CALLS = CallTracker()
+
+
 def unary(fn: Callable[[bytes, grpc.ServicerContext], bytes]) -> grpc.RpcMethodHandler:
     def handler(data: bytes, context: grpc.ServicerContext) -> bytes:
+        CALLS.enter()
         try:
             return fn(data, context)
         except ServingError as exc:
@@ -49,6 +73,8 @@ def unary(fn: Callable[[bytes, grpc.ServicerContext], bytes]) -> grpc.RpcMethodH
         except Exception:  # never let one request take the server down; log with stack
             log.exception("unexpected error in %s", fn.__name__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+        finally:
+            CALLS.exit()
         return b""  # unreachable: abort raises
 
     return grpc.unary_unary_rpc_method_handler(handler, request_deserializer=_identity,
@@ -73,17 +99,21 @@ class GrpcServer:
     """Owns the grpc.Server, the health service and graceful shutdown."""
 
     def __init__(self, handlers: list[grpc.GenericRpcHandler], port: int, host: str = "[::]",
-                 max_workers: int = 16):
+                 max_workers: int = 16, credentials: grpc.ServerCredentials | None = None,
+                 interceptors: list[grpc.ServerInterceptor] | None = None):
         self.health = health.HealthServicer()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
             handlers=handlers,
+            interceptors=interceptors or (),  # authentication (runtime/security.py)
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.so_reuseport", 0)],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        self.port = (self.server.add_secure_port(address, credentials) if credentials is not None
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {host}:{port}")
         self.set_serving(False)
@@ -97,11 +127,17 @@ class GrpcServer:
     def start(self) -> None:
         self.server.start()
 
-    def drain(self, grace: float, delay: float = 0.0) -> None:
-        """Graceful shutdown. Health goes NOT_SERVING at once, but calls are still accepted for
-        `delay` seconds: clients and Kubernetes endpoints need that long to stop sending, and a
-        call that reaches a stopped server fails. Then in-flight calls get `grace` seconds."""
+    def drain(self, grace: float, quiet: float = 0.0) -> None:
+        """Graceful shutdown. Health goes NOT_SERVING at once, but calls are still accepted until
+        none is running and none has started for `quiet` seconds (clients and Kubernetes
+        endpoints take that long to stop sending), or until `grace` runs out. Only then does the
+        server stop: gRPC fails calls that reach a stopping server, even ones queued inside it."""
         self.set_serving(False)
-        if delay > 0:
-            time.sleep(delay)
-        self.server.stop(grace).wait()
+        deadline = time.monotonic() + grace
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if CALLS.in_flight == 0 and now - max(CALLS.last_start, started) >= quiet:
+                break
+            time.sleep(0.02)
+        self.server.stop(max(deadline - time.monotonic(), 1.0)).wait()

@@ -58,10 +58,16 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path, demo):
         proc.send_signal(signal.SIGTERM)
         # Health turns NOT_SERVING at once; every request already sent is still answered.
         wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-                 == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=5, message="NOT_SERVING")
+                 == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=30, message="NOT_SERVING")
         results = [f.result() for f in futures]
         assert all(output(r, "probability").shape == (64, 1) for r in results)
         assert proc.wait(timeout=30) == 0
+    except BaseException:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)  # the server prints every thread's stack
+            time.sleep(1)
+        print("".join(lines))
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
