@@ -108,23 +108,6 @@ def default_session_num(cores: int) -> int:
     return cores if cores <= 2 else min(16, cores // 2)
 
 
-def split_cpusets(cores: int, sessions: int) -> str:
-    """DeepRec's cpusets string ("0-1;2-3"): contiguous groups, the remainder to the last group.
-
-    Indexes are positions in the container's allowed CPU list (0 = its first allowed CPU), since a
-    pod never knows which node cores the CPU manager will give it.
-    """
-    if sessions < 1 or sessions > cores:
-        return ""
-    size = cores // sessions
-    groups = []
-    for i in range(sessions):
-        start = i * size
-        end = cores - 1 if i == sessions - 1 else start + size - 1
-        groups.append(str(start) if start == end else f"{start}-{end}")
-    return ";".join(groups)
-
-
 def session_group_config(spec: ModelSpec) -> dict[str, Any]:
     """session_num / select_session_policy / cpusets / gpu_ids_list for the model config.
 
@@ -145,9 +128,10 @@ def session_group_config(spec: ModelSpec) -> dict[str, Any]:
     policy = spec.session_group.policy or cfg.get("select_session_policy")
     if policy:
         out["select_session_policy"] = policy
+    # cpusets are left empty unless the user gave them: DeepRec's cpusets are node CPU ids, which
+    # the static CPU manager picks only when the pod starts, and the runtime splits the CPUs it
+    # was actually given evenly over the sessions when cpusets is empty.
     cpusets = spec.session_group.cpusets or cfg.get("cpusets")
-    if not cpusets and cores and not gpus and session_num:
-        cpusets = split_cpusets(cores, int(session_num))
     if cpusets:
         out["cpusets"] = cpusets
     gpu_ids = cfg.get("gpu_ids_list")

@@ -9,9 +9,9 @@ import threading
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
+from deeprec_runtime.security import Security, SecurityConfigError
 from deeprec_runtime.server.grpc_server import GrpcServer, deeprec_service
 from deeprec_runtime.server.rest import RestServer
-from deeprec_runtime.security import Security, SecurityConfigError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,24 @@ def _serve_parser(sub) -> None:
     p.add_argument("--grace-seconds", type=float, default=20.0,
                    help="upper bound on the whole shutdown")
     p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    _security_flags(p)
     p.add_argument("--log-level", default="INFO")
+
+
+def _security_flags(p) -> None:
+    # Each flag also reads an environment variable (runtime/security.py FILE_ENVS); the bearer
+    # token itself only from DEEPREC_AUTH_TOKEN, so it never shows in `ps` or in the config file.
+    g = p.add_argument_group("security (TLS and authentication, both ports)")
+    g.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key serves TLS")
+    g.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    g.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates (mTLS)")
+    g.add_argument("--auth-token-file", help="accepted bearer tokens, one per line "
+                   "(also: env DEEPREC_AUTH_TOKEN holds one token)")
+    g.add_argument("--basic-auth-file", help="accepted user:password lines (HTTP Basic)")
+    g.add_argument("--auth-protect-health", action="store_true",
+                   help="require credentials on health checks too (default: open for probes)")
+    g.add_argument("--auth-protect-metrics", action="store_true",
+                   help="require credentials on /metrics too (default: open for scrapers)")
 
 
 def _demo_parser(sub) -> None:
@@ -87,9 +104,16 @@ def serve(args) -> int:
     except ConfigError as exc:
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    runtime = Runtime(config, grpc_port=args.grpc_port, http_port=args.http_port, host=args.host,
-                      annotations_file=args.annotations_file, model_name=args.model_name,
-                      workers=args.workers)
+    from deeprec_runtime.security import Security, SecurityConfigError, security_config_from  # noqa: PLC0415
+
+    try:
+        security = Security(security_config_from(args))
+        runtime = Runtime(config, grpc_port=args.grpc_port, http_port=args.http_port,
+                          host=args.host, annotations_file=args.annotations_file,
+                          model_name=args.model_name, workers=args.workers, security=security)
+    except (ConfigError, SecurityConfigError) as exc:  # e.g. custom_op_paths, --tls-key
+        print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

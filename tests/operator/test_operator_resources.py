@@ -50,14 +50,14 @@ def test_secrets_reach_the_container_as_env_from_secret_refs(spec):
 
 
 @pytest.mark.parametrize(
-    ("cores", "sessions", "cpusets"),
-    [(1, 1, "0"), (2, 2, "0;1"), (4, 2, "0-1;2-3"), (8, 4, "0-1;2-3;4-5;6-7"), (7, 3, "0-1;2-3;4-6")],
+    ("cores", "sessions"), [(1, 1), (2, 2), (4, 2), (8, 4), (7, 3)],
 )
-def test_session_group_follows_whole_cores(spec, cores, sessions, cpusets):
+def test_session_group_follows_whole_cores(spec, cores, sessions):
     spec["resources"] = {"requests": {"cpu": str(cores), "memory": "1Gi"}}
     cfg = r.model_config(_model(spec))
     assert cfg["session_num"] == sessions
-    assert cfg["cpusets"] == cpusets
+    # The runtime splits the cores the CPU manager gives the pod; node CPU ids are unknown here.
+    assert "cpusets" not in cfg
 
 
 def test_fractional_cpu_gives_no_cpusets(spec):
@@ -66,9 +66,9 @@ def test_fractional_cpu_gives_no_cpusets(spec):
     assert "cpusets" not in cfg and "session_num" not in cfg
 
 
-def test_explicit_session_group_wins_and_splits_cores(spec):
+def test_explicit_session_group_wins(spec):
     spec["resources"] = {"requests": {"cpu": "6", "memory": "1Gi"}}
-    spec["sessionGroup"] = {"sessionNum": 3, "policy": "RR"}
+    spec["sessionGroup"] = {"sessionNum": 3, "policy": "RR", "cpusets": "0-1;2-3;4-5"}
     cfg = r.model_config(_model(spec))
     assert (cfg["session_num"], cfg["select_session_policy"], cfg["cpusets"]) == (3, "RR", "0-1;2-3;4-5")
 
