@@ -72,3 +72,14 @@ class Uploader:
             self.bucket.put_object_from_file(f"{self.prefix}/{rel}", full)
             self._sent[rel] = sig
         return [p[0] for p in pending]
+
+
+@pytest.fixture(scope="session")
+def hdfs_cluster(tmp_path_factory):
+    """A real HDFS for the whole session (about 20 s to start)."""
+    from .hdfs_cluster import HdfsCluster
+
+    cluster = HdfsCluster(tmp_path_factory.mktemp("hdfs"))
+    print(f"MiniDFSCluster up in {cluster.start_seconds:.1f}s at {cluster.webhdfs}")
+    yield cluster
+    cluster.stop()
