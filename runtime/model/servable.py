@@ -10,8 +10,10 @@ once its last in-flight request has finished.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -21,6 +23,10 @@ from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from deeprec_runtime.errors import InvalidArgument, ServingError, Unavailable, VersionLoadError
+from deeprec_runtime.features import ExternalTables, VersionKey
+from deeprec_runtime.features.binding import restore_dense, serving_tables
+from deeprec_runtime.model.session_group import (GroupPlan, SessionGroup, create_session, place_graph,
+                                                 plan_group)
 from deeprec_runtime.model.signature import Signature, parse_signatures
 from deeprec_runtime.model.source import Delta, VersionInfo
 
@@ -78,26 +84,18 @@ class SessionOptions:
     config_proto: config_pb2.ConfigProto
     serve_run_options: config_pb2.RunOptions
     update_run_options: config_pb2.RunOptions
+    plan: GroupPlan | None = None
+    """The session group (lanes, pools, cpusets, devices); see session_group.py."""
 
 
 def session_options_from(cfg) -> SessionOptions:
-    """Session settings derived from a ModelConfig: thread pools and where runs execute."""
-    proto = config_pb2.ConfigProto(
-        inter_op_parallelism_threads=cfg.inter_op_parallelism_threads,
-        intra_op_parallelism_threads=cfg.intra_op_parallelism_threads,
-        allow_soft_placement=True,
-    )
-    serve = config_pb2.RunOptions()
-    update = config_pb2.RunOptions()
-    # Pool 0 serves requests; a separate pool (when configured) runs loads and deltas so that an
-    # update never queues behind, or delays, request kernels.
-    proto.session_inter_op_thread_pool.add(num_threads=cfg.inter_op_parallelism_threads)
-    if cfg.model_update_inter_threads:
-        proto.session_inter_op_thread_pool.add(num_threads=cfg.model_update_inter_threads)
-        update.inter_op_thread_pool = 1
-    if cfg.enable_inline_execute:
-        serve.inter_op_thread_pool = -1  # run every kernel in the calling thread
-    return SessionOptions(proto, serve, update)
+    """Session settings derived from a ModelConfig: one inter-op pool per lane of the session
+    group (pinned to its cpuset), a separate pool for loads and deltas when
+    model_update_inter_threads is set (an update never queues behind request kernels), inline
+    execution when enable_inline_execute. Raises ConfigError for bad cpusets / gpu_ids_list."""
+    plan = plan_group(cfg)
+    return SessionOptions(plan.config_proto(), plan.lane_run_options(plan.lanes[0]),
+                          plan.update_run_options(), plan)
 
 
 class Servable:
@@ -105,8 +103,10 @@ class Servable:
 
     def __init__(self, name: str, graph: tf.Graph, session: tf.compat.v1.Session,
                  signatures: dict[str, Signature], options: SessionOptions,
-                 updaters: dict[str, "_VariableUpdater"], version: VersionInfo | None):
+                 updaters: dict[str, "_VariableUpdater"], version: VersionInfo | None,
+                 group: SessionGroup | None = None):
         self.name = name
+        self.group = group
         self.graph = graph
         self.session = session
         self.signatures = signatures
@@ -117,10 +117,14 @@ class Servable:
         self.update_time = self.load_time
         self._options = options
         self._updaters = updaters
-        self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], Callable] = {}
+        self._callables: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Callable] = {}
         self._callables_lock = threading.Lock()
         self.gate = ReadWriteGate()
         self.closed = False
+        #: Embedding tables served from a feature store (features.ExternalTables), or None.
+        self.tables = None
+        #: Timeline recorder (timeline.TimelineRecorder), set once the version is warmed up.
+        self.tracer = None
 
     # --- requests -----------------------------------------------------------------------------
     def signature(self, name: str) -> Signature:
@@ -132,10 +136,42 @@ class Servable:
 
     def run(self, feed_names: tuple[str, ...], fetch_names: tuple[str, ...],
             arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Runs the graph; the caller holds the gate for reading (see Manager.acquire)."""
-        fn = self._callables.get((feed_names, fetch_names))
+        """Runs the graph, first looking up embedding rows held outside the session (they are fed
+        in place of the in-graph gathers); traces the run when the timeline asks for it."""
+        if self.tables is not None:
+            feed_names, arrays = self.tables.feed(self._run, feed_names, arrays)
+        step = self.tracer.claim() if self.tracer is not None else None
+        if step is not None:
+            return self._run_traced(step, feed_names, fetch_names, arrays)
+        return self._run(feed_names, fetch_names, arrays)
+
+    def _run_traced(self, step: int, feed_names: tuple[str, ...], fetch_names: tuple[str, ...],
+                    arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        opts = config_pb2.CallableOptions(feed=feed_names, fetch=fetch_names)
+        opts.run_options.CopyFrom(self.tracer.run_options(self._options.serve_run_options))
+        metadata = config_pb2.RunMetadata()
+        try:
+            fn = self.session._make_callable_from_options(opts)  # traces are rare: not cached
+            out = fn(*arrays, run_metadata=metadata)
+        except tf.errors.InvalidArgumentError as exc:
+            raise InvalidArgument(f"the model rejected the inputs: {exc.message.splitlines()[0]}") from None
+        try:
+            self.tracer.write(step, metadata)
+        except (OSError, ValueError) as exc:
+            log.warning("could not write the timeline of request %d: %s", step, exc)
+        return out
+
+    def _run(self, feed_names: tuple[str, ...], fetch_names: tuple[str, ...],
+             arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Runs the graph on the lane the group's policy picks; the caller holds the gate for
+        reading (see Manager.acquire). TensorFlow releases the GIL while it runs."""
+        lane = self.group.select() if self.group is not None else None
+        index = lane.index if lane is not None else 0
+        fn = self._callables.get((index, feed_names, fetch_names))
         if fn is None:
-            fn = self._make_callable(feed_names, fetch_names)
+            fn = self._make_callable(index, feed_names, fetch_names)
+        if lane is not None and lane.pins_caller:
+            lane.pin_caller()
         try:
             return fn(*arrays)
         except tf.errors.InvalidArgumentError as exc:
@@ -143,25 +179,43 @@ class Servable:
         except tf.errors.CancelledError:
             raise Unavailable(f"version {self.name} was unloaded during the request") from None
 
-    def _make_callable(self, feed_names: tuple[str, ...], fetch_names: tuple[str, ...]) -> Callable:
+    def _make_callable(self, lane: int, feed_names: tuple[str, ...],
+                       fetch_names: tuple[str, ...]) -> Callable:
+        key = (lane, feed_names, fetch_names)
         with self._callables_lock:
-            fn = self._callables.get((feed_names, fetch_names))
+            fn = self._callables.get(key)
             if fn is None:
                 opts = config_pb2.CallableOptions(feed=feed_names, fetch=fetch_names)
-                opts.run_options.CopyFrom(self._options.serve_run_options)
+                opts.run_options.CopyFrom(self.group.lanes[lane].run_options if self.group
+                                          else self._options.serve_run_options)
                 fn = self.session._make_callable_from_options(opts)
-                self._callables[(feed_names, fetch_names)] = fn
+                self._callables[key] = fn
             return fn
+
+    @property
+    def num_lanes(self) -> int:
+        return len(self.group.lanes) if self.group is not None else 1
 
     # --- updates ------------------------------------------------------------------------------
     def apply_delta(self, delta: Delta, local_prefix: str) -> None:
         """Applies one incremental checkpoint in place. Everything is read and checked before the
         first variable changes, so a bad delta leaves the servable as it was."""
         updates = read_delta(local_prefix, self._updaters)
+        if self.tables is not None:
+            # Rows of external tables go to the feature store first (a failure there leaves the
+            # session untouched, so the whole delta is retried); the rest is applied below.
+            updates = self.tables.apply_delta(delta.step, updates)
+        workers = self._options.plan.update_workers if self._options.plan else 1
         self.gate.acquire_write()
         try:
-            for updater, args in updates:
-                updater.apply(args)
+            if workers > 1 and len(updates) > 1:
+                # model_update_intra_threads: variables are independent, so their updates run
+                # side by side (each run releases the GIL inside TensorFlow).
+                with ThreadPoolExecutor(workers, thread_name_prefix="deeprec-delta") as pool:
+                    list(pool.map(lambda u: u[0].apply(u[1]), updates))
+            else:
+                for updater, args in updates:
+                    updater.apply(args)
         finally:
             self.gate.release_write()
         self.delta_step = delta.step
@@ -175,6 +229,8 @@ class Servable:
                 self.closed = True
                 self._callables.clear()
                 self.session.close()
+                if self.tables is not None:
+                    self.tables.close()
         finally:
             self.gate.release_write()
 
@@ -279,9 +335,12 @@ def _first_line(exc: BaseException) -> str:
 
 def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                   localize: Callable[[str], str],
-                  options: SessionOptions) -> Servable:
+                  options: SessionOptions, features=None) -> Servable:
     """Builds a servable: SavedModel graph + the version's full checkpoint (the manager applies
     the deltas, one by one, so that a bad delta does not discard a good full checkpoint).
+
+    With a feature store (`features`, see deeprec_runtime.features) the graph's embedding tables
+    are not restored: the store makes the version's rows available and requests feed them.
 
     `localize` turns a checkpoint prefix on the store into a local one (remote stores fetch).
     Raises VersionLoadError with the reason when anything is missing or inconsistent.
@@ -289,16 +348,32 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
     started = time.monotonic()
     graph = tf.Graph()
     session = None
+    group = None
+    external = None
     try:
         loader = loader_impl.SavedModelLoader(savedmodel_dir)
         with graph.as_default():
             saver, _ = loader.load_graph(graph, SERVE_TAGS)
-            session = tf.compat.v1.Session(graph=graph, config=options.config_proto)
+            if options.plan is not None:
+                if options.plan.uses_gpu:
+                    place_graph(graph, options.plan.lanes[0].device, options.plan.embeddings_on_cpu)
+                group = create_session(graph, options.plan)
+                session = group.session
+            else:
+                session = tf.compat.v1.Session(graph=graph, config=options.config_proto)
             meta = loader.get_meta_graph_def_from_tags(SERVE_TAGS)
             variables = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
             updaters = {v.op.name: _VariableUpdater(session, v, options.update_run_options)
                         for v in variables}
-            if version is None:
+            tables = serving_tables(graph, meta) if features is not None else {}
+            if tables:
+                prefix = (localize(version.full_prefix) if version is not None
+                          else os.path.join(savedmodel_dir, "variables", "variables"))
+                restore_dense(prefix, updaters, tables)
+                key = VersionKey(version.name if version else SAVEDMODEL_VERSION,
+                                 version.full_step if version else 0)
+                external = ExternalTables(tables, features.open_version(key, tables, prefix))
+            elif version is None:
                 loader.restore_variables(session, saver)
             else:
                 if saver is None:
@@ -310,14 +385,19 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
             loader.run_init_ops(session, SERVE_TAGS)
         graph.finalize()
         servable = Servable(version.name if version else SAVEDMODEL_VERSION, graph, session,
-                            parse_signatures(meta), options, updaters, version)
+                            parse_signatures(meta), options, updaters, version, group)
+        servable.tables = external
     except VersionLoadError:
         if session is not None:
             session.close()
+        if external is not None:
+            external.close()
         raise
     except (tf.errors.OpError, OSError, ValueError, RuntimeError, IndexError, ServingError) as exc:
         if session is not None:
             session.close()
+        if external is not None:
+            external.close()
         what = version.name if version else savedmodel_dir
         raise VersionLoadError(f"loading {what} failed: {_first_line(exc)}") from None
     log.info("loaded version %s (full step %d, delta step %d) in %.2fs", servable.name,

@@ -14,6 +14,7 @@ import numpy as np
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.errors import ServingError, VersionLoadError
 from deeprec_runtime.model.servable import Servable
+from deeprec_runtime.model.session_group import SessionGroup
 from deeprec_runtime.predict import predict
 from deeprec_runtime.protos import predict_pb2 as pb
 
@@ -56,15 +57,19 @@ def warm_up(servable: Servable, signature_name: str, request: pb.PredictRequest 
         request = generated_request(servable, signature_name)
         if request is None:
             return
-    for _ in range(iterations):
-        servable.gate.acquire_read()
-        try:
-            predict(servable, request, signature_name)
-        except ServingError as exc:
-            if explicit:
-                raise VersionLoadError(f"warmup of {servable.name} failed: {exc}") from None
-            log.warning("generated warmup request failed on %s (%s); serving without warmup",
-                        servable.name, exc)
-            return
-        finally:
-            servable.gate.release_read()
+    # Every lane of the session group is warmed (DeepRec warms every session): each has its own
+    # prepared callables and thread pool.
+    for lane in range(servable.num_lanes):
+        for _ in range(iterations):
+            servable.gate.acquire_read()
+            try:
+                with SessionGroup.using(lane):
+                    predict(servable, request, signature_name)
+            except ServingError as exc:
+                if explicit:
+                    raise VersionLoadError(f"warmup of {servable.name} failed: {exc}") from None
+                log.warning("generated warmup request failed on %s (%s); serving without warmup",
+                            servable.name, exc)
+                return
+            finally:
+                servable.gate.release_read()
