@@ -1,0 +1,259 @@
+"""The HTTP server: routing, body limits, JSON parsing and the one ServingError -> HTTP mapping.
+
+The standard library's ThreadingHTTPServer: one thread per connection (keep-alive), which suits
+a data plane that blocks in TensorFlow, and no dependency to keep current. What it lacks for
+production is added here: a cap on concurrent connections (503 beyond it), an idle/slow-client
+socket timeout, a request body limit (413) and JSON parsing that cannot crash a thread (deep
+nesting -> 400). bench/rest_bench.py measures its throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from deeprec_runtime.errors import InvalidArgument, NotFound, ServingError
+from deeprec_runtime.models import ModelRegistry
+from deeprec_runtime.server.rest import stfs, tfs
+
+if TYPE_CHECKING:
+    from deeprec_runtime.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_CONNECTIONS = 256
+IDLE_TIMEOUT_SECONDS = 60.0
+
+_MODEL_URL = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)"
+    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+    r"(?::(?P<verb>[A-Za-z]+)|/(?P<tail>metadata|gen_json|gen_client))?/?$")
+
+
+class HttpError(ServingError):
+    """A protocol-level refusal with its own HTTP status (413, 411, 405 ...)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.http_status = status
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: a client's requests share one connection
+    server_version = "deeprec-runtime"
+    timeout = IDLE_TIMEOUT_SECONDS
+    server: "_Server"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    # --- one request --------------------------------------------------------------------------
+    def _handle(self, method: str) -> None:
+        app = self.server.app
+        url = urlsplit(self.path)
+        if method == "GET" and url.path == "/metrics":
+            self._send(200, app.metrics.exposition() if app.metrics else b"",
+                       app.metrics_content_type)
+            return
+        metrics = app.metrics
+        started = metrics.begin("rest") if metrics else 0.0
+        status = 500
+        self._body_read = False
+        try:
+            status, payload, content_type = app.route(self, method, url.path, parse_qs(url.query))
+        except ServingError as exc:
+            status = exc.http_status
+            payload, content_type = _error(str(exc)), "application/json"
+        except Exception:
+            log.exception("unexpected error in %s %s", method, url.path)
+            payload, content_type = _error("internal error (see the server log)"), "application/json"
+        finally:
+            if metrics:
+                metrics.end("rest", str(status), started)
+        if method == "POST" and not self._body_read:
+            self.close_connection = True  # refused before reading the body: do not parse it
+        self._send(status, payload, content_type)
+
+    def read_json(self) -> dict[str, Any]:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise HttpError(411, "chunked request bodies are not supported; send Content-Length")
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            raise HttpError(411, "a request body with Content-Length is required")
+        try:
+            length = int(length_text)
+        except ValueError:
+            raise HttpError(400, f"invalid Content-Length {length_text!r}") from None
+        if length < 0:
+            raise HttpError(400, f"invalid Content-Length {length}")
+        if length > self.server.app.max_body_bytes:
+            raise HttpError(413, f"request body of {length} bytes exceeds the limit of "
+                                 f"{self.server.app.max_body_bytes} bytes")
+        data = self.rfile.read(length)
+        self._body_read = True
+        if len(data) != length:
+            self.close_connection = True
+            raise InvalidArgument(f"request body ended after {len(data)} of {length} bytes")
+        try:
+            body = json.loads(data)
+        except RecursionError:
+            raise InvalidArgument("request body is nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise InvalidArgument("request body must be a JSON object")
+        return body
+
+    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:  # client went away; nothing to answer
+            self.close_connection = True
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode("utf-8")
+
+
+def _json(status: int, obj: Any) -> tuple[int, bytes, str]:
+    try:
+        return status, json.dumps(obj).encode("utf-8"), "application/json"
+    except (TypeError, ValueError) as exc:
+        raise ServingError(f"response cannot be written as JSON: {exc}") from None
+
+
+class _App:
+    """Routes a request to the TF Serving or Simple TensorFlow Serving dialect."""
+
+    def __init__(self, models: ModelRegistry, metrics: "Metrics | None", max_body_bytes: int):
+        self.models = models
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        from deeprec_runtime.metrics import CONTENT_TYPE  # noqa: PLC0415
+
+        self.metrics_content_type = CONTENT_TYPE
+
+    def route(self, handler: _Handler, method: str, path: str,
+              query: dict[str, list[str]]) -> tuple[int, bytes, str]:
+        if path == "/":
+            if method != "POST":
+                raise HttpError(405, "POST a Simple TensorFlow Serving request to /")
+            model, result = stfs.predict(self.models, handler.read_json())
+            return _json(200, result)
+        if path in ("/v1/gen_json", "/v1/gen_client"):
+            model = self._model(query.get("model_name", [""])[0])
+            return self._helper(handler, model, path.rsplit("/", 1)[1], query)
+        m = _MODEL_URL.match(path)
+        if m is None:
+            raise NotFound(f"no such endpoint: {method} {path}")
+        model = self._model(unquote(m["name"]))
+        number, label = tfs.version_choice(
+            unquote(m["version"]) if m["version"] else None,
+            unquote(m["label"]) if m["label"] else None)
+        verb, tail = m["verb"], m["tail"]
+        if verb is not None:
+            if method != "POST":
+                raise HttpError(405, f":{verb} needs POST")
+            if verb not in ("predict", "classify", "regress"):
+                raise NotFound(f"unknown method ':{verb}'; use :predict, :classify or :regress")
+            version = model.resolve(number, label)
+            body = handler.read_json()
+            if verb == "predict":
+                return _json(200, tfs.predict(model, version, body))
+            if verb == "classify":
+                return _json(200, tfs.classify_json(model, version, body))
+            return _json(200, tfs.regress_json(model, version, body))
+        if method != "GET":
+            raise HttpError(405, f"{path} answers GET")
+        if tail == "metadata":
+            return _json(200, tfs.metadata_json(model, model.resolve(number, label)))
+        if tail in ("gen_json", "gen_client"):
+            return self._helper(handler, model, tail, query)
+        return _json(200, tfs.status_json(model, number, label))
+
+    def _model(self, name: str):  # type: ignore[no-untyped-def]
+        model = self.models.get(name)
+        if self.metrics is not None:
+            self.metrics.note(model.name)
+        return model
+
+    @staticmethod
+    def _helper(handler: _Handler, model, what: str,  # type: ignore[no-untyped-def]
+                query: dict[str, list[str]]) -> tuple[int, bytes, str]:
+        if what == "gen_json":
+            return _json(200, stfs.gen_json(model))
+        language = query.get("language", ["python"])[0]
+        host = handler.headers.get("Host") or f"127.0.0.1:{handler.server.server_address[1]}"
+        code = stfs.gen_client(model, language, f"http://{host}/")
+        return 200, code.encode("utf-8"), "text/plain; charset=utf-8"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: _App, max_connections: int):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.app = app
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+        if not self._slots.acquire(blocking=False):
+            body = _error("too many connections; retry later")
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                                b"application/json\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class RestServer:
+    """REST on its own port; start() serves from a background thread."""
+
+    def __init__(self, models: ModelRegistry, port: int, host: str = "[::]",
+                 metrics: "Metrics | None" = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 max_connections: int = MAX_CONNECTIONS):
+        bind = host.strip("[]") or "::"
+        self._server = _Server((bind, port), _App(models, metrics, max_body_bytes), max_connections)
+        self.port = self._server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="deeprec-rest",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
