@@ -13,9 +13,16 @@ from deeprec_runtime.model.annotations import DEFAULT_ANNOTATIONS_FILE
 
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve the model a DeepRec model_config JSON describes")
-    p.add_argument("--config", required=True, help="path of the model_config JSON file")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", help="path of the model_config JSON file (one model, named "
+                       "--model-name)")
+    which.add_argument("--model-config-list", help="JSON/YAML file listing several models: "
+                       '{"model_config_list": [{"name": ..., "model_config": path or object}]}; '
+                       "the first is the default model (docs/apis.md)")
     p.add_argument("--grpc-port", type=int, default=8500)
-    p.add_argument("--http-port", type=int, default=0, help="REST port; 0 disables REST")
+    p.add_argument("--http-port", type=int, default=0,
+                   help="REST (TF Serving and Simple TensorFlow Serving) and /metrics port; "
+                        "0 disables HTTP")
     p.add_argument("--host", default="[::]", help="address to bind (default: all)")
     p.add_argument("--annotations-file", default=DEFAULT_ANNOTATIONS_FILE,
                    help="Downward API annotations file carrying serving.deeprec.io/target-version")
@@ -99,8 +106,11 @@ def serve(args) -> int:
     from deeprec_runtime.config import load_model_config  # noqa: PLC0415
     from deeprec_runtime.errors import ConfigError  # noqa: PLC0415
 
+    from deeprec_runtime.models import load_model_config_list  # noqa: PLC0415
+
     try:
-        config = load_model_config(args.config)
+        models = load_model_config_list(args.model_config_list) if args.model_config_list else None
+        config = models[0].config if models else load_model_config(args.config)
     except ConfigError as exc:
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -108,9 +118,10 @@ def serve(args) -> int:
 
     try:
         security = Security(security_config_from(args))
-        runtime = Runtime(config, grpc_port=args.grpc_port, http_port=args.http_port,
+        runtime = Runtime(config, grpc_port=args.grpc_port, http_port=args.http_port or None,
                           host=args.host, annotations_file=args.annotations_file,
-                          model_name=args.model_name, workers=args.workers, security=security)
+                          model_name=args.model_name, workers=args.workers, security=security,
+                          models=models)
     except (ConfigError, SecurityConfigError) as exc:  # e.g. custom_op_paths, --tls-key
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -118,7 +129,8 @@ def serve(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     runtime.start()
-    print(f"deeprec-runtime: gRPC on port {runtime.grpc_port}", flush=True)
+    print(f"deeprec-runtime: gRPC on port {runtime.grpc_port}"
+          + (f", HTTP on port {runtime.http_port}" if runtime.http else ""), flush=True)
     # A timed wait: the kernel may deliver SIGTERM to any of TensorFlow's or gRPC's threads, and
     # Python runs its handler only when the main thread wakes up to look.
     while not stop.wait(0.2):
