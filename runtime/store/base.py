@@ -127,16 +127,16 @@ class LocalStore(ModelStore):
         return self._check(path)
 
 
-def open_store(config: "ModelConfig") -> ModelStore:
+def open_store(config: ModelConfig) -> ModelStore:
     """The store the config asks for."""
     if config.model_store_type == "local":
         return LocalStore([config.savedmodel_dir, config.checkpoint_dir])
     if config.model_store_type == "oss":
-        from deeprec_runtime.store.oss import OssStore  # noqa: PLC0415 (oss2 only when used)
+        from deeprec_runtime.store.oss import OssStore  # imported only when used: oss2
 
         return OssStore.from_config(config)
     if config.model_store_type == "hdfs":
-        from deeprec_runtime.store.hdfs import HdfsStore  # noqa: PLC0415 (fsspec only when used)
+        from deeprec_runtime.store.hdfs import HdfsStore  # imported only when used: fsspec
 
         return HdfsStore.from_config(config)
     raise ConfigError("model_store_type", f"{config.model_store_type!r} store is not available in this build")

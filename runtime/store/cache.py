@@ -21,10 +21,16 @@ import shutil
 import tempfile
 import uuid
 import weakref
-from typing import BinaryIO, Callable, TypeVar
+from collections.abc import Callable
+from typing import BinaryIO, TypeVar
 
-from deeprec_runtime.store.base import (FileInfo, ModelStore, StoreError, StoreNotFound,
-                                        StoreUnavailable)
+from deeprec_runtime.store.base import (
+    FileInfo,
+    ModelStore,
+    StoreError,
+    StoreNotFound,
+    StoreUnavailable,
+)
 from deeprec_runtime.store.retry import RetriesExhausted, RetryPolicy, call_with_retry
 
 log = logging.getLogger(__name__)
@@ -155,7 +161,7 @@ class CachingStore(ModelStore):
             raise StoreUnavailable(str(exc)) from None
         except StoreError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (every backend error becomes a StoreError)
             raise self._translate(exc, url) from None
 
     def _is_transient(self, exc: BaseException) -> bool:

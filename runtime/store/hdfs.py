@@ -12,12 +12,16 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlparse
 
 import requests
-from fsspec.implementations.webhdfs import WebHDFS
-from requests.adapters import HTTPAdapter
-
-from deeprec_runtime.store.base import (FileInfo, StoreAuthError, StoreError, StoreNotFound)
+from deeprec_runtime.store.base import (
+    FileInfo,
+    StoreAuthError,
+    StoreError,
+    StoreNotFound,
+)
 from deeprec_runtime.store.cache import CachingStore, LocalCache, split_url
 from deeprec_runtime.store.retry import RetryPolicy, describe
+from fsspec.implementations.webhdfs import WebHDFS
+from requests.adapters import HTTPAdapter
 
 if TYPE_CHECKING:
     from deeprec_runtime.config import ModelConfig
@@ -69,7 +73,7 @@ class HdfsStore(CachingStore):
         self._fs.session.hooks["response"].append(_raise_on_5xx)
 
     @classmethod
-    def from_config(cls, config: "ModelConfig") -> "HdfsStore":
+    def from_config(cls, config: ModelConfig) -> HdfsStore:
         address = config.webhdfs_address
         if not address:
             _, authority, _ = split_url(config.savedmodel_dir)

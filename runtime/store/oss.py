@@ -11,8 +11,12 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import oss2
 import requests
-
-from deeprec_runtime.store.base import FileInfo, StoreAuthError, StoreError, StoreNotFound
+from deeprec_runtime.store.base import (
+    FileInfo,
+    StoreAuthError,
+    StoreError,
+    StoreNotFound,
+)
 from deeprec_runtime.store.cache import CachingStore, LocalCache, split_url
 from deeprec_runtime.store.retry import RetryPolicy, describe
 
@@ -48,7 +52,7 @@ class OssStore(CachingStore):
         self._buckets: dict[str, oss2.Bucket] = {}
 
     @classmethod
-    def from_config(cls, config: "ModelConfig") -> "OssStore":
+    def from_config(cls, config: ModelConfig) -> OssStore:
         return cls(config.oss_endpoint, config.oss_access_id, config.oss_access_key,
                    LocalCache(config.model_cache_dir))
 

@@ -24,9 +24,9 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
@@ -114,7 +114,7 @@ class OssServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
-    def start(self) -> "OssServer":
+    def start(self) -> OssServer:
         self._thread.start()
         return self
 
@@ -123,7 +123,7 @@ class OssServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> "OssServer":
+    def __enter__(self) -> OssServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

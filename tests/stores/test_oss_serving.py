@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.runtime.conftest import demo, output, serve, wait_for  # noqa: F401 (fixtures)
+from tests.runtime.conftest import output, wait_for
 
 from .conftest import ACCESS_ID, ACCESS_KEY, BUCKET, Uploader
 from .oss_server import Fault
@@ -23,8 +23,8 @@ def oss_model(demo, bucket):
 
 
 def oss_fields(server, tmp_path):
-    return dict(model_store_type="oss", oss_endpoint=server.endpoint, oss_access_id=ACCESS_ID,
-                oss_access_key=ACCESS_KEY, model_cache_dir=str(tmp_path / "cache"))
+    return {"model_store_type": "oss", "oss_endpoint": server.endpoint, "oss_access_id": ACCESS_ID,
+            "oss_access_key": ACCESS_KEY, "model_cache_dir": str(tmp_path / "cache")}
 
 
 def rel(demo, path):
@@ -33,7 +33,7 @@ def rel(demo, path):
 
 def test_oss_model_serves_and_follows_new_full_versions_and_deltas(oss_model, oss_server, serve, tmp_path):
     demo, uploader = oss_model
-    runtime, client = serve(f"oss://{BUCKET}/demo/{rel(demo, demo.saved_model_dir)}",
+    _, client = serve(f"oss://{BUCKET}/demo/{rel(demo, demo.saved_model_dir)}",
                             f"oss://{BUCKET}/demo/{rel(demo, demo.checkpoint_dir)}",
                             **oss_fields(oss_server, tmp_path))
     feed = demo.model.make_feed(8, np.random.default_rng(11))
@@ -72,7 +72,7 @@ def test_oss_model_serves_and_follows_new_full_versions_and_deltas(oss_model, os
 def test_store_outage_during_an_update_keeps_serving_and_the_update_lands_after(oss_model, oss_server,
                                                                                 serve, tmp_path):
     demo, uploader = oss_model
-    runtime, client = serve(f"oss://{BUCKET}/demo/{rel(demo, demo.saved_model_dir)}",
+    _, client = serve(f"oss://{BUCKET}/demo/{rel(demo, demo.saved_model_dir)}",
                             f"oss://{BUCKET}/demo/{rel(demo, demo.checkpoint_dir)}",
                             **oss_fields(oss_server, tmp_path))
     feed = demo.model.make_feed(8, np.random.default_rng(12))
