@@ -3,10 +3,13 @@ missing paths, an unreachable NameNode, and a model served from hdfs:// followin
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -105,3 +108,64 @@ def test_hdfs_model_serves_and_follows_deltas_and_new_versions(hdfs, hdfs_cluste
     wait_for(lambda: client.info().version == "checkpoint_2", timeout=20, message="checkpoint_2 from HDFS")
     np.testing.assert_allclose(output(client.predict(feed), "probability"), demo.model.predict(feed),
                                rtol=1e-5, atol=1e-6)
+
+
+class _FlakyNameNode(BaseHTTPRequestHandler):
+    """Forwards to the real NameNode, but answers 503 to the first `failures` requests (as an
+    overloaded NameNode or a gateway in front of it does)."""
+
+    protocol_version = "HTTP/1.1"
+    upstream = ""
+    failures = 0
+    seen = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        type(self).seen += 1
+        if type(self).seen <= type(self).failures:
+            body = b"<html>Service Unavailable</html>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        host, port = self.upstream.split("://", 1)[1].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", self.path)
+        resp = conn.getresponse()
+        body = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        conn.close()
+
+
+def test_namenode_5xx_answers_are_retried_and_the_fetch_is_exact(hdfs, hdfs_cluster, tmp_path):
+    fs, _store, root, url = hdfs
+    files = {"m-1.data-00000-of-00001": os.urandom(100_000), "m-1.index": os.urandom(100)}
+    for name, data in files.items():
+        fs.pipe_file(f"{root}/v/{name}", data)
+    handler = type("Flaky", (_FlakyNameNode,), {"upstream": hdfs_cluster.webhdfs, "failures": 4})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        store = HdfsStore(f"http://127.0.0.1:{proxy.server_address[1]}", "serving",
+                          LocalCache(str(tmp_path / "c")), FAST_RETRY)
+        local = store.localize_checkpoint(f"{url}/v/m-1")
+        for name, data in files.items():
+            with open(os.path.join(os.path.dirname(local), name), "rb") as fh:
+                assert fh.read() == data
+        assert handler.seen > handler.failures
+        handler.failures, handler.seen = 10**6, 0  # a NameNode that stays down
+        with pytest.raises(StoreUnavailable, match="HTTPError: 503"):
+            store.list(f"{url}/v")
+        assert handler.seen == FAST_RETRY.attempts
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
