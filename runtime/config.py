@@ -333,6 +333,8 @@ def load_model_config(path: str, env: Mapping[str, str] | None = None) -> ModelC
             text = fh.read()
     except OSError as exc:
         raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("<file>", f"{path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     return parse_model_config_json(text, path, env)
 
 
