@@ -17,11 +17,10 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import grpc
-
 from deeprec_runtime.errors import Unauthenticated
 
 log = logging.getLogger(__name__)

@@ -54,10 +54,10 @@ def include_dir() -> str:
 def api_declarations() -> str:
     """The exported functions, read from processor.h so the header and the library agree."""
     text = HEADER_PATH.read_text()
-    match = re.search(r"/\* BEGIN-API.*?\*/(.*?)/\* END-API \*/", text, re.S)
+    match = re.search(r"/\* BEGIN-API.*?\*/(.*?)/\* END-API \*/", text, re.DOTALL)
     if match is None:
         raise BuildError(f"{HEADER_PATH} has no BEGIN-API/END-API block")
-    return re.sub(r"/\*.*?\*/", "", match.group(1), flags=re.S).strip()
+    return re.sub(r"/\*.*?\*/", "", match.group(1), flags=re.DOTALL).strip()
 
 
 def _site_dirs() -> list[str]:
@@ -167,7 +167,7 @@ def _c_string(value: str) -> str:
 
 
 def _sources() -> tuple[str, str]:
-    libdir, libpython = _libpython()
+    _, libpython = _libpython()
     c_source = _C_SOURCE % {"libpython": _c_string(libpython), "home": _c_string(sys.base_prefix)}
     init_code = _INIT_CODE % {"module": MODULE_NAME, "site_dirs": _site_dirs(),
                               "extra_paths": _pythonpath()}
@@ -177,7 +177,7 @@ def _sources() -> tuple[str, str]:
 def build_key() -> str:
     """Changes whenever the library would come out different: sources, interpreter, paths."""
     try:
-        import cffi  # noqa: PLC0415
+        import cffi
     except ImportError as exc:
         raise BuildError(f"the C API is built with cffi, which is not installed: {exc}") from None
     c_source, init_code = _sources()
@@ -226,7 +226,7 @@ def _locked(path: Path):
 
 def _compile(folder: Path, key: str) -> None:
     try:
-        import cffi  # noqa: PLC0415
+        import cffi
     except ImportError as exc:
         raise BuildError(f"the C API is built with cffi, which is not installed: {exc}") from None
     if shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC")
@@ -246,7 +246,7 @@ def _compile(folder: Path, key: str) -> None:
     with tempfile.TemporaryDirectory(prefix="deeprec-capi-") as tmp:
         try:
             built = ffi.compile(tmpdir=tmp, target=LIBRARY_NAME.replace(".so", ".*"), verbose=False)
-        except Exception as exc:  # distutils CompileError / LinkError carry the compiler output
+        except Exception as exc:  # noqa: BLE001 (distutils CompileError / LinkError carry the compiler output)
             raise BuildError(f"building {LIBRARY_NAME} failed: {exc}") from None
         # Rename into place: a process that loads the library never sees a half-written file.
         staged = folder / f".{LIBRARY_NAME}.{os.getpid()}"

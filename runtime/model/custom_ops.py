@@ -23,7 +23,7 @@ def load_custom_ops(paths: tuple[str, ...]) -> None:
     """Loads each library; a missing or unloadable one raises ConfigError naming the field."""
     if not paths:
         return
-    import tensorflow as tf  # noqa: PLC0415 (only configs that name custom ops pay for it here)
+    import tensorflow as tf
 
     with _lock:
         for path in paths:
@@ -34,7 +34,7 @@ def load_custom_ops(paths: tuple[str, ...]) -> None:
                 raise ConfigError("custom_op_paths", f"{path!r} is not a file")
             try:
                 tf.load_op_library(real)
-            except Exception as exc:  # TF raises NotFoundError (bad ELF, missing symbols) and others
+            except Exception as exc:  # noqa: BLE001 (TF raises NotFoundError (bad ELF, missing symbols) and others)
                 raise ConfigError("custom_op_paths",
                                   f"cannot load {path!r}: {str(exc).strip().splitlines()[0]}") from None
             _loaded.add(real)

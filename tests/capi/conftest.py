@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.training.checkpoint_writer import CheckpointWriter
@@ -23,7 +22,7 @@ EXAMPLE = REPO / "examples" / "c" / "processor_client.c"
 
 def cli(*args: str, env: dict | None = None) -> str:
     out = subprocess.run([sys.executable, "-m", "deeprec_runtime.cli", *args], env=env,
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=240, check=False)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 

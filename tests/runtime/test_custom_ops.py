@@ -7,7 +7,6 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import ConfigError
 
@@ -39,9 +38,9 @@ def op_library(tmp_path, monkeypatch):
 
 
 def test_custom_op_library_is_loaded_before_the_model_serves(seed_model, serve, op_library):
-    model, writer, base = seed_model
+    _, _, base = seed_model
     so, marker = op_library
-    runtime, client = serve(str(base / "saved_model"), str(base / "checkpoints"),
+    _, client = serve(str(base / "saved_model"), str(base / "checkpoints"),
                             custom_op_paths=[so])
     assert marker.read_text() == "loaded"
     response = client.predict({"input1": np.array([0.5]), "input2": np.array([3], np.int32)})
@@ -49,7 +48,7 @@ def test_custom_op_library_is_loaded_before_the_model_serves(seed_model, serve, 
 
 
 def test_unloadable_custom_op_path_is_a_config_error_naming_the_field(seed_model, serve, tmp_path):
-    model, writer, base = seed_model
+    _, _, base = seed_model
     not_elf = tmp_path / "not_a_library.so"
     not_elf.write_text("plain text")
     for path in (str(tmp_path / "missing.so"), str(not_elf)):
