@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from deeprec_runtime.batching import Batcher
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.model.manager import Manager
 from deeprec_runtime.predict import predict
@@ -21,6 +22,8 @@ class DataPlane:
         self.model_name = model_name
         #: Called with (version name, request) once a request holds its version (metrics).
         self.observer: Callable[[str, pb.PredictRequest], None] | None = None
+        #: Merges concurrent small requests into one run when `batching` is configured.
+        self.batcher = Batcher(config.batching) if config.batching.enabled else None
 
     def predict(self, request: pb.PredictRequest, version: str | None = None) -> pb.PredictResponse:
         """Runs `request` on the serving version, or on the loaded version named `version`."""
@@ -28,9 +31,13 @@ class DataPlane:
         try:
             if self.observer is not None:
                 self.observer(servable.name, request)
-            return predict(servable, request, self.config.signature_name)
+            return predict(servable, request, self.config.signature_name, self.batcher)
         finally:
             servable.gate.release_read()
 
     def model_info(self) -> pb.ServingModelInfo:
         return self.manager.info()
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()

@@ -37,8 +37,10 @@ def resolve_feeds(signature: Signature, arrays: Mapping[str, np.ndarray],
     return names, [by_tensor[n] for n in names]
 
 
-def predict(servable: Servable, request: pb.PredictRequest, default_signature: str) -> pb.PredictResponse:
-    """Runs `request` on `servable`; raises InvalidArgument naming what was wrong."""
+def predict(servable: Servable, request: pb.PredictRequest, default_signature: str,
+            batcher=None) -> pb.PredictResponse:
+    """Runs `request` on `servable`; raises InvalidArgument naming what was wrong. With a
+    `batcher` (runtime/batching.py) the run may be merged with concurrent requests."""
     signature = servable.signature(request.signature_name or default_signature)
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, int] = {}
@@ -49,7 +51,10 @@ def predict(servable: Servable, request: pb.PredictRequest, default_signature: s
     keys = list(request.output_filter) or sorted(signature.outputs)
     specs = [signature.output(k) for k in keys]
     fetch_names = tuple(sorted({s.name for s in specs}))
-    results = servable.run(feed_names, fetch_names, feed_arrays)
+    if batcher is not None:
+        results = batcher.run(servable, feed_names, fetch_names, feed_arrays)
+    else:
+        results = servable.run(feed_names, fetch_names, feed_arrays)
     by_name = dict(zip(fetch_names, results))
     response = pb.PredictResponse()
     for key, spec in zip(keys, specs):

@@ -1,0 +1,81 @@
+"""Server-side batching over real gRPC: merged runs give each caller exactly its own rows,
+padding to allowed sizes, large requests alone, and a full queue answers RESOURCE_EXHAUSTED."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from .conftest import output
+
+
+def concurrent_predicts(client, feeds, **kwargs):
+    results: list = [None] * len(feeds)
+    barrier = threading.Barrier(len(feeds))
+
+    def call(i):
+        barrier.wait()
+        try:
+            results[i] = output(client.predict(feeds[i], **kwargs), "probability")
+        except grpc.RpcError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(feeds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+@pytest.mark.parametrize("allowed", [[], [4, 16, 32]])
+def test_each_caller_gets_exactly_its_own_rows(demo, serve, allowed):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, batching={
+        "max_batch_size": 32, "batch_timeout_micros": 200_000, "num_batch_threads": 2,
+        "allowed_batch_sizes": allowed})
+    rng = np.random.default_rng(7)
+    feeds = [demo.model.make_feed(1 + i % 4, rng) for i in range(12)]
+    for _ in range(2):
+        got = concurrent_predicts(client, feeds)
+        for feed, result in zip(feeds, got):
+            assert not isinstance(result, Exception), result
+            np.testing.assert_allclose(result, demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+    assert runtime.dataplane.batcher.batches_run > 0, "no request was ever merged"
+
+
+def test_requests_over_max_batch_size_run_alone(demo, serve):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir,
+                            batching={"max_batch_size": 8, "batch_timeout_micros": 1000})
+    feed = demo.model.make_feed(50, np.random.default_rng(1))
+    np.testing.assert_allclose(output(client.predict(feed), "probability"),
+                               demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+
+
+def test_full_queue_is_refused_at_once_with_resource_exhausted(demo, serve):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, batching={
+        "max_batch_size": 4, "batch_timeout_micros": 3_000_000, "max_enqueued_batches": 1})
+    rng = np.random.default_rng(2)
+    three, two = demo.model.make_feed(3, rng), demo.model.make_feed(2, rng)
+    first: list = []
+    waiting = threading.Thread(target=lambda: first.append(
+        output(client.predict(three), "probability")))
+    waiting.start()  # opens the only batch, which waits up to 3 s for company
+    time.sleep(0.5)
+    started = time.monotonic()
+    # 3 + 2 rows do not fit: the open batch closes and the new one would be a second batch.
+    with pytest.raises(grpc.RpcError) as err:
+        client.predict(two)
+    refused_after = time.monotonic() - started
+    waiting.join(10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full" in err.value.details()
+    assert refused_after < 1.0
+    np.testing.assert_allclose(first[0], demo.model.predict(three), rtol=1e-5, atol=1e-6)
+    # and once the queue drains, requests are served again (a full batch runs at once)
+    four = demo.model.make_feed(4, rng)
+    np.testing.assert_allclose(output(client.predict(four), "probability"),
+                               demo.model.predict(four), rtol=1e-5, atol=1e-6)
