@@ -127,16 +127,23 @@ def test_bad_bodies_are_400_and_deep_nesting_does_not_crash(served):
     assert http("GET", f"{served.http}/v1/models/seed")[0] == 200  # still serving
 
 
+def _reply(sock) -> str:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
 def test_body_over_the_limit_is_413_and_missing_length_is_411(served):
     limit = served.runtime.http._server.app.max_body_bytes
     with socket.create_connection(("127.0.0.1", served.runtime.http_port), timeout=10) as s:
         s.sendall(b"POST /v1/models/seed:predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
                   b"application/json\r\nContent-Length: " + str(limit + 1).encode() + b"\r\n\r\n{")
-        reply = s.recv(4096).decode()
+        reply = _reply(s)
     assert reply.startswith("HTTP/1.1 413") and "exceeds the limit" in reply
     with socket.create_connection(("127.0.0.1", served.runtime.http_port), timeout=10) as s:
         s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n0\r\n\r\n")
-        reply = s.recv(4096).decode()
+        reply = _reply(s)
     assert reply.startswith("HTTP/1.1 411")
 
 
