@@ -92,7 +92,7 @@ def iter_table_rows(prefix: str, table: Table, chunk_rows: int) -> Iterator[tupl
     for start in range(0, table.rows, chunk_rows):
         count = min(chunk_rows, table.rows - start)
         try:
-            (value,) = tf.raw_ops.RestoreV2(
+            (value,) = tf.raw_ops.RestoreV2(  # eager: call it outside any graph context
                 prefix=prefix, tensor_names=[table.name],
                 shape_and_slices=[f"{spec_shape} {start},{count}:{rest}"], dtypes=[dtype])
         except tf.errors.OpError as exc:

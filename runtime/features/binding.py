@@ -69,5 +69,49 @@ class ExternalTables:
             fed.append(picked.reshape(ids.shape + table.row_shape))
         return feed_names + self._outputs, [*arrays, *fed]
 
+    def apply_delta(self, step: int, updates: list) -> list:
+        """Writes the delta's rows of external tables to the store; returns the updates that stay
+        in the session (dense variables). `updates` is servable.read_delta's plan:
+        (updater, ("scatter", ids, rows) | ("assign", value))."""
+        rows, rest = {}, []
+        for updater, args in updates:
+            if updater.name in self.tables and args[0] == "scatter":
+                rows[updater.name] = (args[1], args[2])
+            elif updater.name in self.tables:
+                # A whole table in a delta: write every row.
+                value = args[1]
+                rows[updater.name] = (np.arange(value.shape[0], dtype=np.int64), value)
+            else:
+                rest.append((updater, args))
+        if rows:
+            self.rows.apply_delta(step, rows)
+        return rest
+
     def close(self) -> None:
         self.rows.close()
+
+
+def serving_tables(graph, meta_graph_def) -> dict[str, Table]:
+    """The embedding tables read by any signature's outputs (see graph.find_tables)."""
+    from deeprec_runtime.features.graph import find_tables
+
+    fetches = sorted({t.name for sig in meta_graph_def.signature_def.values()
+                      for t in sig.outputs.values() if t.name})
+    return find_tables(graph, fetches)
+
+
+def restore_dense(prefix: str, updaters: Mapping, tables: Mapping[str, Table]) -> None:
+    """Restores every variable except the external tables from a checkpoint, through the
+    servable's prepared assign callables; the tables are never read into the process."""
+    import tensorflow as tf
+
+    from deeprec_runtime.errors import VersionLoadError
+
+    reader = tf.train.load_checkpoint(prefix)
+    have = reader.get_variable_to_shape_map()
+    for name, updater in updaters.items():
+        if name in tables:
+            continue
+        if name not in have:
+            raise VersionLoadError(f"checkpoint {prefix} has no variable '{name}'")
+        updater.apply(updater.check_whole(reader.get_tensor(name)))

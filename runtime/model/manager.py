@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.errors import NotFound, Unavailable, VersionLoadError
+from deeprec_runtime.features import StoreUnavailable, open_feature_store
 from deeprec_runtime.model import policy
 from deeprec_runtime.model.custom_ops import load_custom_ops
 from deeprec_runtime.model.annotations import read_target_version
@@ -26,6 +27,7 @@ from deeprec_runtime.model.source import VersionInfo, VersionSource
 from deeprec_runtime.model.warmup import load_warmup_request, warm_up
 from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.store.base import ModelStore, open_store
+from deeprec_runtime.timeline import TimelineRecorder
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class Manager:
         self.store = store or open_store(config)
         self.source = VersionSource(self.store, config.checkpoint_dir) if config.checkpoint_dir else None
         self._options = session_options_from(config)
+        #: Where embedding rows live when not in the session (Redis, DRAM+SSD tiers), or None.
+        self.features = open_feature_store(config)
+        self.tracer = TimelineRecorder.from_config(config, getattr(self.store, "write_bytes", None))
         self._warmup_request = (load_warmup_request(config.warmup_file_name)
                                 if config.warmup_file_name else None)
         self._lock = threading.Lock()  # guards _current/_previous/_status
@@ -88,6 +93,8 @@ class Manager:
             self._current = self._previous = None
         for s in servables:
             s.close()
+        if self.features is not None:
+            self.features.close()
 
     def poll_now(self) -> None:
         """Asks the update thread to poll at once (e.g. after the annotations file changed)."""
@@ -146,11 +153,21 @@ class Manager:
     def poll_once(self) -> None:
         self.target = read_target_version(self.annotations_file)
         if self.source is None:
-            if self._current is None:
+            if self._current is None or self._rows_lost():
                 self._load(None)
             return
         versions, bad = self.source.scan()
         self._known = versions
+        if self._rows_lost():
+            # The feature store lost the serving version's rows (Redis restarted empty): load it
+            # again, which imports the rows again (one replica does, the others wait and bind).
+            current = self._current
+            again = next((v for v in versions if current and v.name == current.name), None)
+            if again is not None:
+                log.warning("embedding rows of %s are gone from the feature store; importing again",
+                            again.name)
+                self._load(again)
+                return
         for b in bad:
             self._set_status(b.name, 0, 0, "ERROR", b.reason)
         action = policy.next_action(versions, self.target, self._loaded_state(self._current),
@@ -164,6 +181,10 @@ class Manager:
         elif isinstance(action, policy.Missing):
             self._record_error(f"target version '{action.target}' does not exist in "
                                f"{self.config.checkpoint_dir}")
+
+    def _rows_lost(self) -> bool:
+        current = self._current
+        return bool(current is not None and current.tables is not None and current.tables.rows.lost())
 
     @staticmethod
     def _loaded_state(s: Servable | None) -> policy.LoadedState | None:
@@ -179,7 +200,7 @@ class Manager:
             self._set_status(name, version.full_step, version.delta_step, "LOADING", "")
         try:
             servable = load_servable(self.store.localize_tree(self.config.savedmodel_dir), version,
-                                     self.store.localize_checkpoint, self._options)
+                                     self.store.localize_checkpoint, self._options, self.features)
             if version:
                 self._apply_deltas(servable, version)
             try:
@@ -189,12 +210,13 @@ class Manager:
                 servable.close()
                 raise
         except VersionLoadError as exc:
-            if version:
+            if version and not isinstance(exc, StoreUnavailable):  # an outage is retried
                 self._failed.add(policy.load_key(version))
                 self._set_status(name, version.full_step, version.delta_step, "ERROR", str(exc))
             self._record_error(str(exc))
             self._emit(UpdateEvent("load", name, False, time.monotonic() - started, str(exc)))
             return
+        servable.tracer = self.tracer  # after warmup: timeline steps count real requests only
         self._swap_in(servable)
         self.last_error = ""
         self._emit(UpdateEvent("load", name, True, time.monotonic() - started))

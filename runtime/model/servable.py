@@ -370,9 +370,6 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                 prefix = (localize(version.full_prefix) if version is not None
                           else os.path.join(savedmodel_dir, "variables", "variables"))
                 restore_dense(prefix, updaters, tables)
-                key = VersionKey(version.name if version else SAVEDMODEL_VERSION,
-                                 version.full_step if version else 0)
-                external = ExternalTables(tables, features.open_version(key, tables, prefix))
             elif version is None:
                 loader.restore_variables(session, saver)
             else:
@@ -383,6 +380,10 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                             {saver.saver_def.filename_tensor_name: prefix},
                             options=options.update_run_options)
             loader.run_init_ops(session, SERVE_TAGS)
+        if tables:  # outside the graph context: the store reads checkpoint slices eagerly
+            key = VersionKey(version.name if version else SAVEDMODEL_VERSION,
+                             version.full_step if version else 0)
+            external = ExternalTables(tables, features.open_version(key, tables, prefix))
         graph.finalize()
         servable = Servable(version.name if version else SAVEDMODEL_VERSION, graph, session,
                             parse_signatures(meta), options, updaters, version, group)
