@@ -232,6 +232,11 @@ class TieredRows(TableRows):
                 out[name] = (t.cache.used, t.cache.hits, t.cache.misses)
         return out
 
+    def dram_bytes(self) -> int:
+        """Bytes of DRAM the tables hold (cache rows and index, or whole tables)."""
+        return sum(t.whole.nbytes if t.whole is not None else t.cache.nbytes
+                   for t in self._tables.values())
+
     def close(self) -> None:
         for t in self._tables.values():
             if t.ssd is not None:
