@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
 from deeprec_runtime.model.manager import UpdateEvent
 from deeprec_runtime.protos import predict_pb2 as pb
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from deeprec_runtime.models import ModelRegistry, ServedModel
@@ -67,7 +73,7 @@ class Metrics:
         self.registry.register(_VersionCollector(self._models))
 
     # --- models -------------------------------------------------------------------------------
-    def attach(self, models: "ModelRegistry") -> None:
+    def attach(self, models: ModelRegistry) -> None:
         """Observes the requests and updates of every model of `models`."""
         for model in models:
             self._models.append(model)
@@ -167,14 +173,14 @@ class _ObservedService(grpc.GenericRpcHandler):
 class _VersionCollector:
     """Scrape-time gauges from the managers: version info, serving steps, freshness, readiness."""
 
-    def __init__(self, models: list["ServedModel"]):
+    def __init__(self, models: list[ServedModel]):
         self._models = models
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []  # computed at scrape time; nothing to check at registration
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        from deeprec_runtime.models import version_number  # noqa: PLC0415 (import cycle)
+        from deeprec_runtime.models import version_number
 
         info = GaugeMetricFamily("deeprec_model_version_info", "1 for every version the runtime "
                                  "knows; labels say its TF Serving number and state",
@@ -205,7 +211,7 @@ class _VersionCollector:
         return [info, full, delta, age, ready]
 
 
-def _serving_mtime(model: "ServedModel", version: str) -> float:
+def _serving_mtime(model: ServedModel, version: str) -> float:
     """When the data being served was written: the newest delta applied to the serving version
     (its .index file), else the version's state file; 0 for a SavedModel-only model. One stat
     per scrape, none per request."""
@@ -219,7 +225,7 @@ def _serving_mtime(model: "ServedModel", version: str) -> float:
     if applied:
         try:
             stat = model.manager.store.stat(applied[-1].prefix + ".index")
-        except Exception:  # a scrape must not fail on a store hiccup; fall back to the version
+        except Exception:  # noqa: BLE001 (a scrape must not fail on a store hiccup of any kind)
             stat = None
         if stat is not None:
             return max(stat.mtime, info.mtime)

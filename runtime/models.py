@@ -23,11 +23,11 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
-
 from deeprec_runtime.config import ModelConfig, load_model_config, parse_model_config
 from deeprec_runtime.dataplane import DataPlane
 from deeprec_runtime.errors import ConfigError, InvalidArgument, NotFound

@@ -10,18 +10,17 @@ package, so REST works without it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
-
 from deeprec_runtime.codec import decode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import Signature, TensorSpec
 from deeprec_runtime.models import ServedModel
 from deeprec_runtime.protos import predict_pb2 as pb
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"

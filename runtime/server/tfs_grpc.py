@@ -16,17 +16,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import grpc
-from tensorflow_serving.apis import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    inference_pb2,
-    input_pb2,
-    model_pb2,
-    predict_pb2,
-    regression_pb2,
-)
-
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.models import ModelRegistry, ServedModel
 from deeprec_runtime.protos import predict_pb2 as pb
@@ -40,6 +29,16 @@ from deeprec_runtime.server.tfs_convert import (
     regress,
     signature_def,
     tensor_to_array,
+)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    input_pb2,
+    model_pb2,
+    predict_pb2,
+    regression_pb2,
 )
 
 if TYPE_CHECKING:
@@ -56,7 +55,7 @@ _OK, _UNKNOWN = 0, 2
 class TfsAdapter:
     """Turns TF Serving requests into data-plane calls on the named model."""
 
-    def __init__(self, models: ModelRegistry, metrics: "Metrics | None" = None):
+    def __init__(self, models: ModelRegistry, metrics: Metrics | None = None):
         self.models = models
         self.metrics = metrics
 
@@ -213,7 +212,7 @@ class TfsAdapter:
         return response.SerializeToString()
 
 
-def tfs_services(models: ModelRegistry, metrics: "Metrics | None" = None) -> list[grpc.GenericRpcHandler]:
+def tfs_services(models: ModelRegistry, metrics: Metrics | None = None) -> list[grpc.GenericRpcHandler]:
     """TF Serving's PredictionService and ModelService, over `models`."""
     adapter = TfsAdapter(models, metrics)
     return [

@@ -53,15 +53,15 @@ class _Handler(BaseHTTPRequestHandler):
     # separate small writes on a keep-alive connection stall ~40 ms on delayed ACKs.
     wbufsize = 64 * 1024
     disable_nagle_algorithm = True
-    server: "_Server"
+    server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+    def do_GET(self) -> None:
         self._handle("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._handle("POST")
 
     # --- one request --------------------------------------------------------------------------
@@ -148,11 +148,11 @@ def _json(status: int, obj: Any) -> tuple[int, bytes, str]:
 class _App:
     """Routes a request to the TF Serving or Simple TensorFlow Serving dialect."""
 
-    def __init__(self, models: ModelRegistry, metrics: "Metrics | None", max_body_bytes: int):
+    def __init__(self, models: ModelRegistry, metrics: Metrics | None, max_body_bytes: int):
         self.models = models
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        from deeprec_runtime.metrics import CONTENT_TYPE  # noqa: PLC0415
+        from deeprec_runtime.metrics import CONTENT_TYPE
 
         self.metrics_content_type = CONTENT_TYPE
 
@@ -246,7 +246,7 @@ class RestServer:
     """REST on its own port; start() serves from a background thread."""
 
     def __init__(self, models: ModelRegistry, port: int, host: str = "[::]",
-                 metrics: "Metrics | None" = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 metrics: Metrics | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                  max_connections: int = MAX_CONNECTIONS):
         bind = host.strip("[]") or "::"
         self._server = _Server((bind, port), _App(models, metrics, max_body_bytes), max_connections)

@@ -14,16 +14,20 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from google.protobuf import json_format
-from tensorflow.core.example import example_pb2
-
 from deeprec_runtime.codec import decode_array, encode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import Signature
 from deeprec_runtime.models import ServedModel, parse_version_number
 from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.rest.jsonio import _b64decode, is_b64, to_array, to_json
-from deeprec_runtime.server.tfs_convert import classify, merge_context, regress, signature_def
+from deeprec_runtime.server.tfs_convert import (
+    classify,
+    merge_context,
+    regress,
+    signature_def,
+)
+from google.protobuf import json_format
+from tensorflow.core.example import example_pb2
 
 
 def version_choice(version: str | None, label: str | None) -> tuple[int | None, str | None]:

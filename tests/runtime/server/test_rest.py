@@ -188,7 +188,8 @@ def test_gen_json_round_trips_and_gen_clients_run(served, tmp_path):
     assert status == 200
     script = tmp_path / "client.py"
     script.write_text(code)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["probabilities"]) == 1
     status, code = http("GET", f"{served.http}/v1/gen_client?language=bash")
