@@ -1,0 +1,375 @@
+"""Serving benchmark: prints every figure in one run.
+
+  .venv/bin/python bench/serving_bench.py [--duration 5] [--num-ids 1000000]
+
+1. batch 1 and 64 at concurrency 8: requests/s, p50/p99 latency, server CPU per request for
+   (a) in-process session.run(feed_dict) and the prepared callable (8 threads, no RPC),
+   (b) this runtime over gRPC, (c) simple-tensorflow-serving over HTTP/JSON (a separate venv,
+   STFS_VENV, default .cache/stfs-venv; skipped with a note when missing).
+   (b) and (c) get the same multi-process load generator on loopback; server CPU is the server's
+   whole process tree, from /proc.
+2. RSS of the runtime with session_num 1 vs 4 (one copy of the parameters either way).
+3. p99 at half load, steady vs while a new full version is loaded and swapped in.
+4. Time to apply a delta touching ~1% of the embedding rows vs a full reload of the same model.
+
+Model: the Wide&Deep demo (8 ids x 16 dims + 13 dense, MLP 256-128-1), --num-ids rows.
+The machine is shared: the load generator's own CPU competes with the server on small hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loadgen import run_load  # noqa: E402
+from proctree import cpu_seconds, rss_mib  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pct(lat: np.ndarray, q: float) -> float:
+    return float(np.percentile(lat, q) * 1e3) if lat.size else float("nan")
+
+
+def row(label: str, n: int, seconds: float, lat: np.ndarray, cpu: float, errors: int = 0) -> None:
+    extra = f"  errors {errors}" if errors else ""
+    print(f"  {label:<34} {n / seconds:9.0f} req/s   p50 {pct(lat, 50):7.2f} ms   "
+          f"p99 {pct(lat, 99):7.2f} ms   server CPU {cpu / max(n, 1) * 1e6:7.0f} us/req{extra}",
+          flush=True)
+
+
+# --- (a) in-process ---------------------------------------------------------------------------
+def in_process(art, batch: int, duration: float, concurrency: int = 8) -> None:
+    from deeprec_runtime.config import parse_model_config  # noqa: PLC0415
+    from deeprec_runtime.model.manager import Manager  # noqa: PLC0415
+
+    manager = Manager(parse_model_config({"savedmodel_dir": art.saved_model_dir,
+                                          "checkpoint_dir": art.checkpoint_dir,
+                                          "warmup_iterations": 1}), "/nonexistent")
+    manager.poll_once()
+    servable = manager.acquire()
+    feed = art.model.make_feed(batch, np.random.default_rng(0))
+    graph = servable.graph
+    sig = servable.signature("serving_default")
+    names = tuple(sorted(sig.input(k).name for k in feed))
+    arrays = [feed[next(k for k in feed if sig.input(k).name == n)] for n in names]
+    fetch = (sig.output("probability").name,)
+    feed_dict = {graph.get_tensor_by_name(sig.input(k).name): v for k, v in feed.items()}
+    fetch_t = graph.get_tensor_by_name(fetch[0])
+
+    def session_run():
+        servable.session.run(fetch_t, feed_dict)
+
+    def prepared():
+        servable.run(names, fetch, arrays)
+
+    for label, fn in (("session.run(feed_dict)", session_run), ("prepared callable", prepared)):
+        fn()
+        lat_all: list[list[float]] = [[] for _ in range(concurrency)]
+        end = time.monotonic() + duration
+
+        def loop(i, fn=fn):
+            mine = lat_all[i]
+            while time.monotonic() < end:
+                t0 = time.perf_counter()
+                fn()
+                mine.append(time.perf_counter() - t0)
+
+        cpu0, t0 = time.process_time(), time.monotonic()
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+        lat = np.array([x for part in lat_all for x in part])
+        row(f"(a) in-process {label}", lat.size, elapsed, lat, cpu)
+    servable.gate.release_read()
+    manager.stop()
+
+
+# --- servers ----------------------------------------------------------------------------------
+class Server:
+    def __init__(self, argv: list[str], env: dict | None = None, port_line: str = "", port: int = 0):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, cwd=REPO)
+        self.port = port
+        self.lines: list[str] = []
+        if port_line:
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if port_line in line:
+                    self.port = int(line.rsplit(" ", 1)[1])
+                    break
+            if not self.port:
+                raise RuntimeError("server did not start:\n" + "".join(self.lines[-30:]))
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_runtime(workdir: str, art, **fields) -> Server:
+    cfg = {"savedmodel_dir": art.saved_model_dir, "checkpoint_dir": art.checkpoint_dir,
+           "update_poll_seconds": 0.5, **fields}
+    path = os.path.join(workdir, f"config-{time.monotonic_ns()}.json")
+    with open(path, "w") as fh:
+        json.dump(cfg, fh)
+    server = Server([sys.executable, "-m", "deeprec_runtime.cli", "serve", "--config", path,
+                     "--grpc-port", "0", "--host", "127.0.0.1", "--log-level", "WARNING",
+                     "--annotations-file", os.path.join(workdir, "none")],
+                    port_line="gRPC on port")
+    wait_serving(f"127.0.0.1:{server.port}")
+    return server
+
+
+def wait_serving(target: str, timeout: float = 180) -> None:
+    import grpc  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"{target} never became SERVING")
+
+
+def model_version(target: str) -> str:
+    import grpc  # noqa: PLC0415
+
+    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+
+    with grpc.insecure_channel(target) as channel:
+        info = channel.unary_unary("/deeprec.serving.PredictionService/GetServingModelInfo",
+                                   request_serializer=pb.ServingModelInfoRequest.SerializeToString,
+                                   response_deserializer=pb.ServingModelInfo.FromString)
+        return info(pb.ServingModelInfoRequest(), timeout=5).version
+
+
+def grpc_payload(feed) -> bytes:
+    from deeprec_runtime.codec import encode_array  # noqa: PLC0415
+    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+
+    req = pb.PredictRequest(signature_name="serving_default")
+    for k, v in feed.items():
+        encode_array(v, req.inputs[k])
+    return req.SerializeToString()
+
+
+def measure_server(label, server: Server, kind, payload, duration, concurrency=8, rate=0.0):
+    target = f"127.0.0.1:{server.port}"
+    run_load(kind, target, payload, concurrency, 1.0, rate=rate)  # warm connections and pools
+    cpu0, t0 = cpu_seconds(server.proc.pid), time.monotonic()
+    records, errors = run_load(kind, target, payload, concurrency, duration, rate=rate)
+    elapsed, cpu = time.monotonic() - t0, cpu_seconds(server.proc.pid) - cpu0
+    # the load generator's start-up is in `elapsed`; requests/s uses the measured window
+    row(label, len(records), duration, records[:, 1], cpu * duration / elapsed, errors)
+    return records
+
+
+def stfs_venv() -> str:
+    for path in (os.environ.get("STFS_VENV", ""), os.path.join(REPO, ".cache", "stfs-venv"),
+                 os.path.expanduser("~/.cache/stfs-venv")):
+        if path and os.path.exists(os.path.join(path, "bin", "simple_tensorflow_serving")):
+            return path
+    return ""
+
+
+def start_stfs(venv: str, workdir: str, art) -> Server:
+    base = os.path.join(workdir, "stfs-model")
+    if not os.path.exists(base):
+        shutil.copytree(art.saved_model_dir, os.path.join(base, "1"))
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Server([os.path.join(venv, "bin", "simple_tensorflow_serving"),
+                     f"--model_base_path={base}", "--host=127.0.0.1", f"--port={port}",
+                     "--model_name=default"], port=port)
+    deadline = time.monotonic() + 180
+    import http.client  # noqa: PLC0415
+
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            return server
+        except OSError:
+            if server.proc.poll() is not None:
+                raise RuntimeError("simple-tensorflow-serving exited:\n" + "".join(server.lines[-30:]))
+            time.sleep(0.5)
+    raise RuntimeError("simple-tensorflow-serving did not start")
+
+
+def stfs_payload(feed) -> bytes:
+    return json.dumps({"model_name": "default", "signature_name": "serving_default",
+                       "data": {k: v.tolist() for k, v in feed.items()}}).encode()
+
+
+# --- main -------------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--num-ids", type=int, default=1_000_000)
+    parser.add_argument("--workdir", default="")
+    parser.add_argument("--only", default="", help="comma list of sections: latency,rss,swap,delta")
+    args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else {"latency", "rss", "swap", "delta"}
+    workdir = args.workdir or tempfile.mkdtemp(prefix="deeprec-bench-")
+
+    from deeprec_runtime.training import write_demo_model  # noqa: PLC0415
+
+    print(f"cpus: {sorted(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.1f}; "
+          f"model Wide&Deep {args.num_ids} x 16, MLP 256-128-1; workdir {workdir}", flush=True)
+    started = time.monotonic()
+    art = write_demo_model(os.path.join(workdir, "model"), num_ids=args.num_ids, num_deltas=0,
+                           steps_per_delta=1, batch_size=256)
+    print(f"model written in {time.monotonic() - started:.1f}s", flush=True)
+    feeds = {b: art.model.make_feed(b, np.random.default_rng(b)) for b in (1, 64)}
+
+    if "latency" in only:
+        venv = stfs_venv()
+        for batch in (1, 64):
+            print(f"\nbatch {batch}, concurrency 8, {args.duration:g}s each:", flush=True)
+            in_process(art, batch, args.duration)
+            server = start_runtime(workdir, art)
+            try:
+                measure_server("(b) deeprec-runtime gRPC", server, "grpc", grpc_payload(feeds[batch]),
+                               args.duration)
+            finally:
+                server.stop()
+            if venv:
+                stfs = start_stfs(venv, workdir, art)
+                try:
+                    measure_server("(c) simple-tensorflow-serving HTTP", stfs, "http",
+                                   stfs_payload(feeds[batch]), args.duration)
+                finally:
+                    stfs.stop()
+            else:
+                print("  (c) simple-tensorflow-serving: skipped, no venv (create .cache/stfs-venv: "
+                      "pip install tensorflow-cpu==2.21.0 simple-tensorflow-serving 'flask<2.3' "
+                      "'werkzeug<2.3')", flush=True)
+
+    if "rss" in only:
+        print(f"\nresident memory, {args.num_ids} x 16 embedding:", flush=True)
+        rss = {}
+        for n in (1, 4):
+            server = start_runtime(workdir, art, session_num=n)
+            try:
+                run_load("grpc", f"127.0.0.1:{server.port}", grpc_payload(feeds[64]), 8, 1.0)
+                rss[n] = rss_mib(server.proc.pid)
+            finally:
+                server.stop()
+            print(f"  session_num {n}: {rss[n]:7.0f} MiB", flush=True)
+        print(f"  ratio 4/1: {rss[4] / rss[1]:.3f} (limit 1.25)", flush=True)
+
+    if "swap" in only:
+        swap_p99(workdir, art, feeds[1], args.duration)
+
+    if "delta" in only:
+        delta_vs_full(workdir, art)
+    return 0
+
+
+def swap_p99(workdir, art, feed, duration) -> None:
+    print("\np99 at half load, steady vs during a full-version swap (batch 1):", flush=True)
+    server = start_runtime(workdir, art)
+    target = f"127.0.0.1:{server.port}"
+    payload = grpc_payload(feed)
+    try:
+        full, _ = run_load("grpc", target, payload, 8, 2.0)
+        rate = len(full) / 2.0 / 2
+        steady, _ = run_load("grpc", target, payload, 8, duration, rate=rate)
+        print(f"  steady   at {rate:6.0f} req/s: p50 {pct(steady[:, 1], 50):6.2f} ms  "
+              f"p99 {pct(steady[:, 1], 99):6.2f} ms", flush=True)
+        # Stage the next version outside checkpoint_dir (a copy of the serving one under a new
+        # name), so that neither training nor copying is inside the measured window.
+        staging = os.path.join(workdir, "staging")
+        before = model_version(target)
+        name = f"checkpoint_swap_{int(time.time())}"
+        src = os.path.join(art.checkpoint_dir, name)
+        shutil.copytree(os.path.join(art.checkpoint_dir, before), os.path.join(staging, name))
+        os.utime(os.path.join(staging, name, "checkpoint"))
+        result = {}
+
+        def load():
+            result["records"] = run_load("grpc", target, payload, 8, duration + 10, rate=rate)[0]
+
+        t = threading.Thread(target=load)
+        t.start()
+        time.sleep(2.0)
+        moved = time.time()
+        shutil.move(os.path.join(staging, name), src)
+        while model_version(target) == before and time.time() - moved < 120:
+            time.sleep(0.05)
+        swapped = time.time()
+        t.join()
+        rec = result["records"]
+        window = rec[(rec[:, 0] >= moved) & (rec[:, 0] <= swapped + 1.0)]
+        print(f"  swap     at {rate:6.0f} req/s: p50 {pct(window[:, 1], 50):6.2f} ms  "
+              f"p99 {pct(window[:, 1], 99):6.2f} ms  ({len(window)} requests while "
+              f"{name} loaded in {swapped - moved:.1f}s, + 1 s after)", flush=True)
+    finally:
+        server.stop()
+
+
+def delta_vs_full(workdir, art) -> None:
+    import tensorflow as tf  # noqa: PLC0415
+
+    from deeprec_runtime.config import parse_model_config  # noqa: PLC0415
+    from deeprec_runtime.model.manager import Manager  # noqa: PLC0415
+
+    print("\ndelta touching ~1% of the embedding vs a full reload (in-process manager):", flush=True)
+    events = []
+    manager = Manager(parse_model_config({"savedmodel_dir": art.saved_model_dir,
+                                          "checkpoint_dir": art.checkpoint_dir,
+                                          "warmup_iterations": 1}), "/nonexistent")
+    manager.listeners.append(events.append)
+    manager.poll_once()
+    load = [e for e in events if e.kind == "load" and e.ok][-1]
+    target_rows = art.model.num_ids // 100
+    steps = 0
+    touched: set[int] = set()
+    rng = np.random.default_rng(99)
+    while len(touched) < target_rows:
+        touched.update(np.unique(art.model.train_step(256, rng, art.writer)).tolist())
+        steps += 1
+    art.step += 1
+    prefix = art.writer.save_delta(art.step)
+    rows = tf.train.load_checkpoint(prefix).get_tensor("embedding/delta_ids").shape[0]
+    manager.poll_once()
+    delta = [e for e in events if e.kind == "delta" and e.ok][-1]
+    print(f"  full reload (restore + warmup) {load.seconds * 1e3:8.0f} ms", flush=True)
+    print(f"  delta of {rows} rows ({rows / art.model.num_ids:.1%})  {delta.seconds * 1e3:8.0f} ms   "
+          f"({load.seconds / delta.seconds:.0f}x faster)", flush=True)
+    manager.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
