@@ -1,9 +1,10 @@
 """Prometheus metrics of one runtime: requests, versions, updates, freshness, batch sizes.
 
-Per-request work is a few dictionary lookups and prometheus-client increments (labelled children
-are cached, so no label resolution happens on the hot path; `bench/metrics_overhead.py` measures
-it). Everything about versions is computed when /metrics is scraped, from the managers, so it
-costs requests nothing.
+Per-request work is a dictionary lookup and a few additions under an uncontended lock per series
+(`_Series`), about 3-10 us per request depending on machine load; prometheus-client turns the
+series into its text format only when /metrics is scraped (its own labelled children cost ~40%
+more for the same work; bench/api_bench.py prints both). Everything about versions is computed at
+scrape time from the managers, so it costs requests nothing.
 
 A request's model and version become known only once the data plane holds a version; the data
 plane's observer writes them into a per-thread slot that the adapter reads when the request ends
@@ -14,21 +15,17 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
 from deeprec_runtime.model.manager import UpdateEvent
 from deeprec_runtime.protos import predict_pb2 as pb
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from deeprec_runtime.models import ModelRegistry, ServedModel
@@ -41,35 +38,67 @@ UPDATE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 1
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class _Series:
+    """Count, sum and bucket counts of one label set: the per-request path."""
+
+    __slots__ = ("_bounds", "_lock", "buckets", "count", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self._lock = threading.Lock()
+        self._bounds = bounds
+        self.count = 0
+        self.sum = 0.0
+        self.buckets = [0] * (len(bounds) + 1)  # the last one is +Inf
+
+    def observe(self, value: float) -> None:
+        i = bisect_left(self._bounds, value)  # first bound >= value: Prometheus' `le`
+        with self._lock:
+            self.count += 1
+            self.sum += value
+            self.buckets[i] += 1
+
+    def snapshot(self) -> tuple[int, float, list[tuple[str, float]]]:
+        with self._lock:
+            count, total, counts = self.count, self.sum, list(self.buckets)
+        cumulative, running = [], 0
+        for bound, n in zip([*map(str, self._bounds), "+Inf"], counts):
+            running += n
+            cumulative.append((bound, float(running)))
+        return count, total, cumulative
+
+
+class _Level:
+    """A gauge moved up and down by requests (in flight)."""
+
+    __slots__ = ("_lock", "value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
+
+
 class Metrics:
     """The runtime's metrics, in a registry of their own (several runtimes may share a process,
     as in tests)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = ("api", "model", "version", "code")
-        self.requests = Counter("deeprec_requests", "Requests answered, by API, model, version "
-                                "and status code (gRPC code name or HTTP status)", labels,
-                                registry=self.registry)
-        self.latency = Histogram("deeprec_request_duration_seconds", "Time to answer a request, "
-                                 "from the adapter's view", labels, buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
-        self.in_flight = Gauge("deeprec_requests_in_flight", "Requests being answered", ("api",),
-                               registry=self.registry)
-        self.batch_size = Histogram("deeprec_batch_size", "Rows per predict request (first "
-                                    "dimension of its first input)", ("model",),
-                                    buckets=BATCH_BUCKETS, registry=self.registry)
         self.updates = Counter("deeprec_model_updates", "Model updates (load, delta, swap_back, "
                                "unload) by result", ("model", "kind", "result"),
                                registry=self.registry)
         self.update_seconds = Histogram("deeprec_model_update_duration_seconds",
                                         "Time an update took", ("model", "kind"),
                                         buckets=UPDATE_BUCKETS, registry=self.registry)
-        self._children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
-        self._in_flight = {api: self.in_flight.labels(api) for api in APIS}
-        self._batch: dict[str, Histogram] = {}
+        self._requests: dict[tuple[str, str, str, str], _Series] = {}
+        self._in_flight = {api: _Level() for api in APIS}
+        self._batch: dict[str, _Series] = {}
         self._slot = threading.local()
         self._models: list[ServedModel] = []
+        self.registry.register(_RequestCollector(self))
         self.registry.register(_VersionCollector(self._models))
 
     # --- models -------------------------------------------------------------------------------
@@ -90,7 +119,7 @@ class Metrics:
     # --- requests -----------------------------------------------------------------------------
     def begin(self, api: str) -> float:
         """A request of `api` starts; returns the start time to hand to end()."""
-        self._in_flight[api].inc()
+        self._in_flight[api].add(1)
         slot = self._slot
         slot.model = slot.version = ""
         return time.perf_counter()
@@ -107,22 +136,21 @@ class Metrics:
         for array in request.inputs.values():
             dims = array.array_shape.dim
             if dims:
-                hist = self._batch.get(model)
-                if hist is None:
-                    hist = self._batch[model] = self.batch_size.labels(model)
-                hist.observe(dims[0])
+                series = self._batch.get(model)
+                if series is None:
+                    series = self._batch.setdefault(model, _Series(BATCH_BUCKETS))
+                series.observe(dims[0])
             break
 
     def end(self, api: str, code: str, started: float) -> None:
         elapsed = time.perf_counter() - started
         slot = self._slot
         key = (api, slot.model, slot.version, code)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (self.requests.labels(*key), self.latency.labels(*key))
-        children[0].inc()
-        children[1].observe(elapsed)
-        self._in_flight[api].dec()
+        series = self._requests.get(key)
+        if series is None:
+            series = self._requests.setdefault(key, _Series(LATENCY_BUCKETS))
+        series.observe(elapsed)
+        self._in_flight[api].add(-1)
 
     # --- exposition ---------------------------------------------------------------------------
     def exposition(self) -> bytes:
@@ -168,6 +196,38 @@ class _ObservedService(grpc.GenericRpcHandler):
                 metrics.end(api, code, started)
 
         return call
+
+
+class _RequestCollector:
+    """Scrape-time view of the per-request series."""
+
+    def __init__(self, metrics: Metrics):
+        self._m = metrics
+
+    def describe(self) -> Iterable[object]:
+        return []
+
+    def collect(self) -> Iterable[object]:
+        labels = ("api", "model", "version", "code")
+        count = CounterMetricFamily("deeprec_requests", "Requests answered, by API, model, "
+                                    "version and status code (gRPC code name or HTTP status)",
+                                    labels=labels)
+        latency = HistogramMetricFamily("deeprec_request_duration_seconds", "Time to answer a "
+                                        "request, from the adapter's view", labels=labels)
+        for key, series in list(self._m._requests.items()):
+            n, total, buckets = series.snapshot()
+            count.add_metric(key, n)
+            latency.add_metric(key, buckets, total)
+        in_flight = GaugeMetricFamily("deeprec_requests_in_flight", "Requests being answered",
+                                      labels=("api",))
+        for api, level in self._m._in_flight.items():
+            in_flight.add_metric((api,), level.value)
+        batch = HistogramMetricFamily("deeprec_batch_size", "Rows per predict request (first "
+                                      "dimension of its first input)", labels=("model",))
+        for model, series in list(self._m._batch.items()):
+            _, total, buckets = series.snapshot()
+            batch.add_metric((model,), buckets, total)
+        return [count, latency, in_flight, batch]
 
 
 class _VersionCollector:
