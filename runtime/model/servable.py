@@ -295,30 +295,43 @@ def read_delta(prefix: str, updaters: dict[str, _VariableUpdater]) -> list[tuple
     try:
         reader = tf.train.load_checkpoint(prefix)
         keys = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
     except (tf.errors.OpError, ValueError) as exc:
         raise VersionLoadError(f"cannot read delta {prefix}: {_first_line(exc)}") from None
-    plan = []
+    # Names are checked against the model from the index alone, before any data is read.
+    wanted: list[tuple[_VariableUpdater, tuple[str, ...]]] = []
+    for key in sorted(keys):
+        if key.endswith(DELTA_VALUES):
+            continue
+        if key.endswith(DELTA_IDS):
+            var = key[: -len(DELTA_IDS)]
+            updater = _updater(updaters, var, prefix)
+            if var + DELTA_VALUES not in keys:
+                raise VersionLoadError(f"delta {prefix}: '{var}{DELTA_IDS}' has no '{var}{DELTA_VALUES}'")
+            wanted.append((updater, (key, var + DELTA_VALUES)))
+        elif key in updaters:
+            wanted.append((updaters[key], (key,)))
+        elif key == "global_step" or key.endswith("/global_step"):
+            continue
+        else:
+            raise VersionLoadError(f"delta {prefix}: variable '{key}' is not in the model")
     try:
-        for key in sorted(keys):
-            if key.endswith(DELTA_VALUES):
-                continue
-            if key.endswith(DELTA_IDS):
-                var = key[: -len(DELTA_IDS)]
-                updater = _updater(updaters, var, prefix)
-                if var + DELTA_VALUES not in keys:
-                    raise VersionLoadError(f"delta {prefix}: '{var}{DELTA_IDS}' has no '{var}{DELTA_VALUES}'")
-                plan.append((updater, updater.check_rows(
-                    reader.get_tensor(key), reader.get_tensor(var + DELTA_VALUES))))
-            elif key in updaters:
-                plan.append((updaters[key], updaters[key].check_whole(reader.get_tensor(key))))
-            elif key == "global_step" or key.endswith("/global_step"):
-                continue
-            else:
-                raise VersionLoadError(f"delta {prefix}: variable '{key}' is not in the model")
-    except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as exc:
-        # The checkpoint reader reports truncated files as IndexError / RuntimeError.
+        tensors = _read_tensors(prefix, [k for _, ks in wanted for k in ks], dtypes)
+    except (tf.errors.OpError, ValueError) as exc:
         raise VersionLoadError(f"cannot read delta {prefix}: {_first_line(exc)}") from None
-    return plan
+    return [(u, u.check_rows(tensors[ks[0]], tensors[ks[1]]) if len(ks) == 2
+             else u.check_whole(tensors[ks[0]])) for u, ks in wanted]
+
+
+def _read_tensors(prefix: str, names: list[str], dtypes) -> dict[str, np.ndarray]:
+    """Reads tensors with one eager RestoreV2 op. CheckpointReader.get_tensor keeps the GIL for
+    the whole read, so a slow or stuck read of a delta (a network volume, a big delta) would stop
+    every request of the process; the op runs with the GIL released."""
+    if not names:
+        return {}
+    out = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+                               dtypes=[dtypes[n] for n in names])
+    return {n: t.numpy() for n, t in zip(names, out)}
 
 
 def _updater(updaters, var: str, prefix: str) -> _VariableUpdater:
