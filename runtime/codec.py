@@ -7,6 +7,8 @@ extension is read with np.frombuffer, without a copy.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -65,6 +67,10 @@ def supported_dtype_names() -> str:
     return ", ".join(wire_dtype_name(c) for c in sorted(_WIRE))
 
 
+# dtypes whose wire field holds exactly their own values (no narrowing or range checks).
+_FAST = frozenset({pb.DT_FLOAT, pb.DT_DOUBLE, pb.DT_INT32, pb.DT_INT64})
+
+
 def decode_array(proto: pb.ArrayProto, name: str) -> np.ndarray:
     """ArrayProto -> numpy array. `name` is the input's key, used in error messages."""
     code = proto.dtype
@@ -75,8 +81,17 @@ def decode_array(proto: pb.ArrayProto, name: str) -> np.ndarray:
             f"use one of {supported_dtype_names()}")
     dtype, field, layout = spec
     dims = tuple(proto.array_shape.dim)
-    if any(d < 0 for d in dims):
+    if dims and min(dims) < 0:
         raise InvalidArgument(f"input '{name}': negative dimension in shape {list(dims)}")
+    if layout == "plain" and code in _FAST and not proto.tensor_content:
+        # The common case (float / int64 / int32 / double values with a shape): one C-level
+        # conversion and a reshape, none of the general path's checks that cannot fail here.
+        flat = np.array(getattr(proto, field), dtype=dtype)
+        expected = math.prod(dims) if dims else 1
+        if proto.HasField("array_shape") and flat.size == expected and flat.size:
+            return flat.reshape(dims)
+        if not proto.HasField("array_shape"):
+            return flat
     if proto.tensor_content:
         if code == pb.DT_STRING:
             raise InvalidArgument(f"input '{name}': tensor_content cannot carry DT_STRING; use string_val")

@@ -57,6 +57,9 @@ def predict(servable: Servable, request: pb.PredictRequest, default_signature: s
         results = servable.run(feed_names, fetch_names, feed_arrays)
     by_name = dict(zip(fetch_names, results))
     response = pb.PredictResponse()
+    # A client that sent raw tensor_content reads it back the same way: one memcpy per output
+    # instead of a repeated field.
+    raw = any(p.tensor_content for p in request.inputs.values())
     for key, spec in zip(keys, specs):
-        encode_array(by_name[spec.name], response.outputs[key])
+        encode_array(by_name[spec.name], response.outputs[key], use_tensor_content=raw)
     return response

@@ -79,3 +79,22 @@ def test_full_queue_is_refused_at_once_with_resource_exhausted(demo, serve):
     four = demo.model.make_feed(4, rng)
     np.testing.assert_allclose(output(client.predict(four), "probability"),
                                demo.model.predict(four), rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):
+    """The request path's raw fast path: a client sending tensor_content reads raw bytes back."""
+    from deeprec_runtime.codec import encode_array
+    from deeprec_runtime.protos import predict_pb2 as pb
+
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    feed = demo.model.make_feed(3, np.random.default_rng(4))
+    request = pb.PredictRequest()
+    for key, value in feed.items():
+        encode_array(value, request.inputs[key], use_tensor_content=True)
+    response = client._predict(request, timeout=10)
+    proto = response.outputs["probability"]
+    assert proto.tensor_content and not proto.float_val
+    np.testing.assert_allclose(output(response, "probability"), demo.model.predict(feed),
+                               rtol=1e-5, atol=1e-6)
+    plain = client.predict(feed).outputs["probability"]
+    assert plain.float_val and not plain.tensor_content
