@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
-from deeprec_runtime.security import Security, SecurityConfigError
+from deeprec_runtime.security import Security
 from deeprec_runtime.server.grpc_server import GrpcServer, deeprec_service
 from deeprec_runtime.server.rest import RestServer
 
@@ -25,17 +24,6 @@ def _tfs_services(models: ModelRegistry, metrics: Metrics) -> list:
                     "'pip install --no-deps tensorflow-serving-api'", exc)
         return []
     return tfs_services(models, metrics)
-
-
-def _refuse_unprotected_http(server_class, security: Security, http_port: int | None) -> None:
-    """Fails closed: with TLS or auth configured, an HTTP server that cannot apply them (one whose
-    constructor takes no `security`) must not open a plaintext, unauthenticated side door."""
-    cfg = security.config
-    if http_port is None or not (cfg.tls_enabled or cfg.auth_enabled):
-        return
-    if "security" not in inspect.signature(server_class).parameters:
-        raise SecurityConfigError("--http-port", "the REST server does not support TLS/auth yet; "
-                                  "serve gRPC only (omit --http-port) or turn security off")
 
 
 class Runtime:
@@ -61,9 +49,8 @@ class Runtime:
         self.grpc = GrpcServer(services, grpc_port, host, workers,
                                credentials=self.security.grpc_credentials(),
                                interceptors=self.security.grpc_interceptors())
-        _refuse_unprotected_http(RestServer, self.security, http_port)
         self.grpc_port = self.grpc.port
-        self.http = (RestServer(self.models, http_port, host, self.metrics)
+        self.http = (RestServer(self.models, http_port, host, self.metrics, security=self.security)
                      if http_port is not None else None)
         self.http_port = self.http.port if self.http else 0
         self._health_thread: threading.Thread | None = None

@@ -268,3 +268,54 @@ def test_unusable_settings_fail_at_start_up_naming_the_flag(tmp_path, pki, field
     with pytest.raises(SecurityConfigError) as err:
         Security(SecurityConfig(**{k: subst.get(v, v) for k, v in fields.items()}))
     assert err.value.flag == flag
+
+
+# --- REST ---------------------------------------------------------------------------------------
+def _https(pki, port: int, path: str, body: bytes | None = None, token: str | None = None):
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=pki.ca)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    conn.request("POST" if body is not None else "GET", path, body=body, headers=headers)
+    response = conn.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+
+
+def test_rest_over_tls_requires_the_token_except_on_health_and_metrics(tmp_path, pki, seed_model):
+    import json
+    import socket
+
+    _, _, base = seed_model
+    tokens = tmp_path / "tokens"
+    tokens.write_text("rest-token-1\n")
+    raw = {"savedmodel_dir": str(base / "saved_model"), "checkpoint_dir": str(base / "checkpoints"),
+           "warmup_iterations": 1}
+    config = SecurityConfig(tls_cert=pki.server[0], tls_key=pki.server[1],
+                            auth_token_file=str(tokens))
+    runtime = Runtime(parse_model_config(raw), grpc_port=0, http_port=0, host="127.0.0.1",
+                      annotations_file=str(tmp_path / "none"), security=Security(config))
+    runtime.start()
+    try:
+        assert runtime.manager.wait_ready(60)
+        body = json.dumps({"inputs": {"input1": [0.5], "input2": [3]}}).encode()
+        path = "/v1/models/default:predict"
+        status, headers, payload = _https(pki, runtime.http_port, path, body)
+        assert status == 401 and "Bearer" in headers["WWW-Authenticate"]
+        assert b"rest-token-1" not in payload
+        status, _, _ = _https(pki, runtime.http_port, path, body, token="wrong")
+        assert status == 401
+        status, _, payload = _https(pki, runtime.http_port, path, body, token="rest-token-1")
+        assert status == 200, payload
+        assert "outputs" in json.loads(payload)
+        assert _https(pki, runtime.http_port, "/metrics")[0] == 200  # open for scrapers
+        # Plaintext HTTP to the TLS port gets no answer, and the server keeps serving.
+        with socket.create_connection(("127.0.0.1", runtime.http_port), timeout=5) as sock:
+            sock.sendall(b"GET /v1/models/default HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert b"200 OK" not in sock.recv(4096)
+        assert _https(pki, runtime.http_port, "/v1/models/default", token="rest-token-1")[0] == 200
+    finally:
+        runtime.stop(0.5)

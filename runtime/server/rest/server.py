@@ -13,13 +13,15 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from deeprec_runtime.errors import InvalidArgument, NotFound, ServingError
+from deeprec_runtime.errors import InvalidArgument, NotFound, ServingError, Unauthenticated
 from deeprec_runtime.models import ModelRegistry
+from deeprec_runtime.security import Security, check_http_auth
 from deeprec_runtime.server.rest import stfs, tfs
 
 if TYPE_CHECKING:
@@ -35,6 +37,10 @@ _MODEL_URL = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
     r"(?::(?P<verb>[A-Za-z]+)|/(?P<tail>metadata|gen_json|gen_client))?/?$")
+
+
+class _HandshakeFailed(Exception):
+    """A TLS client went away or spoke plaintext: drop the connection quietly."""
 
 
 class HttpError(ServingError):
@@ -65,9 +71,34 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
     # --- one request --------------------------------------------------------------------------
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.request, ssl.SSLSocket):
+            # The TLS handshake runs here, in the connection's own thread with its idle timeout,
+            # not in the accept loop, so a client that never finishes it blocks nobody else.
+            try:
+                self.request.do_handshake()
+            except (OSError, ssl.SSLError) as exc:
+                log.debug("TLS handshake with %s failed: %s", self.client_address, exc)
+                self.close_connection = True
+                raise _HandshakeFailed() from None
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except _HandshakeFailed:
+            pass
+
     def _handle(self, method: str) -> None:
         app = self.server.app
         url = urlsplit(self.path)
+        try:
+            check_http_auth(app.security, url.path, self.headers)
+        except Unauthenticated as exc:
+            self.close_connection = self.close_connection or method == "POST"
+            self._send(401, _error(str(exc)), "application/json",
+                       {"WWW-Authenticate": app.security.www_authenticate()})
+            return
         if method == "GET" and url.path == "/metrics":
             self._send(200, app.metrics.exposition() if app.metrics else b"",
                        app.metrics_content_type)
@@ -121,10 +152,13 @@ class _Handler(BaseHTTPRequestHandler):
             raise InvalidArgument("request body must be a JSON object")
         return body
 
-    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+    def _send(self, status: int, payload: bytes, content_type: str,
+              headers: dict[str, str] | None = None) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.send_header("Content-Length", str(len(payload)))
             if self.close_connection:
                 self.send_header("Connection", "close")
@@ -148,10 +182,12 @@ def _json(status: int, obj: Any) -> tuple[int, bytes, str]:
 class _App:
     """Routes a request to the TF Serving or Simple TensorFlow Serving dialect."""
 
-    def __init__(self, models: ModelRegistry, metrics: Metrics | None, max_body_bytes: int):
+    def __init__(self, models: ModelRegistry, metrics: Metrics | None, max_body_bytes: int,
+                 security: Security | None = None):
         self.models = models
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.security = security
         from deeprec_runtime.metrics import CONTENT_TYPE
 
         self.metrics_content_type = CONTENT_TYPE
@@ -247,9 +283,14 @@ class RestServer:
 
     def __init__(self, models: ModelRegistry, port: int, host: str = "[::]",
                  metrics: Metrics | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, security: Security | None = None):
         bind = host.strip("[]") or "::"
-        self._server = _Server((bind, port), _App(models, metrics, max_body_bytes), max_connections)
+        app = _App(models, metrics, max_body_bytes, security)
+        self._server = _Server((bind, port), app, max_connections)
+        context = security.http_ssl_context() if security else None
+        if context is not None:
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         self.port = self._server.server_address[1]
         self._thread: threading.Thread | None = None
 
