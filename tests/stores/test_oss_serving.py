@@ -66,7 +66,7 @@ def test_oss_model_serves_and_follows_new_full_versions_and_deltas(oss_model, os
     wait_for(lambda: client.info().version == "checkpoint_3", timeout=20, message="checkpoint_3 served")
     cached = tmp_path / "cache" / "oss" / BUCKET / "demo" / rel(demo, demo.checkpoint_dir)
     wait_for(lambda: sorted(p.name for p in cached.iterdir()) == ["checkpoint_2", "checkpoint_3"],
-             message="checkpoint_1 freed from the cache")
+             timeout=30, message="checkpoint_1 freed from the cache")
 
 
 def test_store_outage_during_an_update_keeps_serving_and_the_update_lands_after(oss_model, oss_server,
@@ -88,7 +88,7 @@ def test_store_outage_during_an_update_keeps_serving_and_the_update_lands_after(
              message="outage reported")
     assert client.info().version == "checkpoint_1"
     np.testing.assert_allclose(output(client.predict(feed), "probability"), before, rtol=1e-6)
-    wait_for(lambda: client.info().version == "checkpoint_2", timeout=30, message="update after outage")
+    wait_for(lambda: client.info().version == "checkpoint_2", timeout=90, message="update after outage")
     assert outage.hits == outage.count
     assert client.info().last_update_error == ""
     np.testing.assert_allclose(output(client.predict(feed), "probability"), demo.model.predict(feed),
