@@ -258,12 +258,13 @@ def main() -> int:
         for batch in (1, 64):
             print(f"\nbatch {batch}, concurrency 8, {args.duration:g}s each:", flush=True)
             in_process(art, batch, args.duration)
-            server = start_runtime(workdir, art)
-            try:
-                measure_server("(b) deeprec-runtime gRPC", server, "grpc", grpc_payload(feeds[batch]),
-                               args.duration)
-            finally:
-                server.stop()
+            for label, fields in (("(b) deeprec-runtime gRPC", {}),
+                                  ("(b) ... enable_inline_execute", {"enable_inline_execute": True})):
+                server = start_runtime(workdir, art, **fields)
+                try:
+                    measure_server(label, server, "grpc", grpc_payload(feeds[batch]), args.duration)
+                finally:
+                    server.stop()
             if venv:
                 stfs = start_stfs(venv, workdir, art)
                 try:
@@ -302,6 +303,7 @@ def swap_p99(workdir, art, feed, duration) -> None:
     server = start_runtime(workdir, art)
     target = f"127.0.0.1:{server.port}"
     payload = grpc_payload(feed)
+    swap_dir = [""]
     try:
         full, _ = run_load("grpc", target, payload, 8, 2.0)
         rate = len(full) / 2.0 / 2
@@ -314,6 +316,7 @@ def swap_p99(workdir, art, feed, duration) -> None:
         before = model_version(target)
         name = f"checkpoint_swap_{int(time.time())}"
         src = os.path.join(art.checkpoint_dir, name)
+        swap_dir[0] = src
         shutil.copytree(os.path.join(art.checkpoint_dir, before), os.path.join(staging, name))
         os.utime(os.path.join(staging, name, "checkpoint"))
         result = {}
@@ -337,6 +340,9 @@ def swap_p99(workdir, art, feed, duration) -> None:
               f"{name} loaded in {swapped - moved:.1f}s, + 1 s after)", flush=True)
     finally:
         server.stop()
+        # the copy is the newest version now; later sections update the original one
+        if swap_dir[0]:
+            shutil.rmtree(swap_dir[0], ignore_errors=True)
 
 
 def delta_vs_full(workdir, art) -> None:
