@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import signal
 import sys
@@ -63,6 +64,9 @@ def _demo_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up banners (oneDNN, CPU features) are noise in a server's log; an
+    # explicit TF_CPP_MIN_LOG_LEVEL still wins. Must be set before TensorFlow is imported.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="deeprec-runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)

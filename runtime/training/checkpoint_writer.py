@@ -17,6 +17,8 @@ plus the dense variables whole.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 import threading
@@ -53,10 +55,21 @@ def variable_name(var: Any) -> str:
     return var.op.name
 
 
+@contextlib.contextmanager
+def _quiet_deprecation():
+    from tensorflow.python.util import deprecation  # noqa: PLC0415
+
+    with deprecation.silence():
+        yield
+
+
 def _update_state(folder: str, latest: str, all_paths: Sequence[str]) -> None:
     # Relative basenames: the version folder stays valid when copied to OSS / HDFS.
     # update_checkpoint_state writes through a temporary file and a rename (atomic).
-    tf1.train.update_checkpoint_state(folder, latest, list(all_paths))
+    # The TF1 helper is deprecated only in favour of tf.train.CheckpointManager, which cannot write
+    # the state file of a TF1 Saver's checkpoints; it stays the right tool here.
+    with _quiet_deprecation():
+        tf1.train.update_checkpoint_state(folder, latest, list(all_paths))
 
 
 def _read_state(folder: str) -> list[str]:
