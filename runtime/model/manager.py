@@ -169,6 +169,10 @@ class Manager:
                 self._load(again)
                 return
         for b in bad:
+            known = self._status.get(b.name)
+            if known is None or known.error != b.reason:  # once per reason, not once per poll
+                self._record_error(f"version {b.name} cannot be served: {b.reason}")
+                self._emit(UpdateEvent("load", b.name, False, 0.0, b.reason))
             self._set_status(b.name, 0, 0, "ERROR", b.reason)
         action = policy.next_action(versions, self.target, self._loaded_state(self._current),
                                     self._loaded_state(self._previous), self._failed)

@@ -334,6 +334,19 @@ def _read_tensors(prefix: str, names: list[str], dtypes) -> dict[str, np.ndarray
     return {n: t.numpy() for n, t in zip(names, out)}
 
 
+def _check_shapes(prefix: str, updaters: dict[str, _VariableUpdater], version: str) -> None:
+    """Refuses a full checkpoint whose variables have other shapes than the model's (e.g. one
+    written by a different model): the saver's restore assigns resource variables without a
+    shape check, so it would load and then fail every request."""
+    shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    for name, updater in updaters.items():
+        found = shapes.get(name)
+        if found is not None and tuple(found) != updater.shape:
+            raise VersionLoadError(f"loading {version} failed: variable '{name}' has shape "
+                                   f"{list(found)} in its checkpoint but {list(updater.shape)} "
+                                   "in the model")
+
+
 def _updater(updaters, var: str, prefix: str) -> _VariableUpdater:
     try:
         return updaters[var]
@@ -389,6 +402,7 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                 if saver is None:
                     raise VersionLoadError("the SavedModel has no saver; cannot restore checkpoints")
                 prefix = localize(version.full_prefix)
+                _check_shapes(prefix, updaters, version.name)
                 session.run(saver.saver_def.restore_op_name,
                             {saver.saver_def.filename_tensor_name: prefix},
                             options=options.update_run_options)
