@@ -26,7 +26,7 @@ from deeprec_runtime.model.servable import Servable, load_servable, session_opti
 from deeprec_runtime.model.source import VersionInfo, VersionSource
 from deeprec_runtime.model.warmup import load_warmup_request, warm_up
 from deeprec_runtime.protos import predict_pb2 as pb
-from deeprec_runtime.store.base import ModelStore, open_store
+from deeprec_runtime.store.base import ModelStore, StoreError, open_store
 from deeprec_runtime.timeline import TimelineRecorder
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,19 @@ class Manager:
         if version:
             self._set_status(name, version.full_step, version.delta_step, "LOADING", "")
         try:
-            servable = load_servable(self.store.localize_tree(self.config.savedmodel_dir), version,
+            # Fetch before building anything: a store outage or a half-uploaded version is
+            # retried on the next poll instead of marking the version as failed.
+            savedmodel_dir = self.store.localize_tree(self.config.savedmodel_dir)
+            if version:
+                self.store.localize_checkpoint(version.full_prefix)
+        except StoreError as exc:
+            if version:
+                self._set_status(name, version.full_step, version.delta_step, "LOADING", str(exc))
+            self._record_error(str(exc))
+            self._emit(UpdateEvent("load", name, False, time.monotonic() - started, str(exc)))
+            return
+        try:
+            servable = load_servable(savedmodel_dir, version,
                                      self.store.localize_checkpoint, self._options, self.features)
             if version:
                 self._apply_deltas(servable, version)
@@ -238,8 +250,18 @@ class Manager:
             if retired is not None and retired is not servable:
                 self._retire(retired)
         self._ready.set()
+        self._free_cached_files()
         log.info("now serving %s (full step %d, delta step %d)", servable.name,
                  servable.full_step, servable.delta_step)
+
+    def _free_cached_files(self) -> None:
+        """Remote stores drop local copies of versions that are neither serving nor retained."""
+        keep = [self.config.savedmodel_dir] + [s.version.path for s in (self._current, self._previous)
+                                               if s is not None and s.version is not None]
+        try:
+            self.store.retain(keep)
+        except OSError as exc:
+            log.warning("could not free cached model files: %s", exc)
 
     def _swap_back(self, version: VersionInfo) -> None:
         started = time.monotonic()
@@ -262,7 +284,7 @@ class Manager:
             started = time.monotonic()
             try:
                 servable.apply_delta(delta, self.store.localize_checkpoint(delta.prefix))
-            except VersionLoadError as exc:
+            except (VersionLoadError, StoreError) as exc:
                 # Stop at the first bad delta: later ones build on it. It is retried next poll,
                 # which also covers a delta that was still being copied.
                 self._set_status(servable.name, servable.full_step, servable.delta_step,
