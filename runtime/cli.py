@@ -34,6 +34,12 @@ def _serve_parser(sub) -> None:
     p.add_argument("--grace-seconds", type=float, default=20.0,
                    help="upper bound on the whole shutdown")
     p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    p.add_argument("--max-concurrent-requests", type=int, default=None,
+                   help="gRPC calls in progress, running or queued, before more are answered "
+                        "RESOURCE_EXHAUSTED at once (default: 4 x --workers; 0: no limit)")
+    p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
+                   help="largest gRPC request or response; larger ones are answered "
+                        "RESOURCE_EXHAUSTED (default 64 MiB)")
     _security_flags(p)
     p.add_argument("--log-level", default="INFO")
 
@@ -118,6 +124,9 @@ def serve(args) -> int:
     except ConfigError as exc:
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    from deeprec_runtime.threadenv import export_thread_env  # noqa: PLC0415
+
+    export_thread_env(config)  # OMP_NUM_THREADS / KMP_BLOCKTIME before TensorFlow's first session
     from deeprec_runtime.security import Security, SecurityConfigError, security_config_from  # noqa: PLC0415
 
     try:
@@ -125,7 +134,8 @@ def serve(args) -> int:
         runtime = Runtime(config, grpc_port=args.grpc_port, http_port=args.http_port or None,
                           host=args.host, annotations_file=args.annotations_file,
                           model_name=args.model_name, workers=args.workers, security=security,
-                          models=models)
+                          models=models, max_concurrent_requests=args.max_concurrent_requests,
+                          max_message_bytes=args.max_message_bytes)
     except (ConfigError, SecurityConfigError) as exc:  # e.g. custom_op_paths, --tls-key
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2

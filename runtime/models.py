@@ -221,6 +221,7 @@ class ServedModel:
         self.manager.start()
 
     def stop(self) -> None:
+        self.dataplane.close()  # wakes batched callers before the versions go
         self.manager.stop()
 
 

@@ -248,3 +248,13 @@ def test_runtime_refuses_cpusets_outside_its_cpus(demo, serve):
     with pytest.raises(ConfigError) as err:
         serve(demo.saved_model_dir, demo.checkpoint_dir, session_num=2, cpusets="0;4096")
     assert err.value.field == "cpusets"
+
+
+def test_thread_env_exports_omp_and_kmp_and_per_session_intra_pools():
+    from deeprec_runtime.threadenv import export_thread_env
+
+    env = {"OMP_NUM_THREADS": "99"}
+    values = export_thread_env(cfg(omp_num_threads=3, kmp_blocktime=7), environ=env, modules={})
+    assert env == values == {"OMP_NUM_THREADS": "3", "KMP_BLOCKTIME": "7",
+                             "TF_OVERRIDE_GLOBAL_THREADPOOL": "1"}
+    assert os.environ["TF_OVERRIDE_GLOBAL_THREADPOOL"] == "1"  # set on import, before any session
