@@ -9,7 +9,7 @@ from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
 from deeprec_runtime.security import Security
-from deeprec_runtime.server.grpc_server import GrpcServer, deeprec_service
+from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES, GrpcServer, deeprec_service
 from deeprec_runtime.server.rest import RestServer
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ class Runtime:
     def __init__(self, config: ModelConfig, grpc_port: int = 8500, http_port: int | None = None,
                  host: str = "[::]", annotations_file: str | None = None,
                  model_name: str = "default", workers: int = 16,
-                 models: list[ModelEntry] | None = None, security: Security | None = None):
+                 models: list[ModelEntry] | None = None, security: Security | None = None,
+                 max_concurrent_requests: int | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.config = config
         #: TLS + authentication for both ports (runtime/security.py); default: plaintext, open.
         self.security = security or Security()
@@ -48,7 +50,9 @@ class Runtime:
                      for s in _tfs_services(self.models, self.metrics)]
         self.grpc = GrpcServer(services, grpc_port, host, workers,
                                credentials=self.security.grpc_credentials(),
-                               interceptors=self.security.grpc_interceptors())
+                               interceptors=self.security.grpc_interceptors(),
+                               max_concurrent=max_concurrent_requests,
+                               max_message_bytes=max_message_bytes)
         self.grpc_port = self.grpc.port
         self.http = (RestServer(self.models, http_port, host, self.metrics, security=self.security)
                      if http_port is not None else None)

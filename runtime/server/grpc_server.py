@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = "deeprec.serving.PredictionService"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Default bound on requests in progress, queued ones included, per worker thread (see GrpcServer).
+REQUESTS_PER_WORKER = 4
 
 
 def _identity(data: bytes) -> bytes:
@@ -65,6 +67,12 @@ CALLS = CallTracker()
 
 def unary(fn: Callable[[bytes, grpc.ServicerContext], bytes]) -> grpc.RpcMethodHandler:
     def handler(data: bytes, context: grpc.ServicerContext) -> bytes:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # It waited in the queue past the client's deadline: nobody waits for the answer,
+            # so the model is not run for it.
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the "
+                          "request was started")
         CALLS.enter()
         try:
             return fn(data, context)
@@ -96,19 +104,29 @@ def deeprec_service(dataplane) -> grpc.GenericRpcHandler:
 
 
 class GrpcServer:
-    """Owns the grpc.Server, the health service and graceful shutdown."""
+    """Owns the grpc.Server, the health service and graceful shutdown.
+
+    Overload: at most `max_concurrent` calls are in progress, running or queued for a worker
+    (default REQUESTS_PER_WORKER x `max_workers`; 0: no bound). A call past the bound is answered
+    RESOURCE_EXHAUSTED at once instead of waiting in an unbounded queue, so latency stays bounded
+    and clients can retry elsewhere. Messages over `max_message_bytes` are refused with
+    RESOURCE_EXHAUSTED."""
 
     def __init__(self, handlers: list[grpc.GenericRpcHandler], port: int, host: str = "[::]",
                  max_workers: int = 16, credentials: grpc.ServerCredentials | None = None,
-                 interceptors: list[grpc.ServerInterceptor] | None = None):
+                 interceptors: list[grpc.ServerInterceptor] | None = None,
+                 max_concurrent: int | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.health = health.HealthServicer()
+        if max_concurrent is None:
+            max_concurrent = REQUESTS_PER_WORKER * max_workers
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
             handlers=handlers,
             interceptors=interceptors or (),  # authentication (runtime/security.py)
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            options=[("grpc.max_receive_message_length", max_message_bytes),
+                     ("grpc.max_send_message_length", max_message_bytes),
                      ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=max_concurrent or None,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{host}:{port}"
