@@ -32,3 +32,7 @@ k8s-plane:
 
 protos: setup
 	bash scripts/gen-protos.sh
+
+bench: setup
+	$(BIN)/python bench/serving_bench.py
+	$(BIN)/python bench/lookup_bench.py
