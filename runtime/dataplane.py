@@ -10,6 +10,7 @@ from typing import Callable
 
 from deeprec_runtime.batching import Batcher
 from deeprec_runtime.config import ModelConfig
+from deeprec_runtime.errors import DeadlineExceeded
 from deeprec_runtime.model.manager import Manager
 from deeprec_runtime.predict import predict
 from deeprec_runtime.protos import predict_pb2 as pb
@@ -25,10 +26,16 @@ class DataPlane:
         #: Merges concurrent small requests into one run when `batching` is configured.
         self.batcher = Batcher(config.batching) if config.batching.enabled else None
 
-    def predict(self, request: pb.PredictRequest, version: str | None = None) -> pb.PredictResponse:
-        """Runs `request` on the serving version, or on the loaded version named `version`."""
+    def predict(self, request: pb.PredictRequest, version: str | None = None,
+                expired: Callable[[], bool] | None = None) -> pb.PredictResponse:
+        """Runs `request` on the serving version, or on the loaded version named `version`.
+        `expired` (the caller's deadline, when it has one) is asked once the version is held,
+        just before the model runs: a request that waited past its deadline (behind a delta
+        apply, say) is not run."""
         servable = self.manager.acquire(version)
         try:
+            if expired is not None and expired():
+                raise DeadlineExceeded("deadline expired before the model ran")
             if self.observer is not None:
                 self.observer(servable.name, request)
             return predict(servable, request, self.config.signature_name, self.batcher)

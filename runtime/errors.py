@@ -35,6 +35,13 @@ class ResourceExhausted(ServingError):
     http_status = 429
 
 
+class DeadlineExceeded(ServingError):
+    """The caller's deadline passed before the work started: nobody waits for the answer."""
+
+    grpc_code = "DEADLINE_EXCEEDED"
+    http_status = 504
+
+
 class Unauthenticated(ServingError):
     grpc_code = "UNAUTHENTICATED"
     http_status = 401

@@ -65,10 +65,15 @@ class CallTracker:
 CALLS = CallTracker()
 
 
+def expired(context: grpc.ServicerContext) -> bool:
+    """True once the call's deadline has passed (never for a call without one)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 def unary(fn: Callable[[bytes, grpc.ServicerContext], bytes]) -> grpc.RpcMethodHandler:
     def handler(data: bytes, context: grpc.ServicerContext) -> bytes:
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        if expired(context):
             # It waited in the queue past the client's deadline: nobody waits for the answer,
             # so the model is not run for it.
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired before the "
@@ -92,7 +97,7 @@ def unary(fn: Callable[[bytes, grpc.ServicerContext], bytes]) -> grpc.RpcMethodH
 def deeprec_service(dataplane) -> grpc.GenericRpcHandler:
     def predict(data: bytes, context: grpc.ServicerContext) -> bytes:
         request = parse(pb.PredictRequest, data, "deeprec.serving.PredictRequest")
-        return dataplane.predict(request).SerializeToString()
+        return dataplane.predict(request, expired=lambda: expired(context)).SerializeToString()
 
     def model_info(data: bytes, context: grpc.ServicerContext) -> bytes:
         return dataplane.model_info().SerializeToString()

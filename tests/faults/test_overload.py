@@ -1,0 +1,114 @@
+"""Overload on the gRPC port: a bounded queue answered RESOURCE_EXHAUSTED at once, client
+deadlines honoured without running the model for expired requests, message size limits."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from deeprec_runtime.app import Runtime
+from deeprec_runtime.config import parse_model_config
+from tests.runtime.conftest import Client, make_request, output, wait_for
+
+
+@pytest.fixture
+def runtime_with(demo, tmp_path):
+    """Starts a runtime on the demo model with Runtime keyword arguments; stops it after."""
+    started = []
+
+    def start(**kwargs) -> tuple[Runtime, Client]:
+        config = parse_model_config({
+            "savedmodel_dir": demo.saved_model_dir, "checkpoint_dir": demo.checkpoint_dir,
+            "model_store_type": "local", "feature_store_type": "memory",
+            "signature_name": "serving_default", "warmup_iterations": 1})
+        runtime = Runtime(config, grpc_port=0, host="127.0.0.1",
+                          annotations_file=str(tmp_path / "none"), **kwargs)
+        runtime.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
+        started.append((runtime, channel))
+        assert runtime.manager.wait_ready(60), runtime.manager.last_error
+        return runtime, Client(channel)
+
+    yield start
+    for runtime, channel in started:
+        channel.close()
+        runtime.stop(1.0)
+
+
+class HeldModel:
+    """Holds the serving version's gate for writing, as a long delta apply does: requests that
+    reach the model wait until release()."""
+
+    def __init__(self, runtime: Runtime):
+        self.servable = runtime.manager.acquire()
+        runtime.manager.release(self.servable)
+        self.servable.gate.acquire_write()
+        self.runs = 0
+        inner = self.servable.run
+
+        def counted(*args):
+            self.runs += 1
+            return inner(*args)
+
+        self.servable.run = counted  # counts the model runs that really happen
+
+    def release(self) -> None:
+        self.servable.gate.release_write()
+
+
+def test_requests_past_the_bound_get_resource_exhausted_at_once(demo, runtime_with):
+    runtime, client = runtime_with(workers=2, max_concurrent_requests=4)
+    request = make_request(demo.model.make_feed(4, np.random.default_rng(0)))
+    held = HeldModel(runtime)
+    try:
+        admitted = [client._predict.future(request, timeout=60) for _ in range(4)]
+        wait_for(lambda: held.servable.gate._writers_waiting == 0 and
+                 sum(1 for f in admitted if not f.done()) == 4, message="4 calls in progress")
+        refused = [client._predict.future(request, timeout=60) for _ in range(6)]
+        # Answered while the admitted ones still wait for the model: no queueing behind them.
+        for f in refused:
+            assert f.exception(timeout=30).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not any(f.done() for f in admitted)
+    finally:
+        held.release()
+    for f in admitted:
+        assert output(f.result(timeout=30), "probability").shape == (4, 1)
+    assert output(client.predict(demo.model.make_feed(2, np.random.default_rng(1))),
+                  "probability").shape == (2, 1)
+
+
+def _answered(runtime, code: str) -> float:
+    """Calls the server answered with `code`, whatever their model and version labels."""
+    return sum(sample.value for metric in runtime.metrics.registry.collect()
+               for sample in metric.samples
+               if sample.name == "deeprec_requests_total" and sample.labels.get("code") == code)
+
+
+def test_request_whose_deadline_expired_while_waiting_is_not_run(demo, runtime_with):
+    runtime, client = runtime_with(workers=4)
+    request = make_request(demo.model.make_feed(4, np.random.default_rng(0)))
+    held = HeldModel(runtime)  # a delta apply that takes longer than the callers wait
+    try:
+        first = client._predict.future(request, timeout=60)
+        late = [client._predict.future(request, timeout=0.5) for _ in range(3)]
+        for f in late:
+            assert f.exception(timeout=30).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        held.release()
+    assert output(first.result(timeout=30), "probability").shape == (4, 1)
+    # The expired calls were already inside their handlers, waiting for the model: once it is
+    # free they see the deadline has passed and do not run it.
+    wait_for(lambda: _answered(runtime, "DEADLINE_EXCEEDED") == 3,
+             message="expired calls answered by the server")
+    assert held.runs == 1
+
+
+def test_oversized_request_is_refused_and_the_server_keeps_serving(demo, runtime_with):
+    runtime, client = runtime_with(max_message_bytes=1 << 20)
+    big = demo.model.make_feed(30_000, np.random.default_rng(0))  # about 3 MB on the wire
+    with pytest.raises(grpc.RpcError) as err:
+        client.predict(big)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert output(client.predict(demo.model.make_feed(8, np.random.default_rng(1))),
+                  "probability").shape == (8, 1)
