@@ -33,10 +33,12 @@ def _serve_parser(sub) -> None:
                         "until none has arrived for this long (clients stop sending)")
     p.add_argument("--grace-seconds", type=float, default=20.0,
                    help="upper bound on the whole shutdown")
-    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads")
+    p.add_argument("--workers", type=int, default=None,
+                   help="gRPC worker threads (default: 2 per CPU this process may use, at least 4)")
     p.add_argument("--max-concurrent-requests", type=int, default=None,
                    help="gRPC calls in progress, running or queued, before more are answered "
-                        "RESOURCE_EXHAUSTED at once (default: 4 x --workers; 0: no limit)")
+                        "RESOURCE_EXHAUSTED at once (default: 4 x --workers, at least 64; "
+                        "0: no limit)")
     p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest gRPC request or response; larger ones are answered "
                         "RESOURCE_EXHAUSTED (default 64 MiB)")

@@ -21,6 +21,35 @@ def allowed_cpus() -> frozenset[int]:
     return frozenset(os.sched_getaffinity(0))
 
 
+def cpu_budget(root: str = "/sys/fs/cgroup") -> int:
+    """How many CPUs' worth of time this process may use: the allowed CPUs, capped by the
+    cgroup's CFS quota (a Kubernetes CPU limit without the static CPU manager shows every node
+    CPU in the affinity mask but only `limit` CPUs of time). At least 1."""
+    cpus = len(allowed_cpus())
+    quota = _cfs_quota(root)
+    if quota is not None:
+        cpus = min(cpus, max(1, -(-quota[0] // quota[1])))  # ceil(quota / period)
+    return max(1, cpus)
+
+
+def _cfs_quota(root: str) -> tuple[int, int] | None:
+    """(quota, period) in microseconds from cgroup v2 cpu.max or v1 cpu.cfs_*; None: no limit."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as fh:
+            quota, period = fh.read().split()[:2]
+        return None if quota == "max" else (int(quota), int(period))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as fh:
+            quota_us = int(fh.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as fh:
+            period_us = int(fh.read())
+    except (OSError, ValueError):
+        return None
+    return (quota_us, period_us) if quota_us > 0 and period_us > 0 else None
+
+
 def parse_cpu_list(text: str, field: str = "cpusets") -> frozenset[int]:
     """"0-3,6" -> {0, 1, 2, 3, 6} (the kernel's cpu-list format)."""
     cpus: set[int] = set()

@@ -25,8 +25,8 @@ from tensorflow.python.saved_model import loader_impl
 from deeprec_runtime.errors import InvalidArgument, ServingError, Unavailable, VersionLoadError
 from deeprec_runtime.features import ExternalTables, VersionKey
 from deeprec_runtime.features.binding import restore_dense, serving_tables
-from deeprec_runtime.model.session_group import (GroupPlan, SessionGroup, create_session, place_graph,
-                                                 plan_group)
+from deeprec_runtime.model.session_group import (INLINE, GroupPlan, SessionGroup, create_session,
+                                                 place_graph, plan_group)
 from deeprec_runtime.model.signature import Signature, parse_signatures
 from deeprec_runtime.model.source import Delta, VersionInfo
 
@@ -117,7 +117,10 @@ class Servable:
         self.update_time = self.load_time
         self._options = options
         self._updaters = updaters
-        self._callables: dict[tuple[int, tuple[str, ...], tuple[str, ...]], Callable] = {}
+        self._callables: dict[tuple[int, bool, tuple[str, ...], tuple[str, ...]], Callable] = {}
+        #: Lanes that use an inter-op pool run their kernels in the calling thread instead
+        #: (chosen at warmup when it costs less CPU; see model/execution.py).
+        self.inline = False
         self._callables_lock = threading.Lock()
         self.gate = ReadWriteGate()
         self.closed = False
@@ -167,9 +170,10 @@ class Servable:
         reading (see Manager.acquire). TensorFlow releases the GIL while it runs."""
         lane = self.group.select() if self.group is not None else None
         index = lane.index if lane is not None else 0
-        fn = self._callables.get((index, feed_names, fetch_names))
+        inline = self.inline
+        fn = self._callables.get((index, inline, feed_names, fetch_names))
         if fn is None:
-            fn = self._make_callable(index, feed_names, fetch_names)
+            fn = self._make_callable(index, feed_names, fetch_names, inline)
         if lane is not None and lane.pins_caller:
             lane.pin_caller()
         try:
@@ -180,17 +184,28 @@ class Servable:
             raise Unavailable(f"version {self.name} was unloaded during the request") from None
 
     def _make_callable(self, lane: int, feed_names: tuple[str, ...],
-                       fetch_names: tuple[str, ...]) -> Callable:
-        key = (lane, feed_names, fetch_names)
+                       fetch_names: tuple[str, ...], inline: bool = False) -> Callable:
+        key = (lane, inline, feed_names, fetch_names)
         with self._callables_lock:
             fn = self._callables.get(key)
             if fn is None:
                 opts = config_pb2.CallableOptions(feed=feed_names, fetch=fetch_names)
                 opts.run_options.CopyFrom(self.group.lanes[lane].run_options if self.group
                                           else self._options.serve_run_options)
+                if inline:
+                    opts.run_options.inter_op_thread_pool = INLINE
                 fn = self.session._make_callable_from_options(opts)
                 self._callables[key] = fn
             return fn
+
+    @property
+    def can_choose_inline(self) -> bool:
+        """Inline execution is a free choice only for CPU lanes that are not bound to cpusets
+        (bound lanes keep their pinned pools: that is what `cpusets` asks for) and that do not
+        already run inline."""
+        return (self.group is not None and not self.group.plan.uses_gpu
+                and all(lane.plan.pool != INLINE and lane.plan.cpus is None
+                        for lane in self.group.lanes))
 
     @property
     def num_lanes(self) -> int:

@@ -13,6 +13,7 @@ import numpy as np
 
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.errors import ServingError, VersionLoadError
+from deeprec_runtime.model import execution
 from deeprec_runtime.model.servable import Servable
 from deeprec_runtime.model.session_group import SessionGroup
 from deeprec_runtime.predict import predict
@@ -73,3 +74,23 @@ def warm_up(servable: Servable, signature_name: str, request: pb.PredictRequest 
                 return
             finally:
                 servable.gate.release_read()
+    if iterations and servable.can_choose_inline:
+        choose_execution(servable, signature_name, request)
+
+
+def choose_execution(servable: Servable, signature_name: str, request: pb.PredictRequest) -> None:
+    """Inline or pool for this version, by measuring both on the warmup request (see
+    model/execution.py); the version is not serving yet, so nothing else runs on it."""
+    def set_inline(inline: bool) -> None:
+        servable.inline = inline
+
+    def run() -> None:
+        servable.gate.acquire_read()
+        try:
+            with SessionGroup.using(0):
+                predict(servable, request, signature_name)
+        finally:
+            servable.gate.release_read()
+
+    choice = execution.measure(set_inline, run)
+    log.info("version %s runs %s", servable.name, choice.describe())

@@ -74,3 +74,37 @@ def test_pin_moves_a_real_thread_and_proc_shows_it():
     finally:
         done.set()
         t.join()
+
+
+# --- CPU budget (default gRPC workers) ---------------------------------------------------------
+def _cgroup(tmp_path, v2: str | None = None, v1: tuple[str, str] | None = None) -> str:
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2)
+    if v1 is not None:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(v1[0])
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(v1[1])
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("v2, v1, expected", [
+    ("max 100000\n", None, None),             # no limit: the allowed CPUs
+    ("150000 100000\n", None, 2),             # 1.5 CPUs -> 2
+    ("50000 100000\n", None, 1),              # half a CPU -> 1
+    (None, ("100000", "100000"), 1),          # cgroup v1, 1 CPU
+    (None, ("-1", "100000"), None),           # cgroup v1, no limit
+    (None, None, None),                       # no cgroup files at all
+])
+def test_cpu_budget_is_affinity_capped_by_the_quota(tmp_path, v2, v1, expected):
+    allowed = len(os.sched_getaffinity(0))
+    budget = cpus.cpu_budget(_cgroup(tmp_path, v2, v1))
+    assert budget == (allowed if expected is None else min(allowed, expected))
+
+
+def test_default_workers_follow_the_cpu_budget(monkeypatch):
+    from deeprec_runtime import app
+
+    monkeypatch.setattr(cpus, "cpu_budget", lambda: 1)
+    assert app.default_workers() == app.MIN_WORKERS
+    monkeypatch.setattr(cpus, "cpu_budget", lambda: 8)
+    assert app.default_workers() == 16
