@@ -214,6 +214,13 @@ class Manager:
             self._record_error(str(exc))
             self._emit(UpdateEvent("load", name, False, time.monotonic() - started, str(exc)))
             return
+        except PermissionError as exc:  # its files lead outside the store (a symlink): final
+            if version:
+                self._failed.add(policy.load_key(version))
+                self._set_status(name, version.full_step, version.delta_step, "ERROR", str(exc))
+            self._record_error(str(exc))
+            self._emit(UpdateEvent("load", name, False, time.monotonic() - started, str(exc)))
+            return
         try:
             servable = load_servable(savedmodel_dir, version,
                                      self.store.localize_checkpoint, self._options, self.features)
@@ -284,7 +291,7 @@ class Manager:
             started = time.monotonic()
             try:
                 servable.apply_delta(delta, self.store.localize_checkpoint(delta.prefix))
-            except (VersionLoadError, StoreError) as exc:
+            except (VersionLoadError, StoreError, PermissionError) as exc:
                 # Stop at the first bad delta: later ones build on it. It is retried next poll,
                 # which also covers a delta that was still being copied.
                 self._set_status(servable.name, servable.full_step, servable.delta_step,

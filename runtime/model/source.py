@@ -107,7 +107,11 @@ class VersionSource:
                           for e in self._store.list(self._root)
                           if e.is_dir and not e.name.startswith(".")]
         for name, path in candidates:
-            result = self._scan_version(name or path.rstrip("/").rsplit("/", 1)[-1], path)
+            name = name or path.rstrip("/").rsplit("/", 1)[-1]
+            try:
+                result = self._scan_version(name, path)
+            except PermissionError as exc:  # e.g. a symlink leaving the store: skip that folder only
+                result = BadVersion(name, str(exc))
             if isinstance(result, VersionInfo):
                 versions.append(result)
             elif result is not None:

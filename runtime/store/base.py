@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import posixpath
 from dataclasses import dataclass
@@ -120,7 +121,10 @@ class LocalStore(ModelStore):
             return fh.read()
 
     def localize_checkpoint(self, prefix: str) -> str:
-        self._check(prefix + ".index")
+        # Every file TensorFlow will open: a data shard linked to a file outside the model
+        # folders would otherwise be read as tensor values.
+        for path in [prefix + ".index", *glob.glob(glob.escape(prefix) + ".data-*")]:
+            self._check(path)
         return prefix
 
     def localize_tree(self, path: str) -> str:

@@ -93,7 +93,10 @@ def test_symlink_escaping_the_store_is_refused(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     os.symlink(outside, root / "checkpoint_1")
-    import pytest
-
-    with pytest.raises(PermissionError):
-        _source(root).scan()
+    _ckpt(root / "checkpoint_2", "model.ckpt", 2)
+    _state(root / "checkpoint_2", time.time())
+    # Only the folder that leaves the store is refused; the others are still found.
+    versions, bad = _source(root).scan()
+    assert [v.name for v in versions] == ["checkpoint_2"]
+    assert [b.name for b in bad] == ["checkpoint_1"]
+    assert "resolves outside the model folders" in bad[0].reason
