@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import time
-from typing import Callable
 
-import grpc
 import pytest
 import redis
 
-from deeprec_runtime.app import Runtime
-from deeprec_runtime.config import parse_model_config
-from deeprec_runtime.training import write_demo_model
-
-from runtime.conftest import Client
+# The model and runtime fixtures are the ones tests/runtime uses (re-exported for pytest).
+from runtime.conftest import Client, demo, serve  # noqa: F401
 
 
 def _free_port() -> int:
@@ -76,36 +70,3 @@ def redis_server(tmp_path):
     server.stop()
 
 
-@pytest.fixture
-def demo(tmp_path):
-    """A small Wide&Deep model: SavedModel + checkpoint_1 (full + 1 delta), trainer still live."""
-    art = write_demo_model(str(tmp_path / "model"), num_ids=2000, num_deltas=1, hidden=(32, 16),
-                           steps_per_delta=2, batch_size=16)
-    yield art
-    art.close()
-
-
-@pytest.fixture
-def serve(tmp_path) -> Callable[..., tuple[Runtime, Client]]:
-    """Starts in-process runtimes on free ports (several may share one Redis)."""
-    started: list[tuple[Runtime, grpc.Channel]] = []
-
-    def start(savedmodel_dir: str, checkpoint_dir: str = "", wait: bool = True,
-              **fields) -> tuple[Runtime, Client]:
-        raw = {"savedmodel_dir": savedmodel_dir, "checkpoint_dir": checkpoint_dir,
-               "model_store_type": "local", "feature_store_type": "memory",
-               "signature_name": "serving_default", "update_poll_seconds": 0.2,
-               "warmup_iterations": 1, **fields}
-        runtime = Runtime(parse_model_config(raw), grpc_port=0, host="127.0.0.1",
-                          annotations_file=os.path.join(str(tmp_path), "no-annotations"))
-        runtime.start()
-        channel = grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
-        started.append((runtime, channel))
-        if wait:
-            assert runtime.manager.wait_ready(60), runtime.manager.last_error
-        return runtime, Client(channel)
-
-    yield start
-    for runtime, channel in started:
-        channel.close()
-        runtime.stop(1.0)
