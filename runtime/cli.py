@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import logging
 import signal
@@ -131,6 +132,11 @@ def serve(args) -> int:
     export_thread_env(config)  # OMP_NUM_THREADS / KMP_BLOCKTIME before TensorFlow's first session
     from deeprec_runtime.security import Security, SecurityConfigError, security_config_from  # noqa: PLC0415
 
+    # Everything imported so far (TensorFlow, gRPC, protobuf: ~280k objects) lives as long as
+    # the process: moved out of the collector's view, a full collection no longer walks them
+    # (138 ms with the GIL held, measured on the shared 2-core machine; ~0 ms once frozen).
+    # Objects created later (model versions, which do get freed) are collected as before.
+    gc.freeze()
     try:
         security = Security(security_config_from(args))
         runtime = Runtime(config, grpc_port=args.grpc_port, http_port=args.http_port or None,
