@@ -19,7 +19,7 @@ import urllib3
 FIELD_MANAGER = "deeprec-operator"
 
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
-            "Pod": "pods", "Secret": "secrets", "Event": "events"}
+            "Pod": "pods", "Secret": "secrets", "Event": "events"}  # nosec B105  # resource plural, not a password
 
 
 class ApiError(Exception):

@@ -31,7 +31,7 @@ MANAGED_BY = "deeprec-operator"
 ENV_OSS_ACCESS_ID = "OSS_ACCESS_ID"
 ENV_OSS_ACCESS_KEY = "OSS_ACCESS_KEY"
 ENV_OSS_ENDPOINT = "OSS_ENDPOINT"
-ENV_REDIS_PASSWORD = "REDIS_PASSWORD"
+ENV_REDIS_PASSWORD = "REDIS_PASSWORD"  # nosec B105  # environment variable name; the value comes from a Secret
 
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -240,7 +240,7 @@ def runtime_container(spec: ModelSpec) -> dict[str, Any]:
     mounts = [
         {"name": "model-config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "podinfo", "mountPath": PODINFO_DIR, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "tmp", "mountPath": "/tmp"},  # nosec B108  # the pod's own emptyDir mount, not a temp file here
     ]
     ev_path = spec.model_config.get("ev_storage_path")
     if ev_path and int(spec.model_config.get("ev_storage_type", 0) or 0) == 12:

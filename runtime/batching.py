@@ -98,7 +98,8 @@ class Batcher:
         task.done.wait()
         if task.error is not None:
             raise task.error
-        assert task.result is not None
+        if task.result is None:
+            raise RuntimeError("batched run ended with neither a result nor an error")
         return task.result
 
     def _close(self, key: tuple) -> None:

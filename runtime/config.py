@@ -25,7 +25,7 @@ CREDENTIAL_ENV = {
     "oss_access_id": "OSS_ACCESS_ID",
     "oss_access_key": "OSS_ACCESS_KEY",
     "oss_endpoint": "OSS_ENDPOINT",
-    "redis_password": "REDIS_PASSWORD",
+    "redis_password": "REDIS_PASSWORD",  # nosec B105  # environment variable name, not a password
     "redis_url": "REDIS_URL",
     "webhdfs_address": "WEBHDFS_ADDRESS",
     "hdfs_user": "HADOOP_USER_NAME",

@@ -26,9 +26,9 @@ from deeprec_runtime.errors import Unauthenticated
 log = logging.getLogger(__name__)
 
 #: A single bearer token (e.g. a Secret key injected with `valueFrom.secretKeyRef`).
-TOKEN_ENV = "DEEPREC_AUTH_TOKEN"
+TOKEN_ENV = "DEEPREC_AUTH_TOKEN"  # nosec B105  # environment variable name, not a token
 #: Environment forms of the command-line flags, for pods whose args are fixed.
-FILE_ENVS = {"auth_token_file": "DEEPREC_AUTH_TOKEN_FILE",
+FILE_ENVS = {"auth_token_file": "DEEPREC_AUTH_TOKEN_FILE",  # nosec B105  # variable names
              "basic_auth_file": "DEEPREC_BASIC_AUTH_FILE",
              "tls_cert": "DEEPREC_TLS_CERT", "tls_key": "DEEPREC_TLS_KEY",
              "tls_client_ca": "DEEPREC_TLS_CLIENT_CA"}

@@ -84,7 +84,7 @@ WAIT_POLL_S = 0.2
 
 
 def namespace_for(model_path: str) -> str:
-    return "deeprec:" + hashlib.sha1(model_path.encode()).hexdigest()[:12]
+    return "deeprec:" + hashlib.sha1(model_path.encode(), usedforsecurity=False).hexdigest()[:12]
 
 
 def redacted_url(url: str) -> str:
@@ -146,7 +146,7 @@ class _Lease:
 
 
 class RedisFeatureStore(FeatureStore):
-    def __init__(self, url: str, password: str = "", read_connections: int = 4,
+    def __init__(self, url: str, password: str = "", read_connections: int = 4,  # nosec B107  # '' means no AUTH
                  update_connections: int = 2, namespace: str = "deeprec:default",
                  wait_timeout_s: float = 600.0):
         self.url = normalize_url(url)
@@ -163,7 +163,8 @@ class RedisFeatureStore(FeatureStore):
             self.url, max_connections=update_connections + 2, timeout=UPDATE_TIMEOUT_S,
             socket_timeout=UPDATE_TIMEOUT_S, **common)
         self.client = redis.Redis(connection_pool=self.update_pool)
-        self._read_sha = hashlib.sha1(READ_LUA.encode()).hexdigest()
+        # EVALSHA names a script by its SHA-1 (Redis's protocol), not a security use.
+        self._read_sha = hashlib.sha1(READ_LUA.encode(), usedforsecurity=False).hexdigest()
         self._renew = self.client.register_script(RENEW_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
         self.meta_key = f"{self.ns}:meta"

@@ -188,7 +188,8 @@ class _TieredTable:
         if self.whole is not None:
             with self.lock:
                 return self.whole[ids]
-        assert self.cache is not None and self.ssd is not None
+        if self.cache is None or self.ssd is None:
+            raise RuntimeError("tiered table has neither whole rows nor cache + SSD")
         out = np.empty((ids.shape[0], *self.table.row_shape), self.table.dtype)
         with self.lock:
             miss = self.cache.get(ids, out)
@@ -205,7 +206,8 @@ class _TieredTable:
             if self.whole is not None:
                 self.whole[ids] = values
                 return
-            assert self.cache is not None and self.ssd is not None
+            if self.cache is None or self.ssd is None:
+                raise RuntimeError("tiered table has neither whole rows nor cache + SSD")
             self.ssd.write(ids, values)
             self.cache.update(ids, values)
 
@@ -288,7 +290,8 @@ class TieredFeatureStore(FeatureStore):
             raise VersionLoadError(
                 f"embedding tables of {key} need {total} bytes on SSD ({on_ssd} already used by "
                 f"loaded versions) but ev_storage_size[1] is {self.ssd_bytes}")
-        assert self.root is not None
+        if self.root is None:
+            raise RuntimeError("tiered store has no SSD folder")
         folder = os.path.join(self.root, safe_name(str(key)) + "-" + uuid.uuid4().hex[:6])
         os.makedirs(folder)
         # Each table's cache gets its id index plus a share of the rest in proportion to its size.

@@ -274,7 +274,8 @@ class Manager:
         started = time.monotonic()
         with self._lock:
             back, self._previous, self._current = self._previous, self._current, self._previous
-        assert back is not None
+        if back is None:  # the policy asks for a swap back only with a retained version
+            raise RuntimeError("swap back without a retained previous version")
         self._set_status(back.name, back.full_step, back.delta_step, "SERVING", "")
         if self._previous is not None:
             p = self._previous

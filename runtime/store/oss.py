@@ -70,7 +70,7 @@ class OssStore(CachingStore):
         bucket, key = self._bucket(url)
         prefix = key + "/" if key else ""
         out: list[FileInfo] = []
-        token = ""
+        token = ""  # nosec B105  # listing continuation token, not a credential
         while True:
             page = bucket.list_objects_v2(prefix=prefix, delimiter="/", continuation_token=token,
                                           max_keys=_LIST_PAGE)
@@ -85,7 +85,7 @@ class OssStore(CachingStore):
         bucket, key = self._bucket(url)
         prefix = key + "/" if key else ""
         out = []
-        token = ""
+        token = ""  # nosec B105  # listing continuation token, not a credential
         while True:
             page = bucket.list_objects_v2(prefix=prefix, continuation_token=token, max_keys=_LIST_PAGE)
             for o in page.object_list:

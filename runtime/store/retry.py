@@ -61,7 +61,7 @@ def call_with_retry(fn: Callable[[], T], *, is_transient: Callable[[BaseExceptio
     """Runs `fn`, retrying transient failures; raises RetriesExhausted when they outlast the policy,
     and any other exception unchanged."""
     policy = policy or RetryPolicy()
-    rng = rng or random.Random()
+    rng = rng or random.Random()  # nosec B311  # backoff jitter, not security
     started = time.monotonic()
     for attempt in range(policy.attempts):
         try:

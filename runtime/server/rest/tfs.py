@@ -146,7 +146,8 @@ def _signature_name(body: dict[str, Any]) -> str:
 def classify_json(model: ServedModel, version: str | None, body: dict[str, Any]) -> dict[str, Any]:
     result = classify(model, _signature_name(body), examples(body), version)
     ref = result.classes if result.classes is not None else result.scores
-    assert ref is not None
+    if ref is None:
+        raise RuntimeError("classify returned neither classes nor scores")
     rows = []
     for i in range(ref.shape[0]):
         row = []
