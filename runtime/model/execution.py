@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 WALL_TOLERANCE = 1.25
 """Inline may be at most this much slower per run (wall clock) than the pool."""
-ROUNDS = 4
+ROUNDS = 3
 """Alternating measurement rounds per mode."""
-ROUND_SECONDS = 0.05
+ROUND_SECONDS = 0.03
 """Each round runs the request until this much wall time has passed (at least MIN_RUNS runs)."""
 MIN_RUNS = 3
 
