@@ -31,6 +31,7 @@ import yaml
 from deeprec_runtime.config import ModelConfig, load_model_config, parse_model_config
 from deeprec_runtime.dataplane import DataPlane
 from deeprec_runtime.errors import ConfigError, InvalidArgument, NotFound
+from deeprec_runtime.model.annotations import TARGET_VERSION_ANNOTATION, target_version_annotation
 from deeprec_runtime.model.manager import Manager
 from deeprec_runtime.model.servable import SAVEDMODEL_VERSION, Servable
 from deeprec_runtime.model.signature import Signature
@@ -120,10 +121,11 @@ def parse_model_config_list(raw: Any, base_dir: str = ".") -> list[ModelEntry]:
 class ServedModel:
     """A named model: its manager (versions), its data plane and TF Serving's view of them."""
 
-    def __init__(self, name: str, config: ModelConfig, annotations_file: str | None):
+    def __init__(self, name: str, config: ModelConfig, annotations_file: str | None,
+                 annotation_key: str = TARGET_VERSION_ANNOTATION):
         self.name = name
         self.config = config
-        self.manager = Manager(config, annotations_file)
+        self.manager = Manager(config, annotations_file, annotation_key=annotation_key)
         self.dataplane = DataPlane(config, self.manager, name)
         self.dataplane.observer = self._observe
         #: Extra per-request observer (metrics): (model name, version name, request).
@@ -231,12 +233,12 @@ class ModelRegistry:
     def __init__(self, entries: list[ModelEntry], annotations_file: str | None = None):
         if not entries:
             raise ConfigError("model_config_list", "at least one model is needed")
-        # The pod's target-version annotation names a version of the default model; the others
-        # always serve their latest version.
+        # The pod's plain target-version annotation pins the default model; the others are pinned
+        # by serving.deeprec.io/target-version.<name> (absent: their latest version).
         self.models: dict[str, ServedModel] = {}
         for i, entry in enumerate(entries):
-            self.models[entry.name] = ServedModel(entry.name, entry.config,
-                                                  annotations_file if i == 0 else None)
+            key = target_version_annotation(None if i == 0 else entry.name)
+            self.models[entry.name] = ServedModel(entry.name, entry.config, annotations_file, key)
         self.default = next(iter(self.models.values()))
 
     def get(self, name: str | None) -> ServedModel:

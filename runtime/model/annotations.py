@@ -30,7 +30,13 @@ def parse_annotations(text: str) -> dict[str, str]:
     return out
 
 
-def read_target_version(path: str | None) -> str:
+def target_version_annotation(model_name: str | None = None) -> str:
+    """The annotation that pins a model: the plain key for a runtime's default (first) model,
+    `serving.deeprec.io/target-version.<model>` for the others of a multi-model runtime."""
+    return TARGET_VERSION_ANNOTATION if not model_name else f"{TARGET_VERSION_ANNOTATION}.{model_name}"
+
+
+def read_target_version(path: str | None, key: str = TARGET_VERSION_ANNOTATION) -> str:
     """The version the operator asks this pod to serve: "latest" when the file or the annotation
     is absent or empty."""
     if not path:
@@ -40,4 +46,4 @@ def read_target_version(path: str | None) -> str:
             text = fh.read()
     except (FileNotFoundError, NotADirectoryError):
         return "latest"
-    return parse_annotations(text).get(TARGET_VERSION_ANNOTATION, "").strip() or "latest"
+    return parse_annotations(text).get(key, "").strip() or "latest"

@@ -21,7 +21,7 @@ from deeprec_runtime.errors import NotFound, Unavailable, VersionLoadError
 from deeprec_runtime.features import StoreUnavailable, open_feature_store
 from deeprec_runtime.model import policy
 from deeprec_runtime.model.custom_ops import load_custom_ops
-from deeprec_runtime.model.annotations import read_target_version
+from deeprec_runtime.model.annotations import TARGET_VERSION_ANNOTATION, read_target_version
 from deeprec_runtime.model.servable import Servable, load_servable, session_options_from
 from deeprec_runtime.model.source import VersionInfo, VersionSource
 from deeprec_runtime.model.warmup import load_warmup_request, warm_up
@@ -45,9 +45,12 @@ class UpdateEvent:
 
 class Manager:
     def __init__(self, config: ModelConfig, annotations_file: str | None = None,
-                 store: ModelStore | None = None):
+                 store: ModelStore | None = None,
+                 annotation_key: str = TARGET_VERSION_ANNOTATION):
         self.config = config
         self.annotations_file = annotations_file
+        #: The pod annotation that pins this model's version (see model/annotations.py).
+        self.annotation_key = annotation_key
         load_custom_ops(config.custom_op_paths)  # before any graph that may use them is imported
         self.store = store or open_store(config)
         self.source = VersionSource(self.store, config.checkpoint_dir) if config.checkpoint_dir else None
@@ -151,7 +154,7 @@ class Manager:
 
     # --- the update loop ----------------------------------------------------------------------
     def poll_once(self) -> None:
-        self.target = read_target_version(self.annotations_file)
+        self.target = read_target_version(self.annotations_file, self.annotation_key)
         if self.source is None:
             if self._current is None or self._rows_lost():
                 self._load(None)

@@ -172,3 +172,35 @@ def test_cli_serves_a_model_config_list(tmp_path):
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
     assert "HTTP on port" in out
+
+
+def test_each_model_of_a_runtime_is_pinned_by_its_own_annotation(tmp_path):
+    from deeprec_runtime.models import ModelEntry
+
+    seeds = {}
+    for name in ("first", "second"):
+        base = tmp_path / name
+        seeds[name] = build_seed(base)
+        seeds[name].train_step(8)
+        seeds[name].writer.start_version("checkpoint_2")
+        seeds[name].writer.save_full(SEED_STEP + 5)
+        touch_newer(str(base / "checkpoints" / "checkpoint_2" / "checkpoint"))
+    annotations = tmp_path / "annotations"
+    annotations.write_text('serving.deeprec.io/target-version.second="checkpoint_1"\n')
+    entries = [ModelEntry(n, parse_model_config(seed_config(tmp_path / n))) for n in seeds]
+    runtime = Runtime(entries[0].config, grpc_port=0, host="127.0.0.1", models=entries,
+                      annotations_file=str(annotations))
+    runtime.start()
+    try:
+        first, second = (runtime.models.get(n).manager for n in ("first", "second"))
+        wait_for(lambda: first.info().version == "checkpoint_2", timeout=30, message="first latest")
+        wait_for(lambda: second.info().version == "checkpoint_1", timeout=30, message="second pinned")
+        assert second.info().target_version == "checkpoint_1"
+        # The plain key pins the default (first) model only.
+        annotations.write_text('serving.deeprec.io/target-version="checkpoint_1"\n')
+        wait_for(lambda: first.info().version == "checkpoint_1", timeout=30, message="first pinned")
+        wait_for(lambda: second.info().version == "checkpoint_2", timeout=30, message="second latest")
+    finally:
+        runtime.stop(1.0)
+        for model in seeds.values():
+            model.close()
