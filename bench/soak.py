@@ -52,7 +52,7 @@ class Sample:
     threads: int
 
     @staticmethod
-    def take() -> "Sample":
+    def take() -> Sample:
         gc.collect()
         return Sample(proc_status("VmRSS"), open_fds(), proc_status("Threads"))
 
@@ -79,15 +79,15 @@ class SoakResult:
 
     def report(self) -> str:
         return "\n".join([
-            f"swaps: {self.swaps} ({self.full_swaps} full, {self.delta_swaps} delta) in "
-            f"{self.seconds:.1f}s",
-            f"VmRSS after warm-up: {self.warm.rss_kb / 1024:.1f} MiB, at the end: "
-            f"{self.end.rss_kb / 1024:.1f} MiB ({self.rss_growth * 100:+.1f}%)",
+            (f"swaps: {self.swaps} ({self.full_swaps} full, {self.delta_swaps} delta) in "
+            f"{self.seconds:.1f}s"),
+            (f"VmRSS after warm-up: {self.warm.rss_kb / 1024:.1f} MiB, at the end: "
+            f"{self.end.rss_kb / 1024:.1f} MiB ({self.rss_growth * 100:+.1f}%)"),
             f"open fds: {self.warm.fds} -> {self.end.fds}",
             f"threads: {self.warm.threads} -> {self.end.threads}",
             f"requests answered: {self.answered}, failed: {self.failed}",
-            f"replaced versions: {self.replaced}; not closed: {len(self.not_closed)}; state not "
-            f"END: {len(self.not_end)}; still referenced after gc: {self.still_referenced}",
+            (f"replaced versions: {self.replaced}; not closed: {len(self.not_closed)}; state not "
+            f"END: {len(self.not_end)}; still referenced after gc: {self.still_referenced}"),
         ])
 
 
@@ -181,13 +181,13 @@ def run_soak(workdir: str, swaps: int = 100, num_ids: int = 200_000, clients: in
             if i % 2 == 0:
                 name = f"checkpoint_{i // 2 + 2}"
                 demo.write_full(name, steps=1)
-                _wait(lambda: manager.info().version == name, 120, f"{name} serving")
+                _wait(lambda n=name: manager.info().version == n, 120, f"{name} serving")
                 full += 1
                 _prune_folders(demo.checkpoint_dir, keep_folders, manager)
             else:
                 prefix = demo.write_delta(steps=1)
                 step = int(prefix.rsplit("-", 1)[1])
-                _wait(lambda: manager.info().delta_step == step, 120, f"delta {step} applied")
+                _wait(lambda s=step: manager.info().delta_step == s, 120, f"delta {step} applied")
                 delta += 1
             remember_loaded()
             if i + 1 == warmup_swaps:

@@ -32,7 +32,7 @@ class ServeProcess:
         self.port = 0
         self.channel: grpc.Channel | None = None
 
-    def start(self, timeout: float = 60) -> "ServeProcess":
+    def start(self, timeout: float = 60) -> ServeProcess:
         self.lines = []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "deeprec_runtime.cli", "serve", "--config", self.config_path,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import parse_model_config
+
 from tests.runtime.conftest import Client, make_request, output, wait_for
 
 
@@ -106,7 +106,7 @@ def test_request_whose_deadline_expired_while_waiting_is_not_run(demo, runtime_w
 
 
 def test_oversized_request_is_refused_and_the_server_keeps_serving(demo, runtime_with):
-    runtime, client = runtime_with(max_message_bytes=1 << 20)
+    _, client = runtime_with(max_message_bytes=1 << 20)
     big = demo.model.make_feed(30_000, np.random.default_rng(0))  # about 3 MB on the wire
     with pytest.raises(grpc.RpcError) as err:
         client.predict(big)

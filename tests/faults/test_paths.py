@@ -11,9 +11,9 @@ import shutil
 
 import numpy as np
 import pytest
-
 from deeprec_runtime.store.base import LocalStore
 from deeprec_runtime.training import write_demo_model
+
 from tests.runtime.conftest import output, touch_newer, wait_for
 
 
@@ -46,11 +46,11 @@ def test_local_store_refuses_dotdot_paths_that_leave_it(tmp_path, demo, outside)
 def test_dotdot_target_version_is_reported_missing_and_nothing_outside_is_loaded(
         tmp_path, demo, serve, outside):
     annotations = tmp_path / "annotations"
-    runtime, client, feed, answer = _serving(demo, serve, annotations_file=str(annotations))
+    _, client, feed, answer = _serving(demo, serve, annotations_file=str(annotations))
     rel = os.path.relpath(outside, demo.checkpoint_dir)  # ../../outside/checkpoints/checkpoint_1
     for target in (rel, outside):
         annotations.write_text(f'serving.deeprec.io/target-version="{target}"\n')
-        wait_for(lambda: target in client.info().last_update_error, message=f"{target} refused")
+        wait_for(lambda t=target: t in client.info().last_update_error, message=f"{target} refused")
         assert "does not exist" in client.info().last_update_error
         assert client.info().version == "checkpoint_1"
     np.testing.assert_allclose(output(client.predict(feed), "probability"), answer, rtol=1e-6)
@@ -58,7 +58,7 @@ def test_dotdot_target_version_is_reported_missing_and_nothing_outside_is_loaded
 
 @pytest.mark.parametrize("where", ["absolute", "dotdot"])
 def test_state_file_pointing_outside_is_not_followed(demo, serve, outside, where):
-    runtime, client, feed, answer = _serving(demo, serve)
+    _, client, feed, answer = _serving(demo, serve)
     target = glob.glob(os.path.join(outside, "*.index"))[0][: -len(".index")]
     version = os.path.join(demo.checkpoint_dir, "checkpoint_2")
     os.makedirs(version)
@@ -85,7 +85,7 @@ def test_state_file_pointing_outside_is_not_followed(demo, serve, outside, where
 
 def test_symlinked_version_folder_leaving_the_store_is_refused_and_others_still_served(
         demo, serve, outside):
-    runtime, client, feed, answer = _serving(demo, serve)
+    _, client, feed, answer = _serving(demo, serve)
     os.symlink(outside, os.path.join(demo.checkpoint_dir, "checkpoint_2"))
     wait_for(lambda: any(v.name == "checkpoint_2" and v.state == "ERROR"
                          and "outside the model folders" in v.error
@@ -97,7 +97,7 @@ def test_symlinked_version_folder_leaving_the_store_is_refused_and_others_still_
 
 
 def test_data_shard_symlinked_outside_the_store_is_never_read(demo, serve, outside):
-    runtime, client, feed, answer = _serving(demo, serve)
+    _, client, feed, answer = _serving(demo, serve)
     prefix = demo.write_full("checkpoint_2", steps=1)
     (data,) = glob.glob(prefix + ".data-*")
     (foreign,) = glob.glob(os.path.join(outside, "*.data-*"))
