@@ -111,7 +111,7 @@ def serve(tmp_path) -> Callable[..., tuple[Runtime, Client]]:
         runtime.stop(1.0)
 
 
-def wait_for(predicate, timeout=10.0, interval=0.05, message="condition"):
+def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
