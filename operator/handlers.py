@@ -10,15 +10,17 @@ Spec errors become Degraded and wait for the next spec change; a missing Secret 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
 import kopf
 
-from deeprec_operator import GROUP, PLURAL, VERSION, resources
+from deeprec_operator import GROUP, PLURAL, VERSION, faults, resources
 from deeprec_operator.kube import ApiError, Kube, collection_path, object_path
 from deeprec_operator.probe import Prober, ProbeError, pod_address
 from deeprec_operator.spec import ModelSpec, SpecError, parse
@@ -27,6 +29,12 @@ from deeprec_operator.versions import annotation_patch, desired_targets, pod_tar
 
 TIMER_INTERVAL = float(os.environ.get("DEEPREC_OPERATOR_POLL_SECONDS", "3"))
 SECRET_RETRY_SECONDS = 15
+#: Delay before kopf re-runs a handler that raised (the client already retried transient API
+#: errors for a few seconds). kopf's default is 60 s, which left a model unreconciled, and its
+#: status stale, for a minute after an API server restart.
+RETRY_SECONDS = 3.0
+#: A generation left unreconciled this long is reconciled by the poll (see lost_change).
+LOST_CHANGE_SECONDS = max(5.0, 3 * TIMER_INTERVAL)
 RUNTIME_IMAGE_ENV = "DEEPREC_RUNTIME_IMAGE"
 
 log = logging.getLogger(__name__)
@@ -116,6 +124,7 @@ def annotate_pods(kube: Kube, namespace: str, pods: list[dict[str, Any]], target
     wanted = desired_targets(pods, target)
 
     def patch(pod_name: str) -> int:
+        faults.reached("pod-annotate")
         try:
             kube.merge_patch(object_path("v1", "pods", namespace, pod_name), annotation_patch(wanted[pod_name]))
             return 1
@@ -183,7 +192,9 @@ def refresh_status(memo: kopf.Memo, body: Mapping[str, Any], *, pods: list[dict[
     if generation is not None:
         new["observedGeneration"] = generation
     if any(old.get(k) != v for k, v in new.items()):
+        faults.reached("status-write")
         kube.merge_patch(_model_path(namespace, name), {"status": new}, subresource="status")
+        faults.reached("status-written")
         if new["activeVersion"] and new["activeVersion"] != old.get("activeVersion"):
             kopf.event(dict(body), type="Normal", reason="ActiveVersionChanged",
                       message=f"replicas serve {new['activeVersion']!r} (was {old.get('activeVersion') or 'none'!r})")
@@ -215,7 +226,7 @@ def model_targets(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) 
     return {(namespace, name): target_version(spec.get("version"))}
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.version")
+@kopf.on.field(GROUP, VERSION, PLURAL, field="spec.version", backoff=RETRY_SECONDS)
 def version_changed(old: Any, new: Any, body: kopf.Body, namespace: str, name: str, memo: kopf.Memo,
                     logger: logging.Logger, **_: Any) -> None:
     if old is None and body.get("status") is None:
@@ -228,9 +239,9 @@ def version_changed(old: Any, new: Any, body: kopf.Body, namespace: str, name: s
               message=f"target version {before!r} -> {target!r}; annotated {patched} of {len(pods)} pods")
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL, backoff=RETRY_SECONDS)
+@kopf.on.create(GROUP, VERSION, PLURAL, backoff=RETRY_SECONDS)
+@kopf.on.update(GROUP, VERSION, PLURAL, backoff=RETRY_SECONDS)
 def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, namespace: str,
               memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     kube: Kube = memo.kube
@@ -262,6 +273,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, name
                 _record_failure(memo, body, Failure("ChildRejected", f"{manifest['kind']} {name}: {e.message}"))
                 raise kopf.TemporaryError(e.message, delay=SECRET_RETRY_SECONDS) from None
             raise
+        faults.reached(f"{manifest['kind'].lower()}-applied")
     pods = _list_pods(kube, namespace, name)
     annotate_pods(kube, namespace, pods, target_version(model.version))
     if getattr(memo, "failure", None) is not None:
@@ -272,15 +284,63 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, name
     refresh_status(memo, body, pods=_list_pods(kube, namespace, name))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=1.0)
-def poll(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, memo: kopf.Memo,
+def lost_change(memo: kopf.Memo, body: Mapping[str, Any], now: float) -> bool:
+    """True once a generation has gone unreconciled, with no failure recorded, for LOST_CHANGE_SECONDS.
+
+    kopf handles each watch event once: when its own bookkeeping patch fails (a 409 from the API
+    server), it drops the event and skips the ones that arrive while it backs off, so a creation or
+    a spec change can go unhandled until the next change. The poll sees every model every few
+    seconds and compares generations, which makes reconciling level-based whatever happened to
+    the events.
+    """
+    generation = body["metadata"].get("generation")
+    observed = getattr(memo, "observed_generation", None) or (body.get("status") or {}).get("observedGeneration")
+    if getattr(memo, "failure", None) is not None or observed == generation:
+        memo.unreconciled_since = None
+        return False
+    since = getattr(memo, "unreconciled_since", None)
+    if since is None:
+        memo.unreconciled_since = now
+        return False
+    return now - since >= LOST_CHANGE_SECONDS
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=1.0, backoff=TIMER_INTERVAL)
+def poll(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, namespace: str, memo: kopf.Memo,
          logger: logging.Logger, **_: Any) -> None:
     kube: Kube = memo.kube
+    if lost_change(memo, body, time.monotonic()):
+        logger.info("generation %s was never reconciled; reconciling from the poll", meta.get("generation"))
+        memo.unreconciled_since = None
+        try:
+            reconcile(body=body, spec=spec, meta=meta, name=name, namespace=namespace, memo=memo, logger=logger)
+        except (kopf.PermanentError, kopf.TemporaryError):
+            pass  # already recorded as Degraded; an exception here would stop this timer
+        return
     pods = _list_pods(kube, namespace, name)
     target = target_version(spec.get("version"))
     if getattr(memo, "failure", None) is None and annotate_pods(kube, namespace, pods, target):
         pods = _list_pods(kube, namespace, name)
     refresh_status(memo, body, pods=pods)
+
+
+def _poll_needs_no_finalizer(registry: Any) -> None:
+    """Registers the poll without the finalizer kopf gives every object that has a timer.
+
+    kopf adds that finalizer so it can stop a timer before its object goes. The poll holds
+    nothing to clean up, and the finalizer costs: a model deleted while the operator is down
+    stays Terminating (with its children, and its namespace if that is being deleted) until the
+    operator is back, and a finalizer-removal patch lost to a 409 leaves it Terminating for good.
+    Without it, children go with the garbage collector, as the delete handler below says; kopf
+    removes its finalizer from models that still carry one. kopf has no option for this (timers
+    hard-code requires_finalizer=True in kopf 1.45), hence the edit of the registration.
+    """
+    spawning = registry._spawning
+    spawning._handlers = [dataclasses.replace(h, requires_finalizer=False) if h.fn is poll else h
+                          for h in spawning._handlers]
+
+
+_poll_needs_no_finalizer(kopf.get_default_registry())
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -301,6 +361,7 @@ def pod_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, labels:
         return
     target = next(iter(store))
     if pod_target(body) != target:
+        faults.reached("pod-annotate")
         try:
             memo.kube.merge_patch(object_path("v1", "pods", namespace, body["metadata"]["name"]),
                                   annotation_patch(target))

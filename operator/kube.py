@@ -9,14 +9,25 @@ states the whole child each time and the API server works out the difference.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
+import time
 from typing import Any, Mapping
 from urllib.parse import quote, urlencode
 
 import urllib3
 
 FIELD_MANAGER = "deeprec-operator"
+
+#: Answers worth another try: a conflict, throttling, an API server (or etcd) in trouble.
+RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+#: Seconds between tries (4 retries, about 3.5 s in all); after that the error goes to kopf, which
+#: retries the handler. Every request here is idempotent (GET, server-side apply, a merge patch of
+#: absolute values), so repeating one that may have landed is harmless.
+RETRY_BACKOFFS = (0.1, 0.4, 1.0, 2.0)
+
+log = logging.getLogger(__name__)
 
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
             "Pod": "pods", "Secret": "secrets", "Event": "events"}  # nosec B105  # resource plural, not a password
@@ -92,6 +103,25 @@ class Kube:
 
     def request(self, method: str, path: str, body: Any = None, *, params: Mapping[str, Any] | None = None,
                 content_type: str = "application/json") -> Any:
+        """One API call, retried on RETRY_STATUSES and on connection errors (a restarting API server)."""
+        for attempt, pause in enumerate((*RETRY_BACKOFFS, None), start=1):
+            try:
+                return self._request_once(method, path, body, params=params, content_type=content_type)
+            except ApiError as e:
+                if pause is None or e.status not in RETRY_STATUSES:
+                    raise
+                reason = f"{e.status} {e.reason}"
+            except urllib3.exceptions.HTTPError as e:
+                if pause is None:
+                    raise
+                reason = type(e).__name__
+            log.info("%s %s failed (%s), try %d of %d in %.1fs", method, path, reason, attempt + 1,
+                     len(RETRY_BACKOFFS) + 1, pause)
+            time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _request_once(self, method: str, path: str, body: Any, *, params: Mapping[str, Any] | None,
+                      content_type: str) -> Any:
         url = self._cfg.host.rstrip("/") + path
         if params:
             url += "?" + urlencode({k: v for k, v in params.items() if v is not None})

@@ -7,6 +7,9 @@
 #                                  start a plane; writes DIR/kubeconfig and DIR/env; with
 #                                  --owner-pid, the plane stops itself when PID exits
 #   scripts/k8s-plane.sh down DIR  stop the plane started in DIR
+#   scripts/k8s-plane.sh restart-apiserver DIR [--down-seconds N] [--kill]
+#                                  stop kube-apiserver (SIGTERM, or SIGKILL with --kill), wait
+#                                  N s (default 0), start it again with the same flags
 #   scripts/k8s-plane.sh env       print the cache's bin folder
 #
 # Cache: ${DEEPREC_K8S_CACHE:-$HOME/.cache/deeprec-serving/k8s-v1.34.4}
@@ -51,6 +54,7 @@ main() {
     build) k8s_build ;;
     up) shift; plane_up "$@" ;;
     down) shift; plane_down "$@" ;;
+    restart-apiserver) shift; plane_restart_apiserver "$@" ;;
     _watch) shift; plane_watch "$@" ;;
     env) echo "$K8S_BIN" ;;
     -h|--help|help|"") usage ;;

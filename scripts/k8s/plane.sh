@@ -323,3 +323,41 @@ plane_watch() { # plane_watch DIR OWNER_PID: runs down once OWNER_PID is gone
   log "owner $owner is gone; stopping the plane in $dir"
   "$SCRIPT_DIR/k8s-plane.sh" down "$dir"
 }
+
+plane_restart_apiserver() { # plane_restart_apiserver DIR [--down-seconds N] [--kill]
+  # Stops kube-apiserver and starts it again with the very same arguments (read back from the
+  # running process), as a control-plane upgrade (SIGTERM; it stops listening at once but may
+  # take 10 s to exit) or a crash (--kill: SIGKILL) would; clients see their watches cut and
+  # connections refused while it is down. The old log moves to NAME.log.1.
+  local dir=${1:-}
+  [[ -n $dir && -d $dir ]] || die "usage: k8s-plane.sh restart-apiserver DIR [--down-seconds N] [--kill]"
+  shift
+  local down=0 kill=0
+  while (($#)); do
+    case $1 in
+      --down-seconds) down=${2:?--down-seconds needs a number}; shift 2 ;;
+      --kill) kill=1; shift ;;
+      *) die "unknown option for restart-apiserver: $1" ;;
+    esac
+  done
+  PLANE_DIR=$(cd "$dir" && pwd)
+  local f=$PLANE_DIR/pids/kube-apiserver.pid pid argv=()
+  [[ -f $f ]] && is_ours "$(cat "$f")" || die "no kube-apiserver of this plane is running in $PLANE_DIR"
+  pid=$(cat "$f")
+  mapfile -d '' argv <"/proc/$pid/cmdline" || die "cannot read the arguments of kube-apiserver (pid $pid)"
+  local t0=$SECONDS
+  if ((kill)); then
+    kill -KILL "$pid" 2>/dev/null || true
+    while is_ours "$pid"; do sleep 0.1; done
+  else
+    stop_pid kube-apiserver "$pid"
+  fi
+  sleep "$down"
+  mv -f "$PLANE_DIR/logs/kube-apiserver.log" "$PLANE_DIR/logs/kube-apiserver.log.1"
+  start_component kube-apiserver "${argv[@]:1}"
+  local server pki=$PLANE_DIR/pki
+  server=$(sed -n 's/^export K8S_PLANE_SERVER=//p' "$PLANE_DIR/env")
+  wait_for 90 "kube-apiserver /readyz" kube-apiserver \
+    curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$server/readyz"
+  log "kube-apiserver restarted at $server ($((SECONDS - t0))s, ${down}s down)"
+}
