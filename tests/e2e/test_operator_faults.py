@@ -7,7 +7,8 @@
 - kube-apiserver killed and restarted under a running operator: the watch resumes.
 - A proxy between the operator and the API server answers 409/500/503 to a fifth of the writes
   while 50 models are created, re-pinned and half deleted at once.
-- Spec errors the schema cannot catch: Degraded with a reason, a Warning Event, no crash loop.
+- Spec errors the schema cannot catch: Degraded with a reason, a Warning Event, no crash loop;
+  a pinned version the store does not have, reported by a real runtime process.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.apiproxy import FaultProxy
-from tests.e2e.helpers import Plane, service_account_kubeconfig, wait_until
+from tests.e2e.helpers import DownwardAPIBridge, Plane, service_account_kubeconfig, wait_until
 from tests.e2e.test_operator import Operator, _condition, _get, _pods, _running, installed  # noqa: F401
+from tests.e2e.test_operator_runtime import demo_model  # noqa: F401
 
 from deeprec_operator import resources as r
 from deeprec_operator.faults import ENV as FAULT_ENV
@@ -382,3 +384,111 @@ def test_fifty_models_converge_through_injected_conflicts_and_server_errors(k8s_
     assert {409, 500, 503} <= set(codes), injected
     sys.stderr.write(f"\n[e2e] 50 models through a 20% write-fault proxy: created+converged {created:.1f}s, "
                      f"re-pinned {repinned:.1f}s; injected {dict(codes)}\n")
+
+
+# --- spec errors the schema cannot catch ----------------------------------------------------------
+
+def _bad_models() -> dict[str, tuple[dict[str, Any], str, str]]:
+    """name -> (model, Degraded reason, a phrase the message must contain)."""
+    secret_without_key = _model("nokey", storage={
+        "storeType": "oss", "checkpointDir": "oss://b/ckpt/", "savedModelDir": "oss://b/sm/",
+        "ossEndpoint": "oss.example", "credentialsSecretRef": {"name": "creds-without-key"}})
+    conflicting = _model("conflict", modelConfig={"model_store_type": "hdfs"})
+    redis = _model("redis", modelConfig={"feature_store_type": "redis"},
+                   featureStore={"redisUrl": "redis://redis.example:6379"})
+    reserved = _model("reserved", podTemplate={"spec": {"containers": [{"name": "deeprec-runtime", "image": "x"}]}})
+    rejected = _model("rejected", podTemplate={"spec": {"containers": [{"name": "Not_A_DNS_Label", "image": "x"}]}})
+    return {
+        "nokey": (secret_without_key, "SecretKeyNotFound", "has no key 'oss_access_key'"),
+        "conflict": (conflicting, "ConflictingFields", "spec.modelConfig.model_store_type"),
+        "redis": (redis, "MissingCredentials", "spec.featureStore.passwordSecretRef"),
+        "reserved": (reserved, "InvalidPodTemplate", "'deeprec-runtime' is reserved"),
+        "rejected": (rejected, "ChildRejected", "Not_A_DNS_Label"),
+    }
+
+
+def test_semantic_errors_are_degraded_with_an_event_and_no_crash_loop(k8s_plane, namespace, faulty):
+    bad = _bad_models()
+    k8s_plane.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds-without-key"},
+                     "stringData": {"oss_access_id": "an-id-only"}}, namespace=namespace)
+    faulty.start()
+    k8s_plane.apply([model for model, _, _ in bad.values()], namespace=namespace)
+
+    def degraded(name: str) -> dict[str, Any]:
+        return _condition(_get(k8s_plane, "drm", name, namespace), "Degraded")
+
+    for name, (_, reason, phrase) in bad.items():
+        cond = wait_until(lambda n=name, r_=reason: (c := degraded(n)).get("reason") == r_ and c, timeout=30,
+                          message=lambda n=name, r_=reason: f"{n}: Degraded/{r_}, have {degraded(n)}; "
+                                                            f"log:\n{faulty.log()}")
+        assert cond["status"] == "True" and phrase in cond["message"], (name, cond)
+        assert not _exists(k8s_plane, "deployment", name, namespace), f"{name}: pods that cannot run"
+
+    def warnings() -> Counter:
+        events = k8s_plane.kubectl_json("get", "events", "-n", namespace, "--field-selector", "type=Warning")
+        return Counter((e["involvedObject"]["name"], e["reason"]) for e in events["items"]
+                       if e["involvedObject"]["kind"] == "DeepRecModel")
+    wait_until(lambda: all(warnings()[(n, reason)] for n, (_, reason, _) in bad.items()), timeout=15,
+               message=lambda: f"a Warning Event per model, have {warnings()}")
+    # No crash loop: the process lives, and a failure is announced once, not on every retry.
+    time.sleep(4)
+    assert faulty.proc.poll() is None
+    counts = warnings()
+    for name, (_, reason, _) in bad.items():
+        assert counts[(name, reason)] == 1, (name, counts)
+    log = faulty.log(2000)
+    assert "Traceback" not in log, log[-3000:]
+
+    # Fixing the spec is enough for every one of them.
+    k8s_plane.kubectl("patch", "drm", "conflict", "-n", namespace, "--type", "json",
+                      "-p", '[{"op":"remove","path":"/spec/modelConfig/model_store_type"}]')
+    wait_until(lambda: _exists(k8s_plane, "deployment", "conflict", namespace)
+               and degraded("conflict").get("status") == "False", timeout=30,
+               message=lambda: f"conflict recovered: {degraded('conflict')}")
+
+
+def test_pinned_version_that_does_not_exist_is_degraded(k8s_plane, namespace, faulty, demo_model, tmp_path):
+    """The runtime keeps serving and reports the missing version; the operator turns it into Degraded."""
+    from tests.e2e.test_operator_runtime import NAME, _model as runtime_model
+
+    model = runtime_model(demo_model)
+    model["spec"]["replicas"] = 1
+    faulty.start()
+    k8s_plane.apply(model, namespace=namespace)
+    pod = wait_until(lambda: (ps := _running(_pods(k8s_plane, namespace, NAME))) and ps[0], timeout=30,
+                     message=lambda: f"a Running pod; log:\n{faulty.log()}")
+    config = tmp_path / "model_config.json"
+    config.write_text(_get(k8s_plane, "configmap", r.config_map_name(NAME), namespace)["data"][r.CONFIG_FILE])
+    annotations = tmp_path / "annotations"
+    log_path = tmp_path / "runtime.log"
+    with DownwardAPIBridge(k8s_plane.kubeconfig, namespace, pod["metadata"]["name"], annotations), \
+            open(log_path, "wb") as log:
+        runtime = subprocess.Popen(
+            [str(Path(sys.executable).parent / "deeprec-runtime"), "serve", "--config", str(config),
+             "--grpc-port", str(r.GRPC_PORT), "--http-port", "0", "--host", pod["status"]["podIP"],
+             "--annotations-file", str(annotations)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            def status() -> dict[str, Any]:
+                return _get(k8s_plane, "drm", NAME, namespace).get("status") or {}
+
+            def logs() -> str:
+                return f"{log_path.read_text(errors='replace')[-2000:]}\n--- operator ---\n{faulty.log(30)}"
+
+            wait_until(lambda: status().get("activeVersion") == "checkpoint_3", timeout=180, interval=0.5,
+                       message=lambda: f"the runtime serving checkpoint_3\n{logs()}")
+            _patch(k8s_plane, namespace, NAME, {"version": "checkpoint_99"})
+            cond = wait_until(lambda: (c := _condition({"status": status()}, "Degraded")).get("reason")
+                              == "UpdateFailed" and c, timeout=60, interval=0.5,
+                              message=lambda: f"Degraded/UpdateFailed: {status()}\n{logs()}")
+            assert "checkpoint_99" in cond["message"] and "does not exist" in cond["message"], cond
+            assert status()["activeVersion"] == "checkpoint_3", "the runtime must keep serving what it has"
+            events = k8s_plane.kubectl_json("get", "events", "-n", namespace, "--field-selector",
+                                            f"involvedObject.name={NAME},type=Warning")["items"]
+            assert [e["reason"] for e in events].count("UpdateFailed") == 1, events
+            assert faulty.proc.poll() is None and runtime.poll() is None, logs()
+        finally:
+            runtime.send_signal(signal.SIGTERM)
+            try:
+                runtime.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                runtime.kill()
