@@ -42,7 +42,8 @@ PLANE_SCRIPT = REPO / "scripts" / "k8s-plane.sh"
 class FaultyOperator(Operator):
     """The operator with a fault hook armed (or not) and an optional kubeconfig of its own."""
 
-    def start(self, kill_at: str = "", kubeconfig: Path | None = None, poll_seconds: str = "1") -> "FaultyOperator":
+    def start(self, kill_at: str = "", kubeconfig: Path | None = None, poll_seconds: str = "1",
+              extra_args: tuple[str, ...] = ()) -> FaultyOperator:
         env = dict(self.plane.env)
         env["KUBECONFIG"] = str(kubeconfig or self.kubeconfig)
         env["DEEPREC_OPERATOR_POLL_SECONDS"] = poll_seconds
@@ -53,7 +54,7 @@ class FaultyOperator(Operator):
             log.write(f"\n===== start (kill at {kill_at or 'nothing'}) =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "deeprec-operator"), "--namespace", self.namespace],
+                [str(Path(sys.executable).parent / "deeprec-operator"), "--namespace", self.namespace, *extra_args],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
