@@ -3,7 +3,8 @@
 - create / update / resume: apply the children (server-side apply), annotate the pods, refresh status.
 - spec.version field: annotate every pod at once (the rollback path), with an Event.
 - pod events: a new pod (or one whose annotation drifted) gets the model's target at once.
-- timer: ask every runtime what it serves and fold it into status; re-annotates as a safety net.
+- timer: ask every runtime what it serves and fold it into status; re-annotates, and reconciles a
+  generation whose event kopf lost, as a safety net.
 - delete: children go with the owner (ownerReferences); the handler only records it.
 Spec errors become Degraded and wait for the next spec change; a missing Secret is retried.
 """
