@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-unit test-e2e k8s-plane lint protos bench
+.PHONY: setup demo test test-unit test-e2e k8s-plane lint protos bench fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ k8s-plane:
 
 protos: setup
 	bash scripts/gen-protos.sh
+
+# Longer fuzzing runs than CI's 20 s per target.
+fuzz: setup
+	FUZZ_SECONDS=600 $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz -s
 
 bench: setup
 	$(BIN)/python bench/serving_bench.py

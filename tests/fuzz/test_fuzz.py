@@ -15,6 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TARGETS = {
     "predict_request": "fuzz_predict_request.py",
     "model_config": "fuzz_model_config.py",
+    "tfs_and_rest": "fuzz_tfs_and_rest.py",
 }
 SECONDS = int(os.environ.get("FUZZ_SECONDS", "20"))
 

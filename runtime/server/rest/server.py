@@ -39,6 +39,19 @@ _MODEL_URL = re.compile(
     r"(?::(?P<verb>[A-Za-z]+)|/(?P<tail>metadata|gen_json|gen_client))?/?$")
 
 
+def parse_json_body(data: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; InvalidArgument (HTTP 400) for anything else."""
+    try:
+        body = json.loads(data)
+    except RecursionError:
+        raise InvalidArgument("request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return body
+
+
 class _HandshakeFailed(Exception):
     """A TLS client went away or spoke plaintext: drop the connection quietly."""
 
@@ -142,15 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(data) != length:
             self.close_connection = True
             raise InvalidArgument(f"request body ended after {len(data)} of {length} bytes")
-        try:
-            body = json.loads(data)
-        except RecursionError:
-            raise InvalidArgument("request body is nested too deeply") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidArgument("request body must be a JSON object")
-        return body
+        return parse_json_body(data)
 
     def _send(self, status: int, payload: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
