@@ -78,7 +78,7 @@ def in_process(art, batch: int, duration: float, concurrency: int = 8) -> None:
         lat_all: list[list[float]] = [[] for _ in range(concurrency)]
         end = time.monotonic() + duration
 
-        def loop(i, fn=fn):
+        def loop(i, fn=fn, lat_all=lat_all, end=end):
             mine = lat_all[i]
             while time.monotonic() < end:
                 t0 = time.perf_counter()
@@ -222,7 +222,8 @@ def start_stfs(venv: str, workdir: str, art) -> Server:
             return server
         except OSError:
             if server.proc.poll() is not None:
-                raise RuntimeError("simple-tensorflow-serving exited:\n" + "".join(server.lines[-30:]))
+                raise RuntimeError(
+                    "simple-tensorflow-serving exited:\n" + "".join(server.lines[-30:])) from None
             time.sleep(0.5)
     raise RuntimeError("simple-tensorflow-serving did not start")
 
@@ -258,8 +259,13 @@ def main() -> int:
         for batch in (1, 64):
             print(f"\nbatch {batch}, concurrency 8, {args.duration:g}s each:", flush=True)
             in_process(art, batch, args.duration)
-            for label, fields in (("(b) deeprec-runtime gRPC", {}),
-                                  ("(b) ... enable_inline_execute", {"enable_inline_execute": True})):
+            variants = [("(b) deeprec-runtime gRPC", {}),
+                        ("(b) ... enable_inline_execute", {"enable_inline_execute": True})]
+            if batch == 1:  # server-side batching merges the 8 callers' rows into one run
+                variants.append(("(b) ... batching (max 8, 500 us)",
+                                 {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500,
+                                               "num_batch_threads": 2}}))
+            for label, fields in variants:
                 server = start_runtime(workdir, art, **fields)
                 try:
                     measure_server(label, server, "grpc", grpc_payload(feeds[batch]), args.duration)
