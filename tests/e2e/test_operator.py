@@ -10,7 +10,6 @@ status reports the runtimes unreachable while everything the operator itself dec
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,11 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.helpers import CommandError, service_account_kubeconfig, wait_until
-
 from deeprec_operator import resources as r
 from deeprec_operator.spec import parse
 from deeprec_operator.versions import TARGET_ANNOTATION
+from tests.e2e.helpers import service_account_kubeconfig, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +41,7 @@ class Operator:
         self.plane, self.namespace, self.kubeconfig, self.log_path = plane, namespace, kubeconfig, log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Operator":
+    def start(self) -> Operator:
         env = dict(self.plane.env)
         env["KUBECONFIG"] = str(self.kubeconfig)
         env["DEEPREC_OPERATOR_POLL_SECONDS"] = "1"
@@ -115,7 +113,11 @@ def _pods(plane, ns, name=MODEL):
 
 
 def _running(pods):
-    return [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+    return [
+        p
+        for p in pods
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+    ]
 
 
 def _condition(obj, kind):
@@ -135,8 +137,11 @@ def _wait_running(plane, ns, count, name=MODEL, timeout=60, operator=None):
 
 def test_example_becomes_children_that_match_the_spec(k8s_plane, namespace, operator):
     k8s_plane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
-    drm = wait_until(lambda: (d := _get(k8s_plane, "drm", MODEL, namespace)).get("status", {}).get("targetVersion")
-                     and d, timeout=30, message=lambda: f"status of {MODEL}; log:\n{operator.log()}")
+    drm = wait_until(
+        lambda: (d := _get(k8s_plane, "drm", MODEL, namespace)).get("status", {}).get("targetVersion") and d,
+        timeout=30,
+        message=lambda: f"status of {MODEL}; log:\n{operator.log()}",
+    )
     model = parse(MODEL, namespace, drm["spec"])  # the spec as stored, defaults applied
 
     cm = _get(k8s_plane, "configmap", r.config_map_name(MODEL), namespace)
@@ -149,11 +154,16 @@ def test_example_becomes_children_that_match_the_spec(k8s_plane, namespace, oper
     expected = r.deployment(model)
     assert dep["spec"]["replicas"] == 2
     assert dep["spec"]["selector"] == expected["spec"]["selector"]
-    runtime = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == r.RUNTIME_CONTAINER)
+    runtime = next(
+        c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == r.RUNTIME_CONTAINER
+    )
     want = r.runtime_container(model)
     assert runtime["args"] == want["args"]
     assert runtime["env"] == want["env"]
-    assert runtime["resources"] == {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}}
+    assert runtime["resources"] == {
+        "requests": {"cpu": "4", "memory": "8Gi"},
+        "limits": {"cpu": "4", "memory": "8Gi"},
+    }
     assert runtime["readinessProbe"]["grpc"]["port"] == 8500
     assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
@@ -162,7 +172,9 @@ def test_example_becomes_children_that_match_the_spec(k8s_plane, namespace, oper
 
     for child in (cm, dep, svc):
         owners = child["metadata"]["ownerReferences"]
-        assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [("DeepRecModel", MODEL, drm["metadata"]["uid"])]
+        assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
+            ("DeepRecModel", MODEL, drm["metadata"]["uid"])
+        ]
 
     pods = _wait_running(k8s_plane, namespace, 2, operator=operator)
     qos = {p["status"].get("qosClass") for p in pods}
@@ -171,8 +183,11 @@ def test_example_becomes_children_that_match_the_spec(k8s_plane, namespace, oper
                            for p in _pods(k8s_plane, namespace)), timeout=10,
                message="every pod annotated with target latest")
 
-    status = wait_until(lambda: (s := _get(k8s_plane, "drm", MODEL, namespace)["status"]).get("readyReplicas") == 2
-                        and s, timeout=30, message="status.readyReplicas == 2")
+    status = wait_until(
+        lambda: (s := _get(k8s_plane, "drm", MODEL, namespace)["status"]).get("readyReplicas") == 2 and s,
+        timeout=30,
+        message="status.readyReplicas == 2",
+    )
     assert status["selector"] == r.selector_string(MODEL)
     assert status["observedGeneration"] == drm["metadata"]["generation"]
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
@@ -211,10 +226,16 @@ def test_rollback_patch_reaches_every_pod_without_restarts(k8s_plane, namespace,
                         and s.get("observedGeneration") == drm["metadata"]["generation"] and s,
                         timeout=15, message="status converged on checkpoint_2")
     assert status["readyReplicas"] == 2
-    wait_until(lambda: any(e["reason"] == "TargetVersionChanged" and "checkpoint_2" in e["message"]
-                           for e in k8s_plane.kubectl_json("get", "events", "-n", namespace, "--field-selector",
-                                                           f"involvedObject.name={MODEL}")["items"]),
-               timeout=10, message="a TargetVersionChanged Event naming checkpoint_2")
+    wait_until(
+        lambda: any(
+            e["reason"] == "TargetVersionChanged" and "checkpoint_2" in e["message"]
+            for e in k8s_plane.kubectl_json(
+                "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={MODEL}"
+            )["items"]
+        ),
+        timeout=10,
+        message="a TargetVersionChanged Event naming checkpoint_2",
+    )
 
     # Scaling goes through the scale subresource; the new pod gets the pinned target too.
     k8s_plane.kubectl("scale", "drm", MODEL, "-n", namespace, "--replicas", "3")
@@ -248,9 +269,14 @@ def test_missing_secret_is_degraded_until_it_appears(k8s_plane, namespace, opera
     docs = _example()
     secret = next(d for d in docs if d["kind"] == "Secret")
     k8s_plane.apply(_model_doc(), namespace=namespace)
-    status = wait_until(lambda: _condition(_get(k8s_plane, "drm", MODEL, namespace), "Degraded")
-                        .get("reason") == "SecretNotFound" and _get(k8s_plane, "drm", MODEL, namespace)["status"],
-                        timeout=30, message=lambda: f"Degraded/SecretNotFound; log:\n{operator.log()}")
+    status = wait_until(
+        lambda: (
+            _condition(_get(k8s_plane, "drm", MODEL, namespace), "Degraded").get("reason") == "SecretNotFound"
+            and _get(k8s_plane, "drm", MODEL, namespace)["status"]
+        ),
+        timeout=30,
+        message=lambda: f"Degraded/SecretNotFound; log:\n{operator.log()}",
+    )
     assert "wide-and-deep-oss" in _condition({"status": status}, "Degraded")["message"]
     assert k8s_plane.kubectl("get", "deployment", MODEL, "-n", namespace, check=False).returncode != 0
     wait_until(lambda: any(e["reason"] == "SecretNotFound" and e["type"] == "Warning"
@@ -260,8 +286,11 @@ def test_missing_secret_is_degraded_until_it_appears(k8s_plane, namespace, opera
 
     k8s_plane.apply(secret, namespace=namespace)
     _wait_running(k8s_plane, namespace, 2, timeout=60, operator=operator)
-    wait_until(lambda: _condition(_get(k8s_plane, "drm", MODEL, namespace), "Degraded").get("status") == "False",
-               timeout=20, message="Degraded cleared after the Secret appeared")
+    wait_until(
+        lambda: _condition(_get(k8s_plane, "drm", MODEL, namespace), "Degraded").get("status") == "False",
+        timeout=20,
+        message="Degraded cleared after the Secret appeared",
+    )
 
 
 def test_semantic_error_is_degraded_not_retried(k8s_plane, namespace, operator):
@@ -286,7 +315,11 @@ def test_deleting_the_model_removes_every_child(k8s_plane, namespace, operator):
 
     def gone():
         left = []
-        for kind, name in (("configmap", r.config_map_name(MODEL)), ("deployment", MODEL), ("service", MODEL)):
+        for kind, name in (
+            ("configmap", r.config_map_name(MODEL)),
+            ("deployment", MODEL),
+            ("service", MODEL),
+        ):
             if k8s_plane.kubectl("get", kind, name, "-n", namespace, check=False).returncode == 0:
                 left.append(kind)
         if _pods(k8s_plane, namespace):
@@ -299,7 +332,10 @@ def test_operator_restart_mid_change_converges_without_duplicates(k8s_plane, nam
     docs = _example()
     model = next(d for d in docs if d["kind"] == "DeepRecModel")
     # Small pods: the config change below rolls them with a surge pod, which must fit on kwok's nodes.
-    model["spec"]["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    model["spec"]["resources"] = {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
     k8s_plane.apply(docs, namespace=namespace)
     _wait_running(k8s_plane, namespace, 2, operator=operator)
     operator.kill()
@@ -347,3 +383,45 @@ def test_chart_rbac_is_least_privilege(k8s_plane, namespace, installed):
     assert not can("patch", "pods", "-n", "default")
     assert not can("delete", "deployments", "-n", namespace)
     assert not can("create", "clusterroles")
+
+
+def test_user_pod_template_gets_the_runtime_as_a_sidecar(k8s_plane, namespace, operator):
+    """A DeepRecModel with a pod template of the user's own: their container keeps its spec, the
+    runtime joins it (reached on localhost), and rollback still annotates the pods in place."""
+    doc = _model_doc()
+    doc["metadata"] = {"name": "with-sidecar"}
+    doc["spec"]["replicas"] = 1
+    doc["spec"]["storage"] = {"storeType": "local", "checkpointDir": "/models/ckpt",
+                              "savedModelDir": "/models/saved_model"}
+    doc["spec"]["podTemplate"] = {
+        "metadata": {"labels": {"team": "ranking"}},
+        "spec": {"containers": [{
+            "name": "ranker", "image": "example.com/ranker:1.2",
+            "env": [{"name": "MODEL_ADDRESS", "value": "localhost:8500"}],
+            "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+                          "limits": {"cpu": "1", "memory": "1Gi"}},
+        }]},
+    }
+    k8s_plane.apply(doc, namespace=namespace)
+    dep = wait_until(lambda: _get_or_none(k8s_plane, "deployment", "with-sidecar", namespace),
+                     timeout=30, message=lambda: f"Deployment; log:\n{operator.log()}")
+    containers = {c["name"]: c for c in dep["spec"]["template"]["spec"]["containers"]}
+    assert set(containers) == {"ranker", r.RUNTIME_CONTAINER}
+    assert containers["ranker"]["image"] == "example.com/ranker:1.2"
+    assert containers["ranker"]["env"] == [{"name": "MODEL_ADDRESS", "value": "localhost:8500"}]
+    assert dep["spec"]["template"]["metadata"]["labels"]["team"] == "ranking"
+    assert "--grpc-port" in containers[r.RUNTIME_CONTAINER]["args"]
+
+    pods = _wait_running(k8s_plane, namespace, 1, name="with-sidecar", operator=operator)
+    uid = pods[0]["metadata"]["uid"]
+    k8s_plane.kubectl("patch", "drm", "with-sidecar", "-n", namespace, "--type", "merge",
+                      "-p", '{"spec":{"version":"checkpoint_7"}}')
+    wait_until(lambda: [p["metadata"].get("annotations", {}).get(TARGET_ANNOTATION)
+                        for p in _pods(k8s_plane, namespace, "with-sidecar")] == ["checkpoint_7"],
+               timeout=5, interval=0.05, message="sidecar pod annotated")
+    assert [p["metadata"]["uid"] for p in _pods(k8s_plane, namespace, "with-sidecar")] == [uid]
+
+
+def _get_or_none(plane, kind, name, ns):
+    result = plane.kubectl("get", kind, name, "-n", ns, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
