@@ -139,10 +139,28 @@ def annotate_pods(kube: Kube, namespace: str, pods: list[dict[str, Any]], target
     return sum(_PATCH_POOL.map(patch, wanted))
 
 
+#: Namespaces where Secret get was refused (logged once each; see missing_secrets).
+_SECRETS_FORBIDDEN: set[str] = set()
+
+
 def missing_secrets(kube: Kube, model: ModelSpec) -> Failure | None:
-    """A referenced Secret or key that is absent. Values are never read into anything but this check."""
+    """A referenced Secret or key that is absent. Values are never read into anything but this check.
+
+    Without Secret get (the chart's rbac.secretCheck, off by default when every namespace is
+    watched) the check cannot be made: a 403 is logged once per namespace and the model goes on,
+    not Degraded; a missing Secret then shows as runtime pods that do not start."""
     for ref in model.secret_refs:
-        secret = kube.get(object_path("v1", "secrets", model.namespace, ref.name))
+        try:
+            secret = kube.get(object_path("v1", "secrets", model.namespace, ref.name))
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            if model.namespace not in _SECRETS_FORBIDDEN:
+                _SECRETS_FORBIDDEN.add(model.namespace)
+                log.warning("cannot verify Secrets in namespace %r (get forbidden; the chart grants "
+                            "it with rbac.secretCheck=true): continuing without the check",
+                            model.namespace)
+            return None
         if secret is None:
             if ref.optional:
                 continue

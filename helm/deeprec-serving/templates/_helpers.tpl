@@ -35,10 +35,22 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the operator may get Secrets (rbac.secretCheck; unset: only where the grant
+     stays in the watched namespaces, never cluster-wide by default), else "". */}}
+{{- define "deeprec-serving.secretCheck" -}}
+{{- if kindIs "invalid" .Values.rbac.secretCheck -}}
+{{- if .Values.watchNamespaces }}true{{ end -}}
+{{- else if .Values.rbac.secretCheck -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* The rules the operator needs where DeepRecModels live (namespaced Role, or ClusterRole
-     when watching every namespace). Secrets: get only, to report a missing Secret or key as a
-     Degraded condition instead of creating pods that cannot start. Children are written with
-     server-side apply (create + patch) and removed by the garbage collector (no delete). */}}
+     when watching every namespace). Secrets: get only, and only with rbac.secretCheck, to report
+     a missing Secret or key as a Degraded condition instead of creating pods that cannot start;
+     without it the operator logs once that it cannot verify Secrets and goes on. Children are
+     written with server-side apply (create + patch) and removed by the garbage collector (no
+     delete). */}}
 {{- define "deeprec-serving.namespacedRules" -}}
 - apiGroups: [serving.deeprec.io]
   resources: [deeprecmodels]
@@ -59,9 +71,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch]
+{{- if include "deeprec-serving.secretCheck" . }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
+{{- end }}
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
