@@ -106,12 +106,16 @@ def restore_dense(prefix: str, updaters: Mapping, tables: Mapping[str, Table]) -
     import tensorflow as tf
 
     from deeprec_runtime.errors import VersionLoadError
+    from deeprec_runtime.model.checkpoint_read import read_tensors
 
     reader = tf.train.load_checkpoint(prefix)
     have = reader.get_variable_to_shape_map()
+    dtypes = reader.get_variable_to_dtype_map()
     for name, updater in updaters.items():
         if name in tables:
             continue
         if name not in have:
             raise VersionLoadError(f"checkpoint {prefix} has no variable '{name}'")
-        updater.apply(updater.check_whole(reader.get_tensor(name)))
+        # One variable per read (GIL released, see checkpoint_read) keeps at most one dense
+        # variable in flight besides the graph's copy.
+        updater.apply(updater.check_whole(read_tensors(prefix, [name], dtypes)[name]))

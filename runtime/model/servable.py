@@ -25,6 +25,7 @@ from tensorflow.python.saved_model import loader_impl
 from deeprec_runtime.errors import InvalidArgument, ServingError, Unavailable, VersionLoadError
 from deeprec_runtime.features import ExternalTables, VersionKey
 from deeprec_runtime.features.binding import restore_dense, serving_tables
+from deeprec_runtime.model.checkpoint_read import read_tensors
 from deeprec_runtime.model.session_group import (INLINE, GroupPlan, SessionGroup, create_session,
                                                  place_graph, plan_group)
 from deeprec_runtime.model.signature import Signature, parse_signatures
@@ -331,22 +332,11 @@ def read_delta(prefix: str, updaters: dict[str, _VariableUpdater]) -> list[tuple
         else:
             raise VersionLoadError(f"delta {prefix}: variable '{key}' is not in the model")
     try:
-        tensors = _read_tensors(prefix, [k for _, ks in wanted for k in ks], dtypes)
+        tensors = read_tensors(prefix, [k for _, ks in wanted for k in ks], dtypes)
     except (tf.errors.OpError, ValueError) as exc:
         raise VersionLoadError(f"cannot read delta {prefix}: {_first_line(exc)}") from None
     return [(u, u.check_rows(tensors[ks[0]], tensors[ks[1]]) if len(ks) == 2
              else u.check_whole(tensors[ks[0]])) for u, ks in wanted]
-
-
-def _read_tensors(prefix: str, names: list[str], dtypes) -> dict[str, np.ndarray]:
-    """Reads tensors with one eager RestoreV2 op. CheckpointReader.get_tensor keeps the GIL for
-    the whole read, so a slow or stuck read of a delta (a network volume, a big delta) would stop
-    every request of the process; the op runs with the GIL released."""
-    if not names:
-        return {}
-    out = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                               dtypes=[dtypes[n] for n in names])
-    return {n: t.numpy() for n, t in zip(names, out)}
 
 
 def _check_shapes(prefix: str, updaters: dict[str, _VariableUpdater], version: str) -> None:
