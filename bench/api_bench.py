@@ -78,9 +78,11 @@ def conversion_cost(feed: dict[str, np.ndarray]) -> None:
     from tensorflow.core.framework import tensor_pb2  # noqa: PLC0415
 
     from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
-    from deeprec_runtime.server.tfs_convert import array_to_tensor, tensor_to_array  # noqa: PLC0415
-
-    from deeprec_runtime.server.tfs_convert import _FIELDS  # noqa: PLC0415
+    from deeprec_runtime.server.tfs_convert import (  # noqa: PLC0415
+        _FIELDS,  # noqa: PLC0415
+        array_to_tensor,
+        tensor_to_array,
+    )
 
     for content in (True, False):
         tensors = {}
@@ -91,14 +93,14 @@ def conversion_cost(feed: dict[str, np.ndarray]) -> None:
                 getattr(t, _FIELDS[t.dtype][0]).extend(v.reshape(-1).tolist())
             tensors[k] = t
 
-        def ours() -> None:
+        def ours(tensors=tensors) -> None:
             req = pb.PredictRequest()
             for k, t in tensors.items():
                 tensor_to_array(t, req.inputs[k])
             out = tensor_pb2.TensorProto()
             array_to_tensor(req.inputs[next(iter(tensors))], out)
 
-        def via_tf() -> None:
+        def via_tf(tensors=tensors) -> None:
             arrays = {k: tf.make_ndarray(t) for k, t in tensors.items()}
             tf.make_tensor_proto(next(iter(arrays.values())))
 

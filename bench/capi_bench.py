@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from deeprec_runtime.capi import include_dir, library_path
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.protos import predict_pb2 as pb

@@ -99,8 +99,7 @@ def lookup_latency(art, port: int, workdir: str, n: int) -> None:
         assert manager.ready, manager.last_error
         got = {b: time_predict(manager, reqs) for b, reqs in batches.items()}
         base = base or got
-        extra = "" if label == "in-graph" else "   (+{:.0f} / +{:.0f})".format(
-            got[1] - base[1], got[256] - base[256])
+        extra = "" if label == "in-graph" else f"   (+{got[1] - base[1]:.0f} / +{got[256] - base[256]:.0f})"
         print(f"  {label:40s} {got[1]:10.0f} {got[256]:10.0f}{extra}")
         manager.stop()
 

@@ -58,7 +58,9 @@ def wait(predicate, timeout: float, what: str, interval: float = 0.02) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--replicas", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
@@ -77,7 +79,9 @@ def main() -> int:
     plane.kubectl("apply", "-f", str(CRD))
     plane.kubectl("wait", "--for=condition=Established", "crd/deeprecmodels.serving.deeprec.io")
     plane.kubectl("create", "namespace", ns)
-    wait(lambda: plane.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0, 30, "default SA")
+    wait(
+        lambda: plane.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0, 30, "default SA"
+    )
 
     log = open(plane_dir / f"operator-{ns}.log", "wb")
     env = dict(plane.env, DEEPREC_OPERATOR_POLL_SECONDS="3")
@@ -110,7 +114,10 @@ def main() -> int:
         t_status = wait(lambda: observed() == args.models, 300, "statuses", 0.1) + t_dep
         t_pods = wait(lambda: annotated() == args.models, 300, "annotated pods", 0.1) + t_status
         print(f"   create requests: {created:.2f} s")
-        print(f"   all {args.models} Deployments applied: {t_dep:.2f} s  ({t_dep / args.models * 1000:.0f} ms/model)")
+        print(
+            f"   all {args.models} Deployments applied: {t_dep:.2f} s  "
+            f"({t_dep / args.models * 1000:.0f} ms/model)"
+        )
         print(f"   all statuses observed:        {t_status:.2f} s")
         print(f"   all pods scheduled+annotated: {t_pods:.2f} s")
         for doc in docs:
@@ -134,17 +141,31 @@ def main() -> int:
             version = "checkpoint_1" if i % 2 == 0 else "checkpoint_2"
             start = time.monotonic()
             kube.merge_patch(f"{models_path}/{name}", {"spec": {"version": version}})
-            elapsed = wait(lambda: all((p["metadata"].get("annotations") or {}).get(TARGET_ANNOTATION) == version
-                                       for p in pods()), 60, f"{version} on every pod")
+            elapsed = wait(
+                lambda version=version: all(
+                    (p["metadata"].get("annotations") or {}).get(TARGET_ANNOTATION) == version for p in pods()
+                ),
+                60,
+                f"{version} on every pod",
+            )
             times.append(elapsed)
             assert sorted(p["metadata"]["uid"] for p in pods()) == uids, "pods were replaced"
             time.sleep(0.5)
         print(f"   patch -> annotation on all {args.replicas} pods: min {min(times) * 1000:.0f} ms, "
               f"median {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms "
               f"(pod UIDs unchanged)")
-        print(json.dumps({"models": args.models, "reconcile_deployments_s": round(t_dep, 3),
-                          "reconcile_status_s": round(t_status, 3), "reconcile_pods_annotated_s": round(t_pods, 3),
-                          "replicas": args.replicas, "rollback_ms": [round(t * 1000) for t in times]}))
+        print(
+            json.dumps(
+                {
+                    "models": args.models,
+                    "reconcile_deployments_s": round(t_dep, 3),
+                    "reconcile_status_s": round(t_status, 3),
+                    "reconcile_pods_annotated_s": round(t_pods, 3),
+                    "replicas": args.replicas,
+                    "rollback_ms": [round(t * 1000) for t in times],
+                }
+            )
+        )
     finally:
         operator.send_signal(signal.SIGTERM)
         try:
@@ -153,7 +174,9 @@ def main() -> int:
             operator.kill()
         plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         if own_plane:
-            subprocess.run(["bash", str(REPO / "scripts" / "k8s-plane.sh"), "down", str(plane_dir)], timeout=120)
+            subprocess.run(
+                ["bash", str(REPO / "scripts" / "k8s-plane.sh"), "down", str(plane_dir)], timeout=120
+            )
     return 0
 
 

@@ -13,7 +13,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -126,8 +127,13 @@ class Kube:
         if params:
             url += "?" + urlencode({k: v for k, v in params.items() if v is not None})
         data = None if body is None else json.dumps(body).encode()
-        resp = self._http.request(method, url, body=data, headers=self._headers(content_type if data else None),
-                                  timeout=self._timeout)
+        resp = self._http.request(
+            method,
+            url,
+            body=data,
+            headers=self._headers(content_type if data else None),
+            timeout=self._timeout,
+        )
         payload = resp.data
         if resp.status >= 400:
             try:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import kopf
 

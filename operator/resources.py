@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from typing import Any
 
 from deeprec_operator.spec import ModelSpec, SecretKeyRef
 
@@ -290,7 +291,9 @@ def runtime_volumes(spec: ModelSpec) -> list[dict[str, Any]]:
         {"name": "model-config", "configMap": {"name": config_map_name(spec.name)}},
         {
             "name": "podinfo",
-            "downwardAPI": {"items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]},
+            "downwardAPI": {
+                "items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]
+            },
         },
         {"name": "tmp", "emptyDir": {}},
     ]

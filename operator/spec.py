@@ -10,8 +10,9 @@ a Degraded condition instead of retrying.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 LATEST = "latest"
 
@@ -143,7 +144,9 @@ def _check_store_path(field_path: str, store_type: str, path: str) -> None:
     if scheme != expected:
         want = expected or "a local path (no scheme)"
         raise SpecError(
-            field_path, "StoreTypeMismatch", f"{path!r} does not match storeType {store_type!r}: expected {want}"
+            field_path,
+            "StoreTypeMismatch",
+            f"{path!r} does not match storeType {store_type!r}: expected {want}",
         )
 
 

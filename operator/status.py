@@ -13,8 +13,9 @@ Conditions keep their lastTransitionTime while their status stays the same, as K
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from deeprec_operator.versions import is_pinned
 
@@ -111,8 +112,10 @@ def aggregate(
         degraded = (failure.reason, failure.message)
     elif load_errors:
         first = load_errors[0]
-        degraded = ("UpdateFailed",
-                    f"{len(load_errors)} replicas report a failed update; {first.name}: {first.last_update_error}")
+        degraded = (
+            "UpdateFailed",
+            f"{len(load_errors)} replicas report a failed update; {first.name}: {first.last_update_error}",
+        )
 
     conditions = []
     if degraded is not None:
@@ -159,7 +162,9 @@ def stamp_conditions(new: Iterable[Mapping[str, str]], old: Iterable[Mapping[str
     out = []
     for cond in new:
         before = previous.get(cond["type"])
-        since = before.get("lastTransitionTime") if before and before.get("status") == cond["status"] else None
+        since = (
+            before.get("lastTransitionTime") if before and before.get("status") == cond["status"] else None
+        )
         stamped: dict[str, Any] = {**cond, "lastTransitionTime": since or now}
         if generation is not None:
             stamped["observedGeneration"] = generation

@@ -8,7 +8,8 @@ functions leaves room for canaries.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from deeprec_operator.spec import LATEST
 

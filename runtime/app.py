@@ -9,8 +9,12 @@ from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
 from deeprec_runtime.security import Security
-from deeprec_runtime.server.grpc_server import (MAX_MESSAGE_BYTES, REQUESTS_PER_WORKER, GrpcServer,
-                                                deeprec_service)
+from deeprec_runtime.server.grpc_server import (
+    MAX_MESSAGE_BYTES,
+    REQUESTS_PER_WORKER,
+    GrpcServer,
+    deeprec_service,
+)
 from deeprec_runtime.server.rest import RestServer
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from deeprec_runtime.errors import ConfigError
 
@@ -311,7 +312,9 @@ def _check_cross_field_rules(cfg: ModelConfig) -> None:
                                     f"{cfg.model_store_type!r}")
     if cfg.feature_store_type == "redis":
         if not cfg.redis_url:
-            raise ConfigError("redis_url", "is required when feature_store_type is 'redis' (or set REDIS_URL)")
+            raise ConfigError(
+                "redis_url", "is required when feature_store_type is 'redis' (or set REDIS_URL)"
+            )
     timeline = ("timeline_start_step", "timeline_interval_step", "timeline_trace_count", "timeline_path")
     if cfg.timeline_trace_count or cfg.timeline_path:
         for name in timeline:

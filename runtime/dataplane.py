@@ -6,7 +6,7 @@ PredictResponse on the serving version; adapters only convert wire formats and s
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from deeprec_runtime.batching import Batcher
 from deeprec_runtime.config import ModelConfig

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from deeprec_runtime.config import ModelConfig, load_model_config, parse_model_config
 from deeprec_runtime.dataplane import DataPlane
 from deeprec_runtime.errors import ConfigError, InvalidArgument, NotFound
@@ -137,7 +138,9 @@ class ServedModel:
         if self.on_request is not None:
             self.on_request(self.name, version, request)
 
-    def predict(self, request: pb.PredictRequest, version: str | None = None) -> tuple[pb.PredictResponse, str]:
+    def predict(
+        self, request: pb.PredictRequest, version: str | None = None
+    ) -> tuple[pb.PredictResponse, str]:
         """Runs the request; returns the response and the name of the version that served it."""
         self._served.version = ""
         response = self.dataplane.predict(request, version)

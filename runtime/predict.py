@@ -6,7 +6,7 @@ and error messages are the same whichever way a request arrives.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -55,11 +55,11 @@ def predict(servable: Servable, request: pb.PredictRequest, default_signature: s
         results = batcher.run(servable, feed_names, fetch_names, feed_arrays)
     else:
         results = servable.run(feed_names, fetch_names, feed_arrays)
-    by_name = dict(zip(fetch_names, results))
+    by_name = dict(zip(fetch_names, results, strict=True))
     response = pb.PredictResponse()
     # A client that sent raw tensor_content reads it back the same way: one memcpy per output
     # instead of a repeated field.
     raw = any(p.tensor_content for p in request.inputs.values())
-    for key, spec in zip(keys, specs):
+    for key, spec in zip(keys, specs, strict=True):
         encode_array(by_name[spec.name], response.outputs[key], use_tensor_content=raw)
     return response

@@ -40,7 +40,7 @@ class TimelineRecorder:
             raise ValueError(f"timeline_path {path!r}: the model store cannot write files there")
 
     @classmethod
-    def from_config(cls, config, write_bytes=None) -> "TimelineRecorder | None":
+    def from_config(cls, config, write_bytes=None) -> TimelineRecorder | None:
         if not config.timeline_trace_count or not config.timeline_path:
             return None
         return cls(config.timeline_start_step, config.timeline_interval_step,

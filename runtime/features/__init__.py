@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from deeprec_runtime.features.base import (FeatureStore, StoreUnavailable, TableRows,
-                                           VersionKey)
+from deeprec_runtime.features.base import FeatureStore, StoreUnavailable, TableRows, VersionKey
 from deeprec_runtime.features.binding import ExternalTables
 from deeprec_runtime.features.graph import Lookup, Table, find_tables
 

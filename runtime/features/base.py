@@ -9,8 +9,8 @@ reads that slot with one round trip per request.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf

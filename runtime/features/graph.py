@@ -11,8 +11,8 @@ the variable is never read and need not be restored). Example, the Wide&Deep dem
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import tensorflow as tf

@@ -27,8 +27,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -39,10 +39,17 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from deeprec_runtime.errors import Unavailable, VersionLoadError
+from deeprec_runtime.errors import Unavailable
 from deeprec_runtime.features import redis_wire as wire
-from deeprec_runtime.features.base import (FeatureStore, StoreUnavailable, TableRows, VersionKey,
-                                           check_checkpoint_tables, chunk_rows_for, iter_table_rows)
+from deeprec_runtime.features.base import (
+    FeatureStore,
+    StoreUnavailable,
+    TableRows,
+    VersionKey,
+    check_checkpoint_tables,
+    chunk_rows_for,
+    iter_table_rows,
+)
 from deeprec_runtime.features.graph import Table
 
 log = logging.getLogger(__name__)

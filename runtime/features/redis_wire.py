@@ -9,7 +9,7 @@ parsed by redis-py.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -20,16 +20,19 @@ import itertools
 import logging
 import os
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
 
+# threadenv must be imported before TensorFlow: keep this order.
+# isort: off
 from deeprec_runtime import cpus as cpu_util
 from deeprec_runtime import threadenv  # noqa: F401  (sets TF_OVERRIDE_GLOBAL_THREADPOOL first)
 from deeprec_runtime.errors import ConfigError
 
 import tensorflow as tf  # noqa: E402  (after threadenv)
 from tensorflow.core.protobuf import config_pb2  # noqa: E402
+# isort: on
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ def parse_gpu_ids(text: str, visible: int) -> tuple[int, ...]:
     bad = [i for i in ids if i >= visible]
     if bad:
         raise ConfigError("gpu_ids_list", f"GPU(s) {bad} do not exist: this process sees {visible} "
-                                          f"GPU(s){' (ordinals 0-%d)' % (visible - 1) if visible else ''}")
+                                          f"GPU(s){f' (ordinals 0-{visible - 1})' if visible else ''}")
     return tuple(ids)
 
 

@@ -32,7 +32,7 @@ class TensorSpec:
         if self.shape is None:
             return
         if len(shape) != len(self.shape) or any(
-                want not in (-1, got) for want, got in zip(self.shape, shape)):
+                want not in (-1, got) for want, got in zip(self.shape, shape, strict=True)):
             raise InvalidArgument(
                 f"input '{key}' has shape {list(shape)} but the signature expects "
                 f"{[d if d >= 0 else None for d in self.shape]}")

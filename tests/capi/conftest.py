@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.training.checkpoint_writer import CheckpointWriter

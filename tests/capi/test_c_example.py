@@ -7,6 +7,7 @@ import os
 import subprocess
 
 import numpy as np
+
 from deeprec_runtime.codec import decode_array
 from deeprec_runtime.protos import predict_pb2 as pb
 

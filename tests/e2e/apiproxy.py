@@ -25,7 +25,6 @@ import ssl
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml

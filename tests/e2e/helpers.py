@@ -26,9 +26,10 @@ import tempfile
 import threading
 import time
 import unicodedata
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -87,7 +88,7 @@ class Plane:
     """Process environment for tools and local processes: KUBECONFIG and PATH set to this plane."""
 
     @classmethod
-    def from_dir(cls, plane_dir: str | os.PathLike) -> "Plane":
+    def from_dir(cls, plane_dir: str | os.PathLike) -> Plane:
         plane_dir = Path(plane_dir)
         values: dict[str, str] = {}
         for line in (plane_dir / "env").read_text().splitlines():
@@ -316,13 +317,13 @@ class DownwardAPIBridge:
         self._thread: threading.Thread | None = None
         self._api = None
 
-    def __enter__(self) -> "DownwardAPIBridge":
+    def __enter__(self) -> DownwardAPIBridge:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "DownwardAPIBridge":
+    def start(self) -> DownwardAPIBridge:
         from kubernetes import client, config  # imported here: only the bridge needs it
 
         api_client = config.new_client_from_config(config_file=self.kubeconfig)

@@ -25,14 +25,13 @@ from typing import Any
 
 import pytest
 
+from deeprec_operator import resources as r
+from deeprec_operator.faults import ENV as FAULT_ENV
+from deeprec_operator.versions import TARGET_ANNOTATION
 from tests.e2e.apiproxy import FaultProxy
 from tests.e2e.helpers import DownwardAPIBridge, Plane, service_account_kubeconfig, wait_until
 from tests.e2e.test_operator import Operator, _condition, _get, _pods, _running, installed  # noqa: F401
 from tests.e2e.test_operator_runtime import demo_model  # noqa: F401
-
-from deeprec_operator import resources as r
-from deeprec_operator.faults import ENV as FAULT_ENV
-from deeprec_operator.versions import TARGET_ANNOTATION
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -54,8 +53,17 @@ class FaultyOperator(Operator):
             log.write(f"\n===== start (kill at {kill_at or 'nothing'}) =====\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "deeprec-operator"), "--namespace", self.namespace, *extra_args],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    str(Path(sys.executable).parent / "deeprec-operator"),
+                    "--namespace",
+                    self.namespace,
+                    *extra_args,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def wait_killed(self, step: str, timeout: float = 30) -> None:
@@ -182,8 +190,11 @@ def test_sigkill_at_each_reconcile_step_then_restart_converges(k8s_plane, namesp
     assert status["targetVersion"] == "checkpoint_3"
 
     faulty.start()
-    status = wait_until(lambda: _converged(k8s_plane, namespace, name, version="checkpoint_3", replicas=3),
-                        timeout=30, message=lambda: f"convergence after the last restart; log:\n{faulty.log()}")
+    status = wait_until(
+        lambda: _converged(k8s_plane, namespace, name, version="checkpoint_3", replicas=3),
+        timeout=30,
+        message=lambda: f"convergence after the last restart; log:\n{faulty.log()}",
+    )
     assert _children(k8s_plane, namespace, name) == {"configmaps": 1, "deployments": 1, "services": 1,
                                                      "replicasets": 1}
     dep = _get(k8s_plane, "deployment", name, namespace)
@@ -213,7 +224,9 @@ def test_sigkill_mid_rollback_fan_out_keeps_the_decision(k8s_plane, namespace, f
     faulty.start()
     wait_until(lambda: _converged(k8s_plane, namespace, name, version="checkpoint_1", replicas=4), timeout=30,
                message=lambda: f"rollback finished after restart; log:\n{faulty.log()}")
-    assert sorted(p["metadata"]["uid"] for p in _pods(k8s_plane, namespace, name)) == uids, "pods were replaced"
+    assert sorted(p["metadata"]["uid"] for p in _pods(k8s_plane, namespace, name)) == uids, (
+        "pods were replaced"
+    )
     assert _children(k8s_plane, namespace, name)["replicasets"] == 1
 
 
@@ -252,18 +265,28 @@ def private_plane(tmp_path) -> Plane:
     try:
         yield Plane.from_dir(plane_dir)
     finally:
-        subprocess.run(["bash", str(PLANE_SCRIPT), "down", str(plane_dir)], check=False, capture_output=True, text=True,
-                       timeout=120)
+        subprocess.run(
+            ["bash", str(PLANE_SCRIPT), "down", str(plane_dir)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 def test_apiserver_restart_during_watch(private_plane, tmp_path, request):
     plane, ns, name = private_plane, "models", "watched"
     plane.kubectl("create", "namespace", ns)
-    wait_until(lambda: plane.kubectl("get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0,
-               timeout=30, message="the default ServiceAccount")
+    wait_until(
+        lambda: plane.kubectl("get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0,
+        timeout=30,
+        message="the default ServiceAccount",
+    )
     plane.helm("install", "drs", str(REPO / "helm" / "deeprec-serving"), "-n", ns,
                "--set", f"watchNamespaces={{{ns}}}", "--wait", "--timeout", "90s")
-    kubeconfig = service_account_kubeconfig(plane, ns, "drs-deeprec-serving", tmp_path / "operator.kubeconfig")
+    kubeconfig = service_account_kubeconfig(
+        plane, ns, "drs-deeprec-serving", tmp_path / "operator.kubeconfig"
+    )
     op = FaultyOperator(plane, ns, kubeconfig, tmp_path / "operator.log").start()
     try:
         plane.apply(_model(name), namespace=ns)
@@ -287,8 +310,9 @@ def test_apiserver_restart_during_watch(private_plane, tmp_path, request):
         wait_until(operator_done, timeout=30,
                    message=lambda: f"the operator's part after the API server restart: "
                                    f"{_state(plane, ns, name)}; log:\n{op.log()}")
-        sys.stderr.write(f"\n[e2e] operator converged {time.monotonic() - restarted:.1f}s after the API server "
-                         "came back\n")
+        sys.stderr.write(
+            f"\n[e2e] operator converged {time.monotonic() - restarted:.1f}s after the API server came back\n"
+        )
         assert op.proc.poll() is None, "the operator must ride out an API server restart"
         selector = f"{r.MODEL_LABEL}={name}"
         for kind in ("configmaps", "deployments", "services"):
@@ -364,9 +388,12 @@ def test_fifty_models_converge_through_injected_conflicts_and_server_errors(k8s_
         k8s_plane.kubectl("delete", "drm", *gone, "-n", namespace, "--wait=false")
 
         def leftovers() -> list[str]:
-            return sorted(f"{kind} {o['metadata']['name']}" for kind in ("deployments", "configmaps", "services")
-                          for o in k8s_plane.kubectl_json("get", kind, "-n", namespace, "-l", r.MODEL_LABEL)["items"]
-                          if o["metadata"]["labels"][r.MODEL_LABEL] in gone)
+            return sorted(
+                f"{kind} {o['metadata']['name']}"
+                for kind in ("deployments", "configmaps", "services")
+                for o in k8s_plane.kubectl_json("get", kind, "-n", namespace, "-l", r.MODEL_LABEL)["items"]
+                if o["metadata"]["labels"][r.MODEL_LABEL] in gone
+            )
 
         wait_until(lambda: not leftovers(), timeout=60, interval=1,
                    message=lambda: f"children of deleted models gone; left {leftovers()[:10]}; "
@@ -397,8 +424,12 @@ def _bad_models() -> dict[str, tuple[dict[str, Any], str, str]]:
     conflicting = _model("conflict", modelConfig={"model_store_type": "hdfs"})
     redis = _model("redis", modelConfig={"feature_store_type": "redis"},
                    featureStore={"redisUrl": "redis://redis.example:6379"})
-    reserved = _model("reserved", podTemplate={"spec": {"containers": [{"name": "deeprec-runtime", "image": "x"}]}})
-    rejected = _model("rejected", podTemplate={"spec": {"containers": [{"name": "Not_A_DNS_Label", "image": "x"}]}})
+    reserved = _model(
+        "reserved", podTemplate={"spec": {"containers": [{"name": "deeprec-runtime", "image": "x"}]}}
+    )
+    rejected = _model(
+        "rejected", podTemplate={"spec": {"containers": [{"name": "Not_A_DNS_Label", "image": "x"}]}}
+    )
     return {
         "nokey": (secret_without_key, "SecretKeyNotFound", "has no key 'oss_access_key'"),
         "conflict": (conflicting, "ConflictingFields", "spec.modelConfig.model_store_type"),
@@ -448,9 +479,11 @@ def test_semantic_errors_are_degraded_with_an_event_and_no_crash_loop(k8s_plane,
                message=lambda: f"conflict recovered: {degraded('conflict')}")
 
 
-def test_pinned_version_that_does_not_exist_is_degraded(k8s_plane, namespace, faulty, demo_model, tmp_path):
+def test_pinned_version_that_does_not_exist_is_degraded(k8s_plane, namespace, faulty, demo_model,  # noqa: F811
+                                                         tmp_path):
     """The runtime keeps serving and reports the missing version; the operator turns it into Degraded."""
-    from tests.e2e.test_operator_runtime import NAME, _model as runtime_model
+    from tests.e2e.test_operator_runtime import NAME
+    from tests.e2e.test_operator_runtime import _model as runtime_model
 
     model = runtime_model(demo_model)
     model["spec"]["replicas"] = 1
@@ -465,9 +498,24 @@ def test_pinned_version_that_does_not_exist_is_degraded(k8s_plane, namespace, fa
     with DownwardAPIBridge(k8s_plane.kubeconfig, namespace, pod["metadata"]["name"], annotations), \
             open(log_path, "wb") as log:
         runtime = subprocess.Popen(
-            [str(Path(sys.executable).parent / "deeprec-runtime"), "serve", "--config", str(config),
-             "--grpc-port", str(r.GRPC_PORT), "--http-port", "0", "--host", pod["status"]["podIP"],
-             "--annotations-file", str(annotations)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(Path(sys.executable).parent / "deeprec-runtime"),
+                "serve",
+                "--config",
+                str(config),
+                "--grpc-port",
+                str(r.GRPC_PORT),
+                "--http-port",
+                "0",
+                "--host",
+                pod["status"]["podIP"],
+                "--annotations-file",
+                str(annotations),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             def status() -> dict[str, Any]:
                 return _get(k8s_plane, "drm", NAME, namespace).get("status") or {}

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from deeprec_operator import resources as r
 from tests.e2e.helpers import DownwardAPIBridge, wait_until
 from tests.e2e.test_operator import _condition, _get, _pods, _wait_running, installed, operator  # noqa: F401
-
-from deeprec_operator import resources as r
 
 pytestmark = pytest.mark.e2e
 NAME = "demo"
@@ -50,7 +49,7 @@ def _model(base: Path) -> dict:
     }
 
 
-def test_status_reports_what_real_runtimes_serve_through_a_rollback(k8s_plane, namespace, operator,
+def test_status_reports_what_real_runtimes_serve_through_a_rollback(k8s_plane, namespace, operator,  # noqa: F811
                                                                     demo_model, tmp_path):
     k8s_plane.apply(_model(demo_model), namespace=namespace)
     pods = _wait_running(k8s_plane, namespace, 2, name=NAME, operator=operator)

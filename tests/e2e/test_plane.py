@@ -307,7 +307,8 @@ _GOLDEN_INPUT = {
     "kubectl.kubernetes.io/last-applied-configuration": '{"apiVersion":"v1"}\n',
 }
 _GOLDEN_OUTPUT = json.loads(
-    r'''"control=\"tab\\there\\nnewline\\r\\x00nul\\abell\\x1besc\\x7fdel\"\nempty=\"\"\njson=\"{\\\"a\\\": [1, 2], \\\"b\\\": \\\"c\\\"}\"\nkubectl.kubernetes.io/last-applied-configuration=\"{\\\"apiVersion\\\":\\\"v1\\\"}\\n\"\nnonprint=\"zero\\u200bwidth nbsp\\u00a0 ls\\u2028 bom\\ufeff\"\nplain=\"a b\"\nquotes=\"say \\\"hi\\\" \\\\ back\"\nserving.deeprec.io/target-version=\"checkpoint_2\"\nunicode=\"héllo 世界 🎉\""''')
+    r'''"control=\"tab\\there\\nnewline\\r\\x00nul\\abell\\x1besc\\x7fdel\"\nempty=\"\"\njson=\"{\\\"a\\\": [1, 2], \\\"b\\\": \\\"c\\\"}\"\nkubectl.kubernetes.io/last-applied-configuration=\"{\\\"apiVersion\\\":\\\"v1\\\"}\\n\"\nnonprint=\"zero\\u200bwidth nbsp\\u00a0 ls\\u2028 bom\\ufeff\"\nplain=\"a b\"\nquotes=\"say \\\"hi\\\" \\\\ back\"\nserving.deeprec.io/target-version=\"checkpoint_2\"\nunicode=\"héllo 世界 🎉\""'''  # noqa: E501  (golden kubelet output, one line)
+)
 
 
 def test_downward_api_format_matches_kubelet():

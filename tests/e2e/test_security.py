@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
+from deeprec_operator import resources as r
 from tests.e2e.helpers import wait_until
 from tests.e2e.test_operator import _get, _pods, _running, installed  # noqa: F401
 from tests.e2e.test_operator_faults import FaultyOperator, _model
-
-from deeprec_operator import resources as r
 
 pytestmark = pytest.mark.e2e
 CHART = Path(__file__).resolve().parents[2] / "helm" / "deeprec-serving"
@@ -131,8 +130,11 @@ def test_operator_and_runtime_pods_are_hardened(k8s_plane, namespace, installed,
     op = FaultyOperator(k8s_plane, namespace, kubeconfig, tmp_path / "operator.log").start()
     try:
         k8s_plane.apply(_model("hardened"), namespace=namespace)
-        pods = wait_until(lambda: (ps := _running(_pods(k8s_plane, namespace, "hardened"))) and len(ps) == 2 and ps,
-                          timeout=40, message=lambda: f"2 runtime pods; log:\n{op.log()}")
+        pods = wait_until(
+            lambda: (ps := _running(_pods(k8s_plane, namespace, "hardened"))) and len(ps) == 2 and ps,
+            timeout=40,
+            message=lambda: f"2 runtime pods; log:\n{op.log()}",
+        )
     finally:
         op.stop()
     dep = _get(k8s_plane, "deployment", "hardened", namespace)
@@ -172,15 +174,23 @@ def test_secret_values_never_leave_the_secret(k8s_plane, namespace, installed, t
         k8s_plane.apply([good, broken], namespace=namespace)
         wait_until(lambda: len(_running(_pods(k8s_plane, namespace, "secure"))) == 2, timeout=40,
                    message=lambda: f"secure's pods; log:\n{op.log()}")
-        wait_until(lambda: (_get(k8s_plane, "drm", "broken", namespace).get("status") or {}).get("conditions"),
-                   timeout=30, message="broken's status")
-        wait_until(lambda: (_get(k8s_plane, "drm", "secure", namespace).get("status") or {}).get("readyReplicas"),
-                   timeout=30, message="secure's status")
+        wait_until(
+            lambda: (_get(k8s_plane, "drm", "broken", namespace).get("status") or {}).get("conditions"),
+            timeout=30,
+            message="broken's status",
+        )
+        wait_until(
+            lambda: (_get(k8s_plane, "drm", "secure", namespace).get("status") or {}).get("readyReplicas"),
+            timeout=30,
+            message="secure's status",
+        )
     finally:
         op.stop()
     # A credential in the resource itself is refused by the API server without echoing it.
     leaked = _model("inline", modelConfig={"oss_access_key": values["oss_access_key"]})
-    refused = k8s_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(leaked), check=False)
+    refused = k8s_plane.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(leaked), check=False
+    )
     assert refused.returncode != 0
 
     places = {

@@ -8,10 +8,9 @@ import time
 import grpc
 import numpy as np
 import pytest
+from runtime.conftest import output, wait_for
 
 from deeprec_runtime.features import redis_store
-
-from runtime.conftest import output, wait_for
 
 KEY = "probability"
 

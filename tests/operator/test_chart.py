@@ -53,11 +53,19 @@ def test_watched_namespaces_get_namespaced_roles_only(helm):
     docs = _render(helm, "namespaced-values.yaml")
     roles = _by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["models-a", "models-b"]
-    assert sorted(b["metadata"]["namespace"] for b in _by_kind(docs, "RoleBinding")) == ["models-a", "models-b"]
+    assert sorted(b["metadata"]["namespace"] for b in _by_kind(docs, "RoleBinding")) == [
+        "models-a",
+        "models-b",
+    ]
     for binding in _by_kind(docs, "RoleBinding"):
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-deeprec-serving", "namespace": "ops"}]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "rel-deeprec-serving", "namespace": "ops"}
+        ]
     cluster_rules = [rule for cr in _by_kind(docs, "ClusterRole") for rule in cr["rules"]]
-    assert {res for rule in cluster_rules for res in rule["resources"]} == {"customresourcedefinitions", "namespaces"}
+    assert {res for rule in cluster_rules for res in rule["resources"]} == {
+        "customresourcedefinitions",
+        "namespaces",
+    }
     assert all(set(rule["verbs"]) <= READ_ONLY for rule in cluster_rules)
     rules = roles[0]["rules"]
     secrets = [r for r in rules if "secrets" in r["resources"]]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import pytest
 from conftest import CHART_DIR, CRD_PATH, example_model, load_crd
 
 # Every key of DeepRec's model_config (seeds/000: the Processor's configuration document).
@@ -40,8 +39,19 @@ def validate(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
             errors.append(f"{path}: {value!r} does not match {schema['pattern']}")
         return errors
     kind = schema.get("type")
-    checks = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
-    if kind and not isinstance(value, checks[kind]) or (kind in ("integer", "number") and isinstance(value, bool)):
+    checks = {
+        "object": dict,
+        "array": list,
+        "string": str,
+        "boolean": bool,
+        "integer": int,
+        "number": (int, float),
+    }
+    if (
+        kind
+        and not isinstance(value, checks[kind])
+        or (kind in ("integer", "number") and isinstance(value, bool))
+    ):
         return [f"{path}: expected {kind}, got {type(value).__name__}"]
     if "enum" in schema and value not in schema["enum"]:
         errors.append(f"{path}: {value!r} not in {schema['enum']}")
@@ -96,8 +106,11 @@ def test_names_and_scope():
 def test_status_and_scale_subresources():
     sub = _version()["subresources"]
     assert sub["status"] == {}
-    assert sub["scale"] == {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.readyReplicas",
-                            "labelSelectorPath": ".status.selector"}
+    assert sub["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.readyReplicas",
+        "labelSelectorPath": ".status.selector",
+    }
 
 
 def test_printer_columns():

@@ -53,7 +53,9 @@ def test_multi_stage_pinned_base_and_non_root_user(name):
     for stage in stages:
         image = stage[0][1].split()[0]
         image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
-        assert re.match(r"^python:\d+\.\d+\.\d+-slim", image), f"{name}: base {image} not a pinned slim python"
+        assert re.match(r"^python:\d+\.\d+\.\d+-slim", image), (
+            f"{name}: base {image} not a pinned slim python"
+        )
     final = stages[-1]
     users = [rest for word, rest in final if word == "USER"]
     assert users, f"{name}: the final stage has no USER"

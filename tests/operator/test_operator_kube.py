@@ -106,9 +106,14 @@ def _hook_run(kill_at: str, calls: list[str]) -> subprocess.CompletedProcess:
     code = ("from deeprec_operator import faults\n"
             f"for step in {calls!r}:\n    faults.reached(step)\n    print('passed', step, flush=True)\n")
     env = {"DEEPREC_OPERATOR_FAULT_KILL_AT": kill_at} if kill_at else {}
-    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
-                          env={**{k: v for k, v in os.environ.items() if k != "DEEPREC_OPERATOR_FAULT_KILL_AT"},
-                               **env})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**{k: v for k, v in os.environ.items() if k != "DEEPREC_OPERATOR_FAULT_KILL_AT"}, **env},
+    )
 
 
 def test_fault_hook_kills_at_the_nth_time_a_step_is_reached():

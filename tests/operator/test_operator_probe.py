@@ -7,7 +7,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from deeprec_operator.probe import METHOD, Prober, ProbeError, pod_address
+from deeprec_operator.probe import METHOD, ProbeError, Prober, pod_address
 from deeprec_runtime.protos import predict_pb2
 
 
@@ -16,8 +16,9 @@ def runtime_stub():
     """A gRPC server on port 0 that answers GetServingModelInfo like a runtime serving checkpoint_2."""
     def info(request_bytes, context):
         predict_pb2.ServingModelInfoRequest.FromString(request_bytes)
-        return predict_pb2.ServingModelInfo(model_path="/m", version="checkpoint_2", target_version="checkpoint_2",
-                                            last_update_error="").SerializeToString()
+        return predict_pb2.ServingModelInfo(
+            model_path="/m", version="checkpoint_2", target_version="checkpoint_2", last_update_error=""
+        ).SerializeToString()
 
     handler = grpc.method_handlers_generic_handler("deeprec.serving.PredictionService", {
         "GetServingModelInfo": grpc.unary_unary_rpc_method_handler(info),

@@ -123,9 +123,13 @@ def test_target_version_is_never_in_the_pod_template(spec):
 
 
 def test_config_change_rolls_the_pods(spec):
-    before = r.deployment(_model(spec))["spec"]["template"]["metadata"]["annotations"][r.CONFIG_HASH_ANNOTATION]
+    before = r.deployment(_model(spec))["spec"]["template"]["metadata"]["annotations"][
+        r.CONFIG_HASH_ANNOTATION
+    ]
     spec["modelConfig"]["omp_num_threads"] = 8
-    after = r.deployment(_model(spec))["spec"]["template"]["metadata"]["annotations"][r.CONFIG_HASH_ANNOTATION]
+    after = r.deployment(_model(spec))["spec"]["template"]["metadata"]["annotations"][
+        r.CONFIG_HASH_ANNOTATION
+    ]
     assert before != after
 
 

@@ -50,7 +50,10 @@ def test_oss_with_secret_ref_uses_default_keys(spec):
     spec["storage"] = {"storeType": "oss", "savedModelDir": "oss://b/sm/", "ossEndpoint": "e",
                        "credentialsSecretRef": {"name": "oss"}}
     model = parse("wd", "ns", spec)
-    assert [(r.name, r.key) for r in model.secret_refs] == [("oss", "oss_access_id"), ("oss", "oss_access_key")]
+    assert [(r.name, r.key) for r in model.secret_refs] == [
+        ("oss", "oss_access_id"),
+        ("oss", "oss_access_key"),
+    ]
 
 
 def test_secret_in_model_config_is_refused(spec):
@@ -74,7 +77,9 @@ def test_same_value_in_both_places_is_fine(spec):
 
 def test_model_config_alone_can_locate_the_model(spec):
     del spec["storage"]
-    spec["modelConfig"].update({"model_store_type": "local", "savedmodel_dir": "/m/sm", "checkpoint_dir": "/m/c"})
+    spec["modelConfig"].update(
+        {"model_store_type": "local", "savedmodel_dir": "/m/sm", "checkpoint_dir": "/m/c"}
+    )
     model = parse("wd", "ns", spec)
     assert (model.storage.savedmodel_dir, model.storage.checkpoint_dir) == ("/m/sm", "/m/c")
 
@@ -107,6 +112,8 @@ def test_image_falls_back_to_operator_default(spec):
 def test_cli_parses_namespaces_and_formats():
     from deeprec_operator.main import build_parser
 
-    args = build_parser().parse_args(["--namespace", "a", "-n", "b", "--liveness-port", "8080", "--log-format", "json"])
+    args = build_parser().parse_args(
+        ["--namespace", "a", "-n", "b", "--liveness-port", "8080", "--log-format", "json"]
+    )
     assert (args.namespaces, args.liveness_port, args.log_format) == (["a", "b"], 8080, "json")
     assert build_parser().parse_args([]).namespaces == []

@@ -84,8 +84,11 @@ def test_spec_failure_blocks_progress():
 
 
 def test_unreachable_runtimes_are_not_ready_but_not_degraded():
-    s = aggregate(target="latest", desired_replicas=1,
-                  reports=[PodReport(name="a", ready=True, annotated_target="latest", probe_error="UNAVAILABLE: x")])
+    s = aggregate(
+        target="latest",
+        desired_replicas=1,
+        reports=[PodReport(name="a", ready=True, annotated_target="latest", probe_error="UNAVAILABLE: x")],
+    )
     assert _cond(s, "Ready") == ("False", "RuntimeUnreachable")
     assert "UNAVAILABLE" in condition(s, "Ready")["message"]
     assert _cond(s, "Degraded")[0] == "False"
@@ -98,9 +101,15 @@ def test_zero_replicas_is_ready():
 
 
 def test_transition_time_is_kept_while_status_is_unchanged():
-    first = stamp_conditions([{"type": "Ready", "status": "False", "reason": "A", "message": ""}], None, "t1", 1)
-    same = stamp_conditions([{"type": "Ready", "status": "False", "reason": "B", "message": ""}], first, "t2", 2)
-    flipped = stamp_conditions([{"type": "Ready", "status": "True", "reason": "C", "message": ""}], same, "t3", 2)
+    first = stamp_conditions(
+        [{"type": "Ready", "status": "False", "reason": "A", "message": ""}], None, "t1", 1
+    )
+    same = stamp_conditions(
+        [{"type": "Ready", "status": "False", "reason": "B", "message": ""}], first, "t2", 2
+    )
+    flipped = stamp_conditions(
+        [{"type": "Ready", "status": "True", "reason": "C", "message": ""}], same, "t3", 2
+    )
     assert [c["lastTransitionTime"] for c in (first[0], same[0], flipped[0])] == ["t1", "t1", "t3"]
     assert same[0]["observedGeneration"] == 2
 

@@ -33,4 +33,6 @@ def test_only_pods_with_another_or_no_target_are_patched():
 
 
 def test_patch_touches_only_the_annotation():
-    assert annotation_patch("checkpoint_1") == {"metadata": {"annotations": {TARGET_ANNOTATION: "checkpoint_1"}}}
+    assert annotation_patch("checkpoint_1") == {
+        "metadata": {"annotations": {TARGET_ANNOTATION: "checkpoint_1"}}
+    }

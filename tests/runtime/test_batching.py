@@ -41,7 +41,7 @@ def test_each_caller_gets_exactly_its_own_rows(demo, serve, allowed):
     feeds = [demo.model.make_feed(1 + i % 4, rng) for i in range(12)]
     for _ in range(2):
         got = concurrent_predicts(client, feeds)
-        for feed, result in zip(feeds, got):
+        for feed, result in zip(feeds, got, strict=True):
             assert not isinstance(result, Exception), result
             np.testing.assert_allclose(result, demo.model.predict(feed), rtol=1e-5, atol=1e-6)
     assert runtime.dataplane.batcher.batches_run > 0, "no request was ever merged"

@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import ConfigError
 

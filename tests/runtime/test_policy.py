@@ -2,8 +2,16 @@
 
 import pytest
 
-from deeprec_runtime.model.policy import (ApplyDeltas, Idle, Load, LoadedState, Missing, SwapBack,
-                                          load_key, next_action)
+from deeprec_runtime.model.policy import (
+    ApplyDeltas,
+    Idle,
+    Load,
+    LoadedState,
+    Missing,
+    SwapBack,
+    load_key,
+    next_action,
+)
 from deeprec_runtime.model.source import Delta, VersionInfo
 
 

@@ -19,12 +19,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from deeprec_runtime import security as sec
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import Unauthenticated
 from deeprec_runtime.security import Security, SecurityConfig, SecurityConfigError
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .conftest import Client, output
 
@@ -175,9 +176,10 @@ def test_health_can_be_protected_and_tokens_rotate_without_restart(tmp_path, sec
     runtime = secure_serve(SecurityConfig(auth_token_file=str(tokens), protect_health=True))
     with grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        check = lambda token: health.Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=5,
-            metadata=[("authorization", f"Bearer {token}")] if token else None)
+        def check(token):
+            return health.Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5,
+                metadata=[("authorization", f"Bearer {token}")] if token else None)
         assert _code(lambda: check(None)) == grpc.StatusCode.UNAUTHENTICATED
         assert check("old-token").status == health_pb2.HealthCheckResponse.SERVING
         tokens.write_text("new-token-longer\n")  # a Secret update (size differs: mtime may not)

@@ -14,8 +14,14 @@ import pytest
 from deeprec_runtime import cpus
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import ConfigError
-from deeprec_runtime.model.session_group import (INLINE, SessionGroup, gpu_lane_devices, parse_gpu_ids,
-                                                 place_graph, plan_group)
+from deeprec_runtime.model.session_group import (
+    INLINE,
+    SessionGroup,
+    gpu_lane_devices,
+    parse_gpu_ids,
+    place_graph,
+    plan_group,
+)
 from deeprec_runtime.predict import predict
 from deeprec_runtime.training.demo_models import build_wide_deep
 
@@ -164,12 +170,12 @@ def test_each_lane_runs_only_on_its_cpuset(demo, serve):
     servable.gate.release_read()
     group = servable.group
     assert len(group.lanes) == 2
-    for lane, cpu in zip(group.lanes, (a, b)):
+    for lane, cpu in zip(group.lanes, (a, b), strict=True):
         assert lane.threads, "no pool thread found for the lane"
         for tid in lane.threads:
             assert cpus.thread_cpus(tid) == {cpu}
     request = make_request(demo.model.make_feed(64, np.random.default_rng(0)))
-    for busy, idle, cpu in ((0, 1, a), (1, 0, b)):
+    for busy, cpu in ((0, a), (1, b)):
         time.sleep(0.3)  # a pool thread finishes its bookkeeping after the run returns
         before = {t: cpu_ticks(t)[0] for lane in group.lanes for t in lane.threads}
         run_on_lane(servable, busy, request, 150)

@@ -15,7 +15,9 @@ START_TIMEOUT = 120.0
 class HdfsCluster:
     def __init__(self, workdir: Path):
         # Builds (or reuses) the cached jars: a missing JDK or Maven fails here, loudly.
-        built = subprocess.run([str(SCRIPT), "command"], check=False, capture_output=True, text=True, timeout=600)
+        built = subprocess.run(
+            [str(SCRIPT), "command"], check=False, capture_output=True, text=True, timeout=600
+        )
         if built.returncode != 0:
             raise RuntimeError(f"{SCRIPT} command failed:\n{built.stderr[-3000:]}")
         self.workdir = workdir
@@ -24,8 +26,12 @@ class HdfsCluster:
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             # stdin is a pipe: the cluster exits when it closes, even if this process dies.
-            self.proc = subprocess.Popen(shlex.split(built.stdout.strip()) + [str(workdir / "data"), str(ready)],
-                                         stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                shlex.split(built.stdout.strip()) + [str(workdir / "data"), str(ready)],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() - started > START_TIMEOUT:
                 self.stop()

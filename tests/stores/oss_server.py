@@ -278,14 +278,22 @@ class _Handler(BaseHTTPRequestHandler):
         except (TypeError, ValueError):
             return ("AccessDenied", "Date header is missing or malformed.")
         if skew > MAX_SKEW_SECONDS:
-            return ("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.")
+            return (
+                "RequestTimeTooSkewed",
+                "The difference between the request time and the current time is too large.",
+            )
         sub = sorted((k, v) for k, v in query.items() if k in SUBRESOURCES)
-        resource = f"/{bucket}/{key}" + ("?" + "&".join(f"{k}={v}" if v else k for k, v in sub) if sub else "")
+        resource = f"/{bucket}/{key}" + (
+            "?" + "&".join(f"{k}={v}" if v else k for k, v in sub) if sub else ""
+        )
         oss_headers = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-oss-")}
         expected = sign_v1(secret, method, self.headers.get("Content-MD5", ""),
                            self.headers.get("Content-Type", ""), date, oss_headers, resource)
         if not hmac.compare_digest(expected, given):
-            return ("SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided.")
+            return (
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            )
         return None
 
     # --- operations -----------------------------------------------------------------------------

@@ -13,12 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from fsspec.implementations.webhdfs import WebHDFS
+
 from deeprec_runtime.store.base import StoreNotFound, StoreUnavailable
 from deeprec_runtime.store.cache import LocalCache
 from deeprec_runtime.store.hdfs import HdfsStore
 from deeprec_runtime.store.retry import RetryPolicy
-from fsspec.implementations.webhdfs import WebHDFS
-
 from tests.runtime.conftest import output, wait_for
 
 from .conftest import FAST_RETRY
@@ -89,7 +89,8 @@ def test_hdfs_model_serves_and_follows_deltas_and_new_versions(hdfs, hdfs_cluste
     fs, _store, root, url = hdfs
     sent: dict = {}
     upload_tree(fs, demo.base_dir, root, sent)
-    rel = lambda p: p[len(demo.base_dir):].strip("/")
+    def rel(p):
+        return p[len(demo.base_dir):].strip("/")
     _, client = serve(f"{url}/{rel(demo.saved_model_dir)}", f"{url}/{rel(demo.checkpoint_dir)}",
                             model_store_type="hdfs", webhdfs_address=hdfs_cluster.webhdfs,
                             hdfs_user="serving", model_cache_dir=str(tmp_path / "cache"))

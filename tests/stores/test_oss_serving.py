@@ -81,8 +81,9 @@ def test_store_outage_during_an_update_keeps_serving_and_the_update_lands_after(
     demo.write_full("checkpoint_2", steps=3)
     # Every download of the new version's data fails (reset mid-object) for a while: more than
     # one poll's worth of retries.
-    outage = oss_server.inject(Fault("reset", count=12,
-                                     match=lambda m, b, k: m == "GET" and "checkpoint_2/" in k and ".data-" in k))
+    outage = oss_server.inject(
+        Fault("reset", count=12, match=lambda m, b, k: m == "GET" and "checkpoint_2/" in k and ".data-" in k)
+    )
     uploader.sync()
     wait_for(lambda: "checkpoint_2" in client.info().last_update_error, timeout=20,
              message="outage reported")

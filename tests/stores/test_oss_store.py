@@ -7,6 +7,7 @@ import logging
 import os
 
 import pytest
+
 from deeprec_runtime.store import oss as oss_module
 from deeprec_runtime.store.base import StoreAuthError, StoreNotFound, StoreUnavailable
 from deeprec_runtime.store.retry import RetryPolicy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from deeprec_runtime.store.retry import RetriesExhausted, RetryPolicy, call_with_retry
 
 

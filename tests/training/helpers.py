@@ -42,13 +42,13 @@ class FreshServable:
 
     def values(self) -> dict[str, np.ndarray]:
         names = sorted(self.variables)
-        return dict(zip(names, self.session.run([self.variables[n] for n in names])))
+        return dict(zip(names, self.session.run([self.variables[n] for n in names]), strict=True))
 
     def run(self, signature: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sig = self.meta_graph.signature_def[signature]
         fd = {sig.inputs[k].name: v for k, v in feed.items()}
         outs = {k: t.name for k, t in sig.outputs.items()}
-        return dict(zip(outs, self.session.run(list(outs.values()), fd)))
+        return dict(zip(outs, self.session.run(list(outs.values()), fd), strict=True))
 
     def close(self) -> None:
         self.session.close()

@@ -87,7 +87,9 @@ def test_delta_holds_exactly_the_touched_rows_with_new_values_and_dense_variable
     prefix = writer.save_delta(2)
     now = model.variable_values()
 
-    assert prefix.endswith(os.path.join("checkpoint_1", ".incremental_checkpoint", "incremental_model.ckpt-2"))
+    assert prefix.endswith(
+        os.path.join("checkpoint_1", ".incremental_checkpoint", "incremental_model.ckpt-2")
+    )
     delta = read_delta(prefix)
     assert delta.step == 2
     assert set(delta.embeddings) == {"embedding", "wide_embedding"}
@@ -199,7 +201,9 @@ def test_recorded_and_unrecorded_tables_mix_in_one_delta(model, rng, tmp_path):
     delta = read_delta(writer.save_delta(2))
     np.testing.assert_array_equal(delta.embeddings["embedding"][0], np.unique(ids))
     now = model.variable_values()
-    np.testing.assert_array_equal(delta.embeddings["wide_embedding"][1], now["wide_embedding"][delta.embeddings["wide_embedding"][0]])
+    np.testing.assert_array_equal(
+        delta.embeddings["wide_embedding"][1], now["wide_embedding"][delta.embeddings["wide_embedding"][0]]
+    )
 
 
 def test_unchanged_tables_are_left_out_of_the_delta(rng, tmp_path):
@@ -207,7 +211,7 @@ def test_unchanged_tables_are_left_out_of_the_delta(rng, tmp_path):
     with graph.as_default():
         a = tf1.get_variable("a", [10, 2], initializer=tf1.zeros_initializer())
         b = tf1.get_variable("b", [10, 2], initializer=tf1.zeros_initializer())
-        w = tf1.get_variable("w", [3], initializer=tf1.zeros_initializer())
+        tf1.get_variable("w", [3], initializer=tf1.zeros_initializer())
         bump = tf1.scatter_add(a, [4], [[1.0, 2.0]])
         init = tf1.global_variables_initializer()
     sess = tf1.Session(graph=graph)

@@ -12,6 +12,7 @@ import binascii
 from typing import Any
 
 import numpy as np
+
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import TensorSpec
 

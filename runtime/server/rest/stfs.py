@@ -16,6 +16,7 @@ import shlex
 from typing import Any
 
 import numpy as np
+
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import TensorSpec
 from deeprec_runtime.models import ModelRegistry, ServedModel, parse_version_number

@@ -14,6 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
+from tensorflow.core.example import example_pb2
+
 from deeprec_runtime.codec import decode_array, encode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import Signature
@@ -26,8 +29,6 @@ from deeprec_runtime.server.tfs_convert import (
     regress,
     signature_def,
 )
-from google.protobuf import json_format
-from tensorflow.core.example import example_pb2
 
 
 def version_choice(version: str | None, label: str | None) -> tuple[int | None, str | None]:

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.models import ModelEntry

@@ -14,16 +14,17 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from deeprec_runtime.app import Runtime
-from deeprec_runtime.config import parse_model_config
-from deeprec_runtime.errors import ConfigError
-from deeprec_runtime.models import load_model_config_list, parse_model_config_list
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+
+from deeprec_runtime.app import Runtime
+from deeprec_runtime.config import parse_model_config
+from deeprec_runtime.errors import ConfigError
+from deeprec_runtime.models import load_model_config_list, parse_model_config_list
 
 from ..conftest import touch_newer, wait_for
 from .conftest import SEED_STEP, build_seed, http, seed_config
@@ -159,7 +160,9 @@ def test_cli_serves_a_model_config_list(tmp_path):
                 return False
 
         wait_for(both_available, timeout=90, interval=0.3, message="both models AVAILABLE")
-        assert http("GET", f"{url}/v1/models/first")[1]["model_version_status"][0]["version"] == str(SEED_STEP)
+        assert http("GET", f"{url}/v1/models/first")[1]["model_version_status"][0]["version"] == str(
+            SEED_STEP
+        )
         assert http("GET", f"{url}/v1/models/second")[1]["model_version_status"][0]["version"] == "1"
         sample = http("GET", f"{url}/v1/models/second/gen_json")[1]
         assert http("POST", url + "/", sample)[0] == 200

@@ -15,7 +15,9 @@ from .conftest import LABELS, SEED_STEP, examples_regression, examples_scores, h
 
 
 def _rows(feed):
-    return [{"input1": float(a), "input2": int(b)} for a, b in zip(feed["input1"], feed["input2"])]
+    return [
+        {"input1": float(a), "input2": int(b)} for a, b in zip(feed["input1"], feed["input2"], strict=True)
+    ]
 
 
 def test_status_and_metadata(served):

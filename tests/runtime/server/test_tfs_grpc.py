@@ -73,11 +73,17 @@ def test_version_and_label_select_the_loaded_version(served, stub):
     assert by_number.model_spec.version.value == by_label.model_spec.version.value == SEED_STEP
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"model": "nope"}, ["model 'nope'", "seed, examples"]),
-    ({"version": SEED_STEP + 1}, [f"version {SEED_STEP + 1}", "does not exist", f"{SEED_STEP} (checkpoint_1)"]),
-    ({"label": "checkpoint_9"}, ["label 'checkpoint_9'", "does not exist"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"model": "nope"}, ["model 'nope'", "seed, examples"]),
+        (
+            {"version": SEED_STEP + 1},
+            [f"version {SEED_STEP + 1}", "does not exist", f"{SEED_STEP} (checkpoint_1)"],
+        ),
+        ({"label": "checkpoint_9"}, ["label 'checkpoint_9'", "does not exist"]),
+    ],
+)
 def test_unknown_model_or_version_is_not_found(served, stub, kwargs, words):
     feed = served.seed.make_feed(1, np.random.default_rng(6))
     with pytest.raises(grpc.RpcError) as err:
@@ -149,7 +155,7 @@ def test_get_model_status_lists_versions_and_not_found(served):
 
 def _examples(xs, biases):
     out = []
-    for x, b in zip(xs, biases):
+    for x, b in zip(xs, biases, strict=True):
         e = example_pb2.Example()
         e.features.feature["x"].float_list.value.extend(x)
         if b is not None:
