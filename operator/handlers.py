@@ -16,14 +16,15 @@ import datetime
 import logging
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Mapping
+from typing import Any
 
 import kopf
 
 from deeprec_operator import GROUP, PLURAL, VERSION, faults, resources
 from deeprec_operator.kube import ApiError, Kube, collection_path, object_path
-from deeprec_operator.probe import Prober, ProbeError, pod_address
+from deeprec_operator.probe import ProbeError, Prober, pod_address
 from deeprec_operator.spec import ModelSpec, SpecError, parse
 from deeprec_operator.status import Failure, PodReport, aggregate, stamp_conditions
 from deeprec_operator.versions import annotation_patch, desired_targets, pod_target, target_version
@@ -74,7 +75,9 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
     cfg = load_configuration()
     header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
     parts = header.split(" ", 1) if header else []
-    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    scheme, token = (
+        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    )
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,
@@ -127,7 +130,9 @@ def annotate_pods(kube: Kube, namespace: str, pods: list[dict[str, Any]], target
     def patch(pod_name: str) -> int:
         faults.reached("pod-annotate")
         try:
-            kube.merge_patch(object_path("v1", "pods", namespace, pod_name), annotation_patch(wanted[pod_name]))
+            kube.merge_patch(
+                object_path("v1", "pods", namespace, pod_name), annotation_patch(wanted[pod_name])
+            )
             return 1
         except ApiError as e:
             if e.status == 404:  # a pod that just went away needs nothing
@@ -164,7 +169,9 @@ def missing_secrets(kube: Kube, model: ModelSpec) -> Failure | None:
         if secret is None:
             if ref.optional:
                 continue
-            return Failure("SecretNotFound", f"Secret {ref.name!r} not found in namespace {model.namespace!r}")
+            return Failure(
+                "SecretNotFound", f"Secret {ref.name!r} not found in namespace {model.namespace!r}"
+            )
         keys = set((secret.get("data") or {}).keys()) | set((secret.get("stringData") or {}).keys())
         if ref.key not in keys and not ref.optional:
             return Failure("SecretKeyNotFound", f"Secret {ref.name!r} has no key {ref.key!r}")
@@ -174,7 +181,7 @@ def missing_secrets(kube: Kube, model: ModelSpec) -> Failure | None:
 def report_pods(prober: Prober, pods: list[dict[str, Any]]) -> list[PodReport]:
     ready = [p for p in pods if _pod_ready(p)]
     answers = prober.info_many([pod_address(p, resources.GRPC_PORT) for p in ready])
-    by_name = {p["metadata"]["name"]: a for p, a in zip(ready, answers)}
+    by_name = {p["metadata"]["name"]: a for p, a in zip(ready, answers, strict=True)}
     prober.forget_except({a for a in (pod_address(p, resources.GRPC_PORT) for p in ready) if a})
     reports = []
     for pod in pods:
@@ -215,11 +222,17 @@ def refresh_status(memo: kopf.Memo, body: Mapping[str, Any], *, pods: list[dict[
         kube.merge_patch(_model_path(namespace, name), {"status": new}, subresource="status")
         faults.reached("status-written")
         if new["activeVersion"] and new["activeVersion"] != old.get("activeVersion"):
-            kopf.event(dict(body), type="Normal", reason="ActiveVersionChanged",
-                      message=f"replicas serve {new['activeVersion']!r} (was {old.get('activeVersion') or 'none'!r})")
+            kopf.event(
+                dict(body),
+                type="Normal",
+                reason="ActiveVersionChanged",
+                message=f"replicas serve {new['activeVersion']!r} "
+                f"(was {old.get('activeVersion') or 'none'!r})",
+            )
         errors = [r for r in reports if r.last_update_error]
         degraded = next(c for c in new["conditions"] if c["type"] == "Degraded")
-        was = next((c for c in old.get("conditions") or [] if c.get("type") == "Degraded"), {})
+        was: dict[str, Any] = next(
+            (c for c in old.get("conditions") or [] if c.get("type") == "Degraded"), {})
         if errors and (was.get("status") != "True" or was.get("reason") != degraded["reason"]):
             kopf.warn(dict(body), reason="UpdateFailed", message=degraded["message"])
     return new
@@ -289,17 +302,23 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, name
             kube.apply(manifest)
         except ApiError as e:
             if e.status in (400, 403, 422):
-                _record_failure(memo, body, Failure("ChildRejected", f"{manifest['kind']} {name}: {e.message}"))
+                _record_failure(
+                    memo, body, Failure("ChildRejected", f"{manifest['kind']} {name}: {e.message}")
+                )
                 raise kopf.TemporaryError(e.message, delay=SECRET_RETRY_SECONDS) from None
             raise
         faults.reached(f"{manifest['kind'].lower()}-applied")
     pods = _list_pods(kube, namespace, name)
     annotate_pods(kube, namespace, pods, target_version(model.version))
     if getattr(memo, "failure", None) is not None:
-        kopf.event(body, type="Normal", reason="Recovered", message="children applied; previous failure resolved")
+        kopf.event(
+            body, type="Normal", reason="Recovered", message="children applied; previous failure resolved"
+        )
     memo.failure = None
     memo.observed_generation = meta.get("generation")
-    logger.info("applied ConfigMap, Deployment and Service for %s (generation %s)", name, meta.get("generation"))
+    logger.info(
+        "applied ConfigMap, Deployment and Service for %s (generation %s)", name, meta.get("generation")
+    )
     refresh_status(memo, body, pods=_list_pods(kube, namespace, name))
 
 
@@ -313,7 +332,9 @@ def lost_change(memo: kopf.Memo, body: Mapping[str, Any], now: float) -> bool:
     the events.
     """
     generation = body["metadata"].get("generation")
-    observed = getattr(memo, "observed_generation", None) or (body.get("status") or {}).get("observedGeneration")
+    observed = getattr(memo, "observed_generation", None) or (body.get("status") or {}).get(
+        "observedGeneration"
+    )
     if getattr(memo, "failure", None) is not None or observed == generation:
         memo.unreconciled_since = None
         return False
@@ -332,7 +353,9 @@ def poll(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, namespace
         logger.info("generation %s was never reconciled; reconciling from the poll", meta.get("generation"))
         memo.unreconciled_since = None
         try:
-            reconcile(body=body, spec=spec, meta=meta, name=name, namespace=namespace, memo=memo, logger=logger)
+            reconcile(
+                body=body, spec=spec, meta=meta, name=name, namespace=namespace, memo=memo, logger=logger
+            )
         except (kopf.PermanentError, kopf.TemporaryError):
             pass  # already recorded as Degraded; an exception here would stop this timer
         return

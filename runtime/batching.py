@@ -20,13 +20,17 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deeprec_runtime.config import BatchingConfig
 from deeprec_runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
+
+if TYPE_CHECKING:
+    from deeprec_runtime.model.servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ class _Task:
 
 @dataclass
 class _Batch:
-    servable: object
+    servable: Servable
     feed_names: tuple[str, ...]
     fetch_names: tuple[str, ...]
     deadline: float

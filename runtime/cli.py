@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import logging
+import os
 import signal
 import sys
 import threading
@@ -114,11 +114,11 @@ def capi(command: str) -> int:
 def serve(args) -> int:
     import faulthandler  # noqa: PLC0415
 
-    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__)  # `kill -USR1`: every stack
+    if sys.__stderr__ is not None:  # None when started without a stderr
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__)  # `kill -USR1`: every stack
     from deeprec_runtime.app import Runtime  # noqa: PLC0415
     from deeprec_runtime.config import load_model_config  # noqa: PLC0415
     from deeprec_runtime.errors import ConfigError  # noqa: PLC0415
-
     from deeprec_runtime.models import load_model_config_list  # noqa: PLC0415
 
     try:

@@ -164,7 +164,7 @@ def encode_array(array: np.ndarray, out: pb.ArrayProto, use_tensor_content: bool
             array, code = array.astype(object), pb.DT_STRING
         else:
             raise InvalidArgument(f"output dtype {array.dtype} cannot be sent as an ArrayProto")
-    out.dtype = code
+    out.dtype = code  # type: ignore[assignment]  # protoc's .pyi: enum fields take plain ints too
     out.array_shape.dim.extend(array.shape)
     _, field, layout = _WIRE[code]
     if use_tensor_content and code != pb.DT_STRING:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from deeprec_runtime.model.manager import UpdateEvent
@@ -61,7 +61,7 @@ class _Series:
         with self._lock:
             count, total, counts = self.count, self.sum, list(self.buckets)
         cumulative, running = [], 0
-        for bound, n in zip([*map(str, self._bounds), "+Inf"], counts):
+        for bound, n in zip([*map(str, self._bounds), "+Inf"], counts, strict=True):
             running += n
             cumulative.append((bound, float(running)))
         return count, total, cumulative
@@ -166,7 +166,7 @@ class _ObservedService(grpc.GenericRpcHandler):
         self._inner, self._api, self._metrics = inner, api, metrics
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
-    def service(self, handler_call_details):  # type: ignore[no-untyped-def]
+    def service(self, handler_call_details):
         method = handler_call_details.method
         wrapped = self._cache.get(method)
         if wrapped is not None:
@@ -180,10 +180,10 @@ class _ObservedService(grpc.GenericRpcHandler):
         self._cache[method] = wrapped
         return wrapped
 
-    def _wrap(self, fn):  # type: ignore[no-untyped-def]
+    def _wrap(self, fn):
         metrics, api = self._metrics, self._api
 
-        def call(request, context):  # type: ignore[no-untyped-def]
+        def call(request, context):
             started = metrics.begin(api)
             code = "OK"
             try:
@@ -204,10 +204,10 @@ class _RequestCollector:
     def __init__(self, metrics: Metrics):
         self._m = metrics
 
-    def describe(self) -> Iterable[object]:
+    def describe(self) -> Iterable[Metric]:
         return []
 
-    def collect(self) -> Iterable[object]:
+    def collect(self) -> Iterable[Metric]:
         labels = ("api", "model", "version", "code")
         count = CounterMetricFamily("deeprec_requests", "Requests answered, by API, model, "
                                     "version and status code (gRPC code name or HTTP status)",

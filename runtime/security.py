@@ -19,8 +19,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 
 import grpc
+
 from deeprec_runtime.errors import Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -113,14 +115,14 @@ class _WatchedFile:
         self._lock = threading.Lock()
         self.value = self._load()
 
-    def _load(self):  # type: ignore[no-untyped-def]
+    def _load(self):
         st = os.stat(self.path)
         with open(self.path, encoding="utf-8") as fh:
             value = self._parse(fh.read())
         self._stamp = (st.st_mtime, st.st_size)
         return value
 
-    def get(self):  # type: ignore[no-untyped-def]
+    def get(self):
         now = time.monotonic()
         if now - self._checked < RELOAD_SECONDS:
             return self.value
@@ -202,10 +204,10 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
     """A handler of the same streaming shape that only answers UNAUTHENTICATED. It takes the
     request as raw bytes: an unauthenticated caller never reaches the real deserializer."""
 
-    def abort(request, context):  # type: ignore[no-untyped-def]
+    def abort(request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    def abort_stream(request, context):  # type: ignore[no-untyped-def]
+    def abort_stream(request, context):
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover (makes this a generator, as streaming handlers must be)
 
@@ -226,7 +228,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.auth = authenticator
         self.open_methods = open_methods
 
-    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+    def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method in self.open_methods:
             return continuation(handler_call_details)
         authorization = next((v for k, v in handler_call_details.invocation_metadata or ()
@@ -319,7 +321,7 @@ class Security:
         return ((not self.config.protect_health and path in HEALTH_HTTP_PATHS)
                 or (not self.config.protect_metrics and path in METRICS_HTTP_PATHS))
 
-    def check_http_auth(self, path: str, headers: Mapping[str, str]) -> None:
+    def check_http_auth(self, path: str, headers: Mapping[str, str] | Message) -> None:
         """Raises Unauthenticated (HTTP 401) unless `path` is open or the headers carry valid
         credentials. `headers` may be http.client.HTTPMessage (case-insensitive get)."""
         if not self.authenticator.enabled or self.is_open_path(path):
@@ -331,7 +333,7 @@ class Security:
         return ", ".join(f'{scheme} realm="deeprec-serving"' for scheme in self.authenticator.schemes)
 
 
-def check_http_auth(security: Security | None, path: str, headers: Mapping[str, str]) -> None:
+def check_http_auth(security: Security | None, path: str, headers: Mapping[str, str] | Message) -> None:
     """For the HTTP adapter: no Security object means an open server."""
     if security is not None:
         security.check_http_auth(path, headers)

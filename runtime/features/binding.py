@@ -9,7 +9,7 @@ distinct row is fetched once per request, and the rows are fed in place of the g
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class ExternalTables:
         """Returns the feeds extended with the gathered rows of every lookup."""
         index = {name: i for i, name in enumerate(feed_names)}
         derived = tuple(sorted({lk.ids for _, lk in self._lookups if lk.ids not in index}))
-        computed = dict(zip(derived, run(feed_names, derived, arrays))) if derived else {}
+        computed = dict(zip(derived, run(feed_names, derived, arrays), strict=True)) if derived else {}
         ids_of = []
         for table, lk in self._lookups:
             ids = np.asarray(arrays[index[lk.ids]] if lk.ids in index else computed[lk.ids])
@@ -54,15 +54,16 @@ class ExternalTables:
         order = list(self.tables.values())
         uniques, inverses = [], {}
         for table in order:
-            parts = [ids.reshape(-1) for (t, _), ids in zip(self._lookups, ids_of) if t is table]
+            parts = [ids.reshape(-1) for (t, _), ids in zip(self._lookups, ids_of, strict=True)
+                     if t is table]
             flat = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.empty(0, np.int64)
             unique, inverse = np.unique(flat, return_inverse=True)
             uniques.append((table, unique))
             inverses[table.name] = inverse
-        fetched = dict(zip((t.name for t in order), self.rows.lookup(uniques)))
+        fetched = dict(zip((t.name for t in order), self.rows.lookup(uniques), strict=True))
         offsets = dict.fromkeys(self.tables, 0)
         fed = []
-        for (table, _), ids in zip(self._lookups, ids_of):
+        for (table, _), ids in zip(self._lookups, ids_of, strict=True):
             start = offsets[table.name]
             offsets[table.name] = start + ids.size
             picked = fetched[table.name][inverses[table.name][start:start + ids.size]]

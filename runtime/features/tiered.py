@@ -23,13 +23,19 @@ import re
 import shutil
 import threading
 import uuid
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from deeprec_runtime.errors import VersionLoadError
-from deeprec_runtime.features.base import (FeatureStore, TableRows, VersionKey,
-                                           check_checkpoint_tables, chunk_rows_for, iter_table_rows)
+from deeprec_runtime.features.base import (
+    FeatureStore,
+    TableRows,
+    VersionKey,
+    check_checkpoint_tables,
+    chunk_rows_for,
+    iter_table_rows,
+)
 from deeprec_runtime.features.graph import Table
 
 log = logging.getLogger(__name__)
@@ -236,8 +242,13 @@ class TieredRows(TableRows):
 
     def dram_bytes(self) -> int:
         """Bytes of DRAM the tables hold (cache rows and index, or whole tables)."""
-        return sum(t.whole.nbytes if t.whole is not None else t.cache.nbytes
-                   for t in self._tables.values())
+        total = 0
+        for t in self._tables.values():
+            if t.whole is not None:
+                total += t.whole.nbytes
+            elif t.cache is not None:  # without whole rows a table always has its cache
+                total += t.cache.nbytes
+        return total
 
     def close(self) -> None:
         for t in self._tables.values():

@@ -13,15 +13,15 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.errors import NotFound, Unavailable, VersionLoadError
 from deeprec_runtime.features import StoreUnavailable, open_feature_store
 from deeprec_runtime.model import policy
-from deeprec_runtime.model.custom_ops import load_custom_ops
 from deeprec_runtime.model.annotations import TARGET_VERSION_ANNOTATION, read_target_version
+from deeprec_runtime.model.custom_ops import load_custom_ops
 from deeprec_runtime.model.servable import Servable, load_servable, session_options_from
 from deeprec_runtime.model.source import VersionInfo, VersionSource
 from deeprec_runtime.model.warmup import load_warmup_request, warm_up
@@ -126,14 +126,16 @@ class Manager:
         """The serving version, or the loaded version named `version` (the serving one or the
         retained previous one); NotFound when that version is not loaded."""
         while True:
-            servable = current = self._current
+            current = self._current
             if current is None:
                 raise Unavailable("no model version is loaded yet"
                                   + (f" (last error: {self.last_error})" if self.last_error else ""))
+            servable = current
             if version is not None and current.name != version:
-                servable = self._previous
-                if servable is None or servable.name != version:
+                previous = self._previous
+                if previous is None or previous.name != version:
                     raise NotFound(f"version '{version}' is not loaded; serving '{current.name}'")
+                servable = previous
             servable.gate.acquire_read()
             if not servable.closed:
                 return servable

@@ -36,12 +36,18 @@ class Load(Action):
     """Load `version` in the background, warm it up, then swap it in."""
 
 
+@dataclass(frozen=True)
 class SwapBack(Action):
     """Serve the retained previous version again (instant rollback)."""
 
+    version: VersionInfo
 
+
+@dataclass(frozen=True)
 class ApplyDeltas(Action):
     """Apply `version`'s deltas newer than the serving delta step, in place."""
+
+    version: VersionInfo
 
 
 @dataclass(frozen=True)

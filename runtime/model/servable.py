@@ -13,9 +13,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -26,10 +27,19 @@ from deeprec_runtime.errors import InvalidArgument, ServingError, Unavailable, V
 from deeprec_runtime.features import ExternalTables, VersionKey
 from deeprec_runtime.features.binding import restore_dense, serving_tables
 from deeprec_runtime.model.checkpoint_read import read_tensors
-from deeprec_runtime.model.session_group import (INLINE, GroupPlan, SessionGroup, create_session,
-                                                 place_graph, plan_group)
+from deeprec_runtime.model.session_group import (
+    INLINE,
+    GroupPlan,
+    SessionGroup,
+    create_session,
+    place_graph,
+    plan_group,
+)
 from deeprec_runtime.model.signature import Signature, parse_signatures
 from deeprec_runtime.model.source import Delta, VersionInfo
+
+if TYPE_CHECKING:
+    from deeprec_runtime.timeline import TimelineRecorder
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +114,7 @@ class Servable:
 
     def __init__(self, name: str, graph: tf.Graph, session: tf.compat.v1.Session,
                  signatures: dict[str, Signature], options: SessionOptions,
-                 updaters: dict[str, "_VariableUpdater"], version: VersionInfo | None,
+                 updaters: dict[str, _VariableUpdater], version: VersionInfo | None,
                  group: SessionGroup | None = None):
         self.name = name
         self.group = group
@@ -126,9 +136,9 @@ class Servable:
         self.gate = ReadWriteGate()
         self.closed = False
         #: Embedding tables served from a feature store (features.ExternalTables), or None.
-        self.tables = None
+        self.tables: ExternalTables | None = None
         #: Timeline recorder (timeline.TimelineRecorder), set once the version is warmed up.
-        self.tracer = None
+        self.tracer: TimelineRecorder | None = None
 
     # --- requests -----------------------------------------------------------------------------
     def signature(self, name: str) -> Signature:
@@ -144,15 +154,18 @@ class Servable:
         in place of the in-graph gathers); traces the run when the timeline asks for it."""
         if self.tables is not None:
             feed_names, arrays = self.tables.feed(self._run, feed_names, arrays)
-        step = self.tracer.claim() if self.tracer is not None else None
-        if step is not None:
-            return self._run_traced(step, feed_names, fetch_names, arrays)
+        tracer = self.tracer
+        if tracer is not None:
+            step = tracer.claim()
+            if step is not None:
+                return self._run_traced(tracer, step, feed_names, fetch_names, arrays)
         return self._run(feed_names, fetch_names, arrays)
 
-    def _run_traced(self, step: int, feed_names: tuple[str, ...], fetch_names: tuple[str, ...],
+    def _run_traced(self, tracer: TimelineRecorder, step: int, feed_names: tuple[str, ...],
+                    fetch_names: tuple[str, ...],
                     arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         opts = config_pb2.CallableOptions(feed=feed_names, fetch=fetch_names)
-        opts.run_options.CopyFrom(self.tracer.run_options(self._options.serve_run_options))
+        opts.run_options.CopyFrom(tracer.run_options(self._options.serve_run_options))
         metadata = config_pb2.RunMetadata()
         try:
             fn = self.session._make_callable_from_options(opts)  # traces are rare: not cached
@@ -160,7 +173,7 @@ class Servable:
         except tf.errors.InvalidArgumentError as exc:
             raise InvalidArgument(f"the model rejected the inputs: {exc.message.splitlines()[0]}") from None
         try:
-            self.tracer.write(step, metadata)
+            tracer.write(step, metadata)
         except (OSError, ValueError) as exc:
             log.warning("could not write the timeline of request %d: %s", step, exc)
         return out
@@ -261,7 +274,7 @@ class _VariableUpdater:
         value = tf.compat.v1.placeholder(self.dtype, self.shape, name=f"deeprec_assign/{self.name}")
         assign = variable.assign(value, read_value=False)
         self._assign = self._callable(session, [value.name], assign.name, run_options)
-        self._scatter = None
+        self._scatter: Callable | None = None
         if len(self.shape) >= 2:
             ids = tf.compat.v1.placeholder(tf.int64, [None], name=f"deeprec_scatter_ids/{self.name}")
             rows = tf.compat.v1.placeholder(self.dtype, [None, *self.shape[1:]],
@@ -299,6 +312,8 @@ class _VariableUpdater:
         if args[0] == "assign":
             self._assign(args[1])
         else:
+            if self._scatter is None:  # check_rows refuses rows for a non-table first
+                raise VersionLoadError(f"variable '{self.name}' is not a table")
             self._scatter(args[1], args[2])
 
 

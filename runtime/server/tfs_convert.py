@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+
 from deeprec_runtime.codec import decode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import Signature, TensorSpec
 from deeprec_runtime.models import ServedModel
 from deeprec_runtime.protos import predict_pb2 as pb
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
-from tensorflow.core.protobuf import meta_graph_pb2
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -41,7 +42,7 @@ _FIELDS = {
 def tensor_to_array(tensor: tensor_pb2.TensorProto, out: pb.ArrayProto) -> None:
     """TF TensorProto -> DeepRec ArrayProto (filled in place). Unsupported dtypes are copied
     as they are: the predict core rejects them with the list of supported ones."""
-    out.dtype = tensor.dtype  # type: ignore[assignment]
+    out.dtype = tensor.dtype
     if not tensor.tensor_shape.unknown_rank:
         out.array_shape.SetInParent()  # a scalar has a shape with no dims
         out.array_shape.dim.extend([d.size for d in tensor.tensor_shape.dim])
@@ -55,7 +56,7 @@ def tensor_to_array(tensor: tensor_pb2.TensorProto, out: pb.ArrayProto) -> None:
 
 def array_to_tensor(array: pb.ArrayProto, out: tensor_pb2.TensorProto) -> None:
     """DeepRec ArrayProto -> TF TensorProto (filled in place)."""
-    out.dtype = array.dtype  # type: ignore[assignment]
+    out.dtype = array.dtype
     dims = out.tensor_shape.dim
     for d in array.array_shape.dim:
         dims.add(size=d)

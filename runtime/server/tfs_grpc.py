@@ -16,6 +16,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import grpc
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    input_pb2,
+    model_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.models import ModelRegistry, ServedModel
 from deeprec_runtime.protos import predict_pb2 as pb
@@ -29,16 +40,6 @@ from deeprec_runtime.server.tfs_convert import (
     regress,
     signature_def,
     tensor_to_array,
-)
-from tensorflow_serving.apis import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    inference_pb2,
-    input_pb2,
-    model_pb2,
-    predict_pb2,
-    regression_pb2,
 )
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ class TfsAdapter:
         for s in states:
             status = response.model_version_status.add(version=s.number,
                                                        state=state_enum.Value(s.state))
-            status.status.error_code = _UNKNOWN if s.error else _OK  # type: ignore[assignment]
+            status.status.error_code = _UNKNOWN if s.error else _OK
             status.status.error_message = s.error
         return response.SerializeToString()
 

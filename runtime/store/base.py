@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import glob
 import os
 import posixpath
@@ -69,7 +70,7 @@ class ModelStore:
         """Makes the folder `path` (e.g. a SavedModel) readable on local disk."""
         raise NotImplementedError
 
-    def retain(self, keep: list[str]) -> None:
+    def retain(self, keep: builtins.list[str]) -> None:
         """Frees local copies of everything fetched from outside the folders in `keep` (the
         versions the manager may still load from). A no-op for stores read in place."""
 

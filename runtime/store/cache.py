@@ -13,6 +13,7 @@ partial or mixed checkpoint, whatever the network did.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import posixpath
@@ -201,7 +202,7 @@ class CachingStore(ModelStore):
             missing.append(base + ".data-*")
         else:
             missing += [f"{base}.data-{i:05d}-of-{total:05d}" for i in range(total) if i not in shards]
-        if missing:
+        if missing or index is None:  # a None index is always in `missing`
             raise StoreNotFound(f"checkpoint {prefix} is incomplete: missing {', '.join(missing)}")
         for info in list(shards.values()) + [index]:
             self.fetch(self.join(folder, info.name), info)
@@ -215,7 +216,7 @@ class CachingStore(ModelStore):
             self.fetch(self.join(path.rstrip("/"), rel), info)
         return self.cache.path_for(path)
 
-    def retain(self, keep: list[str]) -> None:
+    def retain(self, keep: builtins.list[str]) -> None:
         removed = self.cache.prune([self.cache.path_for(k) for k in keep if k])
         if removed:
             log.info("freed %d cached files of versions no longer in use", len(removed))

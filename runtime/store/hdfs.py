@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlparse
 
 import requests
+from fsspec.implementations.webhdfs import WebHDFS
+from requests.adapters import HTTPAdapter
+
 from deeprec_runtime.store.base import (
     FileInfo,
     StoreAuthError,
@@ -20,8 +23,6 @@ from deeprec_runtime.store.base import (
 )
 from deeprec_runtime.store.cache import CachingStore, LocalCache, split_url
 from deeprec_runtime.store.retry import RetryPolicy, describe
-from fsspec.implementations.webhdfs import WebHDFS
-from requests.adapters import HTTPAdapter
 
 if TYPE_CHECKING:
     from deeprec_runtime.config import ModelConfig

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import oss2
 import requests
+
 from deeprec_runtime.store.base import (
     FileInfo,
     StoreAuthError,

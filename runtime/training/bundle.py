@@ -12,6 +12,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -53,7 +54,7 @@ class _SaveGraph:
         self.session = tf1.Session(graph=self.graph, config=tf1.ConfigProto(device_count={"GPU": 0}))
 
     def save(self, prefix: str, arrays: list[np.ndarray]) -> None:
-        feed = {p: a for p, a in zip(self.inputs, arrays)}
+        feed: dict[Any, Any] = {p: a for p, a in zip(self.inputs, arrays, strict=True)}
         feed[self.prefix] = prefix
         self.session.run(self.op, feed)
 

@@ -18,13 +18,12 @@ plus the dense variables whole.
 from __future__ import annotations
 
 import contextlib
-
 import os
 import shutil
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 import tensorflow as tf
@@ -45,7 +44,7 @@ from .format import (
 
 tf1 = tf.compat.v1
 
-VariableLike = Union[tf.Variable, str]
+VariableLike: TypeAlias = tf.Variable | str
 
 
 def variable_name(var: Any) -> str:
@@ -136,7 +135,7 @@ class CheckpointWriter:
 
     def __init__(
         self,
-        session: tf1.Session,
+        session: tf.compat.v1.Session,
         checkpoint_dir: str,
         version_name: str,
         embedding_variables: Iterable[VariableLike],
@@ -254,7 +253,7 @@ class CheckpointWriter:
             step = self._check_step(step)
             names = list(self._full_vars)
             values = self.session.run([self._full_vars[n] for n in names])
-            tensors = dict(zip(names, values))
+            tensors = dict(zip(names, values, strict=True))
             prefix = os.path.join(self.version_dir, full_prefix_name(step))
             bundle.write_bundle(prefix, tensors)
             base = os.path.basename(prefix)
@@ -293,7 +292,7 @@ class CheckpointWriter:
                     updates.append((table, ids, rows))
             if self._dense:
                 dnames = list(self._dense)
-                for n, v in zip(dnames, self.session.run([self._dense[n] for n in dnames])):
+                for n, v in zip(dnames, self.session.run([self._dense[n] for n in dnames]), strict=True):
                     tensors[n] = v
             if not tensors:
                 # Nothing changed and no dense variables: an empty delta is still a valid
@@ -358,7 +357,7 @@ def _tensor_info(t: tf.Tensor) -> meta_graph_pb2.TensorInfo:
 
 
 def export_saved_model(
-    session: tf1.Session,
+    session: tf.compat.v1.Session,
     export_dir: str,
     inputs: Mapping[str, tf.Tensor],
     outputs: Mapping[str, tf.Tensor],

@@ -39,7 +39,7 @@ class DemoModel:
     """A built model: its graph, a session with initialized variables, and its signature."""
 
     graph: tf.Graph
-    session: tf1.Session
+    session: tf.compat.v1.Session
     #: signature input alias -> tensor
     inputs: dict[str, tf.Tensor]
     #: signature output alias -> tensor
@@ -57,7 +57,7 @@ class DemoModel:
         with self.graph.as_default():
             variables = tf1.global_variables()
         values = self.session.run(variables)
-        return {v.op.name: np.array(x) for v, x in zip(variables, values)}
+        return {v.op.name: np.array(x) for v, x in zip(variables, values, strict=True)}
 
     def close(self) -> None:
         self.session.close()
@@ -127,7 +127,7 @@ def _dense_layer(x: tf.Tensor, n_in: int, n_out: int, name: str, seed: int) -> t
     return tf.matmul(x, w) + b
 
 
-def _session(graph: tf.Graph) -> tf1.Session:
+def _session(graph: tf.Graph) -> tf.compat.v1.Session:
     config = tf1.ConfigProto(device_count={"GPU": 0})
     return tf1.Session(graph=graph, config=config)
 

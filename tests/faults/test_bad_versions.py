@@ -12,8 +12,8 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from deeprec_runtime.training import write_demo_model
 
+from deeprec_runtime.training import write_demo_model
 from tests.runtime.conftest import output, touch_newer, wait_for
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import parse_model_config
-
 from tests.runtime.conftest import Client, make_request, output, wait_for
 
 

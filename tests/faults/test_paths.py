@@ -11,9 +11,9 @@ import shutil
 
 import numpy as np
 import pytest
+
 from deeprec_runtime.store.base import LocalStore
 from deeprec_runtime.training import write_demo_model
-
 from tests.runtime.conftest import output, touch_newer, wait_for
 
 
@@ -40,7 +40,8 @@ def test_local_store_refuses_dotdot_paths_that_leave_it(tmp_path, demo, outside)
             call(os.path.join(escape, "checkpoints", "checkpoint_1", "checkpoint"))
     prefix = glob.glob(os.path.join(outside, "*.index"))[0][: -len(".index")]
     with pytest.raises(PermissionError):
-        store.localize_checkpoint(os.path.join(demo.checkpoint_dir, os.path.relpath(prefix, demo.checkpoint_dir)))
+        store.localize_checkpoint(
+            os.path.join(demo.checkpoint_dir, os.path.relpath(prefix, demo.checkpoint_dir)))
 
 
 def test_dotdot_target_version_is_reported_missing_and_nothing_outside_is_loaded(

@@ -110,7 +110,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Unauthenticated as exc:
             self.close_connection = self.close_connection or method == "POST"
             self._send(401, _error(str(exc)), "application/json",
-                       {"WWW-Authenticate": app.security.www_authenticate()})
+                       # only a configured Security raises Unauthenticated
+                       {"WWW-Authenticate": app.security.www_authenticate() if app.security else ""})
             return
         if method == "GET" and url.path == "/metrics":
             self._send(200, app.metrics.exposition() if app.metrics else b"",
@@ -235,14 +236,14 @@ class _App:
             return self._helper(handler, model, tail, query)
         return _json(200, tfs.status_json(model, number, label))
 
-    def _model(self, name: str):  # type: ignore[no-untyped-def]
+    def _model(self, name: str):
         model = self.models.get(name)
         if self.metrics is not None:
             self.metrics.note(model.name)
         return model
 
     @staticmethod
-    def _helper(handler: _Handler, model, what: str,  # type: ignore[no-untyped-def]
+    def _helper(handler: _Handler, model, what: str,
                 query: dict[str, list[str]]) -> tuple[int, bytes, str]:
         if what == "gen_json":
             return _json(200, stfs.gen_json(model))
@@ -263,7 +264,7 @@ class _Server(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
 
-    def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+    def process_request(self, request, client_address):
         if not self._slots.acquire(blocking=False):
             body = _error("too many connections; retry later")
             try:
@@ -276,7 +277,7 @@ class _Server(ThreadingHTTPServer):
             return
         super().process_request(request, client_address)
 
-    def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+    def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
