@@ -30,6 +30,11 @@ test-unit: setup
 k8s-plane:
 	bash scripts/k8s-plane.sh build
 
+# ruff and mypy, configured in pyproject.toml (tests/test_lint.py runs both in the suite).
+lint: setup
+	$(BIN)/ruff check runtime operator tests bench
+	$(BIN)/mypy
+
 protos: setup
 	bash scripts/gen-protos.sh
 
