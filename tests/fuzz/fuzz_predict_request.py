@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import atheris  # noqa: E402
+from seed_model import export_seed_model  # noqa: E402
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.errors import InvalidArgument
@@ -25,15 +26,8 @@ def build_servable(workdir: str):
     """The seed example model (double + int32 inputs), loaded by the runtime's own loader."""
     from deeprec_runtime.config import parse_model_config
     from deeprec_runtime.model.servable import load_servable, session_options_from
-    from deeprec_runtime.training import CheckpointWriter, build_seed_example
 
-    model_dir = os.path.join(workdir, "saved_model")
-    if not os.path.exists(model_dir):
-        model = build_seed_example(num_ids=20)
-        writer = CheckpointWriter(model.session, os.path.join(workdir, "ckpt"), "checkpoint_1",
-                                  model.embedding_variables, model.dense_variables)
-        writer.export_saved_model(model_dir, model.inputs, model.outputs)
-        model.close()
+    model_dir = export_seed_model(workdir)
     config = parse_model_config({"savedmodel_dir": model_dir}, env={})
     return load_servable(model_dir, None, lambda p: p, session_options_from(config))
 

@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import atheris  # noqa: E402
+from seed_model import export_seed_model  # noqa: E402
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.errors import InvalidArgument, NotFound
@@ -22,15 +23,8 @@ with atheris.instrument_imports(include=["deeprec_runtime"]):
 def build_registry(workdir: str):
     from deeprec_runtime.config import parse_model_config
     from deeprec_runtime.models import ModelEntry, ModelRegistry
-    from deeprec_runtime.training import CheckpointWriter, build_seed_example
 
-    model_dir = os.path.join(workdir, "saved_model")
-    if not os.path.exists(model_dir):
-        model = build_seed_example(num_ids=20)
-        writer = CheckpointWriter(model.session, os.path.join(workdir, "ckpt"), "checkpoint_1",
-                                  model.embedding_variables, model.dense_variables)
-        writer.export_saved_model(model_dir, model.inputs, model.outputs)
-        model.close()
+    model_dir = export_seed_model(workdir)
     config = parse_model_config({"savedmodel_dir": model_dir, "warmup_iterations": 0}, env={})
     registry = ModelRegistry([ModelEntry("default", config)])
     registry.start()

@@ -5,11 +5,6 @@ complete version with exact predictions, and removes the temporary file the kill
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 
 import grpc
@@ -17,7 +12,7 @@ import numpy as np
 import pytest
 
 from deeprec_runtime.training import write_demo_model
-from tests.runtime.conftest import Client, output, wait_for
+from tests.runtime.conftest import Client, ServeProcess, output, wait_for
 
 from .conftest import ACCESS_ID, ACCESS_KEY, BUCKET, Uploader
 from .oss_server import Fault
@@ -36,30 +31,10 @@ def demo(tmp_path):
     art.close()
 
 
-def _start(config_path) -> tuple[subprocess.Popen, int, list[str]]:
+def _start(config_path) -> ServeProcess:
     # Credentials through the environment, as the operator passes them.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OSS_ACCESS_ID": ACCESS_ID,
-           "OSS_ACCESS_KEY": ACCESS_KEY}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deeprec_runtime.cli", "serve", "--config", str(config_path),
-         "--grpc-port", "0", "--host", "127.0.0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: list[str] = []
-    port = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "gRPC on port" in line:
-            port = int(line.rsplit(" ", 1)[1])
-            break
-    if port is None:
-        proc.kill()
-        raise AssertionError("serve did not start:\n" + "".join(lines))
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    return proc, port, lines
+    return ServeProcess(config_path, env={"OSS_ACCESS_ID": ACCESS_ID,
+                                          "OSS_ACCESS_KEY": ACCESS_KEY}).start()
 
 
 def _version(client: Client) -> str:
@@ -67,12 +42,6 @@ def _version(client: Client) -> str:
         return client.info().version
     except grpc.RpcError:  # still loading its first version
         return ""
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
 
 
 def test_sigkill_mid_fetch_then_restart_serves_a_complete_version(demo, oss_server, bucket, tmp_path):
@@ -89,11 +58,11 @@ def test_sigkill_mid_fetch_then_restart_serves_a_complete_version(demo, oss_serv
         "feature_store_type": "memory", "update_poll_seconds": 0.2}))
     feed = demo.model.make_feed(8, np.random.default_rng(21))
 
-    first, port, lines = _start(config)
+    first = _start(config)
     try:
-        client = Client(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        client = first.client
         wait_for(lambda: _version(client) == "checkpoint_1", timeout=60,
-                 message="checkpoint_1 served\n" + "".join(lines))
+                 message=lambda: "checkpoint_1 served\n" + first.log)
         old = output(client.predict(feed), KEY)
 
         # A new full version whose .data arrives in a slow trickle: the process is killed while
@@ -105,10 +74,9 @@ def test_sigkill_mid_fetch_then_restart_serves_a_complete_version(demo, oss_serv
         uploader.sync()
         parts = lambda: [p for p in cache.rglob(f"*{PART}*") if p.stat().st_size > 0]  # noqa: E731
         wait_for(lambda: parts(), timeout=30, message="checkpoint_2 .data being fetched")
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        first.kill9()
     finally:
-        _stop(first)
+        first.stop()
     (partial,) = parts()
     final = partial.with_name(partial.name.split(PART)[0])
     # The cache mirrors the bucket: <cache>/oss/<bucket>/<key>.
@@ -117,18 +85,18 @@ def test_sigkill_mid_fetch_then_restart_serves_a_complete_version(demo, oss_serv
     assert not final.exists(), "a partial file must never sit under the final name"
 
     oss_server.clear_faults()
-    second, port, lines = _start(config)
+    second = _start(config)
     try:
-        client = Client(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        client = second.client
         # Either version is acceptable while it starts, but only with that version's exact values.
         wait_for(lambda: _version(client) in ("checkpoint_1", "checkpoint_2"), timeout=60,
-                 message="serving after restart\n" + "".join(lines))
+                 message=lambda: "serving after restart\n" + second.log)
         before, got, after = _version(client), output(client.predict(feed), KEY), _version(client)
         if before == after:  # no swap in between: the values are that version's
             want = old if before == "checkpoint_1" else demo.model.predict(feed)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         wait_for(lambda: _version(client) == "checkpoint_2", timeout=60,
-                 message="checkpoint_2 served after restart\n" + "".join(lines))
+                 message=lambda: "checkpoint_2 served after restart\n" + second.log)
         assert client.info().last_update_error == ""
         np.testing.assert_allclose(output(client.predict(feed), KEY), demo.model.predict(feed),
                                    rtol=1e-5, atol=1e-6)
@@ -137,4 +105,4 @@ def test_sigkill_mid_fetch_then_restart_serves_a_complete_version(demo, oss_serv
         wait_for(lambda: not list(cache.rglob(f"*{PART}*")), timeout=20,
                  message="temporary files of the killed process removed")
     finally:
-        _stop(second)
+        second.stop()
