@@ -8,7 +8,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from runtime.conftest import output, wait_for
+from runtime.conftest import ServeProcess, output, wait_for
 
 from deeprec_runtime.features import redis_store
 
@@ -56,6 +56,36 @@ def test_two_replicas_share_rows_and_a_delta_is_written_once(demo, serve, redis_
         np.testing.assert_allclose(_predict(client, feed), demo.model.predict(feed), rtol=1e-5, atol=1e-6)
     stats = _stats(redis_server)
     assert stats[f"delta:checkpoint_1@1:{step}"] == 1, stats
+
+
+def test_two_runtime_processes_share_one_redis(demo, redis_server, tmp_path):
+    """The same, with two `deeprec-runtime serve` processes: the import lock and the delta
+    bookkeeping live in Redis, not in a process."""
+    import json
+
+    config = tmp_path / "model_config.json"
+    config.write_text(json.dumps({
+        "savedmodel_dir": demo.saved_model_dir, "checkpoint_dir": demo.checkpoint_dir,
+        "signature_name": "serving_default", "model_store_type": "local",
+        "update_poll_seconds": 0.2, "warmup_iterations": 1, **_redis_fields(redis_server)}))
+    replicas = [ServeProcess(config).start() for _ in range(2)]
+    try:
+        feed = demo.model.make_feed(16, np.random.default_rng(2))
+        for replica in replicas:
+            replica.wait_serving()
+            np.testing.assert_allclose(_predict(replica.client, feed), demo.model.predict(feed),
+                                       rtol=1e-5, atol=1e-6)
+        assert _stats(redis_server)["full:checkpoint_1@1"] == 1
+        demo.write_delta(steps=3)
+        step = demo.step
+        for replica in replicas:
+            wait_for(lambda r=replica: r.client.info().delta_step == step, message="delta applied")
+            np.testing.assert_allclose(_predict(replica.client, feed), demo.model.predict(feed),
+                                       rtol=1e-5, atol=1e-6)
+        assert _stats(redis_server)[f"delta:checkpoint_1@1:{step}"] == 1
+    finally:
+        for replica in replicas:
+            replica.stop()
 
 
 def test_full_version_swap_never_serves_zeros_or_stale_rows(demo, serve, redis_server, monkeypatch):
