@@ -293,8 +293,9 @@ def test_apiserver_restart_during_watch(private_plane, tmp_path, request):
         wait_until(lambda: _converged(plane, ns, name, version="latest", replicas=2), timeout=40,
                    message=lambda: f"initial convergence; log:\n{op.log()}")
 
+        # Down longer than the operator client's own retries (about 3.5 s), so the poll fails.
         subprocess.run(["bash", str(PLANE_SCRIPT), "restart-apiserver", str(plane.dir), "--kill",
-                        "--down-seconds", "4"], check=True, capture_output=True, text=True, timeout=120)
+                        "--down-seconds", "8"], check=True, capture_output=True, text=True, timeout=120)
         restarted = time.monotonic()
         # The first change after the restart reaches the operator through its resumed watch.
         _patch(plane, ns, name, {"version": "checkpoint_7", "replicas": 3})
