@@ -111,15 +111,38 @@ is_ours() {
   return 1
 }
 
-component_alive() { local f=$PLANE_DIR/pids/$1.pid; [[ -f $f ]] && is_ours "$(cat "$f")"; }
+# in_exec PID: the process is alive (not a zombie) but its command line reads empty, which is
+# what /proc shows while it is inside execve(); right after start_component that is our own
+# component on its way to exec, not a dead one.
+in_exec() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z && -z "$(tr -d '\0' <"/proc/$1/cmdline" 2>/dev/null)" ]]
+}
+
+component_alive() {
+  local f=$PLANE_DIR/pids/$1.pid pid
+  [[ -f $f ]] || return 1
+  pid=$(cat "$f")
+  is_ours "$pid" || in_exec "$pid"
+}
+
+exit_status() { # exit_status NAME: how a component started by this shell ended, in words
+  local pid rc=0
+  pid=$(cat "$PLANE_DIR/pids/$1.pid" 2>/dev/null) || { echo "no pid file"; return; }
+  if kill -0 "$pid" 2>/dev/null; then echo "pid $pid still exists but is not ours"; return; fi
+  wait "$pid" 2>/dev/null || rc=$?
+  if ((rc > 128)); then echo "killed by signal $((rc - 128))"; else echo "exit status $rc"; fi
+}
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMPONENT COMMAND...
   local limit=$1 what=$2 comp=$3; shift 3
   local deadline=$((SECONDS + limit))
   until "$@" >/dev/null 2>&1; do
     if [[ -n $comp ]] && ! component_alive "$comp"; then
-      die "$comp exited while waiting for $what; last lines of $PLANE_DIR/logs/$comp.log:
-$(tail -n 25 "$PLANE_DIR/logs/$comp.log" 2>/dev/null)"
+      die "$comp exited ($(exit_status "$comp")) while waiting for $what; last lines of $PLANE_DIR/logs/$comp.log:
+$(tail -n 25 "$PLANE_DIR/logs/$comp.log" 2>/dev/null || echo "(the log file is gone)")"
     fi
     if ((SECONDS >= deadline)); then
       die "timed out after ${limit}s waiting for $what${comp:+; last lines of $PLANE_DIR/logs/$comp.log:
