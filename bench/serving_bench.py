@@ -127,7 +127,7 @@ class Server:
             self.proc.kill()
 
 
-def start_runtime(workdir: str, art, **fields) -> Server:
+def start_runtime(workdir: str, art, cli_args: tuple[str, ...] = (), **fields) -> Server:
     cfg = {"savedmodel_dir": art.saved_model_dir, "checkpoint_dir": art.checkpoint_dir,
            "update_poll_seconds": 0.5, **fields}
     path = os.path.join(workdir, f"config-{time.monotonic_ns()}.json")
@@ -135,7 +135,7 @@ def start_runtime(workdir: str, art, **fields) -> Server:
         json.dump(cfg, fh)
     server = Server([sys.executable, "-m", "deeprec_runtime.cli", "serve", "--config", path,
                      "--grpc-port", "0", "--host", "127.0.0.1", "--log-level", "WARNING",
-                     "--annotations-file", os.path.join(workdir, "none")],
+                     "--annotations-file", os.path.join(workdir, "none"), *cli_args],
                     port_line="gRPC on port")
     wait_serving(f"127.0.0.1:{server.port}")
     return server
@@ -259,14 +259,17 @@ def main() -> int:
         for batch in (1, 64):
             print(f"\nbatch {batch}, concurrency 8, {args.duration:g}s each:", flush=True)
             in_process(art, batch, args.duration)
-            variants = [("(b) deeprec-runtime gRPC", {}),
-                        ("(b) ... enable_inline_execute", {"enable_inline_execute": True})]
+            native = ("--grpc-server", "native")
+            variants = [("(b) deeprec-runtime gRPC", (), {}),
+                        ("(b) ... enable_inline_execute", (), {"enable_inline_execute": True}),
+                        ("(b) ... --grpc-server native", native, {})]
             if batch == 1:  # server-side batching merges the 8 callers' rows into one run
-                variants.append(("(b) ... batching (max 8, 500 us)",
-                                 {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500,
-                                               "num_batch_threads": 2}}))
-            for label, fields in variants:
-                server = start_runtime(workdir, art, **fields)
+                batching = {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500,
+                                         "num_batch_threads": 2}}
+                variants += [("(b) ... batching (max 8, 500 us)", (), batching),
+                             ("(b) ... native + batching", native, batching)]
+            for label, cli_args, fields in variants:
+                server = start_runtime(workdir, art, cli_args, **fields)
                 try:
                     measure_server(label, server, "grpc", grpc_payload(feeds[batch]), args.duration)
                 finally:

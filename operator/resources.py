@@ -259,6 +259,9 @@ def runtime_container(spec: ModelSpec) -> dict[str, Any]:
             "--grpc-port", str(GRPC_PORT),
             "--http-port", str(HTTP_PORT),
             "--annotations-file", f"{PODINFO_DIR}/annotations",
+            # The default server needs no flag: the contract's command line stays as it was.
+            *(["--grpc-server", spec.service.grpc_server]
+              if spec.service.grpc_server != "python" else []),
         ],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},

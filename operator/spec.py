@@ -81,6 +81,7 @@ class ServiceSpec:
     type: str = "ClusterIP"
     grpc_port: int = 8500
     http_port: int = 8501
+    grpc_server: str = "python"
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,11 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], *, default_image: 
         type=str(_get(raw_svc, "type", "ClusterIP")),
         grpc_port=int(_get(raw_svc, "grpcPort", 8500)),
         http_port=int(_get(raw_svc, "httpPort", 8501)),
+        grpc_server=str(_get(raw_svc, "grpcServer", "python")),
     )
+    if service.grpc_server not in ("python", "native"):
+        raise SpecError("spec.service.grpcServer", "InvalidValue",
+                        f"spec.service.grpcServer is {service.grpc_server!r}; allowed: python, native")
 
     return ModelSpec(
         name=name,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
-from deeprec_runtime.security import Security
+from deeprec_runtime.security import Security, SecurityConfigError
 from deeprec_runtime.server.grpc_server import (
     MAX_MESSAGE_BYTES,
     REQUESTS_PER_WORKER,
@@ -16,6 +17,9 @@ from deeprec_runtime.server.grpc_server import (
     deeprec_service,
 )
 from deeprec_runtime.server.rest import RestServer
+
+if TYPE_CHECKING:
+    from deeprec_runtime.native.server import NativeGrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,23 @@ def _tfs_services(models: ModelRegistry, metrics: Metrics) -> list:
     return tfs_services(models, metrics)
 
 
+def _native_grpc_server(services: list, port: int, host: str, workers: int, security: Security,
+                        max_concurrent: int, max_message_bytes: int) -> NativeGrpcServer:
+    """The gRPC C++ front end (runtime/native), after refusing what it does not carry."""
+    from deeprec_runtime.native.server import NativeGrpcServer  # noqa: PLC0415
+
+    if security.config.tls_enabled:
+        raise SecurityConfigError("--grpc-server", "native does not serve TLS yet; use "
+                                  "--grpc-server python with --tls-cert/--tls-key")
+    if security.config.protect_health:
+        raise SecurityConfigError("--grpc-server", "native answers health checks in gRPC C++, "
+                                  "without credentials; use --grpc-server python with "
+                                  "--auth-protect-health")
+    return NativeGrpcServer(services, port, host, workers, authenticator=security.authenticator,
+                            open_methods=security.grpc_open_methods(),
+                            max_concurrent=max_concurrent, max_message_bytes=max_message_bytes)
+
+
 class Runtime:
     """One or more models (`models`; else `config` named `model_name`) behind DeepRec gRPC,
     TF Serving gRPC (same port), REST and /metrics (`http_port`; None: no HTTP server)."""
@@ -56,7 +77,7 @@ class Runtime:
                  model_name: str = "default", workers: int | None = None,
                  models: list[ModelEntry] | None = None, security: Security | None = None,
                  max_concurrent_requests: int | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, grpc_server: str = "python"):
         self.config = config
         #: TLS + authentication for both ports (runtime/security.py); default: plaintext, open.
         self.security = security or Security()
@@ -74,13 +95,19 @@ class Runtime:
             # The bound on calls in progress stays what it was with the former 16 workers on small
             # hosts: fewer workers must not turn a burst into RESOURCE_EXHAUSTED.
             max_concurrent_requests = max(MIN_CONCURRENT_REQUESTS, REQUESTS_PER_WORKER * workers)
-        self.grpc = GrpcServer(services, grpc_port, host, workers,
-                               credentials=self.security.grpc_credentials(),
-                               interceptors=self.security.grpc_interceptors(),
-                               max_concurrent=max_concurrent_requests,
-                               max_message_bytes=max_message_bytes)
+        self.grpc: GrpcServer | NativeGrpcServer
+        if grpc_server == "native":
+            self.grpc = _native_grpc_server(services, grpc_port, host, workers, self.security,
+                                            max_concurrent_requests, max_message_bytes)
+        else:
+            self.grpc = GrpcServer(services, grpc_port, host, workers,
+                                   credentials=self.security.grpc_credentials(),
+                                   interceptors=self.security.grpc_interceptors(),
+                                   max_concurrent=max_concurrent_requests,
+                                   max_message_bytes=max_message_bytes)
         self.grpc_port = self.grpc.port
-        self.http = (RestServer(self.models, http_port, host, self.metrics, security=self.security)
+        self.http = (RestServer(self.models, http_port, host, self.metrics, security=self.security,
+                                max_concurrent=max_concurrent_requests)
                      if http_port is not None else None)
         self.http_port = self.http.port if self.http else 0
         self._health_thread: threading.Thread | None = None

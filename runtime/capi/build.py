@@ -208,14 +208,15 @@ def library_path(build: bool = True) -> str:
     if not build:
         raise BuildError(f"{lib} is not built; run `deeprec-runtime capi-path`")
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".lock"):  # two processes asking at once build it once
+    with locked(folder / ".lock"):  # two processes asking at once build it once
         if not (lib.exists() and stamp.exists() and stamp.read_text().strip() == key):
             _compile(folder, key)
     return str(lib)
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def locked(path: Path):
+    """An exclusive flock on `path` for the block: two processes that build at once build once."""
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

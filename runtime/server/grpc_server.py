@@ -157,10 +157,16 @@ class GrpcServer:
         server stop: gRPC fails calls that reach a stopping server, even ones queued inside it."""
         self.set_serving(False)
         deadline = time.monotonic() + grace
-        started = time.monotonic()
-        while time.monotonic() < deadline:
-            now = time.monotonic()
-            if CALLS.in_flight == 0 and now - max(CALLS.last_start, started) >= quiet:
-                break
-            time.sleep(0.02)
+        wait_until_quiet(deadline, quiet)
         self.server.stop(max(deadline - time.monotonic(), 1.0)).wait()
+
+
+def wait_until_quiet(deadline: float, quiet: float) -> None:
+    """Returns once no call is running and none has started for `quiet` seconds, or at
+    `deadline` (time.monotonic())."""
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if CALLS.in_flight == 0 and now - max(CALLS.last_start, started) >= quiet:
+            return
+        time.sleep(0.02)

@@ -3,6 +3,11 @@ deadlines honoured without running the model for expired requests, message size 
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+from concurrent import futures
+
 import grpc
 import numpy as np
 import pytest
@@ -13,7 +18,7 @@ from tests.runtime.conftest import Client, make_request, output, wait_for
 
 
 @pytest.fixture
-def runtime_with(demo, tmp_path):
+def make_runtime(demo, tmp_path):
     """Starts a runtime on the demo model with Runtime keyword arguments; stops it after."""
     started = []
 
@@ -34,6 +39,12 @@ def runtime_with(demo, tmp_path):
     for runtime, channel in started:
         channel.close()
         runtime.stop(1.0)
+
+
+@pytest.fixture(params=["python", "native"])
+def runtime_with(make_runtime, request):
+    """make_runtime on each gRPC server (grpcio's and the native front end) in turn."""
+    return lambda **kwargs: make_runtime(grpc_server=request.param, **kwargs)
 
 
 class HeldModel:
@@ -113,3 +124,32 @@ def test_oversized_request_is_refused_and_the_server_keeps_serving(demo, runtime
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert output(client.predict(demo.model.make_feed(8, np.random.default_rng(1))),
                   "probability").shape == (8, 1)
+
+
+def test_rest_requests_past_the_bound_get_429_at_once(demo, make_runtime):
+    runtime, _ = make_runtime(workers=2, max_concurrent_requests=3, http_port=0)
+    feed = demo.model.make_feed(2, np.random.default_rng(0))
+    body = json.dumps({"inputs": {k: v.tolist() for k, v in feed.items()}}).encode()
+    url = f"http://127.0.0.1:{runtime.http_port}/v1/models/default:predict"
+
+    def post() -> tuple[int, dict]:
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    held = HeldModel(runtime)
+    with futures.ThreadPoolExecutor(8) as pool:
+        try:
+            calls = [pool.submit(post) for _ in range(8)]
+            wait_for(lambda: sum(f.done() for f in calls) >= 5, timeout=30, message="5 refused")
+            refused = [f.result() for f in calls if f.done()]
+            assert len(refused) == 5
+            assert all(status == 429 and "overloaded" in answer["error"] for status, answer in refused)
+        finally:
+            held.release()
+        admitted = [f.result(timeout=30) for f in calls if (f.result(timeout=30)[0] != 429)]
+    assert len(admitted) == 3 and all(status == 200 for status, _ in admitted)
+    assert post()[0] == 200  # slots are given back

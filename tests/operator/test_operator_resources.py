@@ -7,7 +7,7 @@ import json
 import pytest
 
 from deeprec_operator import resources as r
-from deeprec_operator.spec import parse
+from deeprec_operator.spec import SpecError, parse
 from deeprec_operator.versions import TARGET_ANNOTATION
 
 
@@ -169,6 +169,17 @@ def test_service_ports(spec):
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
     assert ports == {"grpc": (9000, 8500), "http": (9001, 8501)}
     assert svc["spec"]["selector"] == r.selector_labels("wd")
+
+
+def test_grpc_server_choice_reaches_the_runtime_args(spec):
+    assert "--grpc-server" not in _runtime(r.deployment(_model(spec)))["args"]  # python: default
+    spec["service"] = {"grpcServer": "native"}
+    args = _runtime(r.deployment(_model(spec)))["args"]
+    assert args[args.index("--grpc-server") + 1] == "native"
+    spec["service"] = {"grpcServer": "cython"}
+    with pytest.raises(SpecError) as err:
+        _model(spec)
+    assert err.value.field == "spec.service.grpcServer"
 
 
 def test_children_are_deterministic(spec):

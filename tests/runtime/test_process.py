@@ -8,17 +8,21 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from .conftest import NOT_SERVING, make_request, output, wait_for
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path, demo, serve_process):
+@pytest.mark.parametrize("grpc_server", ["python", "native"])
+def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path, demo, serve_process,
+                                                          grpc_server):
     config = tmp_path / "model_config.json"
     config.write_text(json.dumps({
         "savedmodel_dir": demo.saved_model_dir, "checkpoint_dir": demo.checkpoint_dir,
         "signature_name": "serving_default", "model_store_type": "local",
         "feature_store_type": "memory", "redis_password": "pw-DO-NOT-LOG"}))
-    server = serve_process(config, "--grace-seconds", "10", "--drain-seconds", "1")
+    server = serve_process(config, "--grace-seconds", "10", "--drain-seconds", "1",
+                           "--grpc-server", grpc_server)
     server.wait_serving()
     feed = demo.model.make_feed(64, np.random.default_rng(0))
     request = make_request(feed)

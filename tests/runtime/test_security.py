@@ -89,11 +89,12 @@ def secure_serve(seed_model, tmp_path):
     _, _, base = seed_model
     started = []
 
-    def start(config: SecurityConfig) -> Runtime:
+    def start(config: SecurityConfig, grpc_server: str = "python") -> Runtime:
         raw = {"savedmodel_dir": str(base / "saved_model"), "checkpoint_dir": str(base / "checkpoints"),
                "warmup_iterations": 1, "update_poll_seconds": 0.2}
         runtime = Runtime(parse_model_config(raw), grpc_port=0, host="127.0.0.1",
-                          annotations_file=str(tmp_path / "none"), security=Security(config))
+                          annotations_file=str(tmp_path / "none"), security=Security(config),
+                          grpc_server=grpc_server)
         runtime.start()
         started.append(runtime)
         assert runtime.manager.wait_ready(60), runtime.manager.last_error
@@ -139,10 +140,11 @@ def test_mutual_tls_requires_a_client_certificate_signed_by_the_ca(pki, secure_s
         assert output(Client(channel).predict(FEED), "probabilities").shape == (2,)
 
 
-def test_bearer_token_guards_every_service_but_health(tmp_path, secure_serve, caplog):
+@pytest.mark.parametrize("grpc_server", ["python", "native"])
+def test_bearer_token_guards_every_service_but_health(tmp_path, secure_serve, caplog, grpc_server):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# rotated weekly\n{TOKEN}\n")
-    runtime = secure_serve(SecurityConfig(auth_token_file=str(tokens)))
+    runtime = secure_serve(SecurityConfig(auth_token_file=str(tokens)), grpc_server)
     channel = grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
     client = Client(channel)
     caplog.set_level(logging.DEBUG)

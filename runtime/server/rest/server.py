@@ -9,6 +9,7 @@ nesting -> 400). bench/rest_bench.py measures its throughput.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -19,7 +20,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from deeprec_runtime.errors import InvalidArgument, NotFound, ServingError, Unauthenticated
+from deeprec_runtime.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServingError,
+    Unauthenticated,
+)
 from deeprec_runtime.models import ModelRegistry
 from deeprec_runtime.security import Security, check_http_auth
 from deeprec_runtime.server.rest import stfs, tfs
@@ -189,21 +196,41 @@ class _App:
     """Routes a request to the TF Serving or Simple TensorFlow Serving dialect."""
 
     def __init__(self, models: ModelRegistry, metrics: Metrics | None, max_body_bytes: int,
-                 security: Security | None = None):
+                 security: Security | None = None, max_concurrent: int = 0):
         self.models = models
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.security = security
+        #: Inference requests in progress past which more are answered 429 at once (0: no bound).
+        self.max_concurrent = max_concurrent
+        self._inference_slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
         from deeprec_runtime.metrics import CONTENT_TYPE
 
         self.metrics_content_type = CONTENT_TYPE
+
+    @contextlib.contextmanager
+    def _inference_slot(self):
+        """Holds one of --max-concurrent-requests slots for an inference request, or raises
+        ResourceExhausted (HTTP 429) at once: a burst never queues without bound."""
+        slots = self._inference_slots
+        if slots is None:
+            yield
+            return
+        if not slots.acquire(blocking=False):
+            raise ResourceExhausted(f"server overloaded: {self.max_concurrent} requests already "
+                                    "in progress; retry later")
+        try:
+            yield
+        finally:
+            slots.release()
 
     def route(self, handler: _Handler, method: str, path: str,
               query: dict[str, list[str]]) -> tuple[int, bytes, str]:
         if path == "/":
             if method != "POST":
                 raise HttpError(405, "POST a Simple TensorFlow Serving request to /")
-            model, result = stfs.predict(self.models, handler.read_json())
+            with self._inference_slot():
+                model, result = stfs.predict(self.models, handler.read_json())
             return _json(200, result)
         if path in ("/v1/gen_json", "/v1/gen_client"):
             model = self._model(query.get("model_name", [""])[0])
@@ -222,12 +249,13 @@ class _App:
             if verb not in ("predict", "classify", "regress"):
                 raise NotFound(f"unknown method ':{verb}'; use :predict, :classify or :regress")
             version = model.resolve(number, label)
-            body = handler.read_json()
-            if verb == "predict":
-                return _json(200, tfs.predict(model, version, body))
-            if verb == "classify":
-                return _json(200, tfs.classify_json(model, version, body))
-            return _json(200, tfs.regress_json(model, version, body))
+            with self._inference_slot():
+                body = handler.read_json()
+                if verb == "predict":
+                    return _json(200, tfs.predict(model, version, body))
+                if verb == "classify":
+                    return _json(200, tfs.classify_json(model, version, body))
+                return _json(200, tfs.regress_json(model, version, body))
         if method != "GET":
             raise HttpError(405, f"{path} answers GET")
         if tail == "metadata":
@@ -289,9 +317,10 @@ class RestServer:
 
     def __init__(self, models: ModelRegistry, port: int, host: str = "[::]",
                  metrics: Metrics | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-                 max_connections: int = MAX_CONNECTIONS, security: Security | None = None):
+                 max_connections: int = MAX_CONNECTIONS, security: Security | None = None,
+                 max_concurrent: int = 0):
         bind = host.strip("[]") or "::"
-        app = _App(models, metrics, max_body_bytes, security)
+        app = _App(models, metrics, max_body_bytes, security, max_concurrent)
         self._server = _Server((bind, port), app, max_connections)
         context = security.http_ssl_context() if security else None
         if context is not None:

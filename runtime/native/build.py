@@ -1,0 +1,98 @@
+"""Builds libdeeprec_grpc_frontend.so from grpc_frontend.cc against the system's gRPC C++.
+
+Needs a C++ compiler, pkg-config and gRPC C++'s development files (Debian: g++ pkg-config
+libgrpc++-dev). The library is built once per source version and gRPC version into a cache
+folder (DEEPREC_NATIVE_DIR, else ~/.cache/deeprec-serving/native/KEY); an image build runs
+`deeprec-runtime native-path` with DEEPREC_NATIVE_DIR set so containers never compile at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess  # nosec B404  # runs the C++ compiler and pkg-config, fixed argument lists
+import tempfile
+from pathlib import Path
+
+from deeprec_runtime.capi.build import locked
+
+LIBRARY_NAME = "libdeeprec_grpc_frontend.so"
+DIR_ENV = "DEEPREC_NATIVE_DIR"
+SOURCE = Path(__file__).resolve().parent / "grpc_frontend.cc"
+PKG_CONFIG_MODULES = ("grpc++", "grpc")
+
+
+class BuildError(RuntimeError):
+    """The library cannot be built here; the message says what is missing."""
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)  # nosec B603  # argv lists built here
+    except FileNotFoundError:
+        raise BuildError(f"{argv[0]} not found (Debian: apt-get install g++ pkg-config "
+                         "libgrpc++-dev)") from None
+    if done.returncode != 0:
+        raise BuildError(f"{' '.join(argv[:2])} failed: {done.stderr.strip()[-2000:]}")
+    return done.stdout.strip()
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CXX", ""), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    raise BuildError("no C++ compiler found (Debian: apt-get install g++)")
+
+
+def _grpc_flags() -> tuple[str, list[str]]:
+    """(gRPC version, compiler and linker flags), or BuildError naming what is missing."""
+    if shutil.which("pkg-config") is None:
+        raise BuildError("pkg-config not found (Debian: apt-get install pkg-config libgrpc++-dev)")
+    try:
+        version = _run(["pkg-config", "--modversion", PKG_CONFIG_MODULES[0]])
+    except BuildError:
+        raise BuildError("gRPC C++ development files not found by pkg-config (Debian: apt-get "
+                         "install libgrpc++-dev)") from None
+    return version, _run(["pkg-config", "--cflags", "--libs", *PKG_CONFIG_MODULES]).split()
+
+
+def build_key(grpc_version: str) -> str:
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(grpc_version.encode())
+    return h.hexdigest()[:16]
+
+
+def library_path(build: bool = True) -> str:
+    """Absolute path of the library, building it first if it is not there yet."""
+    configured = os.environ.get(DIR_ENV)
+    if configured and (Path(configured) / LIBRARY_NAME).exists():
+        return str(Path(configured) / LIBRARY_NAME)  # an image's prebuilt copy: no toolchain there
+    version, flags = _grpc_flags()
+    key = build_key(version)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = Path(configured) if configured else Path(cache) / "deeprec-serving" / "native" / key
+    lib = folder / LIBRARY_NAME
+    if lib.exists():
+        return str(lib)
+    if not build:
+        raise BuildError(f"{lib} is not built; run `deeprec-runtime native-path`")
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder / ".lock"):
+        if not lib.exists():
+            _compile(flags, lib)
+    return str(lib)
+
+
+def _compile(flags: list[str], target: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="deeprec-native-") as tmp:
+        built = Path(tmp) / LIBRARY_NAME
+        # $ORIGIN/lib: an image copies gRPC C++'s shared libraries there (Dockerfile.runtime);
+        # DT_RPATH rather than RUNPATH, so that it also applies to their own dependencies.
+        _run([_compiler(), "-O2", "-std=c++17", "-shared", "-fPIC",
+              "-Wl,--disable-new-dtags,-rpath,$ORIGIN/lib", "-o", str(built), str(SOURCE), *flags])
+        # Rename into place: a process that loads the library never sees a half-written file.
+        staged = target.parent / f".{LIBRARY_NAME}.{os.getpid()}"
+        shutil.copyfile(built, staged)
+        os.chmod(staged, 0o755)  # nosec B103  # a shared library others load: r-x for all
+        os.replace(staged, target)

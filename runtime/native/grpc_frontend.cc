@@ -1,0 +1,306 @@
+// Native gRPC front end: gRPC C++ terminates HTTP/2 and hands each unary call's request bytes
+// to one Python callback; the Python data plane answers with response bytes.
+//
+// Why: with grpcio's Python server, about two thirds of the server CPU per request went to the
+// Python side of grpcio (call objects, the thread-pool hand-off, the completion-queue loop), more
+// than the model run itself. Here all of that is C++; Python runs only the handler.
+//
+// Threads: `pollers` threads each drive one completion queue (accept, read, finish); a call whose
+// request has arrived is queued for one of `workers` threads, which call the Python handler (the
+// handler takes the GIL; TensorFlow releases it while it runs). At most `max_concurrent` calls
+// are queued or running; past that a call is answered RESOURCE_EXHAUSTED at once, so a burst
+// never builds an unbounded queue. grpc.health.v1.Health (Check and Watch) is gRPC C++'s own
+// service, so probes are answered even while every worker is busy.
+//
+// The C ABI below is what runtime/native/server.py loads with cffi.
+
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+extern "C" {
+// Called on a worker thread for every call; must call dr_frontend_reply(call, ...) once before
+// returning. timeout_s < 0: the call has no deadline.
+typedef void (*dr_handler_fn)(void* call, const char* method, size_t method_len, const char* data,
+                              size_t size, double timeout_s, const char* authorization,
+                              size_t authorization_len);
+}
+
+namespace {
+
+class Frontend;
+
+struct Call {
+  enum class State { kAccept, kRead, kFinish };
+
+  Call(Frontend* owner, grpc::ServerCompletionQueue* queue) : frontend(owner), cq(queue), stream(&ctx) {}
+
+  Frontend* frontend;
+  grpc::ServerCompletionQueue* cq;
+  grpc::GenericServerContext ctx;
+  grpc::GenericServerAsyncReaderWriter stream;
+  grpc::ByteBuffer request;
+  State state = State::kAccept;
+  bool counted = false;  // holds one of the max_concurrent slots
+  bool replied = false;
+};
+
+class Frontend {
+ public:
+  Frontend(dr_handler_fn handler, int workers, int max_concurrent)
+      : handler_(handler), workers_(workers), max_concurrent_(max_concurrent) {}
+
+  bool Start(const std::string& address, int pollers, int max_message_bytes, int* bound_port,
+             std::string* error) {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), bound_port);
+    builder.RegisterAsyncGenericService(&generic_);
+    builder.SetMaxReceiveMessageSize(max_message_bytes);
+    builder.SetMaxSendMessageSize(max_message_bytes);
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    for (int i = 0; i < pollers; ++i) queues_.push_back(builder.AddCompletionQueue());
+    server_ = builder.BuildAndStart();
+    if (!server_ || *bound_port == 0) {
+      *error = "cannot bind gRPC port " + address;
+      return false;
+    }
+    // NOT_SERVING until the runtime says otherwise (gRPC C++ starts the overall status SERVING).
+    SetServing("", false);
+    for (auto& cq : queues_) {
+      // A few outstanding accepts per queue, so a burst of new calls is taken at once.
+      for (int i = 0; i < 4; ++i) Accept(cq.get());
+      grpc::ServerCompletionQueue* raw = cq.get();
+      pollers_.emplace_back([this, raw] {
+        pthread_setname_np(pthread_self(), "grpc-poller");
+        Poll(raw);
+      });
+    }
+    for (int i = 0; i < workers_; ++i) {
+      workers_threads_.emplace_back([this] {
+        pthread_setname_np(pthread_self(), "grpc-worker");
+        Work();
+      });
+    }
+    return true;
+  }
+
+  void SetServing(const std::string& service, bool serving) {
+    if (server_ && server_->GetHealthCheckService() != nullptr)
+      server_->GetHealthCheckService()->SetServingStatus(service, serving);
+  }
+
+  int InFlight() const { return in_flight_.load(); }
+
+  // Stops accepting, waits up to `grace` seconds for calls in progress, cancels the rest.
+  void Stop(double grace) {
+    if (stopped_.exchange(true)) return;
+    auto deadline = std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(static_cast<int64_t>(grace * 1000));
+    server_->Shutdown(deadline);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+    }
+    ready_.notify_all();
+    // Workers first: one may still be replying, and no operation may start on a queue that is
+    // shut down. Then the queues drain and the pollers end.
+    for (auto& t : workers_threads_) t.join();
+    for (auto& cq : queues_) cq->Shutdown();
+    for (auto& t : pollers_) t.join();
+  }
+
+  void Reply(Call* call, int code, const char* data, size_t size, const char* message) {
+    if (call->replied) return;
+    call->replied = true;
+    if (call == t_handling) t_handled = true;
+    call->state = Call::State::kFinish;
+    grpc::Status status(static_cast<grpc::StatusCode>(code), message ? message : "");
+    if (code == 0) {
+      grpc::Slice slice(data, size);
+      grpc::ByteBuffer response(&slice, 1);
+      call->stream.WriteAndFinish(response, grpc::WriteOptions(), status, call);
+    } else {
+      call->stream.Finish(status, call);
+    }
+  }
+
+ private:
+  void Accept(grpc::ServerCompletionQueue* cq) {
+    auto* call = new Call(this, cq);
+    generic_.RequestCall(&call->ctx, &call->stream, cq, cq, call);
+  }
+
+  void Poll(grpc::ServerCompletionQueue* cq) {
+    void* tag;
+    bool ok;
+    while (cq->Next(&tag, &ok)) {
+      auto* call = static_cast<Call*>(tag);
+      switch (call->state) {
+        case Call::State::kAccept:
+          if (!ok) {  // shutting down
+            delete call;
+            break;
+          }
+          if (!stopped_) Accept(cq);
+          call->state = Call::State::kRead;
+          call->stream.Read(&call->request, call);
+          break;
+        case Call::State::kRead:
+          if (!ok) {  // the client went away before sending its request
+            call->replied = true;
+            call->state = Call::State::kFinish;
+            call->stream.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request"), call);
+          } else if (!Admit(call)) {
+            Reply(call, grpc::StatusCode::RESOURCE_EXHAUSTED, nullptr, 0,
+                  ("server overloaded: " + std::to_string(max_concurrent_) +
+                   " requests already in progress; retry later")
+                      .c_str());
+          }
+          break;
+        case Call::State::kFinish:
+          if (call->counted) in_flight_.fetch_sub(1);
+          delete call;
+          break;
+      }
+    }
+  }
+
+  bool Admit(Call* call) {
+    if (max_concurrent_ > 0 && in_flight_.load() >= max_concurrent_) return false;
+    in_flight_.fetch_add(1);
+    call->counted = true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(call);
+    }
+    ready_.notify_one();
+    return true;
+  }
+
+  void Work() {
+    for (;;) {
+      Call* call;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        ready_.wait(lock, [this] { return closing_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        call = queue_.front();
+        queue_.pop_front();
+        if (closing_) {  // Python may be going away: answer without calling it
+          lock.unlock();
+          Reply(call, grpc::StatusCode::UNAVAILABLE, nullptr, 0, "server is shutting down");
+          continue;
+        }
+      }
+      Handle(call);
+    }
+  }
+
+  void Handle(Call* call) {
+    std::vector<grpc::Slice> slices;
+    std::string flat;
+    const char* data = "";
+    size_t size = 0;
+    if (call->request.Dump(&slices).ok()) {
+      if (slices.size() == 1) {  // the usual case: no copy
+        data = reinterpret_cast<const char*>(slices[0].begin());
+        size = slices[0].size();
+      } else {
+        for (auto& s : slices) flat.append(reinterpret_cast<const char*>(s.begin()), s.size());
+        data = flat.data();
+        size = flat.size();
+      }
+    }
+    double timeout = -1.0;
+    auto deadline = call->ctx.deadline();
+    if (deadline != std::chrono::system_clock::time_point::max()) {
+      timeout = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+    }
+    const char* auth = nullptr;
+    size_t auth_len = 0;
+    const auto& metadata = call->ctx.client_metadata();
+    auto found = metadata.find("authorization");
+    if (found != metadata.end()) {
+      auth = found->second.data();
+      auth_len = found->second.size();
+    }
+    const std::string& method = call->ctx.method();
+    t_handling = call;
+    t_handled = false;
+    handler_(call, method.data(), method.size(), data, size, timeout, auth, auth_len);
+    t_handling = nullptr;
+    // Once replied, `call` may already be finished and freed by a poller: only the thread-local
+    // flag may be read here.
+    if (!t_handled) Reply(call, grpc::StatusCode::INTERNAL, nullptr, 0, "handler gave no reply");
+  }
+
+  // The call this worker thread is handling, and whether the handler has replied to it.
+  static thread_local Call* t_handling;
+  static thread_local bool t_handled;
+
+  dr_handler_fn handler_;
+  int workers_;
+  int max_concurrent_;
+  grpc::AsyncGenericService generic_;
+  std::unique_ptr<grpc::Server> server_;
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
+  std::vector<std::thread> pollers_;
+  std::vector<std::thread> workers_threads_;
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::deque<Call*> queue_;
+  bool closing_ = false;
+  std::atomic<int> in_flight_{0};
+  std::atomic<bool> stopped_{false};
+};
+
+thread_local Call* Frontend::t_handling = nullptr;
+thread_local bool Frontend::t_handled = false;
+
+}  // namespace
+
+extern "C" {
+
+void* dr_frontend_start(const char* address, int pollers, int workers, int max_concurrent,
+                        int max_message_bytes, dr_handler_fn handler, int* bound_port,
+                        char* error, size_t error_size) {
+  auto* frontend = new Frontend(handler, workers, max_concurrent);
+  std::string why;
+  if (!frontend->Start(address, pollers, max_message_bytes, bound_port, &why)) {
+    snprintf(error, error_size, "%s", why.c_str());
+    delete frontend;
+    return nullptr;
+  }
+  return frontend;
+}
+
+void dr_frontend_reply(void* call, int code, const char* data, size_t size, const char* message) {
+  auto* c = static_cast<Call*>(call);
+  c->frontend->Reply(c, code, data, size, message);
+}
+
+void dr_frontend_set_serving(void* frontend, const char* service, int serving) {
+  static_cast<Frontend*>(frontend)->SetServing(service, serving != 0);
+}
+
+int dr_frontend_in_flight(void* frontend) { return static_cast<Frontend*>(frontend)->InFlight(); }
+
+void dr_frontend_stop(void* frontend, double grace_seconds) {
+  static_cast<Frontend*>(frontend)->Stop(grace_seconds);
+}
+
+}  // extern "C"

@@ -1,0 +1,180 @@
+"""NativeGrpcServer: the same services, bounds and shutdown as GrpcServer, on gRPC C++.
+
+gRPC C++ (grpc_frontend.cc) accepts calls and reads their request bytes; for each call one of its
+worker threads calls `_dispatch` here, which finds the method's handler among the same
+grpc.GenericRpcHandler objects the grpcio server is given, runs it with a small stand-in for
+grpc.ServicerContext, and hands the response bytes back. Health (Check and Watch) is gRPC C++'s
+own service. Not supported here, refused at start-up by the runtime: TLS and authenticated health
+checks (use the default `--grpc-server python` for those).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, NamedTuple
+
+import grpc
+
+from deeprec_runtime.errors import Unauthenticated
+from deeprec_runtime.native.build import library_path
+from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES, SERVICE, wait_until_quiet
+
+log = logging.getLogger(__name__)
+
+_CDEF = """
+typedef void (*dr_handler_fn)(void *call, const char *method, size_t method_len,
+                              const char *data, size_t size, double timeout_s,
+                              const char *authorization, size_t authorization_len);
+void *dr_frontend_start(const char *address, int pollers, int workers, int max_concurrent,
+                        int max_message_bytes, dr_handler_fn handler, int *bound_port,
+                        char *error, size_t error_size);
+void dr_frontend_reply(void *call, int code, const char *data, size_t size, const char *message);
+void dr_frontend_set_serving(void *frontend, const char *service, int serving);
+int dr_frontend_in_flight(void *frontend);
+void dr_frontend_stop(void *frontend, double grace_seconds);
+"""
+
+_UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
+_UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
+_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+
+
+class _Details(NamedTuple):  # grpc.HandlerCallDetails, for GenericRpcHandler.service()
+    method: str
+    invocation_metadata: tuple
+
+
+class _Aborted(Exception):
+    pass
+
+
+class NativeContext:
+    """What the handlers use of grpc.ServicerContext: abort, code and the deadline."""
+
+    __slots__ = ("_deadline", "_code", "_details", "_authorization")
+
+    def __init__(self, timeout: float, authorization: str | None):
+        self._deadline = time.monotonic() + timeout if timeout >= 0 else None
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._authorization = authorization
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def abort(self, code: grpc.StatusCode, details: str):
+        self._code, self._details = code, details
+        raise _Aborted(details)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def invocation_metadata(self) -> tuple:
+        return (("authorization", self._authorization),) if self._authorization else ()
+
+
+class NativeGrpcServer:
+    """Drop-in for GrpcServer (set_serving, start, drain, port) backed by gRPC C++."""
+
+    def __init__(self, handlers: list[grpc.GenericRpcHandler], port: int, host: str = "[::]",
+                 max_workers: int = 16, authenticator: Any = None,
+                 open_methods: frozenset[str] = frozenset(), max_concurrent: int | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, pollers: int = 1):
+        import cffi  # noqa: PLC0415
+
+        self._handlers = list(handlers)
+        self._resolved: dict[bytes, grpc.RpcMethodHandler | None] = {}
+        self._resolve_lock = threading.Lock()
+        self._auth = authenticator if authenticator is not None and authenticator.enabled else None
+        self._open_methods = open_methods
+        self.ffi = ffi = cffi.FFI()
+        ffi.cdef(_CDEF)
+        self.lib = ffi.dlopen(library_path())
+        # Kept on self: the C++ side holds the pointer for the server's whole life.
+        self._callback = ffi.callback("dr_handler_fn", self._dispatch)
+        bound = ffi.new("int *")
+        error = ffi.new("char[]", 512)
+        if max_concurrent is None:
+            max_concurrent = 4 * max_workers
+        self._frontend = self.lib.dr_frontend_start(
+            f"{host}:{port}".encode(), pollers, max_workers, max_concurrent or 0,
+            max_message_bytes, self._callback, bound, error, 512)
+        if self._frontend == ffi.NULL:
+            raise OSError(ffi.string(error).decode(errors="replace"))
+        self.port = bound[0]
+        self._stopped = False
+        self.set_serving(False)
+
+    def _handler(self, method: bytes) -> grpc.RpcMethodHandler | None:
+        if method in self._resolved:
+            return self._resolved[method]
+        with self._resolve_lock:
+            details = _Details(method.decode(errors="replace"), ())
+            handler = None
+            for generic in self._handlers:
+                handler = generic.service(details)
+                if handler is not None:
+                    break
+            if handler is not None and handler.unary_unary is None:
+                handler = None  # streaming methods are not carried by the native front end
+            self._resolved[method] = handler
+            return handler
+
+    def _dispatch(self, call, method_ptr, method_len, data, size, timeout, auth_ptr, auth_len):
+        ffi, lib = self.ffi, self.lib
+        method = ffi.unpack(method_ptr, method_len)
+        try:
+            handler = self._handler(method)
+            if handler is None:
+                lib.dr_frontend_reply(call, _UNIMPLEMENTED, ffi.NULL, 0,
+                                      b"unknown method " + method)
+                return
+            authorization = (ffi.unpack(auth_ptr, auth_len).decode(errors="replace")
+                             if auth_ptr != ffi.NULL else None)
+            if self._auth is not None and method.decode() not in self._open_methods:
+                try:
+                    self._auth.check(authorization)
+                except Unauthenticated as exc:
+                    lib.dr_frontend_reply(call, _UNAUTHENTICATED, ffi.NULL, 0, str(exc).encode())
+                    return
+            context = NativeContext(timeout, authorization)
+            request: Any = ffi.unpack(data, size)
+            if handler.request_deserializer is not None:
+                request = handler.request_deserializer(request)
+            try:
+                response = handler.unary_unary(request, context)
+            except _Aborted:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                lib.dr_frontend_reply(call, code.value[0], ffi.NULL, 0,
+                                      context._details.encode(errors="replace"))
+                return
+            if handler.response_serializer is not None:
+                response = handler.response_serializer(response)
+            lib.dr_frontend_reply(call, 0, response, len(response), ffi.NULL)
+        except Exception:  # never let one call take the server down; log with stack
+            log.exception("unexpected error in native gRPC dispatch of %s", method)
+            lib.dr_frontend_reply(call, _INTERNAL, ffi.NULL, 0,
+                                  b"internal error (see the server log)")
+
+    def set_serving(self, serving: bool) -> None:
+        for service in ("", SERVICE):
+            self.lib.dr_frontend_set_serving(self._frontend, service.encode(), int(serving))
+
+    def start(self) -> None:
+        """The server accepts calls from construction on (gRPC C++ starts when built)."""
+
+    @property
+    def in_flight(self) -> int:
+        return int(self.lib.dr_frontend_in_flight(self._frontend))
+
+    def drain(self, grace: float, quiet: float = 0.0) -> None:
+        """As GrpcServer.drain: NOT_SERVING at once, serve until quiet (or `grace`), then stop."""
+        if self._stopped:
+            return
+        self.set_serving(False)
+        deadline = time.monotonic() + grace
+        wait_until_quiet(deadline, quiet)
+        self._stopped = True
+        self.lib.dr_frontend_stop(self._frontend, max(deadline - time.monotonic(), 1.0))

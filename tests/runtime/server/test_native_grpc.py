@@ -1,0 +1,188 @@
+"""The native gRPC front end (`--grpc-server native`): gRPC C++ carrying the same handlers.
+
+Overload, deadlines, message sizes (tests/faults/test_overload.py), bearer tokens
+(tests/runtime/test_security.py) and the SIGTERM drain (tests/runtime/test_process.py) run on both
+servers; this module covers what is specific to the native one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import predict_pb2 as tfs_predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from deeprec_runtime.app import Runtime
+from deeprec_runtime.config import parse_model_config
+from deeprec_runtime.native.build import library_path
+from deeprec_runtime.security import Security, SecurityConfig, SecurityConfigError
+
+from ..conftest import SERVING, Client, make_request, output, wait_for
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _config(demo):
+    return parse_model_config({
+        "savedmodel_dir": demo.saved_model_dir, "checkpoint_dir": demo.checkpoint_dir,
+        "signature_name": "serving_default", "warmup_iterations": 1, "update_poll_seconds": 0.2})
+
+
+@pytest.fixture
+def runtimes(demo, tmp_path):
+    """Starts in-process runtimes (`grpc_server` python or native) on the demo model."""
+    started = []
+
+    def start(grpc_server: str, wait: bool = True, **kwargs) -> tuple[Runtime, grpc.Channel]:
+        runtime = Runtime(_config(demo), grpc_port=0, host="127.0.0.1",
+                          annotations_file=str(tmp_path / "none"), grpc_server=grpc_server,
+                          **kwargs)
+        channel = grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
+        started.append((runtime, channel))
+        if wait:
+            runtime.start()
+            assert runtime.manager.wait_ready(60), runtime.manager.last_error
+            wait_for(lambda: _health(channel) == SERVING, message="SERVING")
+        return runtime, channel
+
+    yield start
+    for runtime, channel in started:
+        channel.close()
+        runtime.stop(1.0)
+
+
+def _health(channel: grpc.Channel, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_library_builds_once_and_is_reused():
+    first = library_path()
+    assert library_path() == first
+    assert first.endswith("libdeeprec_grpc_frontend.so")
+
+
+def test_answers_are_byte_identical_to_the_grpcio_server(demo, runtimes):
+    _, native = runtimes("native")
+    _, python = runtimes("python")
+    for batch in (1, 7, 64):
+        payload = make_request(demo.model.make_feed(batch, np.random.default_rng(batch)))
+        raw = payload.SerializeToString()
+        answers = [ch.unary_unary("/deeprec.serving.PredictionService/Predict")(raw, timeout=10)
+                   for ch in (native, python)]
+        assert answers[0] == answers[1]
+        assert output(Client(native).predict(demo.model.make_feed(batch, np.random.default_rng(
+            batch))), "probability").shape == (batch, 1)
+    info = [Client(ch).info() for ch in (native, python)]
+    assert info[0].version == info[1].version and info[0].versions[0].state == "SERVING"
+
+
+def test_health_is_not_serving_until_the_model_is_ready(demo, runtimes):
+    runtime, channel = runtimes("native", wait=False)
+    # Built, not started: the port answers, the model is not loaded.
+    assert _health(channel) == NOT_SERVING
+    assert _health(channel, "deeprec.serving.PredictionService") == NOT_SERVING
+    runtime.start()
+    wait_for(lambda: _health(channel) == SERVING, timeout=60, message="SERVING")
+    assert _health(channel, "deeprec.serving.PredictionService") == SERVING
+    # Watch is served too (gRPC C++'s own health service).
+    watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=5)
+    assert next(watch).status == SERVING
+    watch.cancel()
+
+
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(demo, runtimes):
+    _, channel = runtimes("native")
+    client = Client(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        client.raw_predict(b"\xff\xff not a protobuf", timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "deeprec.serving.PredictRequest" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        client.predict({"no_such_input": np.zeros(2, np.float32)})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no_such_input" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary("/deeprec.serving.PredictionService/NoSuchMethod")(b"", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "NoSuchMethod" in err.value.details()
+    assert output(client.predict(demo.model.make_feed(3, np.random.default_rng(0))),
+                  "probability").shape == (3, 1)
+
+
+def test_tf_serving_api_is_carried_too(demo, runtimes):
+    _, channel = runtimes("native")
+    feed = demo.model.make_feed(5, np.random.default_rng(1))
+    request = tfs_predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    import tensorflow as tf  # noqa: PLC0415
+
+    for key, value in feed.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    expected = output(Client(channel).predict(feed), "probability")
+    np.testing.assert_array_equal(tf.make_ndarray(response.outputs["probability"]), expected)
+
+
+def test_concurrent_callers_each_get_their_own_rows(demo, runtimes):
+    _, channel = runtimes("native")
+    client = Client(channel)
+    feeds = [demo.model.make_feed(1 + i % 9, np.random.default_rng(i)) for i in range(16)]
+    expected = [output(client.predict(f), "probability") for f in feeds]
+    failures: list[str] = []
+
+    def caller(start: int) -> None:
+        for n in range(40):
+            i = (start + n) % len(feeds)
+            got = output(client.predict(feeds[i]), "probability")
+            if not np.array_equal(got, expected[i]):
+                failures.append(f"caller {start} request {n}")
+
+    threads = [threading.Thread(target=caller, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"tls_cert": "CERT", "tls_key": "KEY"}, "TLS"),
+    ({"auth_token": "t0ken", "protect_health": True}, "health"),
+])
+def test_what_native_does_not_carry_is_refused_at_start_up(demo, tmp_path, pki_files, fields,
+                                                           named):
+    if "tls_cert" in fields:
+        fields = {"tls_cert": pki_files[0], "tls_key": pki_files[1]}
+    with pytest.raises(SecurityConfigError) as err:
+        Runtime(_config(demo), grpc_port=0, host="127.0.0.1", grpc_server="native",
+                annotations_file=str(tmp_path / "none"), security=Security(SecurityConfig(**fields)))
+    assert "--grpc-server" in str(err.value) and named in str(err.value)
+
+
+def test_cli_refuses_native_with_tls_naming_the_flag(demo, tmp_path, pki_files):
+    config = tmp_path / "model_config.json"
+    config.write_text(json.dumps({"savedmodel_dir": demo.saved_model_dir,
+                                  "checkpoint_dir": demo.checkpoint_dir}))
+    result = subprocess.run(
+        [sys.executable, "-m", "deeprec_runtime.cli", "serve", "--config", str(config),
+         "--grpc-port", "0", "--grpc-server", "native", "--tls-cert", pki_files[0],
+         "--tls-key", pki_files[1]], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--grpc-server" in result.stderr and "TLS" in result.stderr
+
+
+@pytest.fixture
+def pki_files(tmp_path):
+    """A self-signed certificate and key (the refusal must come before any handshake)."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
