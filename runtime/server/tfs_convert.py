@@ -51,7 +51,24 @@ def tensor_to_array(tensor: tensor_pb2.TensorProto, out: pb.ArrayProto) -> None:
         return
     fields = _FIELDS.get(tensor.dtype)
     if fields is not None:
-        getattr(out, fields[1]).extend(getattr(tensor, fields[0]))
+        values = getattr(out, fields[1])
+        values.extend(getattr(tensor, fields[0]))
+        _repeat_last(tensor, values)
+
+
+def _repeat_last(tensor: tensor_pb2.TensorProto, values) -> None:
+    """TensorFlow's rule for a repeated field shorter than the shape (Tensor::FromProto, so TF
+    Serving too): the last value fills the rest, e.g. float_val [0] with shape [2, 3] is six
+    zeros. A tensor with no values at all stays an error (TensorFlow would silently zero it,
+    which hides values sent in the wrong field)."""
+    dims = [d.size for d in tensor.tensor_shape.dim]
+    if tensor.tensor_shape.unknown_rank or not values or min(dims, default=0) < 0:
+        return
+    per_element = 2 if tensor.dtype in (pb.DT_COMPLEX64, pb.DT_COMPLEX128) else 1
+    missing = int(np.prod(dims, dtype=np.int64)) * per_element - len(values)
+    if missing > 0 and len(values) % per_element == 0:
+        last = list(values[-per_element:])
+        values.extend(last * (missing // per_element))
 
 
 def array_to_tensor(array: pb.ArrayProto, out: tensor_pb2.TensorProto) -> None:

@@ -107,4 +107,11 @@ def to_json(array: np.ndarray, alias: str) -> Any:
         return out.reshape(array.shape).tolist()
     if array.dtype.kind == "c":
         return np.stack([array.real, array.imag], axis=-1).tolist()
+    if array.dtype in (np.float32, np.float16):
+        # tolist() widens to double and JSON would print 0.1f as 0.10000000149011612; numpy's
+        # str() is the shortest text that reads back as the same float32, as TF Serving prints.
+        if array.ndim == 0:
+            return float(str(array))
+        return np.array([float(v) for v in array.astype(str).reshape(-1)],
+                        dtype=object).reshape(array.shape).tolist()
     return array.tolist()

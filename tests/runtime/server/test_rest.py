@@ -11,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 
+from deeprec_runtime.server.rest.jsonio import to_json
+
 from .conftest import LABELS, SEED_STEP, examples_regression, examples_scores, http
 
 
@@ -199,3 +201,14 @@ def test_gen_json_round_trips_and_gen_clients_run(served, tmp_path):
     assert json.loads(code.split("-d '", 1)[1].split("' ", 1)[0]) == sample
     status, out = http("GET", f"{served.http}/v1/models/seed/gen_client?language=cobol")
     assert status == 400 and "python, bash" in out["error"]
+
+
+def test_float32_outputs_print_with_float32_precision():
+    # 0.1f widened to double prints as 0.10000000149011612; TF Serving prints 0.1.
+    values = np.array([[0.1, 1 / 3, 2.5e-8, np.float32(3.4e38)]], np.float32)
+    text = json.dumps(to_json(values, "probabilities"))
+    assert text == "[[0.1, 0.33333334, 2.5e-08, 3.4e+38]]"
+    assert np.array_equal(np.array(json.loads(text), np.float32), values)  # exact round trip
+    assert json.dumps(to_json(np.array(0.1, np.float32), "p")) == "0.1"
+    assert json.dumps(to_json(np.array([0.1], np.float64), "p")) == "[0.1]"
+    assert json.dumps(to_json(np.array([0.5, 1e-3], np.float16), "p")) == "[0.5, 0.001]"

@@ -66,6 +66,26 @@ def test_predict_accepts_repeated_fields_and_empty_model_name_means_default(serv
                                served.seed.predict(feed), rtol=1e-6)
 
 
+def test_short_repeated_field_repeats_its_last_value_as_tensorflow_does(served, stub):
+    feed = {"input1": np.array([0.25, 0.5, 0.5, 0.5]), "input2": np.array([3, 3, 3, 3], np.int32)}
+    request = predict_pb2.PredictRequest()
+    request.inputs["input1"].dtype = tf.float64.as_datatype_enum
+    request.inputs["input1"].tensor_shape.dim.add(size=4)
+    request.inputs["input1"].double_val.extend([0.25, 0.5])  # 0.5 fills the last three
+    request.inputs["input2"].dtype = tf.int32.as_datatype_enum
+    request.inputs["input2"].tensor_shape.dim.add(size=4)
+    request.inputs["input2"].int_val.append(3)
+    response = stub.Predict(request, timeout=10)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["probabilities"]),
+                               served.seed.predict(feed), rtol=1e-6)
+    # No values at all is still an error, naming the input (not silently zeros).
+    del request.inputs["input2"].int_val[:]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Predict(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input2" in err.value.details()
+
+
 def test_version_and_label_select_the_loaded_version(served, stub):
     feed = served.seed.make_feed(2, np.random.default_rng(5))
     by_number = stub.Predict(predict_request(feed, version=SEED_STEP), timeout=10)
