@@ -261,7 +261,7 @@ def runtime_container(spec: ModelSpec) -> dict[str, Any]:
             "--annotations-file", f"{PODINFO_DIR}/annotations",
             # The default server needs no flag: the contract's command line stays as it was.
             *(["--grpc-server", spec.service.grpc_server]
-              if spec.service.grpc_server != "python" else []),
+              if spec.service.grpc_server != "auto" else []),
         ],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},

@@ -81,7 +81,7 @@ class ServiceSpec:
     type: str = "ClusterIP"
     grpc_port: int = 8500
     http_port: int = 8501
-    grpc_server: str = "python"
+    grpc_server: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -253,11 +253,12 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], *, default_image: 
         type=str(_get(raw_svc, "type", "ClusterIP")),
         grpc_port=int(_get(raw_svc, "grpcPort", 8500)),
         http_port=int(_get(raw_svc, "httpPort", 8501)),
-        grpc_server=str(_get(raw_svc, "grpcServer", "python")),
+        grpc_server=str(_get(raw_svc, "grpcServer", "auto")),
     )
-    if service.grpc_server not in ("python", "native"):
+    if service.grpc_server not in ("auto", "python", "native"):
         raise SpecError("spec.service.grpcServer", "InvalidValue",
-                        f"spec.service.grpcServer is {service.grpc_server!r}; allowed: python, native")
+                        f"spec.service.grpcServer is {service.grpc_server!r}; allowed: auto, "
+                        "python, native")
 
     return ModelSpec(
         name=name,

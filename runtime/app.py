@@ -51,6 +51,32 @@ def _tfs_services(models: ModelRegistry, metrics: Metrics) -> list:
     return tfs_services(models, metrics)
 
 
+GRPC_SERVERS = ("auto", "python", "native")
+
+
+def choose_grpc_server(choice: str, security: Security) -> str:
+    """`auto` (the default): the native front end, unless the security settings need what only
+    grpcio's server does (TLS, authenticated health checks) or the native library cannot be
+    built here; the choice and its reason are logged."""
+    if choice not in GRPC_SERVERS:
+        raise SecurityConfigError("--grpc-server", f"{choice!r} is not one of {', '.join(GRPC_SERVERS)}")
+    if choice != "auto":
+        return choice
+    if security.config.tls_enabled or security.config.protect_health:
+        log.info("gRPC server: python (TLS or --auth-protect-health is set; the native front end "
+                 "carries neither)")
+        return "python"
+    from deeprec_runtime.native.build import BuildError, library_path  # noqa: PLC0415
+
+    try:
+        library_path()
+    except BuildError as exc:
+        log.warning("gRPC server: python, the native front end cannot be built here (%s)", exc)
+        return "python"
+    log.info("gRPC server: native (gRPC C++)")
+    return "native"
+
+
 def _native_grpc_server(services: list, port: int, host: str, workers: int, security: Security,
                         max_concurrent: int, max_message_bytes: int) -> NativeGrpcServer:
     """The gRPC C++ front end (runtime/native), after refusing what it does not carry."""
@@ -77,7 +103,7 @@ class Runtime:
                  model_name: str = "default", workers: int | None = None,
                  models: list[ModelEntry] | None = None, security: Security | None = None,
                  max_concurrent_requests: int | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES, grpc_server: str = "python"):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, grpc_server: str = "auto"):
         self.config = config
         #: TLS + authentication for both ports (runtime/security.py); default: plaintext, open.
         self.security = security or Security()
@@ -96,7 +122,8 @@ class Runtime:
             # hosts: fewer workers must not turn a burst into RESOURCE_EXHAUSTED.
             max_concurrent_requests = max(MIN_CONCURRENT_REQUESTS, REQUESTS_PER_WORKER * workers)
         self.grpc: GrpcServer | NativeGrpcServer
-        if grpc_server == "native":
+        self.grpc_server = choose_grpc_server(grpc_server, self.security)
+        if self.grpc_server == "native":
             self.grpc = _native_grpc_server(services, grpc_port, host, workers, self.security,
                                             max_concurrent_requests, max_message_bytes)
         else:

@@ -43,11 +43,12 @@ def _serve_parser(sub) -> None:
     p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest gRPC request or response; larger ones are answered "
                         "RESOURCE_EXHAUSTED (default 64 MiB)")
-    p.add_argument("--grpc-server", choices=("python", "native"), default="python",
-                   help="gRPC server implementation: grpcio's (default; TLS, every option) or "
-                        "gRPC C++ calling the same handlers (about half the server CPU per "
-                        "request; no TLS, health always open; built on first use, needs g++ "
-                        "and libgrpc++-dev: docs/performance.md)")
+    p.add_argument("--grpc-server", choices=("auto", "python", "native"), default="auto",
+                   help="gRPC server: native (gRPC C++ calling the same handlers, less CPU per "
+                        "request; no TLS, health always open; built on first use with g++ and "
+                        "libgrpc++-dev), python (grpcio's; TLS, every option) or auto (default: "
+                        "native unless TLS/--auth-protect-health is set or it cannot be built). "
+                        "See docs/performance.md")
     _security_flags(p)
     p.add_argument("--log-level", default="INFO")
 

@@ -45,16 +45,20 @@ def _compiler() -> str:
     raise BuildError("no C++ compiler found (Debian: apt-get install g++)")
 
 
-def _grpc_flags() -> tuple[str, list[str]]:
-    """(gRPC version, compiler and linker flags), or BuildError naming what is missing."""
+def _grpc_version() -> str:
+    """gRPC C++'s version, or BuildError naming what is missing."""
     if shutil.which("pkg-config") is None:
         raise BuildError("pkg-config not found (Debian: apt-get install pkg-config libgrpc++-dev)")
     try:
-        version = _run(["pkg-config", "--modversion", PKG_CONFIG_MODULES[0]])
+        return _run(["pkg-config", "--modversion", PKG_CONFIG_MODULES[0]])
     except BuildError:
         raise BuildError("gRPC C++ development files not found by pkg-config (Debian: apt-get "
                          "install libgrpc++-dev)") from None
-    return version, _run(["pkg-config", "--cflags", "--libs", *PKG_CONFIG_MODULES]).split()
+
+
+def _grpc_flags() -> list[str]:
+    # Only when compiling: resolving every abseil .pc file takes pkg-config ~1.5 s.
+    return _run(["pkg-config", "--cflags", "--libs", *PKG_CONFIG_MODULES]).split()
 
 
 def build_key(grpc_version: str) -> str:
@@ -63,24 +67,29 @@ def build_key(grpc_version: str) -> str:
     return h.hexdigest()[:16]
 
 
+_found: dict[str, str] = {}
+
+
 def library_path(build: bool = True) -> str:
-    """Absolute path of the library, building it first if it is not there yet."""
-    configured = os.environ.get(DIR_ENV)
+    """Absolute path of the library, building it first if it is not there yet (remembered for
+    the process: asking again costs nothing)."""
+    configured = os.environ.get(DIR_ENV, "")
+    if configured in _found:
+        return _found[configured]
     if configured and (Path(configured) / LIBRARY_NAME).exists():
         return str(Path(configured) / LIBRARY_NAME)  # an image's prebuilt copy: no toolchain there
-    version, flags = _grpc_flags()
-    key = build_key(version)
+    key = build_key(_grpc_version())
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     folder = Path(configured) if configured else Path(cache) / "deeprec-serving" / "native" / key
     lib = folder / LIBRARY_NAME
-    if lib.exists():
-        return str(lib)
-    if not build:
-        raise BuildError(f"{lib} is not built; run `deeprec-runtime native-path`")
-    folder.mkdir(parents=True, exist_ok=True)
-    with locked(folder / ".lock"):
-        if not lib.exists():
-            _compile(flags, lib)
+    if not lib.exists():
+        if not build:
+            raise BuildError(f"{lib} is not built; run `deeprec-runtime native-path`")
+        folder.mkdir(parents=True, exist_ok=True)
+        with locked(folder / ".lock"):
+            if not lib.exists():
+                _compile(_grpc_flags(), lib)
+    _found[configured] = str(lib)
     return str(lib)
 
 

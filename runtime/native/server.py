@@ -10,6 +10,7 @@ checks (use the default `--grpc-server python` for those).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -106,6 +107,8 @@ class NativeGrpcServer:
         self.port = bound[0]
         self._stopped = False
         self.set_serving(False)
+        # gRPC C++'s threads call into Python: they must be gone before the interpreter is.
+        atexit.register(self.drain, 0.0)
 
     def _handler(self, method: bytes) -> grpc.RpcMethodHandler | None:
         if method in self._resolved:
@@ -178,3 +181,4 @@ class NativeGrpcServer:
         wait_until_quiet(deadline, quiet)
         self._stopped = True
         self.lib.dr_frontend_stop(self._frontend, max(deadline - time.monotonic(), 1.0))
+        atexit.unregister(self.drain)

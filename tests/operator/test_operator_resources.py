@@ -172,10 +172,11 @@ def test_service_ports(spec):
 
 
 def test_grpc_server_choice_reaches_the_runtime_args(spec):
-    assert "--grpc-server" not in _runtime(r.deployment(_model(spec)))["args"]  # python: default
-    spec["service"] = {"grpcServer": "native"}
-    args = _runtime(r.deployment(_model(spec)))["args"]
-    assert args[args.index("--grpc-server") + 1] == "native"
+    assert "--grpc-server" not in _runtime(r.deployment(_model(spec)))["args"]  # auto: default
+    for choice in ("native", "python"):
+        spec["service"] = {"grpcServer": choice}
+        args = _runtime(r.deployment(_model(spec)))["args"]
+        assert args[args.index("--grpc-server") + 1] == choice
     spec["service"] = {"grpcServer": "cython"}
     with pytest.raises(SpecError) as err:
         _model(spec)

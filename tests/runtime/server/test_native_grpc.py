@@ -7,6 +7,7 @@ servers; this module covers what is specific to the native one."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import predict_pb2 as tfs_predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from deeprec_runtime.app import Runtime
+from deeprec_runtime.app import Runtime, choose_grpc_server
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.native.build import library_path
 from deeprec_runtime.security import Security, SecurityConfig, SecurityConfigError
@@ -186,3 +187,23 @@ def pki_files(tmp_path):
                     "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     return str(cert), str(key)
+
+
+def test_auto_picks_native_unless_security_or_the_toolchain_says_otherwise(tmp_path, monkeypatch,
+                                                                           pki_files, caplog):
+    caplog.set_level(logging.INFO)
+    assert choose_grpc_server("auto", Security()) == "native"
+    tls = Security(SecurityConfig(tls_cert=pki_files[0], tls_key=pki_files[1]))
+    assert choose_grpc_server("auto", tls) == "python"
+    assert choose_grpc_server("native", Security()) == "native"
+    assert choose_grpc_server("python", Security()) == "python"
+    protected = Security(SecurityConfig(auth_token="t0ken", protect_health=True))
+    assert choose_grpc_server("auto", protected) == "python"
+    # No prebuilt library and no pkg-config: grpcio's server, with the reason in the log.
+    monkeypatch.setenv("DEEPREC_NATIVE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert choose_grpc_server("auto", Security()) == "python"
+    assert "pkg-config not found" in caplog.text
+    with pytest.raises(SecurityConfigError) as err:
+        choose_grpc_server("cython", Security())
+    assert "--grpc-server" in str(err.value)
