@@ -259,15 +259,13 @@ def main() -> int:
         for batch in (1, 64):
             print(f"\nbatch {batch}, concurrency 8, {args.duration:g}s each:", flush=True)
             in_process(art, batch, args.duration)
-            native = ("--grpc-server", "native")
-            variants = [("(b) deeprec-runtime gRPC", (), {}),
-                        ("(b) ... enable_inline_execute", (), {"enable_inline_execute": True}),
-                        ("(b) ... --grpc-server native", native, {})]
+            variants = [("(b) deeprec-runtime gRPC (native)", (), {}),
+                        ("(b) ... --grpc-server python", ("--grpc-server", "python"), {}),
+                        ("(b) ... enable_inline_execute", (), {"enable_inline_execute": True})]
             if batch == 1:  # server-side batching merges the 8 callers' rows into one run
-                batching = {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500,
-                                         "num_batch_threads": 2}}
-                variants += [("(b) ... batching (max 8, 500 us)", (), batching),
-                             ("(b) ... native + batching", native, batching)]
+                variants.append(("(b) ... batching (max 8, 500 us)", (),
+                                 {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500,
+                                               "num_batch_threads": 2}}))
             for label, cli_args, fields in variants:
                 server = start_runtime(workdir, art, cli_args, **fields)
                 try:

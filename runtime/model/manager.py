@@ -10,7 +10,9 @@ after its last request has released it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +45,20 @@ class UpdateEvent:
     error: str = ""
 
 
+def graph_fingerprint(savedmodel_dir: str) -> str:
+    """Identifies the SavedModel's graph (its saved_model.pb): full versions of one model share
+    it and differ only in their parameters."""
+    digest = hashlib.sha256()
+    for name in ("saved_model.pb", "saved_model.pbtxt"):
+        try:
+            with open(os.path.join(savedmodel_dir, name), "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError:
+            continue
+    return digest.hexdigest()
+
+
 class Manager:
     def __init__(self, config: ModelConfig, annotations_file: str | None = None,
                  store: ModelStore | None = None,
@@ -55,6 +71,8 @@ class Manager:
         self.store = store or open_store(config)
         self.source = VersionSource(self.store, config.checkpoint_dir) if config.checkpoint_dir else None
         self._options = session_options_from(config)
+        #: (graph fingerprint, inline?) of the last version whose execution mode was chosen.
+        self._execution_choice: tuple[str, bool] | None = None
         #: Where embedding rows live when not in the session (Redis, DRAM+SSD tiers), or None.
         self.features = open_feature_store(config)
         self.tracer = TimelineRecorder.from_config(config, getattr(self.store, "write_bytes", None))
@@ -232,8 +250,13 @@ class Manager:
             if version:
                 self._apply_deltas(servable, version)
             try:
-                warm_up(servable, self.config.signature_name, self._warmup_request,
-                        self.config.warmup_iterations)
+                graph = graph_fingerprint(savedmodel_dir)
+                memo = self._execution_choice
+                inline = warm_up(servable, self.config.signature_name, self._warmup_request,
+                                 self.config.warmup_iterations,
+                                 known_inline=memo[1] if memo and memo[0] == graph else None)
+                if inline is not None:
+                    self._execution_choice = (graph, inline)
             except VersionLoadError:
                 servable.close()
                 raise

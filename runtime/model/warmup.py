@@ -49,15 +49,17 @@ def generated_request(servable: Servable, signature_name: str) -> pb.PredictRequ
 
 
 def warm_up(servable: Servable, signature_name: str, request: pb.PredictRequest | None,
-            iterations: int) -> None:
+            iterations: int, known_inline: bool | None = None) -> bool | None:
     """Raises VersionLoadError when a warmup file's request fails (the version is then not
     served); a generated request that the model rejects only logs, since ones may simply be
-    invalid input for that model."""
+    invalid input for that model. Returns the inline-or-pool choice when one was made;
+    `known_inline` (the choice for an earlier version of the same graph) is reused instead of
+    measuring again."""
     explicit = request is not None
     if request is None:
         request = generated_request(servable, signature_name)
         if request is None:
-            return
+            return None
     # Every lane of the session group is warmed (DeepRec warms every session): each has its own
     # prepared callables and thread pool.
     for lane in range(servable.num_lanes):
@@ -71,11 +73,20 @@ def warm_up(servable: Servable, signature_name: str, request: pb.PredictRequest 
                     raise VersionLoadError(f"warmup of {servable.name} failed: {exc}") from None
                 log.warning("generated warmup request failed on %s (%s); serving without warmup",
                             servable.name, exc)
-                return
+                return None
             finally:
                 servable.gate.release_read()
-    if iterations and servable.can_choose_inline:
-        choose_execution(servable, signature_name, request)
+    if not (iterations and servable.can_choose_inline):
+        return None
+    if known_inline is not None:
+        # Same graph, new parameters: the measurement (~0.2 s of CPU, pool threads spinning)
+        # would only compete with the requests the serving version is answering meanwhile.
+        servable.inline = known_inline
+        log.info("version %s runs %s, as the previous version of the same graph", servable.name,
+                 "inline" if known_inline else "on the thread pool")
+        return known_inline
+    choose_execution(servable, signature_name, request)
+    return servable.inline
 
 
 def choose_execution(servable: Servable, signature_name: str, request: pb.PredictRequest) -> None:

@@ -11,7 +11,7 @@ import pytest
 from deeprec_runtime.model import execution
 from deeprec_runtime.model.execution import Cost, decide, measure
 
-from .conftest import output
+from .conftest import output, wait_for
 
 
 @pytest.mark.parametrize("pool, inline, chosen", [
@@ -78,3 +78,21 @@ def test_explicit_inline_and_bound_lanes_are_not_second_guessed(demo, serve):
     assert not servable.can_choose_inline  # its lanes already run inline, always
     assert servable.inline is False
     assert {key[1] for key in servable._callables} == {False}  # noqa: SLF001
+
+
+def test_a_new_full_version_of_the_same_graph_reuses_the_choice(demo, serve, monkeypatch):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    first = runtime.manager.acquire()
+    first.gate.release_read()
+    measured = []
+    real_measure = execution.measure
+    monkeypatch.setattr(execution, "measure", lambda *a: measured.append(1) or real_measure(*a))
+    demo.write_full("checkpoint_2", steps=2)
+    wait_for(lambda: runtime.manager.info().version == "checkpoint_2", message="checkpoint_2")
+    second = runtime.manager.acquire()
+    second.gate.release_read()
+    assert second is not first and second.inline == first.inline
+    assert measured == []  # same saved_model.pb: nothing measured while the first one served
+    feed = demo.model.make_feed(3, np.random.default_rng(4))
+    np.testing.assert_allclose(output(client.predict(feed), "probability"), demo.model.predict(feed),
+                               rtol=1e-5, atol=1e-6)
