@@ -55,16 +55,16 @@ GRPC_SERVERS = ("auto", "python", "native")
 
 
 def choose_grpc_server(choice: str, security: Security) -> str:
-    """`auto` (the default): the native front end, unless the security settings need what only
-    grpcio's server does (TLS, authenticated health checks) or the native library cannot be
-    built here; the choice and its reason are logged."""
+    """`auto` (the default): the native front end, unless health checks must be authenticated
+    (only grpcio's server does that) or the native library cannot be built here; the choice and
+    its reason are logged."""
     if choice not in GRPC_SERVERS:
         raise SecurityConfigError("--grpc-server", f"{choice!r} is not one of {', '.join(GRPC_SERVERS)}")
     if choice != "auto":
         return choice
-    if security.config.tls_enabled or security.config.protect_health:
-        log.info("gRPC server: python (TLS or --auth-protect-health is set; the native front end "
-                 "carries neither)")
+    if security.config.protect_health:
+        log.info("gRPC server: python (--auth-protect-health is set; the native front end "
+                 "answers health checks without credentials)")
         return "python"
     from deeprec_runtime.native.build import BuildError, library_path  # noqa: PLC0415
 
@@ -82,16 +82,16 @@ def _native_grpc_server(services: list, port: int, host: str, workers: int, secu
     """The gRPC C++ front end (runtime/native), after refusing what it does not carry."""
     from deeprec_runtime.native.server import NativeGrpcServer  # noqa: PLC0415
 
-    if security.config.tls_enabled:
-        raise SecurityConfigError("--grpc-server", "native does not serve TLS yet; use "
-                                  "--grpc-server python with --tls-cert/--tls-key")
     if security.config.protect_health:
         raise SecurityConfigError("--grpc-server", "native answers health checks in gRPC C++, "
                                   "without credentials; use --grpc-server python with "
                                   "--auth-protect-health")
+    cfg = security.config
+    tls = (cfg.tls_key, cfg.tls_cert, cfg.tls_client_ca or "") if cfg.tls_enabled else None
     return NativeGrpcServer(services, port, host, workers, authenticator=security.authenticator,
                             open_methods=security.grpc_open_methods(),
-                            max_concurrent=max_concurrent, max_message_bytes=max_message_bytes)
+                            max_concurrent=max_concurrent, max_message_bytes=max_message_bytes,
+                            tls=tls)
 
 
 class Runtime:

@@ -45,9 +45,9 @@ def _serve_parser(sub) -> None:
                         "RESOURCE_EXHAUSTED (default 64 MiB)")
     p.add_argument("--grpc-server", choices=("auto", "python", "native"), default="auto",
                    help="gRPC server: native (gRPC C++ calling the same handlers, less CPU per "
-                        "request; no TLS, health always open; built on first use with g++ and "
-                        "libgrpc++-dev), python (grpcio's; TLS, every option) or auto (default: "
-                        "native unless TLS/--auth-protect-health is set or it cannot be built). "
+                        "request; health always open; built on first use with g++ and "
+                        "libgrpc++-dev), python (grpcio's; every option) or auto (default: "
+                        "native unless --auth-protect-health is set or it cannot be built). "
                         "See docs/performance.md")
     _security_flags(p)
     p.add_argument("--log-level", default="INFO")

@@ -10,13 +10,18 @@
 // handler takes the GIL; TensorFlow releases it while it runs). At most `max_concurrent` calls
 // are queued or running; past that a call is answered RESOURCE_EXHAUSTED at once, so a burst
 // never builds an unbounded queue. grpc.health.v1.Health (Check and Watch) is gRPC C++'s own
-// service, so probes are answered even while every worker is busy.
+// service, so probes are answered even while every worker is busy. TLS and mutual TLS come from
+// watched PEM files, so a rotated certificate needs no restart.
 //
 // The C ABI below is what runtime/native/server.py loads with cffi.
 
+#include <grpc/grpc.h>
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 
 #include <pthread.h>
 
@@ -63,11 +68,12 @@ class Frontend {
   Frontend(dr_handler_fn handler, int workers, int max_concurrent)
       : handler_(handler), workers_(workers), max_concurrent_(max_concurrent) {}
 
-  bool Start(const std::string& address, int pollers, int max_message_bytes, int* bound_port,
+  bool Start(const std::string& address, int pollers, int max_message_bytes,
+             std::shared_ptr<grpc::ServerCredentials> credentials, int* bound_port,
              std::string* error) {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(address, grpc::InsecureServerCredentials(), bound_port);
+    builder.AddListeningPort(address, credentials, bound_port);
     builder.RegisterAsyncGenericService(&generic_);
     builder.SetMaxReceiveMessageSize(max_message_bytes);
     builder.SetMaxSendMessageSize(max_message_bytes);
@@ -271,16 +277,42 @@ class Frontend {
 thread_local Call* Frontend::t_handling = nullptr;
 thread_local bool Frontend::t_handled = false;
 
+// Plaintext, TLS, or mutual TLS when a client CA is given. The files are watched: a rotated
+// certificate (a Secret update) is used for new connections within `refresh_seconds`.
+std::shared_ptr<grpc::ServerCredentials> Credentials(const char* key, const char* cert,
+                                                     const char* client_ca, int refresh_seconds) {
+  if (key == nullptr || cert == nullptr || !*key || !*cert) return grpc::InsecureServerCredentials();
+  bool mutual = client_ca != nullptr && *client_ca;
+  auto provider = mutual ? std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+                               key, cert, client_ca, refresh_seconds)
+                         : std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+                               key, cert, refresh_seconds);
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (mutual) {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  } else {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
 }  // namespace
 
 extern "C" {
 
 void* dr_frontend_start(const char* address, int pollers, int workers, int max_concurrent,
-                        int max_message_bytes, dr_handler_fn handler, int* bound_port,
-                        char* error, size_t error_size) {
+                        int max_message_bytes, const char* tls_key, const char* tls_cert,
+                        const char* tls_client_ca, int tls_refresh_seconds, dr_handler_fn handler,
+                        int* bound_port, char* error, size_t error_size) {
   auto* frontend = new Frontend(handler, workers, max_concurrent);
   std::string why;
-  if (!frontend->Start(address, pollers, max_message_bytes, bound_port, &why)) {
+  // The TLS certificate provider is created before any ServerBuilder, which would otherwise be
+  // what initialises gRPC: do it here (reference-counted, kept for the process).
+  grpc_init();
+  auto credentials = Credentials(tls_key, tls_cert, tls_client_ca, tls_refresh_seconds);
+  if (!frontend->Start(address, pollers, max_message_bytes, credentials, bound_port, &why)) {
     snprintf(error, error_size, "%s", why.c_str());
     delete frontend;
     return nullptr;

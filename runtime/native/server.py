@@ -4,14 +4,15 @@ gRPC C++ (grpc_frontend.cc) accepts calls and reads their request bytes; for eac
 worker threads calls `_dispatch` here, which finds the method's handler among the same
 grpc.GenericRpcHandler objects the grpcio server is given, runs it with a small stand-in for
 grpc.ServicerContext, and hands the response bytes back. Health (Check and Watch) is gRPC C++'s
-own service. Not supported here, refused at start-up by the runtime: TLS and authenticated health
-checks (use the default `--grpc-server python` for those).
+own service, TLS and mutual TLS come from watched PEM files. Not supported here, refused at
+start-up by the runtime: authenticated health checks (use `--grpc-server python` for those).
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from typing import Any, NamedTuple
@@ -29,14 +30,17 @@ typedef void (*dr_handler_fn)(void *call, const char *method, size_t method_len,
                               const char *data, size_t size, double timeout_s,
                               const char *authorization, size_t authorization_len);
 void *dr_frontend_start(const char *address, int pollers, int workers, int max_concurrent,
-                        int max_message_bytes, dr_handler_fn handler, int *bound_port,
-                        char *error, size_t error_size);
+                        int max_message_bytes, const char *tls_key, const char *tls_cert,
+                        const char *tls_client_ca, int tls_refresh_seconds,
+                        dr_handler_fn handler, int *bound_port, char *error, size_t error_size);
 void dr_frontend_reply(void *call, int code, const char *data, size_t size, const char *message);
 void dr_frontend_set_serving(void *frontend, const char *service, int serving);
 int dr_frontend_in_flight(void *frontend);
 void dr_frontend_stop(void *frontend, double grace_seconds);
 """
 
+#: How often gRPC C++ re-reads the TLS files (a Secret update takes the kubelet ~1 min anyway).
+TLS_REFRESH_SECONDS = 5
 _UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 _UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
@@ -82,7 +86,8 @@ class NativeGrpcServer:
     def __init__(self, handlers: list[grpc.GenericRpcHandler], port: int, host: str = "[::]",
                  max_workers: int = 16, authenticator: Any = None,
                  open_methods: frozenset[str] = frozenset(), max_concurrent: int | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES, pollers: int = 1):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, pollers: int = 1,
+                 tls: tuple[str, str, str] | None = None):
         import cffi  # noqa: PLC0415
 
         self._handlers = list(handlers)
@@ -92,16 +97,20 @@ class NativeGrpcServer:
         self._open_methods = open_methods
         self.ffi = ffi = cffi.FFI()
         ffi.cdef(_CDEF)
-        self.lib = ffi.dlopen(library_path())
+        # DEEPBIND: gRPC C++ and its OpenSSL must bind to each other, not to the same-named
+        # symbols TensorFlow exports process-wide (its BoringSSL: a crash in the TLS set-up).
+        self.lib = ffi.dlopen(library_path(), os.RTLD_NOW | os.RTLD_DEEPBIND)
         # Kept on self: the C++ side holds the pointer for the server's whole life.
         self._callback = ffi.callback("dr_handler_fn", self._dispatch)
         bound = ffi.new("int *")
         error = ffi.new("char[]", 512)
         if max_concurrent is None:
             max_concurrent = 4 * max_workers
+        key, cert, client_ca = (p.encode() for p in tls or ("", "", ""))
         self._frontend = self.lib.dr_frontend_start(
             f"{host}:{port}".encode(), pollers, max_workers, max_concurrent or 0,
-            max_message_bytes, self._callback, bound, error, 512)
+            max_message_bytes, key, cert, client_ca, TLS_REFRESH_SECONDS, self._callback, bound,
+            error, 512)
         if self._frontend == ffi.NULL:
             raise OSError(ffi.string(error).decode(errors="replace"))
         self.port = bound[0]
@@ -178,7 +187,7 @@ class NativeGrpcServer:
             return
         self.set_serving(False)
         deadline = time.monotonic() + grace
-        wait_until_quiet(deadline, quiet)
+        wait_until_quiet(deadline, quiet, queued=lambda: self.in_flight)
         self._stopped = True
         self.lib.dr_frontend_stop(self._frontend, max(deadline - time.monotonic(), 1.0))
         atexit.unregister(self.drain)

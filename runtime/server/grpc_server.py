@@ -161,12 +161,14 @@ class GrpcServer:
         self.server.stop(max(deadline - time.monotonic(), 1.0)).wait()
 
 
-def wait_until_quiet(deadline: float, quiet: float) -> None:
-    """Returns once no call is running and none has started for `quiet` seconds, or at
-    `deadline` (time.monotonic())."""
+def wait_until_quiet(deadline: float, quiet: float,
+                     queued: Callable[[], int] = lambda: 0) -> None:
+    """Returns once no call is running or `queued` (not yet in a handler) and none has started
+    for `quiet` seconds, or at `deadline` (time.monotonic())."""
     started = time.monotonic()
     while time.monotonic() < deadline:
         now = time.monotonic()
-        if CALLS.in_flight == 0 and now - max(CALLS.last_start, started) >= quiet:
+        if (CALLS.in_flight == 0 and queued() == 0
+                and now - max(CALLS.last_start, started) >= quiet):
             return
         time.sleep(0.02)

@@ -7,6 +7,7 @@ import base64
 import datetime
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -27,7 +28,7 @@ from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import Unauthenticated
 from deeprec_runtime.security import Security, SecurityConfig, SecurityConfigError
 
-from .conftest import Client, output
+from .conftest import Client, output, wait_for
 
 TOKEN = "s3cr3t-token-value"
 
@@ -122,8 +123,10 @@ def _code(call) -> grpc.StatusCode:
     return err.value.code()
 
 
-def test_tls_serves_verified_clients_and_refuses_plaintext(pki, secure_serve):
-    runtime = secure_serve(SecurityConfig(tls_cert=pki.server[0], tls_key=pki.server[1]))
+@pytest.mark.parametrize("grpc_server", ["python", "native"])
+def test_tls_serves_verified_clients_and_refuses_plaintext(pki, secure_serve, grpc_server):
+    runtime = secure_serve(SecurityConfig(tls_cert=pki.server[0], tls_key=pki.server[1]),
+                           grpc_server)
     with _tls_channel(pki, runtime.grpc_port) as channel:
         response = Client(channel).predict(FEED)
         assert output(response, "probabilities").shape == (2,)
@@ -131,9 +134,43 @@ def test_tls_serves_verified_clients_and_refuses_plaintext(pki, secure_serve):
         assert _code(lambda: Client(plain).predict(FEED, timeout=3)) == grpc.StatusCode.UNAVAILABLE
 
 
-def test_mutual_tls_requires_a_client_certificate_signed_by_the_ca(pki, secure_serve):
+@pytest.mark.parametrize("grpc_server", ["python", "native"])
+def test_rotated_certificate_is_used_for_new_connections_without_restart(pki, tmp_path,
+                                                                          secure_serve, grpc_server):
+    # The Secret's files are replaced (as the kubelet does) by a certificate from another CA.
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.write_bytes(_read(pki.server[0]))
+    key.write_bytes(_read(pki.server[1]))
+    runtime = secure_serve(SecurityConfig(tls_cert=str(cert), tls_key=str(key)), grpc_server)
+    with _tls_channel(pki, runtime.grpc_port) as channel:
+        assert output(Client(channel).predict(FEED), "probabilities").shape == (2,)
+    new_ca_key = ec.generate_private_key(ec.SECP256R1())
+    new_ca = _cert("rotated-ca", new_ca_key, _name("rotated-ca"), new_ca_key, ca=True)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    new_cert = _cert("rotated-server", new_key, new_ca.subject, new_ca_key, server=True)
+    (tmp_path / "next.key").write_bytes(_pem_key(new_key))
+    (tmp_path / "next.crt").write_bytes(new_cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp_path / "next.key", key)
+    os.replace(tmp_path / "next.crt", cert)
+    trusted = grpc.ssl_channel_credentials(new_ca.public_bytes(serialization.Encoding.PEM))
+
+    def rotated_accepted() -> bool:
+        with grpc.secure_channel(f"127.0.0.1:{runtime.grpc_port}", trusted) as channel:
+            try:
+                Client(channel).predict(FEED, timeout=3)
+                return True
+            except grpc.RpcError:
+                return False
+
+    wait_for(rotated_accepted, timeout=30, interval=0.5, message="the rotated certificate served")
+    with _tls_channel(pki, runtime.grpc_port) as old:  # the old CA no longer verifies the server
+        assert _code(lambda: Client(old).predict(FEED, timeout=3)) == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("grpc_server", ["python", "native"])
+def test_mutual_tls_requires_a_client_certificate_signed_by_the_ca(pki, secure_serve, grpc_server):
     runtime = secure_serve(SecurityConfig(tls_cert=pki.server[0], tls_key=pki.server[1],
-                                          tls_client_ca=pki.ca))
+                                          tls_client_ca=pki.ca), grpc_server)
     with _tls_channel(pki, runtime.grpc_port, client_cert=False) as anonymous:
         assert _code(lambda: Client(anonymous).predict(FEED, timeout=3)) == grpc.StatusCode.UNAVAILABLE
     with _tls_channel(pki, runtime.grpc_port, client_cert=True) as channel:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -153,30 +154,19 @@ def test_concurrent_callers_each_get_their_own_rows(demo, runtimes):
     assert not failures
 
 
-@pytest.mark.parametrize("fields, named", [
-    ({"tls_cert": "CERT", "tls_key": "KEY"}, "TLS"),
-    ({"auth_token": "t0ken", "protect_health": True}, "health"),
-])
-def test_what_native_does_not_carry_is_refused_at_start_up(demo, tmp_path, pki_files, fields,
-                                                           named):
-    if "tls_cert" in fields:
-        fields = {"tls_cert": pki_files[0], "tls_key": pki_files[1]}
-    with pytest.raises(SecurityConfigError) as err:
-        Runtime(_config(demo), grpc_port=0, host="127.0.0.1", grpc_server="native",
-                annotations_file=str(tmp_path / "none"), security=Security(SecurityConfig(**fields)))
-    assert "--grpc-server" in str(err.value) and named in str(err.value)
-
-
-def test_cli_refuses_native_with_tls_naming_the_flag(demo, tmp_path, pki_files):
+def test_cli_refuses_native_with_protected_health_naming_the_flag(demo, tmp_path):
+    # gRPC C++ answers health checks itself, without credentials.
     config = tmp_path / "model_config.json"
     config.write_text(json.dumps({"savedmodel_dir": demo.saved_model_dir,
                                   "checkpoint_dir": demo.checkpoint_dir}))
     result = subprocess.run(
         [sys.executable, "-m", "deeprec_runtime.cli", "serve", "--config", str(config),
-         "--grpc-port", "0", "--grpc-server", "native", "--tls-cert", pki_files[0],
-         "--tls-key", pki_files[1]], capture_output=True, text=True, timeout=120)
+         "--grpc-port", "0", "--grpc-server", "native", "--auth-protect-health"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "DEEPREC_AUTH_TOKEN": "t0ken"})
     assert result.returncode == 2
-    assert "--grpc-server" in result.stderr and "TLS" in result.stderr
+    assert "--grpc-server" in result.stderr and "health" in result.stderr
+    assert "t0ken" not in result.stderr
 
 
 @pytest.fixture
@@ -194,7 +184,7 @@ def test_auto_picks_native_unless_security_or_the_toolchain_says_otherwise(tmp_p
     caplog.set_level(logging.INFO)
     assert choose_grpc_server("auto", Security()) == "native"
     tls = Security(SecurityConfig(tls_cert=pki_files[0], tls_key=pki_files[1]))
-    assert choose_grpc_server("auto", tls) == "python"
+    assert choose_grpc_server("auto", tls) == "native"  # TLS from watched files in gRPC C++
     assert choose_grpc_server("native", Security()) == "native"
     assert choose_grpc_server("python", Security()) == "python"
     protected = Security(SecurityConfig(auth_token="t0ken", protect_health=True))
