@@ -145,7 +145,7 @@ class NativeGrpcServer:
                 return
             authorization = (ffi.unpack(auth_ptr, auth_len).decode(errors="replace")
                              if auth_ptr != ffi.NULL else None)
-            if self._auth is not None and method.decode() not in self._open_methods:
+            if self._auth is not None and method.decode(errors="replace") not in self._open_methods:
                 try:
                     self._auth.check(authorization)
                 except Unauthenticated as exc:
