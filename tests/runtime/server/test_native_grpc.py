@@ -197,3 +197,49 @@ def test_auto_picks_native_unless_security_or_the_toolchain_says_otherwise(tmp_p
     with pytest.raises(SecurityConfigError) as err:
         choose_grpc_server("cython", Security())
     assert "--grpc-server" in str(err.value)
+
+
+def test_garbage_cancellations_and_expiring_deadlines_under_load_leave_it_serving(demo, runtimes):
+    # Exercises the paths where a call ends while a worker still holds it: clients that give up
+    # (deadlines of a few ms, cancelled futures) mixed with garbage and valid requests.
+    runtime, channel = runtimes("native")
+    rng = np.random.default_rng(7)
+    valid = make_request(demo.model.make_feed(4, rng)).SerializeToString()
+    methods = ["/deeprec.serving.PredictionService/Predict",
+               "/deeprec.serving.PredictionService/GetServingModelInfo",
+               "/tensorflow.serving.PredictionService/Predict",
+               "/tensorflow.serving.ModelService/GetModelStatus", "/no.Such/Method"]
+    codes: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def hammer(seed: int) -> None:
+        r = np.random.default_rng(seed)
+        for _ in range(150):
+            method = methods[r.integers(len(methods))]
+            body = valid if r.random() < 0.5 else r.bytes(int(r.integers(0, 300)))
+            call = channel.unary_unary(method)
+            future = call.future(body, timeout=float(r.choice([0.001, 0.005, 5.0])))
+            if r.random() < 0.2:
+                future.cancel()
+            try:
+                future.result()
+                code = "OK"
+            except grpc.FutureCancelledError:
+                code = "CANCELLED"
+            except grpc.RpcError as exc:
+                code = exc.code().name
+            with lock:
+                codes[code] = codes.get(code, 0) + 1
+
+    threads = [threading.Thread(target=hammer, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(codes.values()) == 8 * 150
+    assert set(codes) <= {"OK", "CANCELLED", "DEADLINE_EXCEEDED", "INVALID_ARGUMENT",
+                          "UNIMPLEMENTED", "NOT_FOUND", "RESOURCE_EXHAUSTED"}, codes
+    assert codes.get("OK") and codes.get("DEADLINE_EXCEEDED") and codes.get("INVALID_ARGUMENT")
+    # Still serving, nothing left counted as in progress.
+    assert output(Client(channel).predict(demo.model.make_feed(2, rng)), "probability").shape == (2, 1)
+    wait_for(lambda: runtime.grpc.in_flight == 0, message="no call left in progress")
