@@ -173,6 +173,9 @@ def serve(args) -> int:
         print(f"deeprec-runtime: --grpc-server native: cannot build the native gRPC front end: "
               f"{exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a port that is taken
+        print(f"deeprec-runtime: cannot start: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

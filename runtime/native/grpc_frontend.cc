@@ -81,7 +81,7 @@ class Frontend {
     for (int i = 0; i < pollers; ++i) queues_.push_back(builder.AddCompletionQueue());
     server_ = builder.BuildAndStart();
     if (!server_ || *bound_port == 0) {
-      *error = "cannot bind gRPC port " + address;
+      *error = "cannot bind gRPC port " + address + " (in use?)";
       return false;
     }
     // NOT_SERVING until the runtime says otherwise (gRPC C++ starts the overall status SERVING).

@@ -135,10 +135,13 @@ class GrpcServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"{host}:{port}"
-        self.port = (self.server.add_secure_port(address, credentials) if credentials is not None
-                     else self.server.add_insecure_port(address))
+        try:  # grpcio returns 0 or raises RuntimeError, depending on its version
+            self.port = (self.server.add_secure_port(address, credentials)
+                         if credentials is not None else self.server.add_insecure_port(address))
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {host}:{port}")
+            raise OSError(f"cannot bind gRPC port {host}:{port} (in use?)")
         self.set_serving(False)
 
     def set_serving(self, serving: bool) -> None:

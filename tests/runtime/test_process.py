@@ -44,3 +44,17 @@ def test_invalid_config_fails_at_start_up_naming_the_field(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "session_num" in result.stderr and "[1, 1024]" in result.stderr
+
+
+def test_a_taken_port_fails_at_start_up_with_a_message(tmp_path, demo, serve_process):
+    config = tmp_path / "model_config.json"
+    config.write_text(json.dumps({"savedmodel_dir": demo.saved_model_dir,
+                                  "checkpoint_dir": demo.checkpoint_dir}))
+    first = serve_process(config)
+    result = subprocess.run(
+        [sys.executable, "-m", "deeprec_runtime.cli", "serve", "--config", str(config),
+         "--grpc-port", str(first.port), "--host", "127.0.0.1"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"cannot bind gRPC port 127.0.0.1:{first.port}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -243,3 +243,12 @@ def test_garbage_cancellations_and_expiring_deadlines_under_load_leave_it_servin
     # Still serving, nothing left counted as in progress.
     assert output(Client(channel).predict(demo.model.make_feed(2, rng)), "probability").shape == (2, 1)
     wait_for(lambda: runtime.grpc.in_flight == 0, message="no call left in progress")
+
+
+@pytest.mark.parametrize("second", ["python", "native"])
+def test_a_taken_port_fails_at_start_up_instead_of_sharing_it(demo, runtimes, tmp_path, second):
+    first, _ = runtimes("native")
+    with pytest.raises(OSError) as err:
+        Runtime(_config(demo), grpc_port=first.grpc_port, host="127.0.0.1", grpc_server=second,
+                annotations_file=str(tmp_path / "none"))
+    assert str(first.grpc_port) in str(err.value)
