@@ -385,6 +385,39 @@ def test_chart_rbac_is_least_privilege(k8s_plane, namespace, installed):
     assert not can("create", "clusterroles")
 
 
+def test_clusterwide_install_rbac_is_least_privilege(k8s_plane, namespace):
+    """The chart watching every namespace (its CI values): the models' rules in every namespace,
+    still no Secrets anywhere (unless rbac.secretCheck says so), no deletes, no RBAC writes."""
+    release = f"drs-cw-{uuid.uuid4().hex[:6]}"
+    k8s_plane.kubectl("create", "serviceaccount", "deeprec-operator", "-n", namespace)
+    k8s_plane.helm("install", release, str(CHART), "-n", namespace,
+                   "-f", str(CHART / "ci" / "clusterwide-values.yaml"), "--wait", "--timeout", "90s")
+    try:
+        sa = f"system:serviceaccount:{namespace}:deeprec-operator"
+
+        def can(*args):
+            return k8s_plane.kubectl("auth", "can-i", *args, "--as", sa,
+                                     check=False).stdout.strip() == "yes"
+
+        for ns in (namespace, "default", "kube-system"):
+            assert can("patch", "deeprecmodels.serving.deeprec.io", "-n", ns)
+            assert can("patch", "deeprecmodels.serving.deeprec.io/status", "-n", ns)
+            assert can("create", "deployments.apps", "-n", ns)
+            assert can("patch", "pods", "-n", ns)
+            assert not can("get", "secrets", "-n", ns)
+            assert not can("list", "secrets", "-n", ns)
+            assert not can("delete", "deployments.apps", "-n", ns)
+            assert not can("delete", "pods", "-n", ns)
+            assert not can("create", "pods", "-n", ns)
+        assert can("list", "customresourcedefinitions.apiextensions.k8s.io")
+        for verb, what in (("create", "clusterroles"), ("create", "clusterrolebindings"),
+                           ("create", "roles"), ("patch", "nodes"), ("delete", "namespaces"),
+                           ("create", "customresourcedefinitions.apiextensions.k8s.io")):
+            assert not can(verb, what, "--all-namespaces")
+    finally:
+        k8s_plane.helm("uninstall", release, "-n", namespace, "--wait", check=False)
+
+
 def test_user_pod_template_gets_the_runtime_as_a_sidecar(k8s_plane, namespace, operator):
     """A DeepRecModel with a pod template of the user's own: their container keeps its spec, the
     runtime joins it (reached on localhost), and rollback still annotates the pods in place."""
