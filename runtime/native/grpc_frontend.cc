@@ -37,11 +37,13 @@
 #include <vector>
 
 extern "C" {
-// Called on a worker thread for every call; must call dr_frontend_reply(call, ...) once before
-// returning. timeout_s < 0: the call has no deadline.
-typedef void (*dr_handler_fn)(void* call, const char* method, size_t method_len, const char* data,
-                              size_t size, double timeout_s, const char* authorization,
-                              size_t authorization_len);
+// Called on a worker thread for every call (timeout_s < 0: no deadline). Returns the gRPC status
+// code and points *out at the response (code 0) or at the error message; that memory stays valid
+// until the handler's next call on the same thread, so the answer is copied without one more
+// call into the handler's side (for Python: one GIL hand-off less per request).
+typedef int (*dr_handler_fn)(const char* method, size_t method_len, const char* data, size_t size,
+                             double timeout_s, const char* authorization, size_t authorization_len,
+                             const char** out, size_t* out_size);
 }
 
 namespace {
@@ -132,7 +134,6 @@ class Frontend {
   void Reply(Call* call, int code, const char* data, size_t size, const char* message) {
     if (call->replied) return;
     call->replied = true;
-    if (call == t_handling) t_handled = true;
     call->state = Call::State::kFinish;
     grpc::Status status(static_cast<grpc::StatusCode>(code), message ? message : "");
     if (code == 0) {
@@ -245,18 +246,18 @@ class Frontend {
       auth_len = found->second.size();
     }
     const std::string& method = call->ctx.method();
-    t_handling = call;
-    t_handled = false;
-    handler_(call, method.data(), method.size(), data, size, timeout, auth, auth_len);
-    t_handling = nullptr;
-    // Once replied, `call` may already be finished and freed by a poller: only the thread-local
-    // flag may be read here.
-    if (!t_handled) Reply(call, grpc::StatusCode::INTERNAL, nullptr, 0, "handler gave no reply");
+    const char* out = nullptr;
+    size_t out_size = 0;
+    int code = handler_(method.data(), method.size(), data, size, timeout, auth, auth_len, &out,
+                        &out_size);
+    if (code == 0) {
+      Reply(call, 0, out != nullptr ? out : "", out != nullptr ? out_size : 0, nullptr);
+    } else {
+      std::string message = out != nullptr ? std::string(out, out_size)
+                                            : "internal error (see the server log)";
+      Reply(call, code, nullptr, 0, message.c_str());
+    }
   }
-
-  // The call this worker thread is handling, and whether the handler has replied to it.
-  static thread_local Call* t_handling;
-  static thread_local bool t_handled;
 
   dr_handler_fn handler_;
   int workers_;
@@ -274,8 +275,6 @@ class Frontend {
   std::atomic<bool> stopped_{false};
 };
 
-thread_local Call* Frontend::t_handling = nullptr;
-thread_local bool Frontend::t_handled = false;
 
 // Plaintext, TLS, or mutual TLS when a client CA is given. The files are watched: a rotated
 // certificate (a Secret update) is used for new connections within `refresh_seconds`.
@@ -318,11 +317,6 @@ void* dr_frontend_start(const char* address, int pollers, int workers, int max_c
     return nullptr;
   }
   return frontend;
-}
-
-void dr_frontend_reply(void* call, int code, const char* data, size_t size, const char* message) {
-  auto* c = static_cast<Call*>(call);
-  c->frontend->Reply(c, code, data, size, message);
 }
 
 void dr_frontend_set_serving(void* frontend, const char* service, int serving) {

@@ -26,14 +26,13 @@ from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES, SERVICE, wait_
 log = logging.getLogger(__name__)
 
 _CDEF = """
-typedef void (*dr_handler_fn)(void *call, const char *method, size_t method_len,
-                              const char *data, size_t size, double timeout_s,
-                              const char *authorization, size_t authorization_len);
+typedef int (*dr_handler_fn)(const char *method, size_t method_len, const char *data,
+                             size_t size, double timeout_s, const char *authorization,
+                             size_t authorization_len, const char **out, size_t *out_size);
 void *dr_frontend_start(const char *address, int pollers, int workers, int max_concurrent,
                         int max_message_bytes, const char *tls_key, const char *tls_cert,
                         const char *tls_client_ca, int tls_refresh_seconds,
                         dr_handler_fn handler, int *bound_port, char *error, size_t error_size);
-void dr_frontend_reply(void *call, int code, const char *data, size_t size, const char *message);
 void dr_frontend_set_serving(void *frontend, const char *service, int serving);
 int dr_frontend_in_flight(void *frontend);
 void dr_frontend_stop(void *frontend, double grace_seconds);
@@ -100,8 +99,11 @@ class NativeGrpcServer:
         # DEEPBIND: gRPC C++ and its OpenSSL must bind to each other, not to the same-named
         # symbols TensorFlow exports process-wide (its BoringSSL: a crash in the TLS set-up).
         self.lib = ffi.dlopen(library_path(), os.RTLD_NOW | os.RTLD_DEEPBIND)
-        # Kept on self: the C++ side holds the pointer for the server's whole life.
-        self._callback = ffi.callback("dr_handler_fn", self._dispatch)
+        # Kept on self: the C++ side holds the pointer for the server's whole life. A callback that
+        # raises anyway returns INTERNAL.
+        self._callback = ffi.callback("dr_handler_fn", self._dispatch, error=_INTERNAL)
+        #: Per worker thread: the answer C++ is copying, alive until that thread's next call.
+        self._answers = threading.local()
         bound = ffi.new("int *")
         error = ffi.new("char[]", 512)
         if max_concurrent is None:
@@ -134,23 +136,31 @@ class NativeGrpcServer:
             self._resolved[method] = handler
             return handler
 
-    def _dispatch(self, call, method_ptr, method_len, data, size, timeout, auth_ptr, auth_len):
-        ffi, lib = self.ffi, self.lib
+    def _dispatch(self, method_ptr, method_len, data, size, timeout, auth_ptr, auth_len, out,
+                  out_size) -> int:
+        """One call, on a gRPC C++ worker thread: returns the status code and points `out` at the
+        response bytes (or the error message), kept alive until this thread's next call."""
+        code, answer = self._answer(method_ptr, method_len, data, size, timeout, auth_ptr, auth_len)
+        self._answers.keep = answer
+        out[0] = self.ffi.from_buffer(answer)
+        out_size[0] = len(answer)
+        return code
+
+    def _answer(self, method_ptr, method_len, data, size, timeout, auth_ptr,
+                auth_len) -> tuple[int, bytes]:
+        ffi = self.ffi
         method = ffi.unpack(method_ptr, method_len)
         try:
             handler = self._handler(method)
             if handler is None:
-                lib.dr_frontend_reply(call, _UNIMPLEMENTED, ffi.NULL, 0,
-                                      b"unknown method " + method)
-                return
+                return _UNIMPLEMENTED, b"unknown method " + method
             authorization = (ffi.unpack(auth_ptr, auth_len).decode(errors="replace")
                              if auth_ptr != ffi.NULL else None)
             if self._auth is not None and method.decode(errors="replace") not in self._open_methods:
                 try:
                     self._auth.check(authorization)
                 except Unauthenticated as exc:
-                    lib.dr_frontend_reply(call, _UNAUTHENTICATED, ffi.NULL, 0, str(exc).encode())
-                    return
+                    return _UNAUTHENTICATED, str(exc).encode()
             context = NativeContext(timeout, authorization)
             request: Any = ffi.unpack(data, size)
             if handler.request_deserializer is not None:
@@ -159,16 +169,13 @@ class NativeGrpcServer:
                 response = handler.unary_unary(request, context)
             except _Aborted:
                 code = context.code() or grpc.StatusCode.UNKNOWN
-                lib.dr_frontend_reply(call, code.value[0], ffi.NULL, 0,
-                                      context._details.encode(errors="replace"))
-                return
+                return code.value[0], context._details.encode(errors="replace")
             if handler.response_serializer is not None:
                 response = handler.response_serializer(response)
-            lib.dr_frontend_reply(call, 0, response, len(response), ffi.NULL)
+            return 0, bytes(response)
         except Exception:  # never let one call take the server down; log with stack
             log.exception("unexpected error in native gRPC dispatch of %s", method)
-            lib.dr_frontend_reply(call, _INTERNAL, ffi.NULL, 0,
-                                  b"internal error (see the server log)")
+            return _INTERNAL, b"internal error (see the server log)"
 
     def set_serving(self, serving: bool) -> None:
         for service in ("", SERVICE):
