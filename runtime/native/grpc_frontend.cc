@@ -25,6 +25,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -235,7 +236,9 @@ class Frontend {
     double timeout = -1.0;
     auto deadline = call->ctx.deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) {
-      timeout = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+      // Never negative: an already expired deadline is 0 s left, not "no deadline" (-1).
+      timeout = std::max(
+          0.0, std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count());
     }
     const char* auth = nullptr;
     size_t auth_len = 0;

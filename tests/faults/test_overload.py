@@ -116,6 +116,34 @@ def test_request_whose_deadline_expired_while_waiting_is_not_run(demo, runtime_w
     assert held.runs == 1
 
 
+def test_request_that_expired_in_the_queue_before_any_worker_took_it_is_not_run(demo, runtime_with):
+    runtime, client = runtime_with(workers=1)
+    request = make_request(demo.model.make_feed(4, np.random.default_rng(0)))
+    held = HeldModel(runtime)
+    try:
+        first = client._predict.future(request, timeout=60)  # takes the only worker
+        wait_for(lambda: _in_handler(runtime) >= 1,
+                 message="the first call in its handler")
+        queued = client._predict.future(request, timeout=0.3)  # waits for the worker
+        assert queued.exception(timeout=30).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        held.release()
+    assert output(first.result(timeout=30), "probability").shape == (4, 1)
+    # The native server hands the expired call to its handler, which refuses it (counted);
+    # grpcio drops it before any handler runs. Either way the model runs once, for `first`.
+    if runtime.grpc_server == "native":
+        wait_for(lambda: _answered(runtime, "DEADLINE_EXCEEDED") == 1,
+                 message="the expired call answered by the server")
+    wait_for(lambda: _in_handler(runtime) == 0, message="no call in a handler")
+    assert held.runs == 1
+
+
+def _in_handler(runtime) -> int:
+    from deeprec_runtime.server.grpc_server import CALLS  # noqa: PLC0415
+
+    return CALLS.in_flight
+
+
 def test_oversized_request_is_refused_and_the_server_keeps_serving(demo, runtime_with):
     _, client = runtime_with(max_message_bytes=1 << 20)
     big = demo.model.make_feed(30_000, np.random.default_rng(0))  # about 3 MB on the wire
