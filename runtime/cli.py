@@ -107,29 +107,29 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def _print_built(library_path, build_error: type[Exception], what: str) -> int:
+    """Prints a library's path, building it first if needed; 1 with the reason when it cannot."""
+    try:
+        print(library_path())
+    except build_error as exc:
+        print(f"deeprec-runtime: cannot build {what}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def capi(command: str) -> int:
     from deeprec_runtime.capi import BuildError, include_dir, library_path  # noqa: PLC0415
 
     if command == "capi-include":
         print(include_dir())
         return 0
-    try:
-        print(library_path())
-    except BuildError as exc:
-        print(f"deeprec-runtime: cannot build the C API library: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _print_built(library_path, BuildError, "the C API library")
 
 
 def native_path() -> int:
     from deeprec_runtime.native.build import BuildError, library_path  # noqa: PLC0415
 
-    try:
-        print(library_path())
-    except BuildError as exc:
-        print(f"deeprec-runtime: cannot build the native gRPC front end: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _print_built(library_path, BuildError, "the native gRPC front end")
 
 
 def serve(args) -> int:

@@ -75,6 +75,9 @@ class NativeContext:
     def code(self) -> grpc.StatusCode | None:
         return self._code
 
+    def details(self) -> str:
+        return self._details
+
     def invocation_metadata(self) -> tuple:
         return (("authorization", self._authorization),) if self._authorization else ()
 
@@ -169,7 +172,7 @@ class NativeGrpcServer:
                 response = handler.unary_unary(request, context)
             except _Aborted:
                 code = context.code() or grpc.StatusCode.UNKNOWN
-                return code.value[0], context._details.encode(errors="replace")
+                return code.value[0], context.details().encode(errors="replace")
             if handler.response_serializer is not None:
                 response = handler.response_serializer(response)
             return 0, bytes(response)

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -22,6 +23,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from deeprec_runtime.app import Runtime, choose_grpc_server
 from deeprec_runtime.config import parse_model_config
+from deeprec_runtime.native import build as native_build
 from deeprec_runtime.native.build import library_path
 from deeprec_runtime.security import Security, SecurityConfig, SecurityConfigError
 
@@ -64,10 +66,21 @@ def _health(channel: grpc.Channel, service: str = "") -> int:
     return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
-def test_library_builds_once_and_is_reused():
-    first = library_path()
-    assert library_path() == first
-    assert first.endswith("libdeeprec_grpc_frontend.so")
+def test_library_builds_into_the_configured_folder_once_and_is_reused(tmp_path, monkeypatch):
+    # The image's recipe: DEEPREC_NATIVE_DIR, built once, found again without a compiler.
+    monkeypatch.setenv(native_build.DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(native_build, "_found", {})
+    built = library_path()
+    assert built == str(tmp_path / native_build.LIBRARY_NAME)
+    assert b"$ORIGIN/lib" in Path(built).read_bytes()  # where the image puts gRPC's libraries
+    stamp = os.stat(built).st_mtime_ns
+
+    def no_compiler(*_args):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(native_build, "_compile", no_compiler)
+    monkeypatch.setattr(native_build, "_found", {})  # as a new process would start
+    assert library_path() == built and os.stat(built).st_mtime_ns == stamp
 
 
 def test_answers_are_byte_identical_to_the_grpcio_server(demo, runtimes):
