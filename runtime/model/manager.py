@@ -10,9 +10,7 @@ after its last request has released it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +22,12 @@ from deeprec_runtime.features import StoreUnavailable, open_feature_store
 from deeprec_runtime.model import policy
 from deeprec_runtime.model.annotations import TARGET_VERSION_ANNOTATION, read_target_version
 from deeprec_runtime.model.custom_ops import load_custom_ops
-from deeprec_runtime.model.servable import Servable, load_servable, session_options_from
+from deeprec_runtime.model.servable import (
+    ImportedGraph,
+    Servable,
+    load_servable,
+    session_options_from,
+)
 from deeprec_runtime.model.source import VersionInfo, VersionSource
 from deeprec_runtime.model.warmup import load_warmup_request, warm_up
 from deeprec_runtime.protos import predict_pb2 as pb
@@ -45,20 +48,6 @@ class UpdateEvent:
     error: str = ""
 
 
-def graph_fingerprint(savedmodel_dir: str) -> str:
-    """Identifies the SavedModel's graph (its saved_model.pb): full versions of one model share
-    it and differ only in their parameters."""
-    digest = hashlib.sha256()
-    for name in ("saved_model.pb", "saved_model.pbtxt"):
-        try:
-            with open(os.path.join(savedmodel_dir, name), "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError:
-            continue
-    return digest.hexdigest()
-
-
 class Manager:
     def __init__(self, config: ModelConfig, annotations_file: str | None = None,
                  store: ModelStore | None = None,
@@ -73,6 +62,9 @@ class Manager:
         self._options = session_options_from(config)
         #: (graph fingerprint, inline?) of the last version whose execution mode was chosen.
         self._execution_choice: tuple[str, bool] | None = None
+        #: The graph of the last version loaded: the next one reuses it if the SavedModel is the
+        #: same (only the parameters differ).
+        self._imported: ImportedGraph | None = None
         #: Where embedding rows live when not in the session (Redis, DRAM+SSD tiers), or None.
         self.features = open_feature_store(config)
         self.tracer = TimelineRecorder.from_config(config, getattr(self.store, "write_bytes", None))
@@ -246,11 +238,12 @@ class Manager:
             return
         try:
             servable = load_servable(savedmodel_dir, version,
-                                     self.store.localize_checkpoint, self._options, self.features)
+                                     self.store.localize_checkpoint, self._options, self.features,
+                                     self._imported)
             if version:
                 self._apply_deltas(servable, version)
             try:
-                graph = graph_fingerprint(savedmodel_dir)
+                graph = servable.imported.fingerprint if servable.imported else ""
                 memo = self._execution_choice
                 inline = warm_up(servable, self.config.signature_name, self._warmup_request,
                                  self.config.warmup_iterations,
@@ -268,6 +261,7 @@ class Manager:
             self._emit(UpdateEvent("load", name, False, time.monotonic() - started, str(exc)))
             return
         servable.tracer = self.tracer  # after warmup: timeline steps count real requests only
+        self._imported = servable.imported
         self._swap_in(servable)
         self.last_error = ""
         self._emit(UpdateEvent("load", name, True, time.monotonic() - started))

@@ -9,6 +9,7 @@ once its last in-flight request has finished.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -139,6 +140,8 @@ class Servable:
         self.tables: ExternalTables | None = None
         #: Timeline recorder (timeline.TimelineRecorder), set once the version is warmed up.
         self.tracer: TimelineRecorder | None = None
+        #: The imported graph this version runs on (shared by versions of the same SavedModel).
+        self.imported: ImportedGraph | None = None
 
     # --- requests -----------------------------------------------------------------------------
     def signature(self, name: str) -> Signature:
@@ -264,27 +267,53 @@ class Servable:
             self.gate.release_write()
 
 
-class _VariableUpdater:
-    """Prepared assign and scatter-update callables for one variable."""
+@dataclass(frozen=True)
+class _UpdateOps:
+    """The ops that write one variable, built once per graph and shared by the sessions of its
+    versions: a whole-value assign and, for tables, a row scatter."""
 
-    def __init__(self, session, variable, run_options: config_pb2.RunOptions):
-        self.name = variable.op.name
-        self.dtype = variable.dtype.base_dtype
-        self.shape = tuple(variable.shape.as_list())
-        value = tf.compat.v1.placeholder(self.dtype, self.shape, name=f"deeprec_assign/{self.name}")
+    name: str
+    dtype: tf.DType
+    shape: tuple[int, ...]
+    assign_feed: str
+    assign_target: str
+    scatter_feeds: tuple[str, str] | None
+    scatter_target: str | None
+
+    @classmethod
+    def build(cls, variable) -> _UpdateOps:
+        name = variable.op.name
+        dtype = variable.dtype.base_dtype
+        shape = tuple(variable.shape.as_list())
+        value = tf.compat.v1.placeholder(dtype, shape, name=f"deeprec_assign/{name}")
         assign = variable.assign(value, read_value=False)
-        self._assign = self._callable(session, [value.name], assign.name, run_options)
-        self._scatter: Callable | None = None
-        if len(self.shape) >= 2:
-            ids = tf.compat.v1.placeholder(tf.int64, [None], name=f"deeprec_scatter_ids/{self.name}")
-            rows = tf.compat.v1.placeholder(self.dtype, [None, *self.shape[1:]],
-                                            name=f"deeprec_scatter_rows/{self.name}")
+        scatter_feeds = scatter_target = None
+        if len(shape) >= 2:
+            ids = tf.compat.v1.placeholder(tf.int64, [None], name=f"deeprec_scatter_ids/{name}")
+            rows = tf.compat.v1.placeholder(dtype, [None, *shape[1:]],
+                                            name=f"deeprec_scatter_rows/{name}")
             scatter = variable.scatter_update(tf.IndexedSlices(rows, ids))
-            self._scatter = self._callable(session, [ids.name, rows.name], scatter.op.name, run_options)
+            scatter_feeds, scatter_target = (ids.name, rows.name), scatter.op.name
+        return cls(name, dtype, shape, value.name, assign.name.split(":")[0], scatter_feeds,
+                   scatter_target)
+
+
+class _VariableUpdater:
+    """One version's prepared assign and scatter-update callables for one variable."""
+
+    def __init__(self, session, ops: _UpdateOps, run_options: config_pb2.RunOptions):
+        self.name = ops.name
+        self.dtype = ops.dtype
+        self.shape = ops.shape
+        self._assign = self._callable(session, [ops.assign_feed], ops.assign_target, run_options)
+        self._scatter: Callable | None = None
+        if ops.scatter_target is not None:
+            self._scatter = self._callable(session, list(ops.scatter_feeds or ()),
+                                           ops.scatter_target, run_options)
 
     @staticmethod
     def _callable(session, feeds, target, run_options):
-        opts = config_pb2.CallableOptions(feed=feeds, target=[target.split(":")[0]])
+        opts = config_pb2.CallableOptions(feed=feeds, target=[target])
         opts.run_options.CopyFrom(run_options)
         return session._make_callable_from_options(opts)
 
@@ -379,11 +408,69 @@ def _first_line(exc: BaseException) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
 
 
+@dataclass(frozen=True)
+class ImportedGraph:
+    """A SavedModel's graph: imported, placed and given its update ops once, then finalized.
+
+    Each version of the same SavedModel gets its own session on it (sessions share no variables,
+    so versions share no parameters) and skips the import: ~60 ms of mostly GIL-holding work that
+    the serving version's requests would otherwise queue behind during every swap."""
+
+    fingerprint: str
+    """Digest of saved_model.pb (see graph_fingerprint); versions with the same one share this."""
+    graph: tf.Graph
+    loader: loader_impl.SavedModelLoader
+    saver: tf.compat.v1.train.Saver | None
+    meta: object
+    """The MetaGraphDef of the serving tags."""
+    signatures: dict[str, Signature]
+    update_ops: dict[str, _UpdateOps]
+    tables: dict
+    """Embedding tables a feature store serves (empty without one)."""
+
+
+def graph_fingerprint(savedmodel_dir: str) -> str:
+    """Identifies the SavedModel's graph (its saved_model.pb): full versions of one model share
+    it and differ only in their parameters. "" when there is no graph file to read."""
+    digest = hashlib.sha256()
+    found = False
+    for name in ("saved_model.pb", "saved_model.pbtxt"):
+        try:
+            with open(os.path.join(savedmodel_dir, name), "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            found = True
+        except OSError:
+            continue
+    return digest.hexdigest() if found else ""
+
+
+def import_graph(savedmodel_dir: str, options: SessionOptions, features=None) -> ImportedGraph:
+    """Imports the SavedModel's serving graph (see ImportedGraph)."""
+    graph = tf.Graph()
+    loader = loader_impl.SavedModelLoader(savedmodel_dir)
+    with graph.as_default():
+        saver, _ = loader.load_graph(graph, SERVE_TAGS)
+        if options.plan is not None and options.plan.uses_gpu:
+            place_graph(graph, options.plan.lanes[0].device, options.plan.embeddings_on_cpu)
+        meta = loader.get_meta_graph_def_from_tags(SERVE_TAGS)
+        variables = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+        update_ops = {v.op.name: _UpdateOps.build(v) for v in variables}
+        tables = serving_tables(graph, meta) if features is not None else {}
+    graph.finalize()
+    return ImportedGraph(graph_fingerprint(savedmodel_dir), graph, loader, saver, meta,
+                         parse_signatures(meta), update_ops, tables)
+
+
 def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                   localize: Callable[[str], str],
-                  options: SessionOptions, features=None) -> Servable:
+                  options: SessionOptions, features=None,
+                  imported: ImportedGraph | None = None) -> Servable:
     """Builds a servable: SavedModel graph + the version's full checkpoint (the manager applies
     the deltas, one by one, so that a bad delta does not discard a good full checkpoint).
+
+    `imported`, the graph of a version loaded earlier, is used when its fingerprint is still the
+    SavedModel's; otherwise the SavedModel is imported. `Servable.imported` is the one used.
 
     With a feature store (`features`, see deeprec_runtime.features) the graph's embedding tables
     are not restored: the store makes the version's rows available and requests feed them.
@@ -392,26 +479,25 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
     Raises VersionLoadError with the reason when anything is missing or inconsistent.
     """
     started = time.monotonic()
-    graph = tf.Graph()
     session = None
-    group = None
     external = None
     try:
-        loader = loader_impl.SavedModelLoader(savedmodel_dir)
+        shared = imported is not None and imported.fingerprint != "" and \
+            imported.fingerprint == graph_fingerprint(savedmodel_dir)
+        if not shared:
+            imported = import_graph(savedmodel_dir, options, features)
+        assert imported is not None
+        graph, loader, saver, tables = (imported.graph, imported.loader, imported.saver,
+                                        imported.tables)
+        group = None
         with graph.as_default():
-            saver, _ = loader.load_graph(graph, SERVE_TAGS)
             if options.plan is not None:
-                if options.plan.uses_gpu:
-                    place_graph(graph, options.plan.lanes[0].device, options.plan.embeddings_on_cpu)
                 group = create_session(graph, options.plan)
                 session = group.session
             else:
                 session = tf.compat.v1.Session(graph=graph, config=options.config_proto)
-            meta = loader.get_meta_graph_def_from_tags(SERVE_TAGS)
-            variables = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
-            updaters = {v.op.name: _VariableUpdater(session, v, options.update_run_options)
-                        for v in variables}
-            tables = serving_tables(graph, meta) if features is not None else {}
+            updaters = {name: _VariableUpdater(session, ops, options.update_run_options)
+                        for name, ops in imported.update_ops.items()}
             if tables:
                 prefix = (localize(version.full_prefix) if version is not None
                           else os.path.join(savedmodel_dir, "variables", "variables"))
@@ -431,10 +517,10 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
             key = VersionKey(version.name if version else SAVEDMODEL_VERSION,
                              version.full_step if version else 0)
             external = ExternalTables(tables, features.open_version(key, tables, prefix))
-        graph.finalize()
         servable = Servable(version.name if version else SAVEDMODEL_VERSION, graph, session,
-                            parse_signatures(meta), options, updaters, version, group)
+                            imported.signatures, options, updaters, version, group)
         servable.tables = external
+        servable.imported = imported
     except VersionLoadError:
         if session is not None:
             session.close()
@@ -448,6 +534,7 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
             external.close()
         what = version.name if version else savedmodel_dir
         raise VersionLoadError(f"loading {what} failed: {_first_line(exc)}") from None
-    log.info("loaded version %s (full step %d, delta step %d) in %.2fs", servable.name,
-             servable.full_step, servable.delta_step, time.monotonic() - started)
+    log.info("loaded version %s (full step %d, delta step %d) in %.2fs%s", servable.name,
+             servable.full_step, servable.delta_step, time.monotonic() - started,
+             " on the graph of the previous version" if shared else "")
     return servable

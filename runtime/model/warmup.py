@@ -60,6 +60,10 @@ def warm_up(servable: Servable, signature_name: str, request: pb.PredictRequest 
         request = generated_request(servable, signature_name)
         if request is None:
             return None
+    if known_inline is not None and servable.can_choose_inline:
+        # Same graph as the version serving now: warm the mode it will serve in, so that its
+        # first requests do not prepare callables (~20 ms, other requests queue behind that).
+        servable.inline = known_inline
     # Every lane of the session group is warmed (DeepRec warms every session): each has its own
     # prepared callables and thread pool.
     for lane in range(servable.num_lanes):

@@ -1,0 +1,75 @@
+"""Full versions of one SavedModel share its imported graph (each keeps its own session and
+parameters), and a new version is warmed in the mode it will serve in."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from deeprec_runtime.config import parse_model_config
+from deeprec_runtime.model.servable import graph_fingerprint, load_servable, session_options_from
+
+from .conftest import make_request, output, wait_for
+
+
+def serving(runtime):
+    servable = runtime.manager.acquire()
+    servable.gate.release_read()
+    return servable
+
+
+def test_versions_of_one_savedmodel_share_the_graph_not_the_parameters(demo, serve):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    first = serving(runtime)
+    feed = demo.model.make_feed(5, np.random.default_rng(11))
+    before = demo.model.predict(feed)
+    demo.write_full("checkpoint_2", steps=3)
+    wait_for(lambda: runtime.manager.info().version == "checkpoint_2", message="checkpoint_2")
+    second = serving(runtime)
+    after = demo.model.predict(feed)
+    assert not np.allclose(before, after, rtol=1e-4, atol=1e-5)  # training moved the parameters
+
+    assert second is not first
+    assert second.imported is first.imported and second.graph is first.graph
+    assert second.session is not first.session
+    np.testing.assert_allclose(output(client.predict(feed), "probability"), after,
+                               rtol=1e-5, atol=1e-6)
+    # The retained previous version still answers with its own parameters.
+    old = runtime.dataplane.predict(make_request(feed), version=first.name)
+    np.testing.assert_allclose(output(old, "probability"), before, rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_version_is_warmed_in_the_mode_it_serves(demo, serve):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    first = serving(runtime)
+    demo.write_full("checkpoint_2", steps=1)
+    wait_for(lambda: runtime.manager.info().version == "checkpoint_2", message="checkpoint_2")
+    second = serving(runtime)
+    assert second.inline == first.inline
+    prepared = dict(second._callables)  # noqa: SLF001
+    assert {key[1] for key in prepared} == {second.inline}
+    client.predict(demo.model.make_feed(2, np.random.default_rng(1)))
+    # the request found its callable ready: preparing one on the request path takes ~20 ms
+    # and holds back every other request that needs one
+    assert second._callables == prepared  # noqa: SLF001
+
+
+def test_a_changed_savedmodel_is_imported_again(demo):
+    config = parse_model_config({"savedmodel_dir": demo.saved_model_dir, "warmup_iterations": 0})
+    options = session_options_from(config)
+    first = load_servable(demo.saved_model_dir, None, lambda p: p, options)
+    try:
+        assert first.imported.fingerprint == graph_fingerprint(demo.saved_model_dir) != ""
+        same = load_servable(demo.saved_model_dir, None, lambda p: p, options, None, first.imported)
+        stale = dataclasses.replace(first.imported, fingerprint="another saved_model.pb")
+        other = load_servable(demo.saved_model_dir, None, lambda p: p, options, None, stale)
+        try:
+            assert same.graph is first.graph
+            assert other.graph is not first.graph
+            assert other.imported.fingerprint == first.imported.fingerprint
+        finally:
+            same.close()
+            other.close()
+    finally:
+        first.close()
