@@ -1,5 +1,7 @@
-"""Full versions of one SavedModel share its imported graph (each keeps its own session and
-parameters), and a new version is warmed in the mode it will serve in."""
+"""What loading a new full version does while the serving version answers requests, and what it
+leaves out: versions of one SavedModel share its imported graph (each keeps its own session and
+parameters), a new version is warmed in the mode it will serve in, and the callables that apply
+deltas are prepared only when a delta comes."""
 
 from __future__ import annotations
 
@@ -73,3 +75,21 @@ def test_a_changed_savedmodel_is_imported_again(demo):
             other.close()
     finally:
         first.close()
+
+
+def test_delta_callables_are_prepared_when_a_delta_comes(demo, serve):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    demo.write_full("checkpoint_2", steps=1)
+    wait_for(lambda: runtime.manager.info().version == "checkpoint_2", message="checkpoint_2")
+    servable = serving(runtime)
+    updaters = servable._updaters  # noqa: SLF001
+    assert not any(u._prepared for u in updaters.values())  # noqa: SLF001  (a swap made none)
+    demo.write_delta()
+    wait_for(lambda: servable.delta_step > 0, message="the delta applied")
+    prepared = {name: set(u._prepared) for name, u in updaters.items() if u._prepared}  # noqa: SLF001
+    assert prepared, "applying the delta prepared its callables"
+    tables = {name for name, u in updaters.items() if u.is_table}
+    assert any("scatter" in kinds for name, kinds in prepared.items() if name in tables)
+    feed = demo.model.make_feed(4, np.random.default_rng(9))
+    np.testing.assert_allclose(output(client.predict(feed), "probability"), demo.model.predict(feed),
+                               rtol=1e-5, atol=1e-6)
