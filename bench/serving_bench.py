@@ -305,51 +305,62 @@ def main() -> int:
     return 0
 
 
-def swap_p99(workdir, art, feed, duration) -> None:
-    print("\np99 at half load, steady vs during a full-version swap (batch 1):", flush=True)
+def swap_p99(workdir, art, feed, duration, swaps: int = 3) -> None:
+    print(f"\np99 at half load, steady vs during a full-version swap (batch 1, {swaps} swaps):",
+          flush=True)
     server = start_runtime(workdir, art)
     target = f"127.0.0.1:{server.port}"
     payload = grpc_payload(feed)
-    swap_dir = [""]
+    staged: list[str] = []
     try:
         full, _ = run_load("grpc", target, payload, 8, 2.0)
         rate = len(full) / 2.0 / 2
         steady, _ = run_load("grpc", target, payload, 8, duration, rate=rate)
         print(f"  steady   at {rate:6.0f} req/s: p50 {pct(steady[:, 1], 50):6.2f} ms  "
               f"p99 {pct(steady[:, 1], 99):6.2f} ms", flush=True)
-        # Stage the next version outside checkpoint_dir (a copy of the serving one under a new
-        # name), so that neither training nor copying is inside the measured window.
-        staging = os.path.join(workdir, "staging")
-        before = model_version(target)
-        name = f"checkpoint_swap_{int(time.time())}"
-        src = os.path.join(art.checkpoint_dir, name)
-        swap_dir[0] = src
-        shutil.copytree(os.path.join(art.checkpoint_dir, before), os.path.join(staging, name))
-        os.utime(os.path.join(staging, name, "checkpoint"))
-        result = {}
-
-        def load():
-            result["records"] = run_load("grpc", target, payload, 8, duration + 10, rate=rate)[0]
-
-        t = threading.Thread(target=load)
-        t.start()
-        time.sleep(2.0)
-        moved = time.time()
-        shutil.move(os.path.join(staging, name), src)
-        while model_version(target) == before and time.time() - moved < 120:
-            time.sleep(0.05)
-        swapped = time.time()
-        t.join()
-        rec = result["records"]
-        window = rec[(rec[:, 0] >= moved) & (rec[:, 0] <= swapped + 1.0)]
-        print(f"  swap     at {rate:6.0f} req/s: p50 {pct(window[:, 1], 50):6.2f} ms  "
-              f"p99 {pct(window[:, 1], 99):6.2f} ms  ({len(window)} requests while "
-              f"{name} loaded in {swapped - moved:.1f}s, + 1 s after)", flush=True)
+        base = model_version(target)
+        windows = []
+        for i in range(swaps):
+            window, loaded = _one_swap(workdir, art, target, payload, rate, base, i, duration)
+            staged.append(loaded)
+            windows.append(window)
+            print(f"  swap {i + 1}   at {rate:6.0f} req/s: p50 {pct(window, 50):6.2f} ms  "
+                  f"p99 {pct(window, 99):6.2f} ms  ({len(window)} requests while {loaded} "
+                  f"loaded, + 1 s after)", flush=True)
+        pooled = np.concatenate(windows)
+        print(f"  all swaps: p99 {pct(pooled, 99):6.2f} ms = {pct(pooled, 99) / pct(steady[:, 1], 99):.2f}x "
+              f"steady (target <= 1.5x)", flush=True)
     finally:
         server.stop()
-        # the copy is the newest version now; later sections update the original one
-        if swap_dir[0]:
-            shutil.rmtree(swap_dir[0], ignore_errors=True)
+        for name in staged:  # later sections update the original version
+            shutil.rmtree(os.path.join(art.checkpoint_dir, name), ignore_errors=True)
+
+
+def _one_swap(workdir, art, target, payload, rate, base, i, duration) -> tuple[np.ndarray, str]:
+    """Stages a copy of version `base` outside checkpoint_dir (neither training nor copying is in
+    the measured window), moves it in under load, and returns the latencies of the requests
+    started between the move and 1 s after the new version serves."""
+    before = model_version(target)
+    name = f"checkpoint_swap_{int(time.time())}_{i}"
+    staging = os.path.join(workdir, "staging", name)
+    shutil.copytree(os.path.join(art.checkpoint_dir, base), staging)
+    os.utime(os.path.join(staging, "checkpoint"))
+    result = {}
+
+    def load():
+        result["records"] = run_load("grpc", target, payload, 8, duration + 10, rate=rate)[0]
+
+    t = threading.Thread(target=load)
+    t.start()
+    time.sleep(2.0)
+    moved = time.time()
+    shutil.move(staging, os.path.join(art.checkpoint_dir, name))
+    while model_version(target) == before and time.time() - moved < 120:
+        time.sleep(0.05)
+    swapped = time.time()
+    t.join()
+    rec = result["records"]
+    return rec[(rec[:, 0] >= moved) & (rec[:, 0] <= swapped + 1.0)][:, 1], name
 
 
 def delta_vs_full(workdir, art) -> None:
