@@ -10,6 +10,7 @@ after its last request has released it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from deeprec_runtime.features import StoreUnavailable, open_feature_store
 from deeprec_runtime.model import policy
 from deeprec_runtime.model.annotations import TARGET_VERSION_ANNOTATION, read_target_version
 from deeprec_runtime.model.custom_ops import load_custom_ops
+from deeprec_runtime.model.load_thread import LoadThread
 from deeprec_runtime.model.servable import (
     ImportedGraph,
     Servable,
@@ -65,6 +67,8 @@ class Manager:
         #: The graph of the last version loaded: the next one reuses it if the SavedModel is the
         #: same (only the parameters differ).
         self._imported: ImportedGraph | None = None
+        #: Restores and warmups of new versions run here, at a lower CPU priority than requests.
+        self.load_thread = LoadThread()
         #: Where embedding rows live when not in the session (Redis, DRAM+SSD tiers), or None.
         self.features = open_feature_store(config)
         self.tracer = TimelineRecorder.from_config(config, getattr(self.store, "write_bytes", None))
@@ -101,6 +105,7 @@ class Manager:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout=60)
+        self.load_thread.close()
         with self._lock:
             servables = [s for s in (self._current, self._previous) if s]
             self._current = self._previous = None
@@ -239,15 +244,19 @@ class Manager:
         try:
             servable = load_servable(savedmodel_dir, version,
                                      self.store.localize_checkpoint, self._options, self.features,
-                                     self._imported)
+                                     self._imported, self.load_thread.run)
             if version:
                 self._apply_deltas(servable, version)
             try:
                 graph = servable.imported.fingerprint if servable.imported else ""
                 memo = self._execution_choice
-                inline = warm_up(servable, self.config.signature_name, self._warmup_request,
-                                 self.config.warmup_iterations,
-                                 known_inline=memo[1] if memo and memo[0] == graph else None)
+                known = memo[1] if memo and memo[0] == graph else None
+                warm = functools.partial(warm_up, servable, self.config.signature_name,
+                                         self._warmup_request, self.config.warmup_iterations,
+                                         known_inline=known)
+                # A first version of a graph measures inline against pool execution, which must
+                # not run at a lower priority than the pool's threads: that one warms up here.
+                inline = warm() if known is None else self.load_thread.run(warm)
                 if inline is not None:
                     self._execution_choice = (graph, inline)
             except VersionLoadError:

@@ -98,6 +98,8 @@ class SessionOptions:
     update_run_options: config_pb2.RunOptions
     plan: GroupPlan | None = None
     """The session group (lanes, pools, cpusets, devices); see session_group.py."""
+    restore_run_options: config_pb2.RunOptions | None = None
+    """For restoring a full checkpoint; None: update_run_options."""
 
 
 def session_options_from(cfg) -> SessionOptions:
@@ -107,7 +109,7 @@ def session_options_from(cfg) -> SessionOptions:
     execution when enable_inline_execute. Raises ConfigError for bad cpusets / gpu_ids_list."""
     plan = plan_group(cfg)
     return SessionOptions(plan.config_proto(), plan.lane_run_options(plan.lanes[0]),
-                          plan.update_run_options(), plan)
+                          plan.update_run_options(), plan, plan.restore_run_options())
 
 
 class Servable:
@@ -480,7 +482,8 @@ def import_graph(savedmodel_dir: str, options: SessionOptions, features=None) ->
 def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                   localize: Callable[[str], str],
                   options: SessionOptions, features=None,
-                  imported: ImportedGraph | None = None) -> Servable:
+                  imported: ImportedGraph | None = None,
+                  background: Callable[[Callable[[], None]], None] | None = None) -> Servable:
     """Builds a servable: SavedModel graph + the version's full checkpoint (the manager applies
     the deltas, one by one, so that a bad delta does not discard a good full checkpoint).
 
@@ -491,7 +494,9 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
     are not restored: the store makes the version's rows available and requests feed them.
 
     `localize` turns a checkpoint prefix on the store into a local one (remote stores fetch).
-    Raises VersionLoadError with the reason when anything is missing or inconsistent.
+    `background`, when given, runs the restore (the manager's low-priority loading thread); the
+    session is created here, by the caller's thread. Raises VersionLoadError with the reason when
+    anything is missing or inconsistent.
     """
     started = time.monotonic()
     session = None
@@ -499,9 +504,8 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
     try:
         shared = imported is not None and imported.fingerprint != "" and \
             imported.fingerprint == graph_fingerprint(savedmodel_dir)
-        if not shared:
+        if imported is None or not shared:
             imported = import_graph(savedmodel_dir, options, features)
-        assert imported is not None
         graph, loader, saver, tables = (imported.graph, imported.loader, imported.saver,
                                         imported.tables)
         group = None
@@ -513,21 +517,33 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                 session = tf.compat.v1.Session(graph=graph, config=options.config_proto)
             updaters = {name: _VariableUpdater(session, ops, options.update_run_options)
                         for name, ops in imported.update_ops.items()}
-            if tables:
-                prefix = (localize(version.full_prefix) if version is not None
-                          else os.path.join(savedmodel_dir, "variables", "variables"))
-                restore_dense(prefix, updaters, tables)
-            elif version is None:
-                loader.restore_variables(session, saver)
-            else:
-                if saver is None:
-                    raise VersionLoadError("the SavedModel has no saver; cannot restore checkpoints")
-                prefix = localize(version.full_prefix)
-                _check_shapes(prefix, updaters, version.name)
-                session.run(saver.saver_def.restore_op_name,
-                            {saver.saver_def.filename_tensor_name: prefix},
-                            options=options.update_run_options)
-            loader.run_init_ops(session, SERVE_TAGS)
+        prefix = restore_op = filename_tensor = ""
+        if tables:
+            prefix = (localize(version.full_prefix) if version is not None
+                      else os.path.join(savedmodel_dir, "variables", "variables"))
+        elif version is not None:
+            if saver is None:
+                raise VersionLoadError("the SavedModel has no saver; cannot restore checkpoints")
+            prefix = localize(version.full_prefix)
+            _check_shapes(prefix, updaters, version.name)
+            restore_op = saver.saver_def.restore_op_name
+            filename_tensor = saver.saver_def.filename_tensor_name
+
+        def restore() -> None:  # the bulk of a load's CPU: on `background` when given
+            with graph.as_default():
+                if tables:
+                    restore_dense(prefix, updaters, tables)
+                elif version is None:
+                    loader.restore_variables(session, saver)
+                else:
+                    session.run(restore_op, {filename_tensor: prefix},
+                                options=options.restore_run_options or options.update_run_options)
+                loader.run_init_ops(session, SERVE_TAGS)
+
+        if background is not None:
+            background(restore)
+        else:
+            restore()
         if tables:  # outside the graph context: the store reads checkpoint slices eagerly
             key = VersionKey(version.name if version else SAVEDMODEL_VERSION,
                              version.full_step if version else 0)

@@ -101,6 +101,14 @@ class GroupPlan:
     def update_run_options(self) -> config_pb2.RunOptions:
         return config_pb2.RunOptions(inter_op_thread_pool=self.update_pool)
 
+    def restore_run_options(self) -> config_pb2.RunOptions:
+        """How a full checkpoint is restored: on the update pool when model_update_inter_threads
+        gives one (and on GPUs); else inline, in the thread that loads, which runs at a lower
+        priority (see model/load_thread.py) so that a load yields the CPU to requests."""
+        if self.update_pool > 0 or self.uses_gpu:
+            return self.update_run_options()
+        return config_pb2.RunOptions(inter_op_thread_pool=INLINE)
+
 
 VIRTUAL_GPU_MEMORY_MB = 4096.0
 """Memory of each virtual GPU when `use_multi_stream` splits a GPU into one device per lane."""

@@ -65,6 +65,10 @@ def test_plan_table(fields, pools, lane_pools, lane_cpus, intra, update_pool):
     assert proto.intra_op_parallelism_threads == intra
     assert plan.lane_run_options(plan.lanes[-1]).inter_op_thread_pool == lane_pools[-1]
     assert plan.update_run_options().inter_op_thread_pool == update_pool
+    # A full checkpoint is restored inline (in the low-priority loading thread) unless
+    # model_update_inter_threads gives updates a pool of their own.
+    restore_pool = update_pool if fields.get("model_update_inter_threads") else INLINE
+    assert plan.restore_run_options().inter_op_thread_pool == restore_pool
 
 
 def test_update_intra_threads_and_policy_reach_the_plan():

@@ -1,15 +1,19 @@
 """What loading a new full version does while the serving version answers requests, and what it
 leaves out: versions of one SavedModel share its imported graph (each keeps its own session and
-parameters), a new version is warmed in the mode it will serve in, and the callables that apply
-deltas are prepared only when a delta comes."""
+parameters), the restore and warmup run on a thread of lower CPU priority, a new version is
+warmed in the mode it will serve in, and the callables that apply deltas are prepared only when a
+delta comes."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
+from deeprec_runtime import cpus
 from deeprec_runtime.config import parse_model_config
+from deeprec_runtime.model.load_thread import LOAD_NICE
 from deeprec_runtime.model.servable import graph_fingerprint, load_servable, session_options_from
 
 from .conftest import make_request, output, wait_for
@@ -91,5 +95,33 @@ def test_delta_callables_are_prepared_when_a_delta_comes(demo, serve):
     tables = {name for name, u in updaters.items() if u.is_table}
     assert any("scatter" in kinds for name, kinds in prepared.items() if name in tables)
     feed = demo.model.make_feed(4, np.random.default_rng(9))
+    np.testing.assert_allclose(output(client.predict(feed), "probability"), demo.model.predict(feed),
+                               rtol=1e-5, atol=1e-6)
+
+
+def nice_and_cpu(tid: int) -> tuple[int, int]:
+    """(nice value, CPU ticks) of one of this process's threads, from /proc."""
+    with open(f"/proc/self/task/{tid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[16]), int(fields[11]) + int(fields[12])
+
+
+def test_loads_run_at_a_lower_priority_and_requests_do_not(demo, serve):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    load_thread = runtime.manager.load_thread
+    assert load_thread.native_id is not None, "the first version's restore ran on the load thread"
+    assert nice_and_cpu(load_thread.native_id)[0] == LOAD_NICE
+    before = set(cpus.threads())
+    demo.write_full("checkpoint_2", steps=1)
+    wait_for(lambda: runtime.manager.info().version == "checkpoint_2", message="checkpoint_2")
+    new_threads = {tid: name for tid, name in cpus.threads().items() if tid not in before}
+    # The new version's session threads (inter-op pools that lanes may serve on) were started by
+    # the update thread at normal priority, not by the niced load thread.
+    pools = [tid for tid, name in new_threads.items() if name.startswith("tf_Compute")]
+    assert pools, new_threads
+    assert all(nice_and_cpu(tid)[0] == 0 for tid in pools)
+    # Requests run at normal priority too.
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0
+    feed = demo.model.make_feed(3, np.random.default_rng(2))
     np.testing.assert_allclose(output(client.predict(feed), "probability"), demo.model.predict(feed),
                                rtol=1e-5, atol=1e-6)
