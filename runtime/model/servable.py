@@ -96,10 +96,10 @@ class SessionOptions:
     config_proto: config_pb2.ConfigProto
     serve_run_options: config_pb2.RunOptions
     update_run_options: config_pb2.RunOptions
+    restore_run_options: config_pb2.RunOptions
+    """For restoring a full checkpoint (see GroupPlan.restore_run_options)."""
     plan: GroupPlan | None = None
     """The session group (lanes, pools, cpusets, devices); see session_group.py."""
-    restore_run_options: config_pb2.RunOptions | None = None
-    """For restoring a full checkpoint; None: update_run_options."""
 
 
 def session_options_from(cfg) -> SessionOptions:
@@ -109,7 +109,7 @@ def session_options_from(cfg) -> SessionOptions:
     execution when enable_inline_execute. Raises ConfigError for bad cpusets / gpu_ids_list."""
     plan = plan_group(cfg)
     return SessionOptions(plan.config_proto(), plan.lane_run_options(plan.lanes[0]),
-                          plan.update_run_options(), plan, plan.restore_run_options())
+                          plan.update_run_options(), plan.restore_run_options(), plan)
 
 
 class Servable:
@@ -241,8 +241,7 @@ class Servable:
             updates = self.tables.apply_delta(delta.step, updates)
         workers = self._options.plan.update_workers if self._options.plan else 1
         for updater, args in updates:  # before the gate: requests do not wait for this
-            if args[0] != "scatter" or updater.is_table:
-                updater.prepare(args[0])
+            updater.prepare(args[0])
         self.gate.acquire_write()
         try:
             if workers > 1 and len(updates) > 1:
@@ -326,6 +325,8 @@ class _VariableUpdater:
         """The "assign" or "scatter" callable (see check_whole / check_rows)."""
         fn = self._prepared.get(kind)
         if fn is None:
+            if kind == "scatter" and not self.is_table:  # check_rows refuses these first
+                raise VersionLoadError(f"variable '{self.name}' is not a table")
             with self._lock:
                 fn = self._prepared.get(kind)
                 if fn is None:
@@ -358,8 +359,6 @@ class _VariableUpdater:
         return ("scatter", ids.astype(np.int64, copy=False), rows)
 
     def apply(self, args: tuple) -> None:
-        if args[0] == "scatter" and not self.is_table:  # check_rows refuses these first
-            raise VersionLoadError(f"variable '{self.name}' is not a table")
         self.prepare(args[0])(*args[1:])
 
 
@@ -537,7 +536,7 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                     loader.restore_variables(session, saver)
                 else:
                     session.run(restore_op, {filename_tensor: prefix},
-                                options=options.restore_run_options or options.update_run_options)
+                                options=options.restore_run_options)
                 loader.run_init_ops(session, SERVE_TAGS)
 
         if background is not None:

@@ -84,8 +84,8 @@ def warm_up(servable: Servable, signature_name: str, request: pb.PredictRequest 
         return None
     if known_inline is not None:
         # Same graph, new parameters: the measurement (~0.2 s of CPU, pool threads spinning)
-        # would only compete with the requests the serving version is answering meanwhile.
-        servable.inline = known_inline
+        # would only compete with the requests the serving version is answering meanwhile (it
+        # was set before the warmup runs above).
         log.info("version %s runs %s, as the previous version of the same graph", servable.name,
                  "inline" if known_inline else "on the thread pool")
         return known_inline
