@@ -41,7 +41,12 @@ def pct(lat: np.ndarray, q: float) -> float:
     return float(np.percentile(lat, q) * 1e3) if lat.size else float("nan")
 
 
+#: Figures of the current batch size's rows, by label: (requests/s, server CPU us per request).
+FIGURES: dict[str, tuple[float, float]] = {}
+
+
 def row(label: str, n: int, seconds: float, lat: np.ndarray, cpu: float, errors: int = 0) -> None:
+    FIGURES[label] = (n / seconds, cpu / max(n, 1) * 1e6)
     extra = f"  errors {errors}" if errors else ""
     print(f"  {label:<34} {n / seconds:9.0f} req/s   p50 {pct(lat, 50):7.2f} ms   "
           f"p99 {pct(lat, 99):7.2f} ms   server CPU {cpu / max(n, 1) * 1e6:7.0f} us/req{extra}",
@@ -170,14 +175,34 @@ def model_version(target: str) -> str:
         return info(pb.ServingModelInfoRequest(), timeout=5).version
 
 
-def grpc_payload(feed) -> bytes:
+def grpc_payload(feed, tensor_content: bool = False) -> bytes:
     from deeprec_runtime.codec import encode_array  # noqa: PLC0415
     from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
 
     req = pb.PredictRequest(signature_name="serving_default")
     for k, v in feed.items():
-        encode_array(v, req.inputs[k])
+        encode_array(v, req.inputs[k], use_tensor_content=tensor_content)
     return req.SerializeToString()
+
+
+def print_ratios(batch: int) -> None:
+    """The targets' ratios, from this run's rows."""
+    f = FIGURES
+    runtime, run, floor = (f.get(DEFAULT_ROW), f.get("(a) in-process session.run(feed_dict)"),
+                           f.get("(a) in-process prepared callable"))
+    if not (runtime and run and floor):
+        return
+    parts = [f"server CPU/request {runtime[1] / run[1]:.2f}x in-process session.run (target <= 1)",
+             f"{runtime[1] / floor[1]:.1f}x the prepared-callable floor (toward "
+             f"{5 if batch == 1 else 2}x)"]
+    batching = f.get(BATCHING_ROW)
+    if batch == 1 and batching:
+        parts.append(f"batching {batching[1] / floor[1]:.1f}x the floor (toward 3x)")
+    stfs = f.get(STFS_ROW)
+    if stfs:
+        parts.append(f"throughput {runtime[0] / stfs[0]:.1f}x simple-tensorflow-serving "
+                     "(target >= 2.5)")
+    print("  ratios: " + "; ".join(parts), flush=True)
 
 
 def measure_server(label, server: Server, kind, payload, duration, concurrency=8, rate=0.0):
@@ -233,6 +258,11 @@ def stfs_payload(feed) -> bytes:
                        "data": {k: v.tolist() for k, v in feed.items()}}).encode()
 
 
+DEFAULT_ROW = "(b) deeprec-runtime gRPC (native)"
+BATCHING_ROW = "(b) ... batching (max 8, 500 us)"
+STFS_ROW = "(c) simple-tensorflow-serving HTTP"
+
+
 # --- main -------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -258,24 +288,28 @@ def main() -> int:
         venv = stfs_venv()
         for batch in (1, 64):
             print(f"\nbatch {batch}, concurrency 8, {args.duration:g}s each:", flush=True)
+            FIGURES.clear()
             in_process(art, batch, args.duration)
-            variants = [("(b) deeprec-runtime gRPC (native)", (), {}),
-                        ("(b) ... --grpc-server python", ("--grpc-server", "python"), {}),
-                        ("(b) ... enable_inline_execute", (), {"enable_inline_execute": True})]
+            variants = [(DEFAULT_ROW, (), {}, False),
+                        ("(b) ... tensor_content requests", (), {}, True),
+                        ("(b) ... --fast-predict off", ("--fast-predict", "off"), {}, False),
+                        ("(b) ... --grpc-server python", ("--grpc-server", "python"), {}, False),
+                        ("(b) ... enable_inline_execute", (), {"enable_inline_execute": True}, False)]
             if batch == 1:  # server-side batching merges the 8 callers' rows into one run
-                variants.append(("(b) ... batching (max 8, 500 us)", (),
+                variants.append((BATCHING_ROW, (),
                                  {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500,
-                                               "num_batch_threads": 2}}))
-            for label, cli_args, fields in variants:
+                                               "num_batch_threads": 2}}, False))
+            for label, cli_args, fields, raw in variants:
                 server = start_runtime(workdir, art, cli_args, **fields)
                 try:
-                    measure_server(label, server, "grpc", grpc_payload(feeds[batch]), args.duration)
+                    measure_server(label, server, "grpc", grpc_payload(feeds[batch], raw),
+                                   args.duration)
                 finally:
                     server.stop()
             if venv:
                 stfs = start_stfs(venv, workdir, art)
                 try:
-                    measure_server("(c) simple-tensorflow-serving HTTP", stfs, "http",
+                    measure_server(STFS_ROW, stfs, "http",
                                    stfs_payload(feeds[batch]), args.duration)
                 finally:
                     stfs.stop()
@@ -283,6 +317,7 @@ def main() -> int:
                 print("  (c) simple-tensorflow-serving: skipped, no venv (create .cache/stfs-venv: "
                       "pip install tensorflow-cpu==2.21.0 simple-tensorflow-serving 'flask<2.3' "
                       "'werkzeug<2.3')", flush=True)
+            print_ratios(batch)
 
     if "rss" in only:
         print(f"\nresident memory, {args.num_ids} x 16 embedding:", flush=True)

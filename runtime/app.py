@@ -19,6 +19,7 @@ from deeprec_runtime.server.grpc_server import (
 from deeprec_runtime.server.rest import RestServer
 
 if TYPE_CHECKING:
+    from deeprec_runtime.native.fast_predict import FastPredict
     from deeprec_runtime.native.server import NativeGrpcServer
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class Runtime:
                  model_name: str = "default", workers: int | None = None,
                  models: list[ModelEntry] | None = None, security: Security | None = None,
                  max_concurrent_requests: int | None = None,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES, grpc_server: str = "auto"):
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, grpc_server: str = "auto",
+                 fast_predict: bool = True):
         self.config = config
         #: TLS + authentication for both ports (runtime/security.py); default: plaintext, open.
         self.security = security or Security()
@@ -133,11 +135,37 @@ class Runtime:
                                    max_concurrent=max_concurrent_requests,
                                    max_message_bytes=max_message_bytes)
         self.grpc_port = self.grpc.port
+        #: The C++ path for DeepRec Predict calls (native/fast_predict.py), or None.
+        self.fast_predict = (self._start_fast_predict()
+                             if fast_predict and self.grpc_server == "native" else None)
         self.http = (RestServer(self.models, http_port, host, self.metrics, security=self.security,
                                 max_concurrent=max_concurrent_requests)
                      if http_port is not None else None)
         self.http_port = self.http.port if self.http else 0
         self._health_thread: threading.Thread | None = None
+
+    def _start_fast_predict(self) -> FastPredict | None:
+        """Hands DeepRec Predict calls of the default model to C++ first (the native front end
+        only): not when calls must be authenticated or batched, which the Python path does."""
+        from deeprec_runtime.native.build import BuildError  # noqa: PLC0415
+        from deeprec_runtime.native.fast_predict import PREDICT_METHOD, FastPredict  # noqa: PLC0415
+
+        if self.security.authenticator.enabled:
+            log.info("fast predict: off (calls are authenticated by the Python handlers)")
+            return None
+        if self.config.batching.enabled:
+            log.info("fast predict: off (batching merges calls in the Python handlers)")
+            return None
+        try:
+            fast = FastPredict(self.models.default.name, self.config.signature_name, self.metrics,
+                               self.manager.warmup_request)
+        except (BuildError, OSError) as exc:
+            log.warning("fast predict: off, its library cannot be built or loaded (%s)", exc)
+            return None
+        self.manager.on_serving = fast.publish
+        self.grpc.set_fast(PREDICT_METHOD, fast.entry)  # type: ignore[union-attr]  # native only
+        log.info("fast predict: on (DeepRec Predict calls are answered in C++ when they can be)")
+        return fast
 
     def start(self) -> None:
         log.info("starting with config %s", self.config.redacted())

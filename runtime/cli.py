@@ -49,6 +49,9 @@ def _serve_parser(sub) -> None:
                         "libgrpc++-dev), python (grpcio's; every option) or auto (default: "
                         "native unless --auth-protect-health is set or it cannot be built). "
                         "See docs/performance.md")
+    p.add_argument("--fast-predict", choices=("on", "off"), default="on",
+                   help="with the native gRPC server, answer DeepRec Predict calls in C++ when "
+                        "the serving version allows it (default on; see docs/performance.md)")
     _security_flags(p)
     p.add_argument("--log-level", default="INFO")
 
@@ -89,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("capi-path", help="print the path of libserving_processor.so (the DeepRec "
                                      "Processor C API), building it on first use")
     sub.add_parser("capi-include", help="print the folder holding processor.h")
-    sub.add_parser("native-path", help="print the path of the native gRPC front end library "
-                                       "(--grpc-server native), building it on first use")
+    sub.add_parser("native-path", help="print the paths of the native gRPC front end library "
+                                       "(--grpc-server native) and of the fast predict library, "
+                                       "building them on first use")
     args = parser.parse_args(argv)
     if args.command.startswith("capi-"):
         return capi(args.command)
@@ -127,9 +131,10 @@ def capi(command: str) -> int:
 
 
 def native_path() -> int:
-    from deeprec_runtime.native.build import BuildError, library_path  # noqa: PLC0415
+    from deeprec_runtime.native.build import BuildError, fast_predict_path, library_path  # noqa: PLC0415
 
-    return _print_built(library_path, BuildError, "the native gRPC front end")
+    return (_print_built(library_path, BuildError, "the native gRPC front end")
+            or _print_built(fast_predict_path, BuildError, "the fast predict library"))
 
 
 def serve(args) -> int:
@@ -165,7 +170,8 @@ def serve(args) -> int:
                           host=args.host, annotations_file=args.annotations_file,
                           model_name=args.model_name, workers=args.workers, security=security,
                           models=models, max_concurrent_requests=args.max_concurrent_requests,
-                          max_message_bytes=args.max_message_bytes, grpc_server=args.grpc_server)
+                          max_message_bytes=args.max_message_bytes, grpc_server=args.grpc_server,
+                          fast_predict=args.fast_predict == "on")
     except (ConfigError, SecurityConfigError) as exc:  # e.g. custom_op_paths, --tls-key
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -57,6 +57,14 @@ class _Series:
             self.sum += value
             self.buckets[i] += 1
 
+    def add(self, count: int, total: float, buckets: list[int]) -> None:
+        """Adds observations counted elsewhere (per bucket, not cumulative)."""
+        with self._lock:
+            self.count += count
+            self.sum += total
+            for i, n in enumerate(buckets):
+                self.buckets[i] += n
+
     def snapshot(self) -> tuple[int, float, list[tuple[str, float]]]:
         with self._lock:
             count, total, counts = self.count, self.sum, list(self.buckets)
@@ -98,6 +106,9 @@ class Metrics:
         self._batch: dict[str, _Series] = {}
         self._slot = threading.local()
         self._models: list[ServedModel] = []
+        #: Called before each scrape: requests answered outside the Python handlers (the native
+        #: fast path) are added to the series then.
+        self._request_sources: list[Callable[[], None]] = []
         self.registry.register(_RequestCollector(self))
         self.registry.register(_VersionCollector(self._models))
 
@@ -151,6 +162,24 @@ class Metrics:
             series = self._requests.setdefault(key, _Series(LATENCY_BUCKETS))
         series.observe(elapsed)
         self._in_flight[api].add(-1)
+
+    def add_request_source(self, flush: Callable[[], None]) -> None:
+        self._request_sources.append(flush)
+
+    def add_requests(self, api: str, model: str, version: str, code: str, count: int,
+                     total: float, buckets: list[int]) -> None:
+        """Requests answered outside the Python handlers: `buckets` per LATENCY_BUCKETS bound."""
+        key = (api, model, version, code)
+        series = self._requests.get(key)
+        if series is None:
+            series = self._requests.setdefault(key, _Series(LATENCY_BUCKETS))
+        series.add(count, total, buckets)
+
+    def add_batches(self, model: str, count: int, total: float, buckets: list[int]) -> None:
+        series = self._batch.get(model)
+        if series is None:
+            series = self._batch.setdefault(model, _Series(BATCH_BUCKETS))
+        series.add(count, total, buckets)
 
     # --- exposition ---------------------------------------------------------------------------
     def exposition(self) -> bytes:
@@ -208,6 +237,8 @@ class _RequestCollector:
         return []
 
     def collect(self) -> Iterable[Metric]:
+        for flush in list(self._m._request_sources):
+            flush()
         labels = ("api", "model", "version", "code")
         count = CounterMetricFamily("deeprec_requests", "Requests answered, by API, model, "
                                     "version and status code (gRPC code name or HTTP status)",

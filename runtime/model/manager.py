@@ -72,8 +72,8 @@ class Manager:
         #: Where embedding rows live when not in the session (Redis, DRAM+SSD tiers), or None.
         self.features = open_feature_store(config)
         self.tracer = TimelineRecorder.from_config(config, getattr(self.store, "write_bytes", None))
-        self._warmup_request = (load_warmup_request(config.warmup_file_name)
-                                if config.warmup_file_name else None)
+        self.warmup_request = (load_warmup_request(config.warmup_file_name)
+                               if config.warmup_file_name else None)
         self._lock = threading.Lock()  # guards _current/_previous/_status
         self._current: Servable | None = None
         self._previous: Servable | None = None
@@ -87,6 +87,9 @@ class Manager:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.listeners: list[Callable[[UpdateEvent], None]] = []
+        #: Told of every change of the serving version (None at stop), right after it happens:
+        #: the native fast path publishes that version's plan (native/fast_predict.py).
+        self.on_serving: Callable[[Servable | None], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,6 +112,7 @@ class Manager:
         with self._lock:
             servables = [s for s in (self._current, self._previous) if s]
             self._current = self._previous = None
+        self._serving_changed(None)
         for s in servables:
             s.close()
         if self.features is not None:
@@ -252,7 +256,7 @@ class Manager:
                 memo = self._execution_choice
                 known = memo[1] if memo and memo[0] == graph else None
                 warm = functools.partial(warm_up, servable, self.config.signature_name,
-                                         self._warmup_request, self.config.warmup_iterations,
+                                         self.warmup_request, self.config.warmup_iterations,
                                          known_inline=known)
                 # A first version of a graph measures inline against pool execution, which must
                 # not run at a lower priority than the pool's threads: that one warms up here.
@@ -280,6 +284,7 @@ class Manager:
             old_current, old_previous = self._current, self._previous
             self._current = servable
             self._previous = old_current if self.config.retain_previous_version else None
+        self._serving_changed(servable)
         self._set_status(servable.name, servable.full_step, servable.delta_step, "SERVING", "")
         if old_current is not None:
             self._set_status(old_current.name, old_current.full_step, old_current.delta_step,
@@ -291,6 +296,15 @@ class Manager:
         self._free_cached_files()
         log.info("now serving %s (full step %d, delta step %d)", servable.name,
                  servable.full_step, servable.delta_step)
+
+    def _serving_changed(self, servable: Servable | None) -> None:
+        if self.on_serving is None:
+            return
+        try:
+            self.on_serving(servable)
+        except Exception:  # the fast path is an optimisation: Python serves without it
+            log.exception("could not publish the fast path of %s",
+                          servable.name if servable else "nothing")
 
     def _free_cached_files(self) -> None:
         """Remote stores drop local copies of versions that are neither serving nor retained."""
@@ -307,6 +321,7 @@ class Manager:
             back, self._previous, self._current = self._previous, self._current, self._previous
         if back is None:  # the policy asks for a swap back only with a retained version
             raise RuntimeError("swap back without a retained previous version")
+        self._serving_changed(back)
         self._set_status(back.name, back.full_step, back.delta_step, "SERVING", "")
         if self._previous is not None:
             p = self._previous

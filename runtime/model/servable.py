@@ -40,6 +40,7 @@ from deeprec_runtime.model.signature import Signature, parse_signatures
 from deeprec_runtime.model.source import Delta, VersionInfo
 
 if TYPE_CHECKING:
+    from deeprec_runtime.native.fast_predict import FastPlan
     from deeprec_runtime.timeline import TimelineRecorder
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,11 @@ class Servable:
         self.tracer: TimelineRecorder | None = None
         #: The imported graph this version runs on (shared by versions of the same SavedModel).
         self.imported: ImportedGraph | None = None
+        #: This version's plan in the native fast path (native/fast_predict.py), once made; and
+        #: whether it was refused one (then it is served by the Python handler only).
+        self.fast_plan: FastPlan | None = None
+        self.fast_plan_refused = False
+        self._blocked_plan: FastPlan | None = None  # the plan begin_update() blocked
 
     # --- requests -----------------------------------------------------------------------------
     def signature(self, name: str) -> Signature:
@@ -242,7 +248,7 @@ class Servable:
         workers = self._options.plan.update_workers if self._options.plan else 1
         for updater, args in updates:  # before the gate: requests do not wait for this
             updater.prepare(args[0])
-        self.gate.acquire_write()
+        self.begin_update()
         try:
             if workers > 1 and len(updates) > 1:
                 # model_update_intra_threads: variables are independent, so their updates run
@@ -253,12 +259,29 @@ class Servable:
                 for updater, args in updates:
                     updater.apply(args)
         finally:
-            self.gate.release_write()
+            self.end_update()
         self.delta_step = delta.step
         self.update_time = time.time()
 
+    def begin_update(self) -> None:
+        """Waits until no request uses this version and keeps new ones waiting until
+        end_update(): requests answered in C++ (the fast plan's) drain first, and new ones take
+        the Python path, which waits on the gate."""
+        self._blocked_plan = self.fast_plan
+        if self._blocked_plan is not None:
+            self._blocked_plan.block()
+        self.gate.acquire_write()
+
+    def end_update(self) -> None:
+        self.gate.release_write()
+        if self._blocked_plan is not None:
+            self._blocked_plan.unblock()
+            self._blocked_plan = None
+
     def close(self) -> None:
         """Frees the session once no request uses it (blocks until then)."""
+        if self.fast_plan is not None:
+            self.fast_plan.close()  # no C++ request may reach the session once it is closed
         self.gate.acquire_write()
         try:
             if not self.closed:

@@ -1,8 +1,10 @@
-"""Builds libdeeprec_grpc_frontend.so from grpc_frontend.cc against the system's gRPC C++.
+"""Builds the native libraries: libdeeprec_grpc_frontend.so (grpc_frontend.cc, against the
+system's gRPC C++) and libdeeprec_fast_predict.so (fast_predict.cc, against TensorFlow's own
+headers and libtensorflow_framework, with the flags TensorFlow gives custom ops).
 
 Needs a C++ compiler, pkg-config and gRPC C++'s development files (Debian: g++ pkg-config
-libgrpc++-dev). The library is built once per source version and gRPC version into a cache
-folder (DEEPREC_NATIVE_DIR, else ~/.cache/deeprec-serving/native/KEY); an image build runs
+libgrpc++-dev). Each library is built once per source version and gRPC / TensorFlow version into
+a cache folder (DEEPREC_NATIVE_DIR, else ~/.cache/deeprec-serving/native/KEY); an image build runs
 `deeprec-runtime native-path` with DEEPREC_NATIVE_DIR set so containers never compile at start-up.
 """
 
@@ -13,13 +15,16 @@ import os
 import shutil
 import subprocess  # nosec B404  # runs the C++ compiler and pkg-config, fixed argument lists
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from deeprec_runtime.capi.build import locked
 
 LIBRARY_NAME = "libdeeprec_grpc_frontend.so"
+FAST_LIBRARY_NAME = "libdeeprec_fast_predict.so"
 DIR_ENV = "DEEPREC_NATIVE_DIR"
 SOURCE = Path(__file__).resolve().parent / "grpc_frontend.cc"
+FAST_SOURCE = Path(__file__).resolve().parent / "fast_predict.cc"
 PKG_CONFIG_MODULES = ("grpc++", "grpc")
 
 
@@ -61,47 +66,69 @@ def _grpc_flags() -> list[str]:
     return _run(["pkg-config", "--cflags", "--libs", *PKG_CONFIG_MODULES]).split()
 
 
-def build_key(grpc_version: str) -> str:
-    h = hashlib.sha256(SOURCE.read_bytes())
-    h.update(grpc_version.encode())
+def build_key(source: Path, version: str) -> str:
+    h = hashlib.sha256(source.read_bytes())
+    h.update(version.encode())
     return h.hexdigest()[:16]
 
 
-_found: dict[str, str] = {}
+def _tensorflow_flags() -> tuple[str, list[str]]:
+    """TensorFlow's version and the flags it gives custom ops (its headers, ABI, framework
+    library), plus an rpath to that library's folder."""
+    import tensorflow as tf  # noqa: PLC0415  # only when building
+
+    link = tf.sysconfig.get_link_flags()
+    folders = [f[2:] for f in link if f.startswith("-L")]
+    return tf.__version__, [*tf.sysconfig.get_compile_flags(), *link,
+                            *(f"-Wl,-rpath,{d}" for d in folders)]
 
 
-def library_path(build: bool = True) -> str:
-    """Absolute path of the library, building it first if it is not there yet (remembered for
-    the process: asking again costs nothing)."""
+_found: dict[tuple[str, str], str] = {}
+
+
+def _library(name: str, source: Path, version: Callable[[], str],
+             flags: Callable[[], list[str]], build: bool) -> str:
     configured = os.environ.get(DIR_ENV, "")
-    if configured in _found:
-        return _found[configured]
-    if configured and (Path(configured) / LIBRARY_NAME).exists():
-        return str(Path(configured) / LIBRARY_NAME)  # an image's prebuilt copy: no toolchain there
-    key = build_key(_grpc_version())
+    if (configured, name) in _found:
+        return _found[(configured, name)]
+    if configured and (Path(configured) / name).exists():
+        return str(Path(configured) / name)  # an image's prebuilt copy: no toolchain there
+    key = build_key(source, version())
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     folder = Path(configured) if configured else Path(cache) / "deeprec-serving" / "native" / key
-    lib = folder / LIBRARY_NAME
+    lib = folder / name
     if not lib.exists():
         if not build:
             raise BuildError(f"{lib} is not built; run `deeprec-runtime native-path`")
         folder.mkdir(parents=True, exist_ok=True)
         with locked(folder / ".lock"):
             if not lib.exists():
-                _compile(_grpc_flags(), lib)
-    _found[configured] = str(lib)
+                _compile(source, flags(), lib)
+    _found[(configured, name)] = str(lib)
     return str(lib)
 
 
-def _compile(flags: list[str], target: Path) -> None:
+def library_path(build: bool = True) -> str:
+    """Absolute path of the gRPC front end, building it first if it is not there yet
+    (remembered for the process: asking again costs nothing)."""
+    return _library(LIBRARY_NAME, SOURCE, _grpc_version, _grpc_flags, build)
+
+
+def fast_predict_path(build: bool = True) -> str:
+    """Absolute path of the fast predict library (built as library_path is)."""
+    return _library(FAST_LIBRARY_NAME, FAST_SOURCE, lambda: _tensorflow_flags()[0],
+                    lambda: _tensorflow_flags()[1], build)
+
+
+def _compile(source: Path, flags: list[str], target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="deeprec-native-") as tmp:
-        built = Path(tmp) / LIBRARY_NAME
+        built = Path(tmp) / target.name
         # $ORIGIN/lib: an image copies gRPC C++'s shared libraries there (Dockerfile.runtime);
         # DT_RPATH rather than RUNPATH, so that it also applies to their own dependencies.
         _run([_compiler(), "-O2", "-std=c++17", "-shared", "-fPIC",
-              "-Wl,--disable-new-dtags,-rpath,$ORIGIN/lib", "-o", str(built), str(SOURCE), *flags])
+              "-Wl,--disable-new-dtags,-rpath,$ORIGIN/lib", "-o", str(built), str(source), *flags])
         # Rename into place: a process that loads the library never sees a half-written file.
-        staged = target.parent / f".{LIBRARY_NAME}.{os.getpid()}"
+        staged = target.parent / f".{target.name}.{os.getpid()}"
         shutil.copyfile(built, staged)
         os.chmod(staged, 0o755)  # nosec B103  # a shared library others load: r-x for all
         os.replace(staged, target)

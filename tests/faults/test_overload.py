@@ -48,13 +48,13 @@ def runtime_with(make_runtime, request):
 
 
 class HeldModel:
-    """Holds the serving version's gate for writing, as a long delta apply does: requests that
-    reach the model wait until release()."""
+    """Holds the serving version for an update, as a long delta apply does: requests that reach
+    the model wait until release()."""
 
     def __init__(self, runtime: Runtime):
         self.servable = runtime.manager.acquire()
         runtime.manager.release(self.servable)
-        self.servable.gate.acquire_write()
+        self.servable.begin_update()
         self.runs = 0
         inner = self.servable.run
 
@@ -65,7 +65,7 @@ class HeldModel:
         self.servable.run = counted  # counts the model runs that really happen
 
     def release(self) -> None:
-        self.servable.gate.release_write()
+        self.servable.end_update()
 
 
 def test_requests_past_the_bound_get_resource_exhausted_at_once(demo, runtime_with):

@@ -1,0 +1,501 @@
+// Fast predict: answers the common DeepRec Predict call without Python.
+//
+// The native gRPC front end (grpc_frontend.cc) offers every PredictionService/Predict call here
+// first. When the serving version has a published plan and the request is one the plan fully
+// understands (the plan's signature, every input by alias exactly once, with the signature's dtype
+// and a compatible shape, packed values or tensor_content, no output_filter), the request is
+// decoded straight into TensorFlow tensors, run through the version's own prepared callable
+// (`Session::RunCallable`, the same handle the Python path uses, so the same inline-or-pool
+// choice), and the response is encoded here. Anything else -- and any failure, TensorFlow's
+// included -- returns "not handled", and the Python handler answers exactly as it always has,
+// error messages and status codes included. So this path only ever answers successes, and the
+// Python data plane stays the single definition of what a request means.
+//
+// Why: at batch 64 the Python handler (protobuf objects, numpy conversions, metrics, the GIL)
+// cost more CPU than the model; this path holds no GIL at all.
+//
+// Plans are created by runtime/native/fast_predict.py for one version each. Lifetime rules, so a
+// request never touches a session that is gone: a request counts itself active on the plan and
+// then checks that the plan is neither closed nor blocked (sequentially consistent, paired with
+// Block/Close, which first set the flag and then wait for the active count to reach zero). Block
+// is how a delta gets exclusive access (requests arriving meanwhile take the Python path, which
+// waits on the version's gate); Close is called before the version's session is closed.
+//
+// Built against TensorFlow's own headers and libtensorflow_framework (the flags TensorFlow gives
+// custom ops), as a library of its own: gRPC C++ and TensorFlow each bundle protobuf and absl
+// headers that cannot meet in one translation unit.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/public/session.h"
+
+namespace {
+
+using tensorflow::DataType;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+// ArrayDataType codes of the wire types this path carries (proto/deeprec/serving/predict.proto);
+// they equal TensorFlow's DataType numbers.
+constexpr int kFloat = 1, kDouble = 2, kInt32 = 3, kInt64 = 9;
+
+int ItemSize(int wire) {
+  switch (wire) {
+    case kFloat: case kInt32: return 4;
+    case kDouble: case kInt64: return 8;
+    default: return 0;
+  }
+}
+
+// The ArrayProto field that carries values of a wire dtype.
+int ValueField(int wire) {
+  switch (wire) {
+    case kFloat: return 3;
+    case kDouble: return 4;
+    case kInt32: return 5;
+    case kInt64: return 7;
+    default: return 0;
+  }
+}
+
+struct InputSpec {
+  std::string alias;
+  int wire = 0;
+  int rank = -1;               // -1: unknown rank
+  std::vector<int64_t> dims;   // -1: unknown dimension
+  int feed = 0;                // position in the callable's feeds
+};
+
+struct OutputSpec {
+  std::string alias;
+  int fetch = 0;  // position in the callable's fetches
+  int wire = 0;
+};
+
+struct Histogram {
+  explicit Histogram(std::vector<double> b) : bounds(std::move(b)), counts(bounds.size() + 1) {}
+  void Observe(double v) {
+    size_t i = 0;
+    while (i < bounds.size() && v > bounds[i]) ++i;  // first bound >= v, as Prometheus' `le`
+    std::lock_guard<std::mutex> lock(mu);
+    ++count;
+    sum += v;
+    ++counts[i];
+  }
+  std::vector<double> bounds;
+  std::mutex mu;
+  uint64_t count = 0;
+  double sum = 0;
+  std::vector<uint64_t> counts;
+};
+
+struct Plan {
+  tensorflow::Session* session = nullptr;
+  int64_t callable = 0;
+  std::string signature;
+  std::vector<InputSpec> inputs;
+  std::vector<OutputSpec> outputs;  // sorted by alias, as the Python path answers
+  int num_feeds = 0;
+  int num_fetches = 0;
+  std::atomic<int> active{0};
+  std::atomic<int> blocked{0};
+  std::atomic<bool> closed{false};
+  std::unique_ptr<Histogram> latency;
+  std::unique_ptr<Histogram> rows;
+};
+
+std::mutex g_mu;
+std::shared_ptr<Plan> g_current;  // read with std::atomic_load
+
+// --- protobuf wire format (proto3: packed repeated scalars) -----------------------------------
+struct Reader {
+  const uint8_t* p;
+  const uint8_t* end;
+  bool Varint(uint64_t* v) {
+    uint64_t out = 0;
+    for (int shift = 0; shift < 64 && p < end; shift += 7) {
+      uint8_t b = *p++;
+      out |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) {
+        *v = out;
+        return true;
+      }
+    }
+    return false;
+  }
+  bool Bytes(const uint8_t** data, size_t* size) {
+    uint64_t n;
+    if (!Varint(&n) || n > static_cast<uint64_t>(end - p)) return false;
+    *data = p;
+    *size = n;
+    p += n;
+    return true;
+  }
+};
+
+struct WireArray {
+  uint64_t dtype = 0;
+  bool has_shape = false;
+  std::vector<int64_t> dims;
+  const uint8_t* values = nullptr;  // packed values of the dtype's field
+  size_t values_size = 0;
+  int values_field = 0;
+  const uint8_t* content = nullptr;  // tensor_content
+  size_t content_size = 0;
+  bool has_content = false;
+};
+
+bool ParseShape(const uint8_t* data, size_t size, WireArray* a) {
+  Reader r{data, data + size};
+  while (r.p < r.end) {
+    uint64_t tag;
+    if (!r.Varint(&tag)) return false;
+    if (tag == ((1 << 3) | 2)) {  // packed dims
+      const uint8_t* d;
+      size_t n;
+      if (!r.Bytes(&d, &n)) return false;
+      Reader dr{d, d + n};
+      while (dr.p < dr.end) {
+        uint64_t v;
+        if (!dr.Varint(&v)) return false;
+        a->dims.push_back(static_cast<int64_t>(v));
+      }
+    } else if (tag == ((1 << 3) | 0)) {  // one unpacked dim
+      uint64_t v;
+      if (!r.Varint(&v)) return false;
+      a->dims.push_back(static_cast<int64_t>(v));
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool ParseArray(const uint8_t* data, size_t size, WireArray* a) {
+  Reader r{data, data + size};
+  while (r.p < r.end) {
+    uint64_t tag;
+    if (!r.Varint(&tag)) return false;
+    uint64_t field = tag >> 3, type = tag & 7;
+    if (field == 1 && type == 0) {
+      if (!r.Varint(&a->dtype)) return false;
+    } else if (field == 2 && type == 2 && !a->has_shape) {
+      const uint8_t* d;
+      size_t n;
+      if (!r.Bytes(&d, &n) || !ParseShape(d, n, a)) return false;
+      a->has_shape = true;
+    } else if (field >= 3 && field <= 8 && field != 6 && type == 2 && a->values == nullptr) {
+      if (!r.Bytes(&a->values, &a->values_size)) return false;
+      a->values_field = static_cast<int>(field);
+    } else if (field == 100 && type == 2 && !a->has_content) {
+      if (!r.Bytes(&a->content, &a->content_size)) return false;
+      a->has_content = true;
+    } else {
+      return false;  // string values, unpacked values, repeated fields, unknown fields
+    }
+  }
+  return true;
+}
+
+// Fills `t` from the packed varints (int32 / int64) or fixed-width values of `a`.
+bool FillTensor(const WireArray& a, int wire, int64_t count, Tensor* t) {
+  char* dst = const_cast<char*>(t->tensor_data().data());
+  size_t bytes = static_cast<size_t>(count) * ItemSize(wire);
+  if (a.has_content) {
+    if (a.content_size != bytes) return false;
+    std::memcpy(dst, a.content, bytes);
+    return true;
+  }
+  if (wire == kFloat || wire == kDouble) {
+    if (a.values_size != bytes) return false;
+    std::memcpy(dst, a.values, bytes);
+    return true;
+  }
+  Reader r{a.values, a.values + a.values_size};
+  for (int64_t i = 0; i < count; ++i) {
+    uint64_t v;
+    if (!r.Varint(&v)) return false;
+    if (wire == kInt64) {
+      reinterpret_cast<int64_t*>(dst)[i] = static_cast<int64_t>(v);
+    } else {
+      reinterpret_cast<int32_t*>(dst)[i] = static_cast<int32_t>(v);
+    }
+  }
+  return r.p == r.end;  // exactly `count` values
+}
+
+void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+void PutBytes(std::string* out, int field, const char* data, size_t size) {
+  PutVarint(out, (static_cast<uint64_t>(field) << 3) | 2);
+  PutVarint(out, size);
+  out->append(data, size);
+}
+
+// ArrayProto of one output, as runtime/codec.py's encode_array writes it.
+void EncodeArray(const Tensor& t, int wire, bool raw, std::string* out) {
+  PutVarint(out, (1 << 3) | 0);
+  PutVarint(out, static_cast<uint64_t>(wire));
+  std::string shape;
+  if (t.dims() > 0) {
+    std::string dims;
+    for (int i = 0; i < t.dims(); ++i) PutVarint(&dims, static_cast<uint64_t>(t.dim_size(i)));
+    PutBytes(&shape, 1, dims.data(), dims.size());
+  }
+  PutBytes(out, 2, shape.data(), shape.size());
+  auto data = t.tensor_data();
+  if (data.empty()) return;
+  if (raw) {
+    PutBytes(out, 100, data.data(), data.size());
+  } else if (wire == kFloat || wire == kDouble) {
+    PutBytes(out, ValueField(wire), data.data(), data.size());
+  } else {
+    std::string packed;
+    int64_t n = t.NumElements();
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t v = wire == kInt64 ? reinterpret_cast<const int64_t*>(data.data())[i]
+                                 : reinterpret_cast<const int32_t*>(data.data())[i];
+      PutVarint(&packed, static_cast<uint64_t>(v));
+    }
+    PutBytes(out, ValueField(wire), packed.data(), packed.size());
+  }
+}
+
+// Holds the plan's active count for one request; the plan is usable only if open().
+class Use {
+ public:
+  explicit Use(Plan* plan) : plan_(plan) { plan_->active.fetch_add(1); }
+  ~Use() { plan_->active.fetch_sub(1); }
+  bool open() const { return !plan_->closed.load() && plan_->blocked.load() == 0; }
+
+ private:
+  Plan* plan_;
+};
+
+void WaitIdle(Plan* plan) {
+  while (plan->active.load() != 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+}
+
+// -1: not handled (the caller asks Python); 0: *out holds the serialized PredictResponse.
+int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::string* out) {
+  auto started = std::chrono::steady_clock::now();
+  Reader r{reinterpret_cast<const uint8_t*>(data), reinterpret_cast<const uint8_t*>(data) + size};
+  std::vector<WireArray> arrays(plan->inputs.size());
+  std::vector<bool> seen(plan->inputs.size(), false);
+  bool raw = false;
+  while (r.p < r.end) {
+    uint64_t tag;
+    if (!r.Varint(&tag)) return -1;
+    const uint8_t* body;
+    size_t body_size;
+    if (tag == ((1 << 3) | 2)) {  // signature_name
+      if (!r.Bytes(&body, &body_size)) return -1;
+      if (body_size != 0 && std::string(reinterpret_cast<const char*>(body), body_size) != plan->signature)
+        return -1;
+    } else if (tag == ((2 << 3) | 2)) {  // one inputs map entry
+      if (!r.Bytes(&body, &body_size)) return -1;
+      Reader e{body, body + body_size};
+      const uint8_t* key = nullptr;
+      size_t key_size = 0;
+      const uint8_t* value = nullptr;
+      size_t value_size = 0;
+      while (e.p < e.end) {
+        uint64_t etag;
+        if (!e.Varint(&etag)) return -1;
+        if (etag == ((1 << 3) | 2) && key == nullptr) {
+          if (!e.Bytes(&key, &key_size)) return -1;
+        } else if (etag == ((2 << 3) | 2) && value == nullptr) {
+          if (!e.Bytes(&value, &value_size)) return -1;
+        } else {
+          return -1;
+        }
+      }
+      if (key == nullptr) return -1;
+      size_t i = 0;
+      while (i < plan->inputs.size() &&
+             (plan->inputs[i].alias.size() != key_size ||
+              std::memcmp(plan->inputs[i].alias.data(), key, key_size) != 0))
+        ++i;
+      if (i == plan->inputs.size() || seen[i]) return -1;  // tensor names, unknown keys, repeats
+      seen[i] = true;
+      if (value != nullptr && !ParseArray(value, value_size, &arrays[i])) return -1;
+    } else {
+      return -1;  // output_filter, unknown fields
+    }
+  }
+  std::vector<Tensor> feeds(plan->num_feeds);
+  int64_t batch = -1;
+  for (size_t i = 0; i < plan->inputs.size(); ++i) {
+    const InputSpec& spec = plan->inputs[i];
+    const WireArray& a = arrays[i];
+    if (!seen[i] || a.dtype != static_cast<uint64_t>(spec.wire) || !a.has_shape) return -1;
+    if (a.has_content == (a.values != nullptr)) return -1;  // exactly one way of sending values
+    if (a.values != nullptr && a.values_field != ValueField(spec.wire)) return -1;
+    if (spec.rank >= 0 && static_cast<int>(a.dims.size()) != spec.rank) return -1;
+    int64_t count = 1;
+    for (size_t d = 0; d < a.dims.size(); ++d) {
+      if (a.dims[d] <= 0 || a.dims[d] > (int64_t{1} << 40)) return -1;
+      if (spec.rank >= 0 && spec.dims[d] >= 0 && spec.dims[d] != a.dims[d]) return -1;
+      count *= a.dims[d];
+      if (count > (int64_t{1} << 40)) return -1;
+    }
+    // The values must be there before anything is allocated (a request's shape is only a claim):
+    // exact bytes for fixed-width values, 1 to 10 bytes per varint.
+    size_t sent = a.has_content ? a.content_size : a.values_size;
+    uint64_t need = static_cast<uint64_t>(count) * ItemSize(spec.wire);
+    bool varints = !a.has_content && (spec.wire == kInt32 || spec.wire == kInt64);
+    uint64_t n = static_cast<uint64_t>(count);
+    if (varints ? (sent < n || sent > n * 10) : sent != need)
+      return -1;
+    if (i == 0) batch = a.dims.empty() ? -1 : a.dims[0];
+    raw = raw || a.has_content;
+    TensorShape shape;
+    for (int64_t d : a.dims) shape.AddDim(d);
+    Tensor t(static_cast<DataType>(spec.wire), shape);
+    if (!FillTensor(a, spec.wire, count, &t)) return -1;
+    feeds[spec.feed] = std::move(t);
+  }
+  if (timeout_s >= 0 &&
+      std::chrono::steady_clock::now() - started >= std::chrono::duration<double>(timeout_s))
+    return -1;  // expired: Python answers DEADLINE_EXCEEDED
+  std::vector<Tensor> fetches;
+  if (!plan->session->RunCallable(plan->callable, feeds, &fetches, nullptr).ok()) return -1;
+  if (static_cast<int>(fetches.size()) != plan->num_fetches) return -1;
+  out->clear();
+  std::string array;
+  for (const OutputSpec& spec : plan->outputs) {
+    const Tensor& t = fetches[spec.fetch];
+    if (static_cast<int>(t.dtype()) != spec.wire) return -1;
+    array.clear();
+    EncodeArray(t, spec.wire, raw, &array);
+    std::string entry;
+    PutBytes(&entry, 1, spec.alias.data(), spec.alias.size());
+    PutBytes(&entry, 2, array.data(), array.size());
+    PutBytes(out, 1, entry.data(), entry.size());
+  }
+  if (batch >= 0) plan->rows->Observe(static_cast<double>(batch));
+  plan->latency->Observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  return 0;
+}
+
+thread_local std::string t_answer;
+
+}  // namespace
+
+extern "C" {
+
+// `tf_session` is the TF_Session* of a tf.compat.v1.Session (its first member is the
+// tensorflow::Session*); `callable` a handle that session made (Session::MakeCallable).
+// Inputs are listed in signature order with their wire dtype, rank (-1 unknown) and dims
+// (flattened, -1 unknown); outputs sorted by alias. Returns an owned handle for drf_* calls.
+void* drf_plan_new(void* tf_session, int64_t callable, const char* signature, int num_inputs,
+                   const char** input_aliases, const int* input_wire, const int* input_rank,
+                   const int64_t* input_dims, const int* input_feed, int num_outputs,
+                   const char** output_aliases, const int* output_wire, const int* output_fetch,
+                   int num_feeds, int num_fetches, const double* latency_bounds,
+                   int num_latency_bounds, const double* row_bounds, int num_row_bounds) {
+  auto plan = std::make_shared<Plan>();
+  plan->session = *static_cast<tensorflow::Session**>(tf_session);
+  plan->callable = callable;
+  plan->signature = signature;
+  const int64_t* dims = input_dims;
+  for (int i = 0; i < num_inputs; ++i) {
+    InputSpec spec;
+    spec.alias = input_aliases[i];
+    spec.wire = input_wire[i];
+    spec.rank = input_rank[i];
+    for (int d = 0; d < spec.rank; ++d) spec.dims.push_back(*dims++);
+    spec.feed = input_feed[i];
+    plan->inputs.push_back(std::move(spec));
+  }
+  for (int i = 0; i < num_outputs; ++i)
+    plan->outputs.push_back({output_aliases[i], output_fetch[i], output_wire[i]});
+  plan->num_feeds = num_feeds;
+  plan->num_fetches = num_fetches;
+  plan->latency = std::make_unique<Histogram>(
+      std::vector<double>(latency_bounds, latency_bounds + num_latency_bounds));
+  plan->rows = std::make_unique<Histogram>(std::vector<double>(row_bounds, row_bounds + num_row_bounds));
+  return new std::shared_ptr<Plan>(std::move(plan));
+}
+
+// Makes `handle` (or nothing, with NULL) the plan that Predict calls use.
+void drf_publish(void* handle) {
+  std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle) : nullptr;
+  std::lock_guard<std::mutex> lock(g_mu);
+  std::atomic_store(&g_current, plan);
+}
+
+// Requests stop using the plan until drf_unblock; returns once none is using it.
+void drf_block(void* handle) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  plan->blocked.fetch_add(1);
+  WaitIdle(plan);
+}
+
+void drf_unblock(void* handle) { static_cast<std::shared_ptr<Plan>*>(handle)->get()->blocked.fetch_sub(1); }
+
+// No request uses the plan after this returns (it is unpublished if it was the current one).
+void drf_close(void* handle) {
+  auto& plan = *static_cast<std::shared_ptr<Plan>*>(handle);
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    if (std::atomic_load(&g_current) == plan) std::atomic_store(&g_current, std::shared_ptr<Plan>());
+  }
+  plan->closed.store(true);
+  WaitIdle(plan.get());
+}
+
+void drf_free(void* handle) { delete static_cast<std::shared_ptr<Plan>*>(handle); }
+
+int drf_active(void* handle) { return static_cast<std::shared_ptr<Plan>*>(handle)->get()->active.load(); }
+
+// Cumulative figures of the requests this plan answered: which = 0 latency (seconds), 1 rows.
+// Writes count, sum and then one count per bucket (the last is +Inf), not cumulative.
+void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* buckets) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  Histogram* h = which == 0 ? plan->latency.get() : plan->rows.get();
+  std::lock_guard<std::mutex> lock(h->mu);
+  *count = h->count;
+  *sum = h->sum;
+  std::memcpy(buckets, h->counts.data(), h->counts.size() * sizeof(uint64_t));
+}
+
+// One Predict call on `handle`'s plan (the published one when NULL). Returns -1 when not handled,
+// else 0 with *out pointing at the response, valid until this thread's next call.
+int drf_predict_on(void* handle, const char* data, size_t size, double timeout_s, const char** out,
+                   size_t* out_size) {
+  std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle)
+                                      : std::atomic_load(&g_current);
+  if (!plan) return -1;
+  Use use(plan.get());
+  if (!use.open()) return -1;
+  int code = Predict(plan.get(), data, size, timeout_s, &t_answer);
+  if (code == 0) {
+    *out = t_answer.data();
+    *out_size = t_answer.size();
+  }
+  return code;
+}
+
+// The front end's entry point (grpc_frontend.cc's dr_fast_fn): the published plan.
+int drf_predict(const char* data, size_t size, double timeout_s, const char** out, size_t* out_size) {
+  return drf_predict_on(nullptr, data, size, timeout_s, out, out_size);
+}
+
+}  // extern "C"

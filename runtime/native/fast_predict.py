@@ -1,0 +1,314 @@
+"""FastPredict: DeepRec Predict calls answered in C++ (fast_predict.cc), no Python on the way.
+
+The native gRPC front end offers each PredictionService/Predict call to the published plan
+first; a plan belongs to one version and names its prepared callable, its signature and the
+shapes and dtypes it accepts. Whatever a plan does not handle (other signatures, tensor names
+instead of aliases, output_filter, any invalid input, a TensorFlow error, a blocked or closed
+plan) goes to the Python handler as before, so errors keep their codes and messages.
+
+A version gets a plan only when nothing else has to happen per request: the in-process feature
+store (no Redis / tiered lookups fed in place of gathers), no timeline, no batching, one CPU lane
+that does not pin its caller, numeric inputs and outputs only. Before a plan is published it
+answers the warmup request (or a generated one) and must give the same response as the Python
+path; otherwise the version is served by Python alone and the reason is logged.
+
+Lifetime: Manager publishes the serving version's plan at every swap (or none); a delta blocks
+the plan while it holds the version's write gate (requests meanwhile take the Python path, which
+waits on the gate); Servable.close closes the plan before the session goes. The requests a plan
+answered are added to the runtime's request metrics at each scrape and when it closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from deeprec_runtime import metrics as metrics_mod
+from deeprec_runtime.errors import ServingError
+from deeprec_runtime.model import warmup
+from deeprec_runtime.native.build import fast_predict_path
+from deeprec_runtime.predict import predict
+from deeprec_runtime.protos import predict_pb2 as pb
+
+if TYPE_CHECKING:
+    from deeprec_runtime.metrics import Metrics
+    from deeprec_runtime.model.servable import Servable
+
+log = logging.getLogger(__name__)
+
+PREDICT_METHOD = "/deeprec.serving.PredictionService/Predict"
+API = "deeprec_grpc"
+
+_CDEF = """
+void *drf_plan_new(void *tf_session, int64_t callable, const char *signature, int num_inputs,
+                   const char **input_aliases, const int *input_wire, const int *input_rank,
+                   const int64_t *input_dims, const int *input_feed, int num_outputs,
+                   const char **output_aliases, const int *output_wire, const int *output_fetch,
+                   int num_feeds, int num_fetches, const double *latency_bounds,
+                   int num_latency_bounds, const double *row_bounds, int num_row_bounds);
+void drf_publish(void *plan);
+void drf_block(void *plan);
+void drf_unblock(void *plan);
+void drf_close(void *plan);
+void drf_free(void *plan);
+int drf_active(void *plan);
+void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
+int drf_predict_on(void *plan, const char *data, size_t size, double timeout_s,
+                   const char **out, size_t *out_size);
+int drf_predict(const char *data, size_t size, double timeout_s, const char **out,
+                size_t *out_size);
+"""
+
+#: The wire dtypes fast_predict.cc carries (float, double, int32, int64).
+_CARRIED = frozenset({pb.DT_FLOAT, pb.DT_DOUBLE, pb.DT_INT32, pb.DT_INT64})
+# pybind11 keeps a bound object's C++ pointer right after the Python object header (its "simple"
+# instance layout: one type, default holder), which is how TensorFlow wraps TF_Session.
+_PYBIND_VALUE_OFFSET = 16
+
+
+def session_pointer(session: Any) -> int:
+    """Address of the TF_Session behind a tf.compat.v1.Session."""
+    import ctypes  # noqa: PLC0415
+
+    wrapper = session._session  # noqa: SLF001  # TensorFlow's handle; no public accessor
+    if type(wrapper).__name__ != "TF_Session":
+        raise TypeError(f"unexpected session handle {type(wrapper).__name__}")
+    return int(ctypes.c_void_p.from_address(id(wrapper) + _PYBIND_VALUE_OFFSET).value or 0)
+
+
+class FastPredict:
+    """The C++ fast path of one runtime: loads the library, builds and publishes plans."""
+
+    def __init__(self, model_name: str, signature_name: str, metrics: Metrics | None = None,
+                 check_request: pb.PredictRequest | None = None):
+        import cffi  # noqa: PLC0415
+
+        self.ffi = ffi = cffi.FFI()
+        ffi.cdef(_CDEF)
+        self.lib = ffi.dlopen(fast_predict_path(), os.RTLD_NOW)
+        #: The C function the front end calls (dr_fast_fn).
+        self.entry = ffi.cast("void *", ffi.addressof(self.lib, "drf_predict"))
+        self.model_name = model_name
+        self.signature_name = signature_name
+        self.metrics = metrics
+        #: What a new plan must answer as the Python path does (the warmup request; else one
+        #: generated from the signature).
+        self.check_request = check_request
+        self._lock = threading.Lock()
+        self._plans: list[FastPlan] = []
+        if metrics is not None:
+            metrics.add_request_source(self.flush_stats)
+
+    # --- plans --------------------------------------------------------------------------------
+    def publish(self, servable: Servable | None) -> None:
+        """Makes `servable`'s plan the one Predict calls use; no plan when it has none (or for
+        None), so calls go to Python, which serves whatever the manager serves."""
+        try:
+            plan = self.plan_for(servable) if servable is not None else None
+        except BaseException:
+            self.lib.drf_publish(self.ffi.NULL)  # never leave the previous version's plan serving
+            raise
+        self.lib.drf_publish(plan.handle if plan is not None else self.ffi.NULL)
+
+    def plan_for(self, servable: Servable) -> FastPlan | None:
+        """The servable's plan, made and checked on first use; None (logged once) when it has
+        none."""
+        if servable.fast_plan is not None or servable.fast_plan_refused:
+            return servable.fast_plan
+        try:
+            plan = self._make_plan(servable)
+            self._check(plan, servable)
+        except _Ineligible as exc:
+            servable.fast_plan_refused = True
+            log.info("version %s is served by the Python handler only: %s", servable.name, exc)
+            return None
+        servable.fast_plan = plan
+        return plan
+
+    def _make_plan(self, servable: Servable) -> FastPlan:
+        why = _ineligible(servable, self.signature_name)
+        if why:
+            raise _Ineligible(why)
+        signature = servable.signature(self.signature_name)
+        inputs = sorted(signature.inputs.values(), key=lambda s: s.alias)
+        outputs = sorted(signature.outputs.values(), key=lambda s: s.alias)
+        feed_names = tuple(sorted({s.name for s in inputs}))
+        fetch_names = tuple(sorted({s.name for s in outputs}))
+        if len(feed_names) != len(inputs):
+            raise _Ineligible("two inputs of the signature name the same tensor")
+        callable_ = servable._make_callable(0, feed_names, fetch_names, servable.inline)  # noqa: SLF001
+        ffi = self.ffi
+        keep: list[Any] = []  # cffi buffers must outlive the call
+
+        def strings(values: list[str]) -> Any:
+            items = [ffi.new("char[]", v.encode()) for v in values]
+            keep.extend(items)
+            return ffi.new("const char *[]", items)
+
+        dims = [d for s in inputs if s.shape is not None for d in s.shape]
+        handle = self.lib.drf_plan_new(
+            ffi.cast("void *", session_pointer(servable.session)),
+            callable_._handle,  # type: ignore[attr-defined]  # noqa: SLF001  # TF's _Callable
+            self.signature_name.encode(), len(inputs), strings([s.alias for s in inputs]),
+            ffi.new("int[]", [s.wire_dtype for s in inputs]),
+            ffi.new("int[]", [len(s.shape) if s.shape is not None else -1 for s in inputs]),
+            ffi.new("int64_t[]", dims or [0]),
+            ffi.new("int[]", [feed_names.index(s.name) for s in inputs]),
+            len(outputs), strings([s.alias for s in outputs]),
+            ffi.new("int[]", [s.wire_dtype for s in outputs]),
+            ffi.new("int[]", [fetch_names.index(s.name) for s in outputs]),
+            len(feed_names), len(fetch_names),
+            ffi.new("double[]", list(metrics_mod.LATENCY_BUCKETS)), len(metrics_mod.LATENCY_BUCKETS),
+            ffi.new("double[]", [float(b) for b in metrics_mod.BATCH_BUCKETS]),
+            len(metrics_mod.BATCH_BUCKETS))
+        plan = FastPlan(self, handle, servable.name, callable_)
+        with self._lock:
+            self._plans.append(plan)
+        return plan
+
+    def _check(self, plan: FastPlan, servable: Servable) -> None:
+        """The plan must answer one real request exactly as the Python path does."""
+        request = self.check_request or warmup.generated_request(servable, self.signature_name)
+        if request is None:
+            plan.close()
+            raise _Ineligible("no request to check the plan with")
+        data = request.SerializeToString()
+        try:
+            servable.gate.acquire_read()
+            try:
+                expected = predict(servable, request, self.signature_name)
+            finally:
+                servable.gate.release_read()
+        except ServingError as exc:
+            plan.close()
+            raise _Ineligible(f"the check request fails on the Python path ({exc})") from None
+        answer = plan.predict(data)
+        plan.flush(count=False)  # the check is not a request anyone sent
+        if answer is None or pb.PredictResponse.FromString(answer) != expected:
+            plan.close()
+            raise _Ineligible("the C++ answer to the check request differs from the Python one")
+
+    # --- metrics ------------------------------------------------------------------------------
+    def flush_stats(self) -> None:
+        """Adds what each plan answered since the last flush to the runtime's request series."""
+        with self._lock:
+            plans = list(self._plans)
+        for plan in plans:
+            plan.flush()
+
+    def _forget(self, plan: FastPlan) -> None:
+        with self._lock:
+            if plan in self._plans:
+                self._plans.remove(plan)
+
+
+class _Ineligible(Exception):
+    pass
+
+
+def _ineligible(servable: Servable, signature_name: str) -> str:
+    """Why `servable` cannot have a plan ('' when it can)."""
+    if servable.tables is not None:
+        return "embedding rows come from a feature store"
+    if servable.tracer is not None:
+        return "timelines are recorded"
+    group = servable.group
+    if group is not None and (len(group.lanes) != 1 or group.plan.uses_gpu
+                              or group.lanes[0].pins_caller):
+        return "the session group has several, pinned or GPU lanes"
+    signature = servable.signatures.get(signature_name)
+    if signature is None:
+        return f"no signature '{signature_name}'"
+    for spec in (*signature.inputs.values(), *signature.outputs.values()):
+        if spec.wire_dtype not in _CARRIED:
+            return f"'{spec.alias}' is {spec.dtype.name} (carried: float, double, int32, int64)"
+    return ""
+
+
+class FastPlan:
+    """One version's plan (a handle in fast_predict.cc)."""
+
+    def __init__(self, owner: FastPredict, handle: Any, version: str, callable_: Any):
+        self._owner = owner
+        self.handle = handle
+        self.version = version
+        self._callable = callable_  # keeps the callable handle alive as long as the plan
+        #: Figures already added to the metrics: which -> (count, sum, per-bucket counts).
+        self._flushed: dict[int, tuple[int, float, list[int]]] = {0: (0, 0.0, []), 1: (0, 0.0, [])}
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def predict(self, data: bytes) -> bytes | None:
+        """One call on this plan (published or not): the response, or None when not handled."""
+        ffi, lib = self._owner.ffi, self._owner.lib
+        out = ffi.new("const char **")
+        size = ffi.new("size_t *")
+        if lib.drf_predict_on(self.handle, data, len(data), -1.0, out, size) != 0:
+            return None
+        return ffi.unpack(out[0], size[0])
+
+    def block(self) -> None:
+        self._owner.lib.drf_block(self.handle)
+
+    def unblock(self) -> None:
+        self._owner.lib.drf_unblock(self.handle)
+
+    @property
+    def answered(self) -> int:
+        """Requests this plan has answered (the check request included)."""
+        if self._closed:
+            return self._flushed[0][0]
+        ffi = self._owner.ffi
+        count, total = ffi.new("uint64_t *"), ffi.new("double *")
+        buckets = ffi.new("uint64_t[]", len(metrics_mod.LATENCY_BUCKETS) + 1)
+        self._owner.lib.drf_stats(self.handle, 0, count, total, buckets)
+        return int(count[0])
+
+    @property
+    def active(self) -> int:
+        return int(self._owner.lib.drf_active(self.handle)) if not self._closed else 0
+
+    def close(self) -> None:
+        """No request uses the plan after this; its figures are flushed and the handle freed."""
+        with self._lock:
+            if self._closed:
+                return
+            self._owner.lib.drf_close(self.handle)
+            self._flush_locked()
+            self._closed = True
+            self._owner.lib.drf_free(self.handle)
+            self._callable = None
+        self._owner._forget(self)  # noqa: SLF001
+
+    def flush(self, count: bool = True) -> None:
+        """Adds the requests answered since the last flush to the metrics (with count False:
+        only moves the mark past them)."""
+        with self._lock:
+            if not self._closed:
+                self._flush_locked(count)
+
+    def _flush_locked(self, count_them: bool = True) -> None:
+        metrics = self._owner.metrics
+        if metrics is None:
+            return
+        ffi, lib = self._owner.ffi, self._owner.lib
+        for which, bounds in ((0, metrics_mod.LATENCY_BUCKETS), (1, metrics_mod.BATCH_BUCKETS)):
+            count = ffi.new("uint64_t *")
+            total = ffi.new("double *")
+            buckets = ffi.new("uint64_t[]", len(bounds) + 1)
+            lib.drf_stats(self.handle, which, count, total, buckets)
+            now = (int(count[0]), float(total[0]), [int(b) for b in buckets])
+            before_count, before_sum, before_buckets = self._flushed[which]
+            if now[0] == before_count or not count_them:
+                self._flushed[which] = now
+                continue
+            delta = [n - (before_buckets[i] if before_buckets else 0) for i, n in enumerate(now[2])]
+            if which == 0:
+                metrics.add_requests(API, self._owner.model_name, self.version, "OK",
+                                     now[0] - before_count, now[1] - before_sum, delta)
+            else:
+                metrics.add_batches(self._owner.model_name, now[0] - before_count,
+                                    now[1] - before_sum, delta)
+            self._flushed[which] = now

@@ -1,0 +1,288 @@
+"""The C++ fast path for DeepRec Predict (runtime/native/fast_predict.cc).
+
+Each test runs real runtimes on the native gRPC front end over loopback: one with the fast path
+(the default) and, where answers are compared, one without it, on the same model files. The fast
+path must give byte-for-byte the answers of the Python path, hand everything it does not fully
+understand to Python (so errors keep their codes and messages), and follow versions, deltas and
+rollbacks.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from deeprec_runtime.codec import encode_array
+from deeprec_runtime.protos import predict_pb2 as pb
+
+from ..conftest import make_request, output, wait_for
+
+PREDICT = "/deeprec.serving.PredictionService/Predict"
+
+
+def plan_of(runtime):
+    servable = runtime.manager.acquire()
+    try:
+        return servable.fast_plan
+    finally:
+        runtime.manager.release(servable)
+
+
+def raw_call(channel: grpc.Channel, data: bytes) -> tuple[grpc.StatusCode, bytes | str]:
+    """(status, response bytes or error details) of one Predict call sent as raw bytes."""
+    try:
+        return grpc.StatusCode.OK, channel.unary_unary(PREDICT)(data, timeout=10)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+
+
+@pytest.fixture
+def pair(demo, serve):
+    """The demo model served twice: with the fast path and without it."""
+    fast, fast_client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    slow, slow_client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=False)
+    assert fast.grpc_server == "native" and fast.fast_predict is not None
+    assert slow.fast_predict is None
+    return fast, fast_client, slow, slow_client
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_answers_are_the_python_answers_and_come_from_cpp(demo, pair, batch):
+    fast, fast_client, slow, slow_client = pair
+    plan = plan_of(fast)
+    assert plan is not None
+    before = plan.answered
+    rng = np.random.default_rng(batch)
+    for _ in range(5):
+        data = make_request(demo.model.make_feed(batch, rng)).SerializeToString()
+        code, answer = raw_call(fast_client.channel, data)
+        assert code == grpc.StatusCode.OK, answer
+        assert answer == raw_call(slow_client.channel, data)[1]
+    assert plan.answered - before == 5
+
+
+def test_tensor_content_requests_get_tensor_content_answers(demo, pair):
+    fast, fast_client, slow, slow_client = pair
+    feed = demo.model.make_feed(9, np.random.default_rng(1))
+    request = pb.PredictRequest()
+    for key, value in feed.items():
+        encode_array(value, request.inputs[key], use_tensor_content=True)
+    data = request.SerializeToString()
+    before = plan_of(fast).answered
+    code, answer = raw_call(fast_client.channel, data)
+    assert code == grpc.StatusCode.OK
+    assert plan_of(fast).answered == before + 1
+    response = pb.PredictResponse.FromString(answer)
+    assert response.outputs["probability"].tensor_content  # raw in, raw out
+    assert answer == raw_call(slow_client.channel, data)[1]
+    np.testing.assert_allclose(output(response, "probability"), demo.model.predict(feed),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_double_and_int32_inputs(seed_model, serve):
+    model, _, base = seed_model
+    fast, client = serve(str(base / "saved_model"), str(base / "checkpoints"))
+    _, slow_client = serve(str(base / "saved_model"), str(base / "checkpoints"), fast_predict=False)
+    plan = plan_of(fast)
+    assert plan is not None
+    feed = model.make_feed(5, np.random.default_rng(0))
+    data = make_request(feed).SerializeToString()
+    before = plan.answered
+    code, answer = raw_call(client.channel, data)
+    assert code == grpc.StatusCode.OK and plan.answered == before + 1
+    assert answer == raw_call(slow_client.channel, data)[1]
+    np.testing.assert_allclose(output(pb.PredictResponse.FromString(answer), "probabilities"),
+                               model.predict(feed), rtol=1e-5, atol=1e-6)
+
+
+def _declined_requests(demo) -> dict[str, bytes]:
+    feed = demo.model.make_feed(4, np.random.default_rng(2))
+    ok = make_request(feed)
+    cases: dict[str, pb.PredictRequest] = {}
+    cases["output_filter"] = make_request(feed, output_filter=["probability"])
+    cases["tensor_names"] = make_request({f"{k}:0": v for k, v in feed.items()})
+    cases["unknown_signature"] = make_request(feed, signature_name="nope")
+    cases["unknown_input"] = make_request({**feed, "extra": np.ones(4, np.float32)})
+    cases["missing_input"] = make_request({"dense": feed["dense"]})
+    cases["wrong_dtype"] = make_request({**feed, "dense": feed["dense"].astype(np.float64)})
+    cases["wrong_shape"] = make_request({**feed, "dense": feed["dense"][:, :5]})
+    cases["id_out_of_range"] = make_request({**feed, "sparse_ids": feed["sparse_ids"] + 10**9})
+    count_mismatch = pb.PredictRequest()
+    count_mismatch.CopyFrom(ok)
+    count_mismatch.inputs["dense"].array_shape.dim[0] = 5
+    cases["values_do_not_fill_shape"] = count_mismatch
+    huge = pb.PredictRequest()
+    huge.CopyFrom(ok)
+    huge.inputs["dense"].array_shape.dim[0] = 1 << 24  # a claim (800 MiB), not backed by values
+    cases["huge_shape"] = huge
+    no_shape = pb.PredictRequest()
+    no_shape.CopyFrom(ok)
+    no_shape.inputs["dense"].ClearField("array_shape")
+    cases["no_shape"] = no_shape
+    data = {name: r.SerializeToString() for name, r in cases.items()}
+    data["garbage"] = b"\xff\xff\xff\xff"
+    data["truncated"] = ok.SerializeToString()[:-3]
+    data["empty"] = b""
+    return data
+
+
+def test_what_the_plan_declines_is_answered_by_python_exactly(demo, pair):
+    fast, fast_client, slow, slow_client = pair
+    plan = plan_of(fast)
+    for name, data in _declined_requests(demo).items():
+        before = plan.answered
+        got = raw_call(fast_client.channel, data)
+        assert got == raw_call(slow_client.channel, data), name
+        assert plan.answered == before, f"{name} was answered by the fast path"
+        if name not in ("output_filter", "tensor_names"):
+            assert got[0] == grpc.StatusCode.INVALID_ARGUMENT, (name, got)
+    # still serving, still fast
+    feed = demo.model.make_feed(2, np.random.default_rng(3))
+    fast_client.predict(feed)
+    assert plan.answered > 0
+
+
+def test_random_mutations_get_the_same_answer_with_and_without_the_fast_path(demo, pair):
+    """Differential fuzzing: any bytes the C++ parser accepts must mean what they mean to Python."""
+    fast, fast_client, slow, slow_client = pair
+    rng = random.Random(7)
+    seeds = []
+    for batch in (1, 3):
+        feed = demo.model.make_feed(batch, np.random.default_rng(batch))
+        seeds.append(make_request(feed).SerializeToString())
+        raw = pb.PredictRequest()
+        for key, value in feed.items():
+            encode_array(value, raw.inputs[key], use_tensor_content=True)
+        seeds.append(raw.SerializeToString())
+    for i in range(300):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 3)):
+            op = rng.randrange(3)
+            pos = rng.randrange(len(data))
+            if op == 0:
+                data[pos] = rng.randrange(256)
+            elif op == 1:
+                del data[pos:pos + rng.randint(1, 4)]
+            else:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 3)))
+        got = raw_call(fast_client.channel, bytes(data))
+        want = raw_call(slow_client.channel, bytes(data))
+        assert got == want, (i, bytes(data).hex())
+    assert plan_of(fast).answered > 0
+
+
+def test_deltas_swaps_and_rollback_are_followed(tmp_path, demo, serve):
+    annotations = tmp_path / "annotations"
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir,
+                         annotations_file=str(annotations))
+    feed = demo.model.make_feed(8, np.random.default_rng(4))
+    first = plan_of(fast)
+
+    def served_matches_trainer():
+        return np.allclose(output(client.predict(feed), "probability"),
+                           demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+
+    assert served_matches_trainer()
+    step = fast.manager.acquire()
+    fast.manager.release(step)
+    old_delta = step.delta_step
+    demo.write_delta(steps=3)
+    wait_for(lambda: client.info().delta_step > old_delta, message="delta applied")
+    before = first.answered
+    assert served_matches_trainer()  # the new rows, from the same plan
+    assert first.answered == before + 1 and plan_of(fast) is first
+
+    demo.write_full("checkpoint_2", steps=4)
+    wait_for(lambda: client.info().version == "checkpoint_2", message="checkpoint_2 served")
+    second = plan_of(fast)
+    assert second is not None and second is not first
+    before = second.answered
+    assert served_matches_trainer()
+    assert second.answered == before + 1
+    first_answered = first.answered
+
+    annotations.write_text('serving.deeprec.io/target-version="checkpoint_1"\n')
+    wait_for(lambda: client.info().version == "checkpoint_1", message="rolled back")
+    assert plan_of(fast) is first  # the retained version's plan is published again
+    client.predict(feed)
+    assert first.answered == first_answered + 1
+
+
+def test_a_version_freed_after_a_swap_closes_its_plan(demo, serve):
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir, retain_previous_version=False)
+    servable = fast.manager.acquire()
+    fast.manager.release(servable)
+    plan = servable.fast_plan
+    assert plan is not None
+    demo.write_full("checkpoint_2", steps=1)
+    wait_for(lambda: servable.closed, message="old version closed")
+    assert plan.active == 0
+    assert plan_of(fast) is not plan
+    client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
+
+
+def test_requests_during_deltas_and_swaps_all_succeed(demo, serve):
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    feed = demo.model.make_feed(4, np.random.default_rng(5))
+    stop = threading.Event()
+    failures: list[str] = []
+    done = [0]
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                client.predict(feed)
+                done[0] += 1
+            except grpc.RpcError as exc:
+                failures.append(f"{exc.code()}: {exc.details()}")
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(3):
+            old = client.info().delta_step
+            demo.write_delta(steps=1)
+            wait_for(lambda old=old: client.info().delta_step > old, message="delta")
+        demo.write_full("checkpoint_2", steps=1)
+        wait_for(lambda: client.info().version == "checkpoint_2", message="swap")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert done[0] > 20
+    np.testing.assert_allclose(output(client.predict(feed), "probability"),
+                               demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+
+
+def test_requests_answered_in_cpp_are_in_the_metrics(demo, serve):
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    version = client.info().version
+    for batch in (1, 16, 16):
+        client.predict(demo.model.make_feed(batch, np.random.default_rng(batch)))
+    text = fast.metrics.exposition().decode()
+    count = f'deeprec_requests_total{{api="deeprec_grpc",code="OK",model="default",version="{version}"}} 3.0'
+    assert count in text  # three requests; the plan's own check request is not one of them
+    assert 'deeprec_batch_size_count{model="default"} 3.0' in text
+    assert 'deeprec_batch_size_bucket{le="16",model="default"} 3.0' in text
+    assert 'deeprec_batch_size_bucket{le="8",model="default"} 1.0' in text
+
+
+def test_versions_that_need_python_per_request_get_no_plan(demo, serve, tmp_path):
+    timeline, client = serve(demo.saved_model_dir, demo.checkpoint_dir, timeline_start_step=1000,
+                             timeline_interval_step=1, timeline_trace_count=1,
+                             timeline_path=str(tmp_path / "t"))
+    assert timeline.fast_predict is not None and plan_of(timeline) is None
+    client.predict(demo.model.make_feed(2, np.random.default_rng(0)))  # Python answers
+    tiered, client = serve(demo.saved_model_dir, demo.checkpoint_dir, ev_storage_type=1)
+    assert plan_of(tiered) is None
+    client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
+    batching, client = serve(demo.saved_model_dir, demo.checkpoint_dir,
+                             batching={"max_batch_size": 8, "batch_timeout_micros": 500})
+    assert batching.fast_predict is None
+    client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
