@@ -244,7 +244,7 @@ def test_requests_during_deltas_and_swaps_all_succeed(demo, serve):
     for t in threads:
         t.start()
     try:
-        for i in range(3):
+        for _ in range(3):
             old = client.info().delta_step
             demo.write_delta(steps=1)
             wait_for(lambda old=old: client.info().delta_step > old, message="delta")
