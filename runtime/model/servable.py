@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -40,10 +40,18 @@ from deeprec_runtime.model.signature import Signature, parse_signatures
 from deeprec_runtime.model.source import Delta, VersionInfo
 
 if TYPE_CHECKING:
-    from deeprec_runtime.native.fast_predict import FastPlan
     from deeprec_runtime.timeline import TimelineRecorder
 
 log = logging.getLogger(__name__)
+
+
+class FastPlan(Protocol):
+    """What a version needs of its plan in the native fast path (native/fast_predict.py)."""
+
+    def block(self) -> None: ...
+    def unblock(self) -> None: ...
+    def close(self) -> None: ...
+
 
 SERVE_TAGS = ["serve"]
 SAVEDMODEL_VERSION = "savedmodel"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from deeprec_runtime import metrics as metrics_mod
 from deeprec_runtime.errors import ServingError
@@ -116,7 +116,7 @@ class FastPredict:
         """The servable's plan, made and checked on first use; None (logged once) when it has
         none."""
         if servable.fast_plan is not None or servable.fast_plan_refused:
-            return servable.fast_plan
+            return cast("FastPlan | None", servable.fast_plan)
         try:
             plan = self._make_plan(servable)
             self._check(plan, servable)
