@@ -147,20 +147,13 @@ class Metrics:
         for array in request.inputs.values():
             dims = array.array_shape.dim
             if dims:
-                series = self._batch.get(model)
-                if series is None:
-                    series = self._batch.setdefault(model, _Series(BATCH_BUCKETS))
-                series.observe(dims[0])
+                self._batch_series(model).observe(dims[0])
             break
 
     def end(self, api: str, code: str, started: float) -> None:
         elapsed = time.perf_counter() - started
         slot = self._slot
-        key = (api, slot.model, slot.version, code)
-        series = self._requests.get(key)
-        if series is None:
-            series = self._requests.setdefault(key, _Series(LATENCY_BUCKETS))
-        series.observe(elapsed)
+        self._request_series((api, slot.model, slot.version, code)).observe(elapsed)
         self._in_flight[api].add(-1)
 
     def add_request_source(self, flush: Callable[[], None]) -> None:
@@ -169,17 +162,22 @@ class Metrics:
     def add_requests(self, api: str, model: str, version: str, code: str, count: int,
                      total: float, buckets: list[int]) -> None:
         """Requests answered outside the Python handlers: `buckets` per LATENCY_BUCKETS bound."""
-        key = (api, model, version, code)
-        series = self._requests.get(key)
-        if series is None:
-            series = self._requests.setdefault(key, _Series(LATENCY_BUCKETS))
-        series.add(count, total, buckets)
+        self._request_series((api, model, version, code)).add(count, total, buckets)
 
     def add_batches(self, model: str, count: int, total: float, buckets: list[int]) -> None:
+        self._batch_series(model).add(count, total, buckets)
+
+    def _request_series(self, key: tuple[str, str, str, str]) -> _Series:
+        series = self._requests.get(key)
+        if series is None:  # setdefault: two threads creating it keep one
+            series = self._requests.setdefault(key, _Series(LATENCY_BUCKETS))
+        return series
+
+    def _batch_series(self, model: str) -> _Series:
         series = self._batch.get(model)
         if series is None:
             series = self._batch.setdefault(model, _Series(BATCH_BUCKETS))
-        series.add(count, total, buckets)
+        return series
 
     # --- exposition ---------------------------------------------------------------------------
     def exposition(self) -> bytes:

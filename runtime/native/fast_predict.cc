@@ -463,8 +463,6 @@ void drf_close(void* handle) {
 
 void drf_free(void* handle) { delete static_cast<std::shared_ptr<Plan>*>(handle); }
 
-int drf_active(void* handle) { return static_cast<std::shared_ptr<Plan>*>(handle)->get()->active.load(); }
-
 // Cumulative figures of the requests this plan answered: which = 0 latency (seconds), 1 rows.
 // Writes count, sum and then one count per bucket (the last is +Inf), not cumulative.
 void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* buckets) {

@@ -53,7 +53,6 @@ void drf_block(void *plan);
 void drf_unblock(void *plan);
 void drf_close(void *plan);
 void drf_free(void *plan);
-int drf_active(void *plan);
 void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
 int drf_predict_on(void *plan, const char *data, size_t size, double timeout_s,
                    const char **out, size_t *out_size);
@@ -238,7 +237,8 @@ class FastPlan:
         #: Figures already added to the metrics: which -> (count, sum, per-bucket counts).
         self._flushed: dict[int, tuple[int, float, list[int]]] = {0: (0, 0.0, []), 1: (0, 0.0, [])}
         self._closed = False
-        self._lock = threading.Lock()
+        self._answered_at_close = 0
+        self._lock = threading.Lock()  # the handle is freed under it
 
     def predict(self, data: bytes) -> bytes | None:
         """One call on this plan (published or not): the response, or None when not handled."""
@@ -258,17 +258,12 @@ class FastPlan:
     @property
     def answered(self) -> int:
         """Requests this plan has answered (the check request included)."""
-        if self._closed:
-            return self._flushed[0][0]
-        ffi = self._owner.ffi
-        count, total = ffi.new("uint64_t *"), ffi.new("double *")
-        buckets = ffi.new("uint64_t[]", len(metrics_mod.LATENCY_BUCKETS) + 1)
-        self._owner.lib.drf_stats(self.handle, 0, count, total, buckets)
-        return int(count[0])
+        with self._lock:
+            return self._answered_at_close if self._closed else self._read(0)[0]
 
     @property
-    def active(self) -> int:
-        return int(self._owner.lib.drf_active(self.handle)) if not self._closed else 0
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """No request uses the plan after this; its figures are flushed and the handle freed."""
@@ -277,6 +272,7 @@ class FastPlan:
                 return
             self._owner.lib.drf_close(self.handle)
             self._flush_locked()
+            self._answered_at_close = self._read(0)[0]
             self._closed = True
             self._owner.lib.drf_free(self.handle)
             self._callable = None
@@ -289,17 +285,21 @@ class FastPlan:
             if not self._closed:
                 self._flush_locked(count)
 
+    def _read(self, which: int) -> tuple[int, float, list[int]]:
+        """Count, sum and per-bucket counts of the plan's latency (0) or rows (1) histogram."""
+        ffi = self._owner.ffi
+        bounds = metrics_mod.LATENCY_BUCKETS if which == 0 else metrics_mod.BATCH_BUCKETS
+        count, total = ffi.new("uint64_t *"), ffi.new("double *")
+        buckets = ffi.new("uint64_t[]", len(bounds) + 1)
+        self._owner.lib.drf_stats(self.handle, which, count, total, buckets)
+        return int(count[0]), float(total[0]), [int(b) for b in buckets]
+
     def _flush_locked(self, count_them: bool = True) -> None:
         metrics = self._owner.metrics
         if metrics is None:
             return
-        ffi, lib = self._owner.ffi, self._owner.lib
-        for which, bounds in ((0, metrics_mod.LATENCY_BUCKETS), (1, metrics_mod.BATCH_BUCKETS)):
-            count = ffi.new("uint64_t *")
-            total = ffi.new("double *")
-            buckets = ffi.new("uint64_t[]", len(bounds) + 1)
-            lib.drf_stats(self.handle, which, count, total, buckets)
-            now = (int(count[0]), float(total[0]), [int(b) for b in buckets])
+        for which in (0, 1):
+            now = self._read(which)
             before_count, before_sum, before_buckets = self._flushed[which]
             if now[0] == before_count or not count_them:
                 self._flushed[which] = now

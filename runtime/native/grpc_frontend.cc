@@ -9,9 +9,11 @@
 // request has arrived is queued for one of `workers` threads, which call the Python handler (the
 // handler takes the GIL; TensorFlow releases it while it runs). At most `max_concurrent` calls
 // are queued or running; past that a call is answered RESOURCE_EXHAUSTED at once, so a burst
-// never builds an unbounded queue. grpc.health.v1.Health (Check and Watch) is gRPC C++'s own
-// service, so probes are answered even while every worker is busy. TLS and mutual TLS come from
-// watched PEM files, so a rotated certificate needs no restart.
+// never builds an unbounded queue. One method may have a C function tried first (SetFast: the
+// DeepRec Predict fast path, fast_predict.cc); what it does not answer goes to the Python handler.
+// grpc.health.v1.Health (Check and Watch) is gRPC C++'s own service, so probes are answered even
+// while every worker is busy. TLS and mutual TLS come from watched PEM files, so a rotated
+// certificate needs no restart.
 //
 // The C ABI below is what runtime/native/server.py loads with cffi.
 
