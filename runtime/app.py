@@ -162,6 +162,7 @@ class Runtime:
         except (BuildError, OSError) as exc:
             log.warning("fast predict: off, its library cannot be built or loaded (%s)", exc)
             return None
+        self.manager.before_serving = fast.plan_for
         self.manager.on_serving = fast.publish
         self.grpc.set_fast(PREDICT_METHOD, fast.entry)  # type: ignore[union-attr]  # native only
         log.info("fast predict: on (DeepRec Predict calls are answered in C++ when they can be)")

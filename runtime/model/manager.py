@@ -87,8 +87,11 @@ class Manager:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.listeners: list[Callable[[UpdateEvent], None]] = []
-        #: Told of every change of the serving version (None at stop), right after it happens:
-        #: the native fast path publishes that version's plan (native/fast_predict.py).
+        #: Told of a newly loaded version just before it is swapped in, then of every change of
+        #: the serving version (None at stop) right after it happens: the native fast path makes
+        #: and checks the version's plan first, so that publishing it at the swap costs nothing
+        #: (native/fast_predict.py).
+        self.before_serving: Callable[[Servable], object] | None = None
         self.on_serving: Callable[[Servable | None], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -280,6 +283,7 @@ class Manager:
         self._emit(UpdateEvent("load", name, True, time.monotonic() - started))
 
     def _swap_in(self, servable: Servable) -> None:
+        self._tell(self.before_serving, servable)
         with self._lock:
             old_current, old_previous = self._current, self._previous
             self._current = servable
@@ -298,13 +302,16 @@ class Manager:
                  servable.full_step, servable.delta_step)
 
     def _serving_changed(self, servable: Servable | None) -> None:
-        if self.on_serving is None:
+        self._tell(self.on_serving, servable)
+
+    @staticmethod
+    def _tell(hook: Callable | None, servable: Servable | None) -> None:
+        if hook is None:
             return
         try:
-            self.on_serving(servable)
+            hook(servable)
         except Exception:  # the fast path is an optimisation: Python serves without it
-            log.exception("could not publish the fast path of %s",
-                          servable.name if servable else "nothing")
+            log.exception("fast path of %s", servable.name if servable else "no version")
 
     def _free_cached_files(self) -> None:
         """Remote stores drop local copies of versions that are neither serving nor retained."""

@@ -12,7 +12,8 @@ that does not pin its caller, numeric inputs and outputs only. Before a plan is 
 answers the warmup request (or a generated one) and must give the same response as the Python
 path; otherwise the version is served by Python alone and the reason is logged.
 
-Lifetime: Manager publishes the serving version's plan at every swap (or none); a delta blocks
+Lifetime: Manager has a new version's plan made (and checked) just before the swap and publishes
+the serving version's plan (or none) right after every swap and swap-back; a delta blocks
 the plan while it holds the version's write gate (requests meanwhile take the Python path, which
 waits on the gate); Servable.close closes the plan before the session goes. The requests a plan
 answered are added to the runtime's request metrics at each scrape and when it closes.

@@ -213,6 +213,22 @@ def test_deltas_swaps_and_rollback_are_followed(tmp_path, demo, serve):
     assert first.answered == first_answered + 1
 
 
+def test_a_new_versions_plan_is_ready_before_it_serves(demo, serve):
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    prepare = fast.manager.before_serving
+    seen = []
+
+    def spy(servable):
+        prepare(servable)
+        seen.append((servable.name, servable.fast_plan is not None, fast.manager.info().version))
+
+    fast.manager.before_serving = spy
+    demo.write_full("checkpoint_2", steps=1)
+    wait_for(lambda: client.info().version == "checkpoint_2", message="checkpoint_2 served")
+    assert seen == [("checkpoint_2", True, "checkpoint_1")]
+    assert plan_of(fast) is not None
+
+
 def test_a_version_freed_after_a_swap_closes_its_plan(demo, serve):
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir, retain_previous_version=False)
     servable = fast.manager.acquire()
