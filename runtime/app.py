@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from deeprec_runtime.config import ModelConfig
+from deeprec_runtime.config import BatchingConfig, ModelConfig
 from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
 from deeprec_runtime.security import Security, SecurityConfigError
@@ -29,16 +29,27 @@ MIN_WORKERS = 4
 MIN_CONCURRENT_REQUESTS = 64
 
 
-def default_workers() -> int:
+MAX_BATCHING_WORKERS = 256
+
+
+def default_workers(batching: BatchingConfig | None = None) -> int:
     """gRPC worker threads when none are configured: 2 per CPU the process may use (affinity
     capped by the cgroup CPU limit), at least 4. Each worker runs a request to its end (TensorFlow
     releases the GIL meanwhile), so ~1 per CPU keeps the CPUs busy and the second covers requests
     blocked on I/O (feature store lookups); more only add GIL hand-offs and context switches
     (measured on 2 CPUs, Wide&Deep batch 1: 16 workers 509-668 us of server CPU per request,
-    4 workers 456-481 us)."""
+    4 workers 456-481 us).
+
+    With batching on, a worker waits with its call while the batch fills, so merging up to
+    `max_batch_size` single-row calls while `num_batch_threads` other batches run needs that
+    many workers (capped at MAX_BATCHING_WORKERS); waiting workers cost no CPU."""
     from deeprec_runtime.cpus import cpu_budget  # noqa: PLC0415
 
-    return max(MIN_WORKERS, WORKERS_PER_CPU * cpu_budget())
+    workers = max(MIN_WORKERS, WORKERS_PER_CPU * cpu_budget())
+    if batching is not None and batching.enabled:
+        wanted = (batching.num_batch_threads + 1) * batching.max_batch_size
+        workers = max(workers, min(MAX_BATCHING_WORKERS, wanted))
+    return workers
 
 
 def _tfs_services(models: ModelRegistry, metrics: Metrics) -> list:
@@ -118,7 +129,7 @@ class Runtime:
         services = [self.metrics.observed_service(deeprec_service(self.dataplane), "deeprec_grpc")]
         services += [self.metrics.observed_service(s, "tfs_grpc")
                      for s in _tfs_services(self.models, self.metrics)]
-        workers = workers or default_workers()
+        workers = workers or default_workers(config.batching)
         if max_concurrent_requests is None:
             # The bound on calls in progress stays what it was with the former 16 workers on small
             # hosts: fewer workers must not turn a burst into RESOURCE_EXHAUSTED.
@@ -146,19 +157,17 @@ class Runtime:
 
     def _start_fast_predict(self) -> FastPredict | None:
         """Hands DeepRec Predict calls of the default model to C++ first (the native front end
-        only): not when calls must be authenticated or batched, which the Python path does."""
+        only): not when calls must be authenticated, which the Python handlers do. With batching
+        on, the calls C++ answers are merged in C++ and the rest in the Python handlers."""
         from deeprec_runtime.native.build import BuildError  # noqa: PLC0415
         from deeprec_runtime.native.fast_predict import PREDICT_METHOD, FastPredict  # noqa: PLC0415
 
         if self.security.authenticator.enabled:
             log.info("fast predict: off (calls are authenticated by the Python handlers)")
             return None
-        if self.config.batching.enabled:
-            log.info("fast predict: off (batching merges calls in the Python handlers)")
-            return None
         try:
             fast = FastPredict(self.models.default.name, self.config.signature_name, self.metrics,
-                               self.manager.warmup_request)
+                               self.manager.warmup_request, self.config.batching)
         except (BuildError, OSError) as exc:
             log.warning("fast predict: off, its library cannot be built or loaded (%s)", exc)
             return None

@@ -26,7 +26,9 @@
 // headers that cannot meet in one translation unit.
 
 #include <atomic>
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -98,6 +100,8 @@ struct Histogram {
   std::vector<uint64_t> counts;
 };
 
+struct Batcher;
+
 struct Plan {
   tensorflow::Session* session = nullptr;
   int64_t callable = 0;
@@ -111,7 +115,188 @@ struct Plan {
   std::atomic<bool> closed{false};
   std::unique_ptr<Histogram> latency;
   std::unique_ptr<Histogram> rows;
+  std::unique_ptr<Batcher> batcher;  // set when server-side batching is on
+  ~Plan();
 };
+
+// --- server-side batching ----------------------------------------------------------------------
+// The same rules as runtime/batching.py (TensorFlow Serving's BasicBatchScheduler), without a
+// thread of its own: the request that opens a batch leads it. It waits until the batch is full
+// or `timeout` has passed since it opened, takes one of `num_threads` run slots, runs the merged
+// rows once and wakes the others, each of which encodes its own rows from the shared outputs on
+// its own thread. Batches (open or waiting for a slot) are bounded by `max_enqueued`; past it a
+// request is refused with RESOURCE_EXHAUSTED at once. Only requests whose inputs have the same
+// per-row shapes share a batch; a merged run that fails, or whose outputs do not carry the batch
+// on axis 0, is rerun request by request so that only the request at fault falls back to Python.
+struct Outputs {
+  std::shared_ptr<std::vector<Tensor>> tensors;
+  int64_t start = 0;
+  int64_t rows = -1;  // -1: the whole tensors (the request ran alone)
+};
+
+struct Task {
+  std::vector<Tensor>* feeds;
+  int64_t rows;
+  bool ok = false;
+  Outputs result;
+};
+
+struct Batch {
+  std::string key;
+  std::vector<Task*> tasks;
+  int64_t rows = 0;
+  std::chrono::steady_clock::time_point deadline;
+  bool closed = false;
+  bool done = false;
+  std::condition_variable closed_cv;  // the leader waits for the batch to close
+  std::condition_variable done_cv;    // the others wait for their rows
+};
+
+struct Batcher {
+  int64_t max_batch_size = 0;
+  std::chrono::microseconds timeout{0};
+  int num_threads = 1;
+  int max_enqueued = 1;
+  std::vector<int64_t> allowed;  // ascending; the last is max_batch_size
+  std::mutex mu;
+  std::vector<std::shared_ptr<Batch>> open;
+  int waiting = 0;  // closed batches not yet running
+  int running = 0;
+  std::condition_variable slot_cv;
+  std::atomic<uint64_t> merged_runs{0};
+  std::atomic<uint64_t> merged_rows{0};
+
+  int64_t PaddedSize(int64_t rows) const {
+    for (int64_t size : allowed)
+      if (size >= rows) return size;
+    return rows;
+  }
+  // Under mu.
+  void Close(const std::shared_ptr<Batch>& batch) {
+    open.erase(std::find(open.begin(), open.end(), batch));
+    batch->closed = true;
+    ++waiting;
+    batch->closed_cv.notify_one();
+  }
+};
+
+Plan::~Plan() = default;
+
+bool RunAlone(Plan* plan, const std::vector<Tensor>& feeds, Outputs* result) {
+  auto fetches = std::make_shared<std::vector<Tensor>>();
+  if (!plan->session->RunCallable(plan->callable, feeds, fetches.get(), nullptr).ok()) return false;
+  if (static_cast<int>(fetches->size()) != plan->num_fetches) return false;
+  result->tensors = std::move(fetches);
+  result->rows = -1;
+  return true;
+}
+
+// Runs a closed batch (on its leader's thread, holding a run slot).
+void RunBatch(Plan* plan, Batcher* batcher, Batch* batch) {
+  auto& tasks = batch->tasks;
+  auto alone = [&] {
+    for (Task* t : tasks) t->ok = RunAlone(plan, *t->feeds, &t->result);
+  };
+  if (tasks.size() == 1) {
+    alone();
+    return;
+  }
+  int64_t size = batcher->PaddedSize(batch->rows);
+  std::vector<Tensor> merged(plan->num_feeds);
+  for (int f = 0; f < plan->num_feeds; ++f) {
+    const Tensor& first = (*tasks[0]->feeds)[f];
+    TensorShape shape = first.shape();
+    shape.set_dim(0, size);
+    Tensor m(first.dtype(), shape);
+    char* dst = const_cast<char*>(m.tensor_data().data());
+    for (Task* t : tasks) {
+      auto src = (*t->feeds)[f].tensor_data();
+      std::memcpy(dst, src.data(), src.size());
+      dst += src.size();
+    }
+    size_t row_bytes = first.tensor_data().size() / static_cast<size_t>(tasks[0]->rows);
+    for (int64_t r = batch->rows; r < size; ++r, dst += row_bytes)  // padding: the first row
+      std::memcpy(dst, first.tensor_data().data(), row_bytes);
+    merged[f] = std::move(m);
+  }
+  Outputs all;
+  if (!RunAlone(plan, merged, &all)) {
+    alone();  // one request may be what the model rejects: only its caller must see that
+    return;
+  }
+  for (const Tensor& t : *all.tensors) {
+    if (t.dims() == 0 || t.dim_size(0) != size) {  // cannot be split by rows
+      alone();
+      return;
+    }
+  }
+  batcher->merged_runs.fetch_add(1);
+  batcher->merged_rows.fetch_add(static_cast<uint64_t>(batch->rows));
+  int64_t start = 0;
+  for (Task* t : tasks) {
+    t->result = {all.tensors, start, t->rows};
+    t->ok = true;
+    start += t->rows;
+  }
+}
+
+constexpr int kResourceExhausted = 8;
+
+// Runs `feeds` (`rows` rows each) in a merged batch. Returns 0 with *result set, -1 when the
+// request must go to Python, or kResourceExhausted with *message set.
+int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, Outputs* result,
+               std::string* message) {
+  Batcher* b = plan->batcher.get();
+  std::string key;
+  for (const Tensor& t : *feeds) {
+    for (int d = 1; d < t.dims(); ++d) key += std::to_string(t.dim_size(d)) + ",";
+    key += ";";
+  }
+  Task task{feeds, rows};
+  std::shared_ptr<Batch> batch;
+  bool leader = false;
+  std::unique_lock<std::mutex> lock(b->mu);
+  for (auto& candidate : b->open)
+    if (candidate->key == key) batch = candidate;
+  if (batch && batch->rows + rows > b->max_batch_size) {
+    b->Close(batch);
+    batch.reset();
+  }
+  if (!batch) {
+    if (static_cast<int>(b->open.size()) + b->waiting >= b->max_enqueued) {
+      *message = "batching queue is full (" + std::to_string(b->max_enqueued) +
+                 " batches waiting); retry later";
+      return kResourceExhausted;
+    }
+    batch = std::make_shared<Batch>();
+    batch->key = std::move(key);
+    batch->deadline = std::chrono::steady_clock::now() + b->timeout;
+    b->open.push_back(batch);
+    leader = true;
+  }
+  batch->tasks.push_back(&task);
+  batch->rows += rows;
+  if (batch->rows >= b->max_batch_size || b->timeout.count() == 0) b->Close(batch);
+  if (!leader) {
+    batch->done_cv.wait(lock, [&] { return batch->done; });
+  } else {
+    batch->closed_cv.wait_until(lock, batch->deadline, [&] { return batch->closed; });
+    if (!batch->closed) b->Close(batch);
+    b->slot_cv.wait(lock, [&] { return b->running < b->num_threads; });
+    --b->waiting;
+    ++b->running;
+    lock.unlock();
+    RunBatch(plan, b, batch.get());
+    lock.lock();
+    --b->running;
+    b->slot_cv.notify_one();
+    batch->done = true;
+    batch->done_cv.notify_all();
+  }
+  if (!task.ok) return -1;
+  *result = std::move(task.result);
+  return 0;
+}
 
 std::mutex g_mu;
 std::shared_ptr<Plan> g_current;  // read with std::atomic_load
@@ -291,7 +476,8 @@ void WaitIdle(Plan* plan) {
   while (plan->active.load() != 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
 }
 
-// -1: not handled (the caller asks Python); 0: *out holds the serialized PredictResponse.
+// -1: not handled (the caller asks Python); 0: *out holds the serialized PredictResponse;
+// kResourceExhausted: the batching queue is full and *out holds the message.
 int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::string* out) {
   auto started = std::chrono::steady_clock::now();
   Reader r{reinterpret_cast<const uint8_t*>(data), reinterpret_cast<const uint8_t*>(data) + size};
@@ -340,6 +526,7 @@ int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::st
   }
   std::vector<Tensor> feeds(plan->num_feeds);
   int64_t batch = -1;
+  bool rows_shared = true;  // every input has the same leading dimension (batching needs it)
   for (size_t i = 0; i < plan->inputs.size(); ++i) {
     const InputSpec& spec = plan->inputs[i];
     const WireArray& a = arrays[i];
@@ -363,6 +550,7 @@ int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::st
     if (varints ? (sent < n || sent > n * 10) : sent != need)
       return -1;
     if (i == 0) batch = a.dims.empty() ? -1 : a.dims[0];
+    rows_shared = rows_shared && !a.dims.empty() && a.dims[0] == batch;
     raw = raw || a.has_content;
     TensorShape shape;
     for (int64_t d : a.dims) shape.AddDim(d);
@@ -373,13 +561,19 @@ int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::st
   if (timeout_s >= 0 &&
       std::chrono::steady_clock::now() - started >= std::chrono::duration<double>(timeout_s))
     return -1;  // expired: Python answers DEADLINE_EXCEEDED
-  std::vector<Tensor> fetches;
-  if (!plan->session->RunCallable(plan->callable, feeds, &fetches, nullptr).ok()) return -1;
-  if (static_cast<int>(fetches.size()) != plan->num_fetches) return -1;
+  Outputs result;
+  if (plan->batcher && rows_shared && batch > 0 && batch <= plan->batcher->max_batch_size) {
+    int code = RunBatched(plan, &feeds, batch, &result, out);
+    if (code != 0) return code;
+  } else if (!RunAlone(plan, feeds, &result)) {
+    return -1;
+  }
   out->clear();
   std::string array;
   for (const OutputSpec& spec : plan->outputs) {
-    const Tensor& t = fetches[spec.fetch];
+    const Tensor& whole = (*result.tensors)[spec.fetch];
+    // A merged run's outputs are shared: this request encodes only its rows (a view, no copy).
+    const Tensor t = result.rows < 0 ? whole : whole.Slice(result.start, result.start + result.rows);
     if (static_cast<int>(t.dtype()) != spec.wire) return -1;
     array.clear();
     EncodeArray(t, spec.wire, raw, &array);
@@ -461,6 +655,28 @@ void drf_close(void* handle) {
   WaitIdle(plan.get());
 }
 
+// Turns on server-side batching for the plan (before it is published): merged batches of at most
+// `max_batch_size` rows, `timeout_us` for the first request to wait, `num_threads` merged runs at
+// once, at most `max_enqueued` batches; merged runs padded up to the next of `allowed` (ascending).
+void drf_plan_batching(void* handle, int64_t max_batch_size, int64_t timeout_us, int num_threads,
+                       int max_enqueued, const int64_t* allowed, int num_allowed) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  auto b = std::make_unique<Batcher>();
+  b->max_batch_size = max_batch_size;
+  b->timeout = std::chrono::microseconds(timeout_us);
+  b->num_threads = std::max(1, num_threads);
+  b->max_enqueued = std::max(1, max_enqueued);
+  b->allowed.assign(allowed, allowed + num_allowed);
+  plan->batcher = std::move(b);
+}
+
+// Merged runs of the plan so far and the rows they carried (padding excluded).
+void drf_merged(void* handle, uint64_t* runs, uint64_t* rows) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  *runs = plan->batcher ? plan->batcher->merged_runs.load() : 0;
+  *rows = plan->batcher ? plan->batcher->merged_rows.load() : 0;
+}
+
 void drf_free(void* handle) { delete static_cast<std::shared_ptr<Plan>*>(handle); }
 
 // Cumulative figures of the requests this plan answered: which = 0 latency (seconds), 1 rows.
@@ -475,7 +691,8 @@ void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* 
 }
 
 // One Predict call on `handle`'s plan (the published one when NULL). Returns -1 when not handled,
-// else 0 with *out pointing at the response, valid until this thread's next call.
+// else a gRPC status code with *out pointing at the response (0) or the error message, valid
+// until this thread's next call.
 int drf_predict_on(void* handle, const char* data, size_t size, double timeout_s, const char** out,
                    size_t* out_size) {
   std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle)
@@ -484,7 +701,7 @@ int drf_predict_on(void* handle, const char* data, size_t size, double timeout_s
   Use use(plan.get());
   if (!use.open()) return -1;
   int code = Predict(plan.get(), data, size, timeout_s, &t_answer);
-  if (code == 0) {
+  if (code >= 0) {
     *out = t_answer.data();
     *out_size = t_answer.size();
   }

@@ -7,10 +7,12 @@ instead of aliases, output_filter, any invalid input, a TensorFlow error, a bloc
 plan) goes to the Python handler as before, so errors keep their codes and messages.
 
 A version gets a plan only when nothing else has to happen per request: the in-process feature
-store (no Redis / tiered lookups fed in place of gathers), no timeline, no batching, one CPU lane
-that does not pin its caller, numeric inputs and outputs only. Before a plan is published it
-answers the warmup request (or a generated one) and must give the same response as the Python
-path; otherwise the version is served by Python alone and the reason is logged.
+store (no Redis / tiered lookups fed in place of gathers), no timeline, one CPU lane that does
+not pin its caller, numeric inputs and outputs only. Before a plan is published it answers the
+warmup request (or a generated one) and must give the same response as the Python path;
+otherwise the version is served by Python alone and the reason is logged. With server-side
+batching on, a plan merges the calls it answers itself (fast_predict.cc, by the rules of
+runtime/batching.py, which merges the calls the Python handlers answer).
 
 Lifetime: Manager has a new version's plan made (and checked) just before the swap and publishes
 the serving version's plan (or none) right after every swap and swap-back; a delta blocks
@@ -34,6 +36,7 @@ from deeprec_runtime.predict import predict
 from deeprec_runtime.protos import predict_pb2 as pb
 
 if TYPE_CHECKING:
+    from deeprec_runtime.config import BatchingConfig
     from deeprec_runtime.metrics import Metrics
     from deeprec_runtime.model.servable import Servable
 
@@ -53,6 +56,9 @@ void drf_publish(void *plan);
 void drf_block(void *plan);
 void drf_unblock(void *plan);
 void drf_close(void *plan);
+void drf_plan_batching(void *plan, int64_t max_batch_size, int64_t timeout_us, int num_threads,
+                       int max_enqueued, const int64_t *allowed, int num_allowed);
+void drf_merged(void *plan, uint64_t *runs, uint64_t *rows);
 void drf_free(void *plan);
 void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
 int drf_predict_on(void *plan, const char *data, size_t size, double timeout_s,
@@ -82,7 +88,8 @@ class FastPredict:
     """The C++ fast path of one runtime: loads the library, builds and publishes plans."""
 
     def __init__(self, model_name: str, signature_name: str, metrics: Metrics | None = None,
-                 check_request: pb.PredictRequest | None = None):
+                 check_request: pb.PredictRequest | None = None,
+                 batching: BatchingConfig | None = None):
         import cffi  # noqa: PLC0415
 
         self.ffi = ffi = cffi.FFI()
@@ -96,6 +103,8 @@ class FastPredict:
         #: What a new plan must answer as the Python path does (the warmup request; else one
         #: generated from the signature).
         self.check_request = check_request
+        #: Server-side batching of the calls plans answer (runtime/batching.py's rules, in C++).
+        self.batching = batching if batching is not None and batching.enabled else None
         self._lock = threading.Lock()
         self._plans: list[FastPlan] = []
         if metrics is not None:
@@ -164,6 +173,12 @@ class FastPredict:
             ffi.new("double[]", [float(b) for b in metrics_mod.BATCH_BUCKETS]),
             len(metrics_mod.BATCH_BUCKETS))
         plan = FastPlan(self, handle, servable.name, callable_)
+        if self.batching is not None:
+            b = self.batching
+            self.lib.drf_plan_batching(handle, b.max_batch_size, b.batch_timeout_micros,
+                                       b.num_batch_threads, b.max_enqueued_batches,
+                                       ffi.new("int64_t[]", list(b.allowed_batch_sizes) or [0]),
+                                       len(b.allowed_batch_sizes))
         with self._lock:
             self._plans.append(plan)
         return plan
@@ -246,7 +261,7 @@ class FastPlan:
         ffi, lib = self._owner.ffi, self._owner.lib
         out = ffi.new("const char **")
         size = ffi.new("size_t *")
-        if lib.drf_predict_on(self.handle, data, len(data), -1.0, out, size) != 0:
+        if lib.drf_predict_on(self.handle, data, len(data), -1.0, out, size) != 0:  # or refused
             return None
         return ffi.unpack(out[0], size[0])
 
@@ -261,6 +276,17 @@ class FastPlan:
         """Requests this plan has answered (the check request included)."""
         with self._lock:
             return self._answered_at_close if self._closed else self._read(0)[0]
+
+    @property
+    def merged(self) -> tuple[int, int]:
+        """Merged batch runs of this plan so far and the rows they carried (0, 0 after close)."""
+        with self._lock:
+            if self._closed:
+                return 0, 0
+            ffi = self._owner.ffi
+            runs, rows = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+            self._owner.lib.drf_merged(self.handle, runs, rows)
+            return int(runs[0]), int(rows[0])
 
     @property
     def closed(self) -> bool:

@@ -47,9 +47,9 @@ extern "C" {
 typedef int (*dr_handler_fn)(const char* method, size_t method_len, const char* data, size_t size,
                              double timeout_s, const char* authorization, size_t authorization_len,
                              const char** out, size_t* out_size);
-// Optional first try for one method (fast_predict.cc's drf_predict): returns 0 with *out set to
-// the response (valid until the next call on the same thread), or -1 to leave the call to the
-// handler above.
+// Optional first try for one method (fast_predict.cc's drf_predict): returns -1 to leave the call
+// to the handler above, else a gRPC status code with *out set to the response (0) or the error
+// message, valid until the next call on the same thread.
 typedef int (*dr_fast_fn)(const char* data, size_t size, double timeout_s, const char** out,
                           size_t* out_size);
 }
@@ -257,10 +257,16 @@ class Frontend {
     const char* out = nullptr;
     size_t out_size = 0;
     dr_fast_fn fast = fast_.load();
-    if (fast != nullptr && method == fast_method_ &&
-        fast(data, size, timeout, &out, &out_size) == 0) {
-      Reply(call, 0, out, out_size, nullptr);
-      return;
+    if (fast != nullptr && method == fast_method_) {
+      int code = fast(data, size, timeout, &out, &out_size);
+      if (code == 0) {
+        Reply(call, 0, out, out_size, nullptr);
+        return;
+      }
+      if (code > 0) {
+        Reply(call, code, nullptr, 0, std::string(out, out_size).c_str());
+        return;
+      }
     }
     const char* auth = nullptr;
     size_t auth_len = 0;

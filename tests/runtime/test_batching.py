@@ -1,5 +1,8 @@
 """Server-side batching over real gRPC: merged runs give each caller exactly its own rows,
-padding to allowed sizes, large requests alone, and a full queue answers RESOURCE_EXHAUSTED."""
+padding to allowed sizes, large requests alone, and a full queue answers RESOURCE_EXHAUSTED.
+
+Each behaviour is checked twice: with the fast path (the native front end's C++ plan merges the
+calls it answers) and without it (runtime/batching.py merges in the Python handlers)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,22 @@ import numpy as np
 import pytest
 
 from .conftest import output
+
+FAST = pytest.mark.parametrize("fast", [True, False], ids=["cpp", "python"])
+
+
+def plan_of(runtime):
+    servable = runtime.manager.acquire()
+    try:
+        assert servable.fast_plan is not None, "the version has no C++ plan"
+        return servable.fast_plan
+    finally:
+        runtime.manager.release(servable)
+
+
+def merged_runs(runtime, fast: bool) -> int:
+    """Merged runs so far by the batcher that was meant to answer."""
+    return plan_of(runtime).merged[0] if fast else runtime.dataplane.batcher.batches_run
 
 
 def concurrent_predicts(client, feeds, **kwargs):
@@ -32,9 +51,10 @@ def concurrent_predicts(client, feeds, **kwargs):
     return results
 
 
+@FAST
 @pytest.mark.parametrize("allowed", [[], [4, 16, 32]])
-def test_each_caller_gets_exactly_its_own_rows(demo, serve, allowed):
-    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, batching={
+def test_each_caller_gets_exactly_its_own_rows(demo, serve, allowed, fast):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=fast, batching={
         "max_batch_size": 32, "batch_timeout_micros": 200_000, "num_batch_threads": 2,
         "allowed_batch_sizes": allowed})
     rng = np.random.default_rng(7)
@@ -44,20 +64,23 @@ def test_each_caller_gets_exactly_its_own_rows(demo, serve, allowed):
         for feed, result in zip(feeds, got, strict=True):
             assert not isinstance(result, Exception), result
             np.testing.assert_allclose(result, demo.model.predict(feed), rtol=1e-5, atol=1e-6)
-    assert runtime.dataplane.batcher.batches_run > 0, "no request was ever merged"
+    assert merged_runs(runtime, fast) > 0, "no request was ever merged"
 
 
-def test_requests_over_max_batch_size_run_alone(demo, serve):
-    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir,
+@FAST
+def test_requests_over_max_batch_size_run_alone(demo, serve, fast):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=fast,
                             batching={"max_batch_size": 8, "batch_timeout_micros": 1000})
     feed = demo.model.make_feed(50, np.random.default_rng(1))
     np.testing.assert_allclose(output(client.predict(feed), "probability"),
                                demo.model.predict(feed), rtol=1e-5, atol=1e-6)
 
 
-def test_full_queue_is_refused_at_once_with_resource_exhausted(demo, serve):
-    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, batching={
+@FAST
+def test_full_queue_is_refused_at_once_with_resource_exhausted(demo, serve, fast):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=fast, batching={
         "max_batch_size": 4, "batch_timeout_micros": 3_000_000, "max_enqueued_batches": 1})
+    answered = plan_of(runtime).answered if fast else 0
     rng = np.random.default_rng(2)
     three, two = demo.model.make_feed(3, rng), demo.model.make_feed(2, rng)
     first: list = []
@@ -79,6 +102,8 @@ def test_full_queue_is_refused_at_once_with_resource_exhausted(demo, serve):
     four = demo.model.make_feed(4, rng)
     np.testing.assert_allclose(output(client.predict(four), "probability"),
                                demo.model.predict(four), rtol=1e-5, atol=1e-6)
+    if fast:  # the C++ batcher answered both, and refused the other itself
+        assert plan_of(runtime).answered == answered + 2
 
 
 def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):

@@ -108,3 +108,16 @@ def test_default_workers_follow_the_cpu_budget(monkeypatch):
     assert app.default_workers() == app.MIN_WORKERS
     monkeypatch.setattr(cpus, "cpu_budget", lambda: 8)
     assert app.default_workers() == 16
+
+
+def test_batching_raises_the_default_workers_to_fill_its_batches(monkeypatch):
+    """A waiting call holds its worker: with batching on there must be workers for a full batch
+    of single-row calls besides the batches running."""
+    from deeprec_runtime import app
+    from deeprec_runtime.config import BatchingConfig
+
+    monkeypatch.setattr(cpus, "cpu_budget", lambda: 2)
+    assert app.default_workers(BatchingConfig()) == 4  # off: the CPU rule alone
+    assert app.default_workers(BatchingConfig(max_batch_size=8, num_batch_threads=2)) == 24
+    assert app.default_workers(BatchingConfig(max_batch_size=1)) == 4
+    assert app.default_workers(BatchingConfig(max_batch_size=4096)) == app.MAX_BATCHING_WORKERS

@@ -299,7 +299,3 @@ def test_versions_that_need_python_per_request_get_no_plan(demo, serve, tmp_path
     tiered, client = serve(demo.saved_model_dir, demo.checkpoint_dir, ev_storage_type=1)
     assert plan_of(tiered) is None
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
-    batching, client = serve(demo.saved_model_dir, demo.checkpoint_dir,
-                             batching={"max_batch_size": 8, "batch_timeout_micros": 500})
-    assert batching.fast_predict is None
-    client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
