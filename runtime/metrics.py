@@ -109,6 +109,8 @@ class Metrics:
         #: Called before each scrape: requests answered outside the Python handlers (the native
         #: fast path) are added to the series then.
         self._request_sources: list[Callable[[], None]] = []
+        #: Calls in progress outside the Python handlers, by API (read at each scrape).
+        self._in_flight_sources: list[tuple[str, Callable[[], int]]] = []
         self.registry.register(_RequestCollector(self))
         self.registry.register(_VersionCollector(self._models))
 
@@ -158,6 +160,14 @@ class Metrics:
 
     def add_request_source(self, flush: Callable[[], None]) -> None:
         self._request_sources.append(flush)
+
+    def add_in_flight_source(self, api: str, count: Callable[[], int]) -> None:
+        self._in_flight_sources.append((api, count))
+
+    def in_flight(self, api: str) -> int:
+        """Calls of `api` in progress: in the Python handlers and in any other source."""
+        return self._in_flight[api].value + sum(
+            count() for source_api, count in list(self._in_flight_sources) if source_api == api)
 
     def add_requests(self, api: str, model: str, version: str, code: str, count: int,
                      total: float, buckets: list[int]) -> None:
@@ -249,8 +259,8 @@ class _RequestCollector:
             latency.add_metric(key, buckets, total)
         in_flight = GaugeMetricFamily("deeprec_requests_in_flight", "Requests being answered",
                                       labels=("api",))
-        for api, level in self._m._in_flight.items():
-            in_flight.add_metric((api,), level.value)
+        for api in self._m._in_flight:
+            in_flight.add_metric((api,), self._m.in_flight(api))
         batch = HistogramMetricFamily("deeprec_batch_size", "Rows per predict request (first "
                                       "dimension of its first input)", labels=("model",))
         for model, series in list(self._m._batch.items()):

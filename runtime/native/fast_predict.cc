@@ -115,6 +115,7 @@ struct Plan {
   std::atomic<bool> closed{false};
   std::unique_ptr<Histogram> latency;
   std::unique_ptr<Histogram> rows;
+  std::unique_ptr<Histogram> refused;  // latency of calls refused with RESOURCE_EXHAUSTED
   std::unique_ptr<Batcher> batcher;  // set when server-side batching is on
   ~Plan();
 };
@@ -564,6 +565,10 @@ int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::st
   Outputs result;
   if (plan->batcher && rows_shared && batch > 0 && batch <= plan->batcher->max_batch_size) {
     int code = RunBatched(plan, &feeds, batch, &result, out);
+    if (code == kResourceExhausted) {
+      plan->refused->Observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    }
     if (code != 0) return code;
   } else if (!RunAlone(plan, feeds, &result)) {
     return -1;
@@ -624,6 +629,7 @@ void* drf_plan_new(void* tf_session, int64_t callable, const char* signature, in
   plan->num_fetches = num_fetches;
   plan->latency = std::make_unique<Histogram>(
       std::vector<double>(latency_bounds, latency_bounds + num_latency_bounds));
+  plan->refused = std::make_unique<Histogram>(plan->latency->bounds);
   plan->rows = std::make_unique<Histogram>(std::vector<double>(row_bounds, row_bounds + num_row_bounds));
   return new std::shared_ptr<Plan>(std::move(plan));
 }
@@ -670,6 +676,9 @@ void drf_plan_batching(void* handle, int64_t max_batch_size, int64_t timeout_us,
   plan->batcher = std::move(b);
 }
 
+// Calls using the plan now (answered in C++, or being decoded before Python takes them).
+int drf_active(void* handle) { return static_cast<std::shared_ptr<Plan>*>(handle)->get()->active.load(); }
+
 // Merged runs of the plan so far and the rows they carried (padding excluded).
 void drf_merged(void* handle, uint64_t* runs, uint64_t* rows) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
@@ -679,11 +688,12 @@ void drf_merged(void* handle, uint64_t* runs, uint64_t* rows) {
 
 void drf_free(void* handle) { delete static_cast<std::shared_ptr<Plan>*>(handle); }
 
-// Cumulative figures of the requests this plan answered: which = 0 latency (seconds), 1 rows.
+// Cumulative figures of the requests this plan answered: which = 0 latency (seconds), 1 rows,
+// 2 latency of the calls it refused (a full batching queue).
 // Writes count, sum and then one count per bucket (the last is +Inf), not cumulative.
 void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* buckets) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
-  Histogram* h = which == 0 ? plan->latency.get() : plan->rows.get();
+  Histogram* h = which == 0 ? plan->latency.get() : which == 1 ? plan->rows.get() : plan->refused.get();
   std::lock_guard<std::mutex> lock(h->mu);
   *count = h->count;
   *sum = h->sum;

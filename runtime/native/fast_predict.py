@@ -59,6 +59,7 @@ void drf_close(void *plan);
 void drf_plan_batching(void *plan, int64_t max_batch_size, int64_t timeout_us, int num_threads,
                        int max_enqueued, const int64_t *allowed, int num_allowed);
 void drf_merged(void *plan, uint64_t *runs, uint64_t *rows);
+int drf_active(void *plan);
 void drf_free(void *plan);
 void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
 int drf_predict_on(void *plan, const char *data, size_t size, double timeout_s,
@@ -109,6 +110,7 @@ class FastPredict:
         self._plans: list[FastPlan] = []
         if metrics is not None:
             metrics.add_request_source(self.flush_stats)
+            metrics.add_in_flight_source(API, self.in_flight)
 
     # --- plans --------------------------------------------------------------------------------
     def publish(self, servable: Servable | None) -> None:
@@ -213,10 +215,20 @@ class FastPredict:
         for plan in plans:
             plan.flush()
 
+    def in_flight(self) -> int:
+        """Calls in C++ now (answered there, or being decoded before Python takes them)."""
+        with self._lock:
+            plans = list(self._plans)
+        return sum(plan.active for plan in plans)
+
     def _forget(self, plan: FastPlan) -> None:
         with self._lock:
             if plan in self._plans:
                 self._plans.remove(plan)
+
+
+# The plan's histograms (drf_stats' `which`).
+_LATENCY, _ROWS, _REFUSED = 0, 1, 2
 
 
 class _Ineligible(Exception):
@@ -251,7 +263,8 @@ class FastPlan:
         self.version = version
         self._callable = callable_  # keeps the callable handle alive as long as the plan
         #: Figures already added to the metrics: which -> (count, sum, per-bucket counts).
-        self._flushed: dict[int, tuple[int, float, list[int]]] = {0: (0, 0.0, []), 1: (0, 0.0, [])}
+        self._flushed: dict[int, tuple[int, float, list[int]]] = {
+            which: (0, 0.0, []) for which in (_LATENCY, _ROWS, _REFUSED)}
         self._closed = False
         self._answered_at_close = 0
         self._lock = threading.Lock()  # the handle is freed under it
@@ -275,7 +288,13 @@ class FastPlan:
     def answered(self) -> int:
         """Requests this plan has answered (the check request included)."""
         with self._lock:
-            return self._answered_at_close if self._closed else self._read(0)[0]
+            return self._answered_at_close if self._closed else self._read(_LATENCY)[0]
+
+    @property
+    def active(self) -> int:
+        """Calls using the plan now (0 once closed)."""
+        with self._lock:
+            return 0 if self._closed else int(self._owner.lib.drf_active(self.handle))
 
     @property
     def merged(self) -> tuple[int, int]:
@@ -299,7 +318,7 @@ class FastPlan:
                 return
             self._owner.lib.drf_close(self.handle)
             self._flush_locked()
-            self._answered_at_close = self._read(0)[0]
+            self._answered_at_close = self._read(_LATENCY)[0]
             self._closed = True
             self._owner.lib.drf_free(self.handle)
             self._callable = None
@@ -313,9 +332,10 @@ class FastPlan:
                 self._flush_locked(count)
 
     def _read(self, which: int) -> tuple[int, float, list[int]]:
-        """Count, sum and per-bucket counts of the plan's latency (0) or rows (1) histogram."""
+        """Count, sum and per-bucket counts of one of the plan's histograms (_LATENCY, _ROWS,
+        _REFUSED)."""
         ffi = self._owner.ffi
-        bounds = metrics_mod.LATENCY_BUCKETS if which == 0 else metrics_mod.BATCH_BUCKETS
+        bounds = metrics_mod.BATCH_BUCKETS if which == _ROWS else metrics_mod.LATENCY_BUCKETS
         count, total = ffi.new("uint64_t *"), ffi.new("double *")
         buckets = ffi.new("uint64_t[]", len(bounds) + 1)
         self._owner.lib.drf_stats(self.handle, which, count, total, buckets)
@@ -325,15 +345,16 @@ class FastPlan:
         metrics = self._owner.metrics
         if metrics is None:
             return
-        for which in (0, 1):
+        for which in (_LATENCY, _ROWS, _REFUSED):
             now = self._read(which)
             before_count, before_sum, before_buckets = self._flushed[which]
             if now[0] == before_count or not count_them:
                 self._flushed[which] = now
                 continue
             delta = [n - (before_buckets[i] if before_buckets else 0) for i, n in enumerate(now[2])]
-            if which == 0:
-                metrics.add_requests(API, self._owner.model_name, self.version, "OK",
+            if which in (_LATENCY, _REFUSED):
+                metrics.add_requests(API, self._owner.model_name, self.version,
+                                     "OK" if which == _LATENCY else "RESOURCE_EXHAUSTED",
                                      now[0] - before_count, now[1] - before_sum, delta)
             else:
                 metrics.add_batches(self._owner.model_name, now[0] - before_count,

@@ -88,6 +88,7 @@ def test_full_queue_is_refused_at_once_with_resource_exhausted(demo, serve, fast
         output(client.predict(three), "probability")))
     waiting.start()  # opens the only batch, which waits up to 3 s for company
     time.sleep(0.5)
+    assert runtime.metrics.in_flight("deeprec_grpc") == 1  # the waiting call, wherever it waits
     started = time.monotonic()
     # 3 + 2 rows do not fit: the open batch closes and the new one would be a second batch.
     with pytest.raises(grpc.RpcError) as err:
@@ -104,6 +105,10 @@ def test_full_queue_is_refused_at_once_with_resource_exhausted(demo, serve, fast
                                demo.model.predict(four), rtol=1e-5, atol=1e-6)
     if fast:  # the C++ batcher answered both, and refused the other itself
         assert plan_of(runtime).answered == answered + 2
+    refused = [line for line in runtime.metrics.exposition().decode().splitlines()
+               if line.startswith('deeprec_requests_total{api="deeprec_grpc",code="RESOURCE_EXHAUSTED"')]
+    assert len(refused) == 1 and refused[0].endswith(" 1.0"), refused
+    assert runtime.metrics.in_flight("deeprec_grpc") == 0
 
 
 def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):
