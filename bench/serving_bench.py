@@ -296,9 +296,11 @@ def main() -> int:
                         ("(b) ... --grpc-server python", ("--grpc-server", "python"), {}, False),
                         ("(b) ... enable_inline_execute", (), {"enable_inline_execute": True}, False)]
             if batch == 1:  # server-side batching merges the 8 callers' rows into one run
-                variants.append((BATCHING_ROW, (),
-                                 {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500,
-                                               "num_batch_threads": 2}}, False))
+                batching = {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500,
+                                         "num_batch_threads": 2}}
+                variants += [(BATCHING_ROW, (), batching, False),
+                             ("(b) ... batching, --fast-predict off", ("--fast-predict", "off"),
+                              batching, False)]
             for label, cli_args, fields, raw in variants:
                 server = start_runtime(workdir, art, cli_args, **fields)
                 try:

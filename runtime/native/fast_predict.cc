@@ -290,10 +290,12 @@ int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, Outputs* re
     RunBatch(plan, b, batch.get());
     lock.lock();
     --b->running;
-    b->slot_cv.notify_one();
     batch->done = true;
-    batch->done_cv.notify_all();
+    lock.unlock();
+    b->slot_cv.notify_one();
+    batch->done_cv.notify_all();  // after unlocking: the woken need the lock to return
   }
+  if (lock.owns_lock()) lock.unlock();
   if (!task.ok) return -1;
   *result = std::move(task.result);
   return 0;
