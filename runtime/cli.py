@@ -35,7 +35,8 @@ def _serve_parser(sub) -> None:
     p.add_argument("--grace-seconds", type=float, default=20.0,
                    help="upper bound on the whole shutdown")
     p.add_argument("--workers", type=int, default=None,
-                   help="gRPC worker threads (default: 2 per CPU this process may use, at least 4)")
+                   help="gRPC worker threads (default: 2 per CPU this process may use, at least "
+                        "4; with batching, enough to fill a batch while others run)")
     p.add_argument("--max-concurrent-requests", type=int, default=None,
                    help="gRPC calls in progress, running or queued, before more are answered "
                         "RESOURCE_EXHAUSTED at once (default: 4 x --workers, at least 64; "
