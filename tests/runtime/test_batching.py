@@ -111,6 +111,28 @@ def test_full_queue_is_refused_at_once_with_resource_exhausted(demo, serve, fast
     assert runtime.metrics.in_flight("deeprec_grpc") == 0
 
 
+@FAST
+def test_a_request_the_model_rejects_fails_alone(demo, serve, fast):
+    """An id out of range makes TensorFlow reject the merged run: it is rerun request by request,
+    so only that caller gets an error (INVALID_ARGUMENT, from the Python path), the others their
+    rows."""
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=fast, batching={
+        "max_batch_size": 8, "batch_timeout_micros": 5_000_000})  # 4 calls x 2 rows fill it
+    answered = plan_of(runtime).answered if fast else 0
+    rng = np.random.default_rng(5)
+    feeds = [demo.model.make_feed(2, rng) for _ in range(4)]
+    feeds[2] = {**feeds[2], "sparse_ids": feeds[2]["sparse_ids"] + 10**9}
+    got = concurrent_predicts(client, feeds)
+    assert isinstance(got[2], grpc.RpcError)
+    assert got[2].code() == grpc.StatusCode.INVALID_ARGUMENT, got[2]
+    for i in (0, 1, 3):
+        assert not isinstance(got[i], Exception), got[i]
+        np.testing.assert_allclose(got[i], demo.model.predict(feeds[i]), rtol=1e-5, atol=1e-6)
+    assert merged_runs(runtime, fast) == 0  # the merged run failed: nothing counts as merged
+    if fast:  # the good ones were still answered in C++
+        assert plan_of(runtime).answered == answered + 3
+
+
 def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):
     """The request path's raw fast path: a client sending tensor_content reads raw bytes back."""
     from deeprec_runtime.codec import encode_array
