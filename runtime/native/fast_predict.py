@@ -135,6 +135,14 @@ class FastPredict:
             servable.fast_plan_refused = True
             log.info("version %s is served by the Python handler only: %s", servable.name, exc)
             return None
+        # After the check, which must not wait batch_timeout_micros for company; the plan is not
+        # published yet, so no call sees it change.
+        if self.batching is not None:
+            b = self.batching
+            self.lib.drf_plan_batching(plan.handle, b.max_batch_size, b.batch_timeout_micros,
+                                       b.num_batch_threads, b.max_enqueued_batches,
+                                       self.ffi.new("int64_t[]", list(b.allowed_batch_sizes) or [0]),
+                                       len(b.allowed_batch_sizes))
         servable.fast_plan = plan
         return plan
 
@@ -175,12 +183,6 @@ class FastPredict:
             ffi.new("double[]", [float(b) for b in metrics_mod.BATCH_BUCKETS]),
             len(metrics_mod.BATCH_BUCKETS))
         plan = FastPlan(self, handle, servable.name, callable_)
-        if self.batching is not None:
-            b = self.batching
-            self.lib.drf_plan_batching(handle, b.max_batch_size, b.batch_timeout_micros,
-                                       b.num_batch_threads, b.max_enqueued_batches,
-                                       ffi.new("int64_t[]", list(b.allowed_batch_sizes) or [0]),
-                                       len(b.allowed_batch_sizes))
         with self._lock:
             self._plans.append(plan)
         return plan

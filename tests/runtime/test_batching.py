@@ -133,6 +133,21 @@ def test_a_request_the_model_rejects_fails_alone(demo, serve, fast):
         assert plan_of(runtime).answered == answered + 3
 
 
+def test_a_long_batch_timeout_does_not_hold_back_loading(demo, serve):
+    """A version's plan is checked before batching is turned on for it: loading never waits
+    batch_timeout_micros (30 s here) for company."""
+    started = time.monotonic()
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, batching={
+        "max_batch_size": 4, "batch_timeout_micros": 30_000_000})
+    assert time.monotonic() - started < 20
+    plan = plan_of(runtime)
+    feed = demo.model.make_feed(4, np.random.default_rng(3))  # a full batch runs at once
+    np.testing.assert_allclose(output(client.predict(feed), "probability"),
+                               demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+    assert plan.merged == (0, 0)  # one call alone in its batch is not a merged run
+    assert plan.answered == 2  # the check and the call
+
+
 def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):
     """The request path's raw fast path: a client sending tensor_content reads raw bytes back."""
     from deeprec_runtime.codec import encode_array
