@@ -172,6 +172,11 @@ struct Batcher {
       if (size >= rows) return size;
     return rows;
   }
+  // Closes every open batch, so their leaders run them now (a delta or a close is waiting).
+  void CloseAll() {
+    std::lock_guard<std::mutex> lock(mu);
+    while (!open.empty()) Close(open.front());
+  }
   // Under mu.
   void Close(const std::shared_ptr<Batch>& batch) {
     open.erase(std::find(open.begin(), open.end(), batch));
@@ -277,7 +282,11 @@ int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, Outputs* re
   }
   batch->tasks.push_back(&task);
   batch->rows += rows;
-  if (batch->rows >= b->max_batch_size || b->timeout.count() == 0) b->Close(batch);
+  // A blocked or closed plan has someone waiting for its calls to end (CloseAll ran, or runs
+  // after this under the same lock): do not wait for company.
+  if (batch->rows >= b->max_batch_size || b->timeout.count() == 0 || plan->blocked.load() != 0 ||
+      plan->closed.load())
+    b->Close(batch);
   if (!leader) {
     batch->done_cv.wait(lock, [&] { return batch->done; });
   } else {
@@ -647,6 +656,7 @@ void drf_publish(void* handle) {
 void drf_block(void* handle) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
   plan->blocked.fetch_add(1);
+  if (plan->batcher) plan->batcher->CloseAll();  // calls waiting for company run now
   WaitIdle(plan);
 }
 
@@ -660,6 +670,7 @@ void drf_close(void* handle) {
     if (std::atomic_load(&g_current) == plan) std::atomic_store(&g_current, std::shared_ptr<Plan>());
   }
   plan->closed.store(true);
+  if (plan->batcher) plan->batcher->CloseAll();
   WaitIdle(plan.get());
 }
 

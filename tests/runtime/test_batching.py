@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from .conftest import output
+from .conftest import output, wait_for
 
 FAST = pytest.mark.parametrize("fast", [True, False], ids=["cpp", "python"])
 
@@ -146,6 +146,26 @@ def test_a_long_batch_timeout_does_not_hold_back_loading(demo, serve):
                                demo.model.predict(feed), rtol=1e-5, atol=1e-6)
     assert plan.merged == (0, 0)  # one call alone in its batch is not a merged run
     assert plan.answered == 2  # the check and the call
+
+
+def test_blocking_the_plan_runs_waiting_batches_at_once(demo, serve):
+    """A delta blocks the serving version's plan and waits for its calls: a call waiting in a
+    batch (30 s timeout here) is run at once rather than holding the delta back."""
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, batching={
+        "max_batch_size": 8, "batch_timeout_micros": 30_000_000})
+    plan = plan_of(runtime)
+    feed = demo.model.make_feed(2, np.random.default_rng(6))
+    got: list = []
+    caller = threading.Thread(target=lambda: got.append(output(client.predict(feed), "probability")))
+    caller.start()
+    wait_for(lambda: plan.active == 1, message="the call waiting in its batch")
+    started = time.monotonic()
+    plan.block()  # what a delta does before it takes the write gate
+    blocked_after = time.monotonic() - started
+    plan.unblock()
+    caller.join(10)
+    assert blocked_after < 10, f"block waited {blocked_after:.1f}s for the batch"
+    np.testing.assert_allclose(got[0], demo.model.predict(feed), rtol=1e-5, atol=1e-6)
 
 
 def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):
