@@ -14,13 +14,14 @@ import time
 import numpy as np
 
 PREDICT = "/deeprec.serving.PredictionService/Predict"
+TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
 
-def _grpc_caller(target: str, payload: bytes):
+def _grpc_caller(target: str, payload: bytes, method: str = PREDICT):
     import grpc  # noqa: PLC0415  (imported in the child process)
 
     channel = grpc.insecure_channel(target)
-    call = channel.unary_unary(PREDICT)  # identity (de)serializers: bytes in, bytes out
+    call = channel.unary_unary(method)  # identity (de)serializers: bytes in, bytes out
 
     def once() -> None:
         call(payload, timeout=30)
@@ -44,12 +45,13 @@ def _http_caller(target: str, payload: bytes):
 
 
 def _worker(kind, target, payload, threads, duration, rate, out):
-    make = _grpc_caller if kind == "grpc" else _http_caller
+    make = {"grpc": _grpc_caller, "tfs": lambda t, p: _grpc_caller(t, p, TFS_PREDICT),
+            "http": _http_caller}[kind]
     records: list[tuple[float, float]] = []
     errors = [0]
     lock = threading.Lock()
     end = time.monotonic() + duration
-    calls = [make(target, payload) for _ in range(threads)] if kind == "grpc" else \
+    calls = [make(target, payload) for _ in range(threads)] if kind != "http" else \
         [make(target, payload)] * threads
 
     def loop(call):

@@ -185,6 +185,18 @@ def grpc_payload(feed, tensor_content: bool = False) -> bytes:
     return req.SerializeToString()
 
 
+def tfs_payload(feed) -> bytes:
+    """TF Serving's PredictRequest with packed values (float_val, int64_val)."""
+    from deeprec_runtime.codec import encode_array  # noqa: PLC0415
+    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+    from deeprec_runtime.server.tfs_grpc import tfs_request  # noqa: PLC0415
+
+    req = pb.PredictRequest()
+    for k, v in feed.items():
+        encode_array(v, req.inputs[k])
+    return tfs_request(req, "default").SerializeToString()
+
+
 def print_ratios(batch: int) -> None:
     """The targets' ratios, from this run's rows."""
     f = FIGURES
@@ -290,22 +302,29 @@ def main() -> int:
             print(f"\nbatch {batch}, concurrency 8, {args.duration:g}s each:", flush=True)
             FIGURES.clear()
             in_process(art, batch, args.duration)
-            variants = [(DEFAULT_ROW, (), {}, False),
-                        ("(b) ... tensor_content requests", (), {}, True),
-                        ("(b) ... --fast-predict off", ("--fast-predict", "off"), {}, False),
-                        ("(b) ... --grpc-server python", ("--grpc-server", "python"), {}, False),
-                        ("(b) ... enable_inline_execute", (), {"enable_inline_execute": True}, False)]
+            variants = [(DEFAULT_ROW, (), {}, "packed"),
+                        ("(b) ... tensor_content requests", (), {}, "raw"),
+                        ("(b) ... TF Serving API", (), {}, "tfs"),
+                        ("(b) ... TF Serving API, fast off", ("--fast-predict", "off"), {}, "tfs"),
+                        ("(b) ... --fast-predict off", ("--fast-predict", "off"), {}, "packed"),
+                        ("(b) ... --grpc-server python", ("--grpc-server", "python"), {}, "packed"),
+                        ("(b) ... enable_inline_execute", (), {"enable_inline_execute": True},
+                         "packed")]
             if batch == 1:  # server-side batching merges the 8 callers' rows into one run
                 batching = {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500,
                                          "num_batch_threads": 2}}
-                variants += [(BATCHING_ROW, (), batching, False),
+                variants += [(BATCHING_ROW, (), batching, "packed"),
                              ("(b) ... batching, --fast-predict off", ("--fast-predict", "off"),
-                              batching, False)]
-            for label, cli_args, fields, raw in variants:
+                              batching, "packed")]
+            for label, cli_args, fields, payload in variants:
                 server = start_runtime(workdir, art, cli_args, **fields)
                 try:
-                    measure_server(label, server, "grpc", grpc_payload(feeds[batch], raw),
-                                   args.duration)
+                    if payload == "tfs":
+                        measure_server(label, server, "tfs", tfs_payload(feeds[batch]),
+                                       args.duration)
+                    else:
+                        measure_server(label, server, "grpc",
+                                       grpc_payload(feeds[batch], payload == "raw"), args.duration)
                 finally:
                     server.stop()
             if venv:

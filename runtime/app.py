@@ -127,8 +127,9 @@ class Runtime:
         self.metrics.attach(self.models)
         # The DeepRec service has no model name: it serves the default (first) model.
         services = [self.metrics.observed_service(deeprec_service(self.dataplane), "deeprec_grpc")]
-        services += [self.metrics.observed_service(s, "tfs_grpc")
-                     for s in _tfs_services(self.models, self.metrics)]
+        tfs = _tfs_services(self.models, self.metrics)
+        services += [self.metrics.observed_service(s, "tfs_grpc") for s in tfs]
+        self._tfs = bool(tfs)
         workers = workers or default_workers(config.batching)
         if max_concurrent_requests is None:
             # The bound on calls in progress stays what it was with the former 16 workers on small
@@ -156,25 +157,33 @@ class Runtime:
         self._health_thread: threading.Thread | None = None
 
     def _start_fast_predict(self) -> FastPredict | None:
-        """Hands DeepRec Predict calls of the default model to C++ first (the native front end
-        only): not when calls must be authenticated, which the Python handlers do. With batching
-        on, the calls C++ answers are merged in C++ and the rest in the Python handlers."""
+        """Hands DeepRec (and TF Serving) Predict calls of the default model to C++ first (the
+        native front end only): not when calls must be authenticated, which the Python handlers
+        do. With batching on, the calls C++ answers are merged in C++ and the rest in the Python
+        handlers."""
         from deeprec_runtime.native.build import BuildError  # noqa: PLC0415
-        from deeprec_runtime.native.fast_predict import PREDICT_METHOD, FastPredict  # noqa: PLC0415
+        from deeprec_runtime.native.fast_predict import (  # noqa: PLC0415
+            PREDICT_METHOD,
+            TFS_PREDICT_METHOD,
+            FastPredict,
+        )
 
         if self.security.authenticator.enabled:
             log.info("fast predict: off (calls are authenticated by the Python handlers)")
             return None
         try:
             fast = FastPredict(self.models.default.name, self.config.signature_name, self.metrics,
-                               self.manager.warmup_request, self.config.batching)
+                               self.manager.warmup_request, self.config.batching, tfs=self._tfs)
         except (BuildError, OSError) as exc:
             log.warning("fast predict: off, its library cannot be built or loaded (%s)", exc)
             return None
         self.manager.before_serving = fast.plan_for
         self.manager.on_serving = fast.publish
         self.grpc.set_fast(PREDICT_METHOD, fast.entry)  # type: ignore[union-attr]  # native only
-        log.info("fast predict: on (DeepRec Predict calls are answered in C++ when they can be)")
+        if self._tfs:
+            self.grpc.set_fast(TFS_PREDICT_METHOD, fast.tfs_entry)  # type: ignore[union-attr]
+        log.info("fast predict: on (DeepRec%s Predict calls are answered in C++ when they can be)",
+                 " and TF Serving" if self._tfs else "")
         return fast
 
     def start(self) -> None:

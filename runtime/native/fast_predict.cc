@@ -1,4 +1,4 @@
-// Fast predict: answers the common DeepRec Predict call without Python.
+// Fast predict: answers the common DeepRec (and TF Serving) Predict call without Python.
 //
 // The native gRPC front end (grpc_frontend.cc) offers every PredictionService/Predict call here
 // first. When the serving version has a published plan and the request is one the plan fully
@@ -6,7 +6,8 @@
 // and a compatible shape, packed values or tensor_content, no output_filter), the request is
 // decoded straight into TensorFlow tensors, run through the version's own prepared callable
 // (`Session::RunCallable`, the same handle the Python path uses, so the same inline-or-pool
-// choice), and the response is encoded here. Anything else -- and any failure, TensorFlow's
+// choice), and the response is encoded here. TF Serving's Predict (TensorProto inputs, a
+// model_spec naming no version) is answered the same way when the plan allows it. Anything else -- and any failure, TensorFlow's
 // included -- returns "not handled", and the Python handler answers exactly as it always has,
 // error messages and status codes included. So this path only ever answers successes, and the
 // Python data plane stays the single definition of what a request means.
@@ -69,6 +70,23 @@ int ValueField(int wire) {
   }
 }
 
+// The two request formats a plan answers: DeepRec's PredictRequest (ArrayProto values) and TF
+// Serving's (TensorProto values, a model_spec instead of a signature_name).
+enum Api { kDeepRec = 0, kTfs = 1, kNumApis = 2 };
+
+// The TensorProto field (tensorflow/core/framework/tensor.proto) that carries values of a dtype.
+int TfsValueField(int wire) {
+  switch (wire) {
+    case kFloat: return 5;
+    case kDouble: return 6;
+    case kInt32: return 7;
+    case kInt64: return 10;
+    default: return 0;
+  }
+}
+
+int ValueFieldOf(Api api, int wire) { return api == kTfs ? TfsValueField(wire) : ValueField(wire); }
+
 struct InputSpec {
   std::string alias;
   int wire = 0;
@@ -113,9 +131,15 @@ struct Plan {
   std::atomic<int> active{0};
   std::atomic<int> blocked{0};
   std::atomic<bool> closed{false};
-  std::unique_ptr<Histogram> latency;
+  // TF Serving's Predict: answered only when tfs_on (drf_plan_tfs), for requests naming no model
+  // or this one; answers carry this model name and version number.
+  bool tfs_on = false;
+  std::string tfs_model;
+  int64_t tfs_version = 0;
+  std::unique_ptr<Histogram> latency[kNumApis];
   std::unique_ptr<Histogram> rows;
-  std::unique_ptr<Histogram> refused;  // latency of calls refused with RESOURCE_EXHAUSTED
+  std::unique_ptr<Histogram> refused[kNumApis];  // calls refused with RESOURCE_EXHAUSTED
+  std::atomic<int> api_active[kNumApis] = {};
   std::unique_ptr<Batcher> batcher;  // set when server-side batching is on
   ~Plan();
 };
@@ -403,6 +427,57 @@ bool ParseArray(const uint8_t* data, size_t size, WireArray* a) {
   return true;
 }
 
+// TensorShapeProto: dims with a size and no name; unknown_rank (only ever sent as true) and
+// anything else is left to Python.
+bool ParseTensorShape(const uint8_t* data, size_t size, WireArray* a) {
+  Reader r{data, data + size};
+  while (r.p < r.end) {
+    uint64_t tag;
+    if (!r.Varint(&tag) || tag != ((2 << 3) | 2)) return false;
+    const uint8_t* d;
+    size_t n;
+    if (!r.Bytes(&d, &n)) return false;
+    Reader dr{d, d + n};
+    uint64_t dim = 0;  // an absent size is 0
+    while (dr.p < dr.end) {
+      uint64_t dtag;
+      if (!dr.Varint(&dtag) || dtag != ((1 << 3) | 0) || !dr.Varint(&dim)) return false;
+    }
+    a->dims.push_back(static_cast<int64_t>(dim));
+  }
+  return true;
+}
+
+// TF Serving's TensorProto, into the same form as an ArrayProto. No tensor_shape is a scalar.
+bool ParseTensorProto(const uint8_t* data, size_t size, WireArray* a) {
+  a->has_shape = true;
+  bool shape_seen = false;
+  Reader r{data, data + size};
+  while (r.p < r.end) {
+    uint64_t tag;
+    if (!r.Varint(&tag)) return false;
+    uint64_t field = tag >> 3, type = tag & 7;
+    if (field == 1 && type == 0) {
+      if (!r.Varint(&a->dtype)) return false;
+    } else if (field == 2 && type == 2 && !shape_seen) {
+      const uint8_t* d;
+      size_t n;
+      if (!r.Bytes(&d, &n) || !ParseTensorShape(d, n, a)) return false;
+      shape_seen = true;
+    } else if (field == 4 && type == 2 && !a->has_content) {
+      if (!r.Bytes(&a->content, &a->content_size)) return false;
+      a->has_content = true;
+    } else if ((field == 5 || field == 6 || field == 7 || field == 10) && type == 2 &&
+               a->values == nullptr) {
+      if (!r.Bytes(&a->values, &a->values_size)) return false;
+      a->values_field = static_cast<int>(field);
+    } else {
+      return false;  // version_number, other value fields, unpacked values, repeats
+    }
+  }
+  return true;
+}
+
 // Fills `t` from the packed varints (int32 / int64) or fixed-width values of `a`.
 bool FillTensor(const WireArray& a, int wire, int64_t count, Tensor* t) {
   char* dst = const_cast<char*>(t->tensor_data().data());
@@ -444,6 +519,26 @@ void PutBytes(std::string* out, int field, const char* data, size_t size) {
   out->append(data, size);
 }
 
+// The values of `t` in `field` (packed) or, with raw, in `raw_field` (tensor_content).
+void PutValues(const Tensor& t, int wire, bool raw, int field, int raw_field, std::string* out) {
+  auto data = t.tensor_data();
+  if (data.empty()) return;
+  if (raw) {
+    PutBytes(out, raw_field, data.data(), data.size());
+  } else if (wire == kFloat || wire == kDouble) {
+    PutBytes(out, field, data.data(), data.size());
+  } else {
+    std::string packed;
+    int64_t n = t.NumElements();
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t v = wire == kInt64 ? reinterpret_cast<const int64_t*>(data.data())[i]
+                                 : reinterpret_cast<const int32_t*>(data.data())[i];
+      PutVarint(&packed, static_cast<uint64_t>(v));
+    }
+    PutBytes(out, field, packed.data(), packed.size());
+  }
+}
+
 // ArrayProto of one output, as runtime/codec.py's encode_array writes it.
 void EncodeArray(const Tensor& t, int wire, bool raw, std::string* out) {
   PutVarint(out, (1 << 3) | 0);
@@ -455,33 +550,65 @@ void EncodeArray(const Tensor& t, int wire, bool raw, std::string* out) {
     PutBytes(&shape, 1, dims.data(), dims.size());
   }
   PutBytes(out, 2, shape.data(), shape.size());
-  auto data = t.tensor_data();
-  if (data.empty()) return;
-  if (raw) {
-    PutBytes(out, 100, data.data(), data.size());
-  } else if (wire == kFloat || wire == kDouble) {
-    PutBytes(out, ValueField(wire), data.data(), data.size());
-  } else {
-    std::string packed;
-    int64_t n = t.NumElements();
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t v = wire == kInt64 ? reinterpret_cast<const int64_t*>(data.data())[i]
-                                 : reinterpret_cast<const int32_t*>(data.data())[i];
-      PutVarint(&packed, static_cast<uint64_t>(v));
+  PutValues(t, wire, raw, ValueField(wire), 100, out);
+}
+
+// TensorProto of one output, as runtime/server/tfs_convert.py's array_to_tensor writes it.
+void EncodeTensorProto(const Tensor& t, int wire, bool raw, std::string* out) {
+  PutVarint(out, (1 << 3) | 0);
+  PutVarint(out, static_cast<uint64_t>(wire));
+  if (t.dims() > 0) {
+    std::string shape, dim;
+    for (int i = 0; i < t.dims(); ++i) {
+      dim.clear();
+      if (t.dim_size(i) != 0) {
+        PutVarint(&dim, (1 << 3) | 0);
+        PutVarint(&dim, static_cast<uint64_t>(t.dim_size(i)));
+      }
+      PutBytes(&shape, 2, dim.data(), dim.size());
     }
-    PutBytes(out, ValueField(wire), packed.data(), packed.size());
+    PutBytes(out, 2, shape.data(), shape.size());
   }
+  PutValues(t, wire, raw, TfsValueField(wire), 4, out);
+}
+
+// TF Serving's ModelSpec of an answer: the model, its version number, the signature.
+bool ParseModelSpec(const Plan* plan, const uint8_t* data, size_t size) {
+  Reader r{data, data + size};
+  while (r.p < r.end) {
+    uint64_t tag;
+    const uint8_t* body;
+    size_t n;
+    if (!r.Varint(&tag)) return false;
+    if (tag == ((1 << 3) | 2)) {  // name: this model (empty: the default one, which it is)
+      if (!r.Bytes(&body, &n)) return false;
+      if (n != 0 && std::string(reinterpret_cast<const char*>(body), n) != plan->tfs_model) return false;
+    } else if (tag == ((3 << 3) | 2)) {  // signature_name
+      if (!r.Bytes(&body, &n)) return false;
+      if (n != 0 && std::string(reinterpret_cast<const char*>(body), n) != plan->signature) return false;
+    } else {
+      return false;  // version, version_label: Python resolves which loaded version answers
+    }
+  }
+  return true;
 }
 
 // Holds the plan's active count for one request; the plan is usable only if open().
 class Use {
  public:
-  explicit Use(Plan* plan) : plan_(plan) { plan_->active.fetch_add(1); }
-  ~Use() { plan_->active.fetch_sub(1); }
+  Use(Plan* plan, int api) : plan_(plan), api_(api) {
+    plan_->active.fetch_add(1);
+    plan_->api_active[api_].fetch_add(1);
+  }
+  ~Use() {
+    plan_->api_active[api_].fetch_sub(1);
+    plan_->active.fetch_sub(1);
+  }
   bool open() const { return !plan_->closed.load() && plan_->blocked.load() == 0; }
 
  private:
   Plan* plan_;
+  int api_;
 };
 
 void WaitIdle(Plan* plan) {
@@ -490,8 +617,11 @@ void WaitIdle(Plan* plan) {
 
 // -1: not handled (the caller asks Python); 0: *out holds the serialized PredictResponse;
 // kResourceExhausted: the batching queue is full and *out holds the message.
-int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::string* out) {
+int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s, std::string* out) {
   auto started = std::chrono::steady_clock::now();
+  if (api == kTfs && !plan->tfs_on) return -1;
+  // The fields of the two PredictRequests: DeepRec's signature_name 1, inputs 2; TF Serving's
+  // model_spec 1, inputs 2 (output_filter is 3 in both, and left to Python).
   Reader r{reinterpret_cast<const uint8_t*>(data), reinterpret_cast<const uint8_t*>(data) + size};
   std::vector<WireArray> arrays(plan->inputs.size());
   std::vector<bool> seen(plan->inputs.size(), false);
@@ -501,10 +631,14 @@ int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::st
     if (!r.Varint(&tag)) return -1;
     const uint8_t* body;
     size_t body_size;
-    if (tag == ((1 << 3) | 2)) {  // signature_name
+    if (tag == ((1 << 3) | 2)) {  // signature_name, or TF Serving's model_spec
       if (!r.Bytes(&body, &body_size)) return -1;
-      if (body_size != 0 && std::string(reinterpret_cast<const char*>(body), body_size) != plan->signature)
+      if (api == kTfs) {
+        if (!ParseModelSpec(plan, body, body_size)) return -1;
+      } else if (body_size != 0 &&
+                 std::string(reinterpret_cast<const char*>(body), body_size) != plan->signature) {
         return -1;
+      }
     } else if (tag == ((2 << 3) | 2)) {  // one inputs map entry
       if (!r.Bytes(&body, &body_size)) return -1;
       Reader e{body, body + body_size};
@@ -531,7 +665,9 @@ int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::st
         ++i;
       if (i == plan->inputs.size() || seen[i]) return -1;  // tensor names, unknown keys, repeats
       seen[i] = true;
-      if (value != nullptr && !ParseArray(value, value_size, &arrays[i])) return -1;
+      if (value != nullptr && !(api == kTfs ? ParseTensorProto(value, value_size, &arrays[i])
+                                            : ParseArray(value, value_size, &arrays[i])))
+        return -1;
     } else {
       return -1;  // output_filter, unknown fields
     }
@@ -544,7 +680,7 @@ int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::st
     const WireArray& a = arrays[i];
     if (!seen[i] || a.dtype != static_cast<uint64_t>(spec.wire) || !a.has_shape) return -1;
     if (a.has_content == (a.values != nullptr)) return -1;  // exactly one way of sending values
-    if (a.values != nullptr && a.values_field != ValueField(spec.wire)) return -1;
+    if (a.values != nullptr && a.values_field != ValueFieldOf(api, spec.wire)) return -1;
     if (spec.rank >= 0 && static_cast<int>(a.dims.size()) != spec.rank) return -1;
     int64_t count = 1;
     for (size_t d = 0; d < a.dims.size(); ++d) {
@@ -577,7 +713,7 @@ int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::st
   if (plan->batcher && rows_shared && batch > 0 && batch <= plan->batcher->max_batch_size) {
     int code = RunBatched(plan, &feeds, batch, &result, out);
     if (code == kResourceExhausted) {
-      plan->refused->Observe(
+      plan->refused[api]->Observe(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     }
     if (code != 0) return code;
@@ -592,14 +728,29 @@ int Predict(Plan* plan, const char* data, size_t size, double timeout_s, std::st
     const Tensor t = result.rows < 0 ? whole : whole.Slice(result.start, result.start + result.rows);
     if (static_cast<int>(t.dtype()) != spec.wire) return -1;
     array.clear();
-    EncodeArray(t, spec.wire, raw, &array);
+    if (api == kTfs) {
+      EncodeTensorProto(t, spec.wire, raw, &array);
+    } else {
+      EncodeArray(t, spec.wire, raw, &array);
+    }
     std::string entry;
     PutBytes(&entry, 1, spec.alias.data(), spec.alias.size());
     PutBytes(&entry, 2, array.data(), array.size());
-    PutBytes(out, 1, entry.data(), entry.size());
+    PutBytes(out, 1, entry.data(), entry.size());  // outputs is field 1 in both responses
+  }
+  if (api == kTfs) {  // model_spec, as the Python adapter fills it
+    std::string spec, version;
+    PutBytes(&spec, 1, plan->tfs_model.data(), plan->tfs_model.size());
+    if (plan->tfs_version != 0) {
+      PutVarint(&version, (1 << 3) | 0);
+      PutVarint(&version, static_cast<uint64_t>(plan->tfs_version));
+    }
+    PutBytes(&spec, 2, version.data(), version.size());
+    if (!plan->signature.empty()) PutBytes(&spec, 3, plan->signature.data(), plan->signature.size());
+    PutBytes(out, 2, spec.data(), spec.size());
   }
   if (batch >= 0) plan->rows->Observe(static_cast<double>(batch));
-  plan->latency->Observe(
+  plan->latency[api]->Observe(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return 0;
 }
@@ -638,9 +789,11 @@ void* drf_plan_new(void* tf_session, int64_t callable, const char* signature, in
     plan->outputs.push_back({output_aliases[i], output_fetch[i], output_wire[i]});
   plan->num_feeds = num_feeds;
   plan->num_fetches = num_fetches;
-  plan->latency = std::make_unique<Histogram>(
-      std::vector<double>(latency_bounds, latency_bounds + num_latency_bounds));
-  plan->refused = std::make_unique<Histogram>(plan->latency->bounds);
+  std::vector<double> bounds(latency_bounds, latency_bounds + num_latency_bounds);
+  for (int api = 0; api < kNumApis; ++api) {
+    plan->latency[api] = std::make_unique<Histogram>(bounds);
+    plan->refused[api] = std::make_unique<Histogram>(bounds);
+  }
   plan->rows = std::make_unique<Histogram>(std::vector<double>(row_bounds, row_bounds + num_row_bounds));
   return new std::shared_ptr<Plan>(std::move(plan));
 }
@@ -689,8 +842,20 @@ void drf_plan_batching(void* handle, int64_t max_batch_size, int64_t timeout_us,
   plan->batcher = std::move(b);
 }
 
-// Calls using the plan now (answered in C++, or being decoded before Python takes them).
-int drf_active(void* handle) { return static_cast<std::shared_ptr<Plan>*>(handle)->get()->active.load(); }
+// Calls of `api` (0 DeepRec, 1 TF Serving) using the plan now (answered in C++, or being decoded
+// before Python takes them).
+int drf_active(void* handle, int api) {
+  return static_cast<std::shared_ptr<Plan>*>(handle)->get()->api_active[api].load();
+}
+
+// Lets the plan answer TF Serving's Predict for model `name` (NULL: not at all), its answers
+// naming version `number`. Before the plan is published.
+void drf_plan_tfs(void* handle, const char* name, int64_t number) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  plan->tfs_on = name != nullptr;
+  plan->tfs_model = name ? name : "";
+  plan->tfs_version = number;
+}
 
 // Merged runs of the plan so far and the rows they carried (padding excluded).
 void drf_merged(void* handle, uint64_t* runs, uint64_t* rows) {
@@ -701,12 +866,17 @@ void drf_merged(void* handle, uint64_t* runs, uint64_t* rows) {
 
 void drf_free(void* handle) { delete static_cast<std::shared_ptr<Plan>*>(handle); }
 
-// Cumulative figures of the requests this plan answered: which = 0 latency (seconds), 1 rows,
-// 2 latency of the calls it refused (a full batching queue).
+// Cumulative figures of the requests this plan answered: which = 0 latency (seconds) of DeepRec
+// calls, 1 rows (both APIs), 2 latency of the DeepRec calls it refused (a full batching queue),
+// 3 and 4 the same as 0 and 2 for TF Serving calls.
 // Writes count, sum and then one count per bucket (the last is +Inf), not cumulative.
 void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* buckets) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
-  Histogram* h = which == 0 ? plan->latency.get() : which == 1 ? plan->rows.get() : plan->refused.get();
+  Histogram* h = which == 1   ? plan->rows.get()
+                : which == 0 ? plan->latency[kDeepRec].get()
+                : which == 2 ? plan->refused[kDeepRec].get()
+                : which == 3 ? plan->latency[kTfs].get()
+                             : plan->refused[kTfs].get();
   std::lock_guard<std::mutex> lock(h->mu);
   *count = h->count;
   *sum = h->sum;
@@ -716,14 +886,15 @@ void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* 
 // One Predict call on `handle`'s plan (the published one when NULL). Returns -1 when not handled,
 // else a gRPC status code with *out pointing at the response (0) or the error message, valid
 // until this thread's next call.
-int drf_predict_on(void* handle, const char* data, size_t size, double timeout_s, const char** out,
-                   size_t* out_size) {
+int drf_predict_on(void* handle, int api, const char* data, size_t size, double timeout_s,
+                   const char** out, size_t* out_size) {
+  if (api != kDeepRec && api != kTfs) return -1;
   std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle)
                                       : std::atomic_load(&g_current);
   if (!plan) return -1;
-  Use use(plan.get());
+  Use use(plan.get(), api);
   if (!use.open()) return -1;
-  int code = Predict(plan.get(), data, size, timeout_s, &t_answer);
+  int code = Predict(plan.get(), static_cast<Api>(api), data, size, timeout_s, &t_answer);
   if (code >= 0) {
     *out = t_answer.data();
     *out_size = t_answer.size();
@@ -731,9 +902,15 @@ int drf_predict_on(void* handle, const char* data, size_t size, double timeout_s
   return code;
 }
 
-// The front end's entry point (grpc_frontend.cc's dr_fast_fn): the published plan.
+// The front end's entry points (grpc_frontend.cc's dr_fast_fn) for DeepRec's and TF Serving's
+// Predict: the published plan.
 int drf_predict(const char* data, size_t size, double timeout_s, const char** out, size_t* out_size) {
-  return drf_predict_on(nullptr, data, size, timeout_s, out, out_size);
+  return drf_predict_on(nullptr, kDeepRec, data, size, timeout_s, out, out_size);
+}
+
+int drf_predict_tfs(const char* data, size_t size, double timeout_s, const char** out,
+                    size_t* out_size) {
+  return drf_predict_on(nullptr, kTfs, data, size, timeout_s, out, out_size);
 }
 
 }  // extern "C"

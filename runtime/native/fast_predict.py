@@ -23,6 +23,7 @@ answered are added to the runtime's request metrics at each scrape and when it c
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -43,7 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREDICT_METHOD = "/deeprec.serving.PredictionService/Predict"
-API = "deeprec_grpc"
+TFS_PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+#: fast_predict.cc's Api -> the runtime's metrics label of that API.
+DEEPREC, TFS = 0, 1
+API = {DEEPREC: "deeprec_grpc", TFS: "tfs_grpc"}
 
 _CDEF = """
 void *drf_plan_new(void *tf_session, int64_t callable, const char *signature, int num_inputs,
@@ -59,13 +63,16 @@ void drf_close(void *plan);
 void drf_plan_batching(void *plan, int64_t max_batch_size, int64_t timeout_us, int num_threads,
                        int max_enqueued, const int64_t *allowed, int num_allowed);
 void drf_merged(void *plan, uint64_t *runs, uint64_t *rows);
-int drf_active(void *plan);
+int drf_active(void *plan, int api);
+void drf_plan_tfs(void *plan, const char *name, int64_t number);
 void drf_free(void *plan);
 void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
-int drf_predict_on(void *plan, const char *data, size_t size, double timeout_s,
+int drf_predict_on(void *plan, int api, const char *data, size_t size, double timeout_s,
                    const char **out, size_t *out_size);
 int drf_predict(const char *data, size_t size, double timeout_s, const char **out,
                 size_t *out_size);
+int drf_predict_tfs(const char *data, size_t size, double timeout_s, const char **out,
+                    size_t *out_size);
 """
 
 #: The wire dtypes fast_predict.cc carries (float, double, int32, int64).
@@ -90,14 +97,17 @@ class FastPredict:
 
     def __init__(self, model_name: str, signature_name: str, metrics: Metrics | None = None,
                  check_request: pb.PredictRequest | None = None,
-                 batching: BatchingConfig | None = None):
+                 batching: BatchingConfig | None = None, tfs: bool = False):
         import cffi  # noqa: PLC0415
 
         self.ffi = ffi = cffi.FFI()
         ffi.cdef(_CDEF)
         self.lib = ffi.dlopen(fast_predict_path(), os.RTLD_NOW)
-        #: The C function the front end calls (dr_fast_fn).
+        #: The C functions the front end calls (dr_fast_fn) for DeepRec's and TF Serving's Predict.
         self.entry = ffi.cast("void *", ffi.addressof(self.lib, "drf_predict"))
+        self.tfs_entry = ffi.cast("void *", ffi.addressof(self.lib, "drf_predict_tfs"))
+        #: Whether plans answer TF Serving's Predict too (its API package is installed).
+        self.tfs = tfs
         self.model_name = model_name
         self.signature_name = signature_name
         self.metrics = metrics
@@ -110,7 +120,8 @@ class FastPredict:
         self._plans: list[FastPlan] = []
         if metrics is not None:
             metrics.add_request_source(self.flush_stats)
-            metrics.add_in_flight_source(API, self.in_flight)
+            for api, label in API.items():
+                metrics.add_in_flight_source(label, functools.partial(self.in_flight, api))
 
     # --- plans --------------------------------------------------------------------------------
     def publish(self, servable: Servable | None) -> None:
@@ -135,6 +146,8 @@ class FastPredict:
             servable.fast_plan_refused = True
             log.info("version %s is served by the Python handler only: %s", servable.name, exc)
             return None
+        if self.tfs:
+            self._enable_tfs(plan, servable)
         # After the check, which must not wait batch_timeout_micros for company; the plan is not
         # published yet, so no call sees it change.
         if self.batching is not None:
@@ -209,6 +222,40 @@ class FastPredict:
             plan.close()
             raise _Ineligible("the C++ answer to the check request differs from the Python one")
 
+    def _enable_tfs(self, plan: FastPlan, servable: Servable) -> None:
+        """Lets the plan answer TF Serving's Predict if it answers the check request, sent the TF
+        Serving way, exactly as the Python adapter would; else only DeepRec's (logged)."""
+        from deeprec_runtime.models import version_number  # noqa: PLC0415
+        from deeprec_runtime.server import tfs_grpc  # noqa: PLC0415  # needs the TFS API package
+
+        number = version_number(servable.name, servable.full_step)
+        self.lib.drf_plan_tfs(plan.handle, self.model_name.encode(), number)
+        request = self.check_request or warmup.generated_request(servable, self.signature_name)
+        why = ""
+        if request is None:
+            why = "no request to check the plan with"
+        else:
+            tfs_request = tfs_grpc.tfs_request(request, self.model_name)
+            servable.gate.acquire_read()
+            try:
+                result = predict(servable, tfs_grpc.inner_request(tfs_request), self.signature_name)
+            except ServingError as exc:
+                why = f"the check request fails on the Python path ({exc})"
+            finally:
+                servable.gate.release_read()
+        if not why:
+            expected = tfs_grpc.predict_response(result, self.model_name, number,
+                                                 tfs_request.model_spec.signature_name
+                                                 or self.signature_name)
+            answer = plan.predict(tfs_request.SerializeToString(), TFS)
+            plan.flush(count=False)
+            if answer is None or type(expected).FromString(answer) != expected:
+                why = "the C++ answer to the check request differs from the Python one"
+        if why:
+            self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0)
+            log.info("version %s: TF Serving Predict calls are answered by Python only: %s",
+                     servable.name, why)
+
     # --- metrics ------------------------------------------------------------------------------
     def flush_stats(self) -> None:
         """Adds what each plan answered since the last flush to the runtime's request series."""
@@ -217,11 +264,12 @@ class FastPredict:
         for plan in plans:
             plan.flush()
 
-    def in_flight(self) -> int:
-        """Calls in C++ now (answered there, or being decoded before Python takes them)."""
+    def in_flight(self, api: int) -> int:
+        """Calls of `api` in C++ now (answered there, or being decoded before Python takes
+        them)."""
         with self._lock:
             plans = list(self._plans)
-        return sum(plan.active for plan in plans)
+        return sum(plan.active(api) for plan in plans)
 
     def _forget(self, plan: FastPlan) -> None:
         with self._lock:
@@ -229,8 +277,11 @@ class FastPredict:
                 self._plans.remove(plan)
 
 
-# The plan's histograms (drf_stats' `which`).
-_LATENCY, _ROWS, _REFUSED = 0, 1, 2
+# The plan's histograms (drf_stats' `which`), and for latencies the API and code they count.
+_LATENCY, _ROWS, _REFUSED, _TFS_LATENCY, _TFS_REFUSED = 0, 1, 2, 3, 4
+_COUNTED = {_LATENCY: (API[DEEPREC], "OK"), _REFUSED: (API[DEEPREC], "RESOURCE_EXHAUSTED"),
+            _TFS_LATENCY: (API[TFS], "OK"), _TFS_REFUSED: (API[TFS], "RESOURCE_EXHAUSTED")}
+_HISTOGRAMS = (_LATENCY, _ROWS, _REFUSED, _TFS_LATENCY, _TFS_REFUSED)
 
 
 class _Ineligible(Exception):
@@ -266,17 +317,17 @@ class FastPlan:
         self._callable = callable_  # keeps the callable handle alive as long as the plan
         #: Figures already added to the metrics: which -> (count, sum, per-bucket counts).
         self._flushed: dict[int, tuple[int, float, list[int]]] = {
-            which: (0, 0.0, []) for which in (_LATENCY, _ROWS, _REFUSED)}
+            which: (0, 0.0, []) for which in _HISTOGRAMS}
         self._closed = False
         self._answered_at_close = 0
         self._lock = threading.Lock()  # the handle is freed under it
 
-    def predict(self, data: bytes) -> bytes | None:
+    def predict(self, data: bytes, api: int = DEEPREC) -> bytes | None:
         """One call on this plan (published or not): the response, or None when not handled."""
         ffi, lib = self._owner.ffi, self._owner.lib
         out = ffi.new("const char **")
         size = ffi.new("size_t *")
-        if lib.drf_predict_on(self.handle, data, len(data), -1.0, out, size) != 0:  # or refused
+        if lib.drf_predict_on(self.handle, api, data, len(data), -1.0, out, size) != 0:  # or refused
             return None
         return ffi.unpack(out[0], size[0])
 
@@ -288,15 +339,21 @@ class FastPlan:
 
     @property
     def answered(self) -> int:
-        """Requests this plan has answered (the check request included)."""
+        """DeepRec requests this plan has answered (the check request included)."""
         with self._lock:
             return self._answered_at_close if self._closed else self._read(_LATENCY)[0]
 
     @property
-    def active(self) -> int:
-        """Calls using the plan now (0 once closed)."""
+    def tfs_answered(self) -> int:
+        """TF Serving requests this plan has answered (the check request included; 0 once
+        closed)."""
         with self._lock:
-            return 0 if self._closed else int(self._owner.lib.drf_active(self.handle))
+            return 0 if self._closed else self._read(_TFS_LATENCY)[0]
+
+    def active(self, api: int = DEEPREC) -> int:
+        """Calls of `api` using the plan now (0 once closed)."""
+        with self._lock:
+            return 0 if self._closed else int(self._owner.lib.drf_active(self.handle, api))
 
     @property
     def merged(self) -> tuple[int, int]:
@@ -334,8 +391,7 @@ class FastPlan:
                 self._flush_locked(count)
 
     def _read(self, which: int) -> tuple[int, float, list[int]]:
-        """Count, sum and per-bucket counts of one of the plan's histograms (_LATENCY, _ROWS,
-        _REFUSED)."""
+        """Count, sum and per-bucket counts of one of the plan's _HISTOGRAMS."""
         ffi = self._owner.ffi
         bounds = metrics_mod.BATCH_BUCKETS if which == _ROWS else metrics_mod.LATENCY_BUCKETS
         count, total = ffi.new("uint64_t *"), ffi.new("double *")
@@ -347,16 +403,16 @@ class FastPlan:
         metrics = self._owner.metrics
         if metrics is None:
             return
-        for which in (_LATENCY, _ROWS, _REFUSED):
+        for which in _HISTOGRAMS:
             now = self._read(which)
             before_count, before_sum, before_buckets = self._flushed[which]
             if now[0] == before_count or not count_them:
                 self._flushed[which] = now
                 continue
             delta = [n - (before_buckets[i] if before_buckets else 0) for i, n in enumerate(now[2])]
-            if which in (_LATENCY, _REFUSED):
-                metrics.add_requests(API, self._owner.model_name, self.version,
-                                     "OK" if which == _LATENCY else "RESOURCE_EXHAUSTED",
+            if which in _COUNTED:
+                api, code = _COUNTED[which]
+                metrics.add_requests(api, self._owner.model_name, self.version, code,
                                      now[0] - before_count, now[1] - before_sum, delta)
             else:
                 metrics.add_batches(self._owner.model_name, now[0] - before_count,

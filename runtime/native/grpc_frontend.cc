@@ -9,8 +9,9 @@
 // request has arrived is queued for one of `workers` threads, which call the Python handler (the
 // handler takes the GIL; TensorFlow releases it while it runs). At most `max_concurrent` calls
 // are queued or running; past that a call is answered RESOURCE_EXHAUSTED at once, so a burst
-// never builds an unbounded queue. One method may have a C function tried first (SetFast: the
-// DeepRec Predict fast path, fast_predict.cc); what it does not answer goes to the Python handler.
+// never builds an unbounded queue. A few methods may have a C function tried first (SetFast: the
+// DeepRec and TF Serving Predict fast path, fast_predict.cc); what it does not answer goes to the
+// Python handler.
 // grpc.health.v1.Health (Check and Watch) is gRPC C++'s own service, so probes are answered even
 // while every worker is busy. TLS and mutual TLS come from watched PEM files, so a rotated
 // certificate needs no restart.
@@ -121,10 +122,18 @@ class Frontend {
 
   int InFlight() const { return in_flight_.load(); }
 
-  void SetFast(const std::string& method, dr_fast_fn fn) {
+  // A slot's method is written once, before its function is published; calls read the function
+  // first, so they never see a method being written. Returns false when every slot is taken.
+  bool SetFast(const std::string& method, dr_fast_fn fn) {
     std::lock_guard<std::mutex> lock(mu_);
-    fast_method_ = method;
-    fast_.store(fn);
+    for (FastSlot& slot : fast_) {
+      if (slot.method.empty()) slot.method = method;
+      if (slot.method == method) {
+        slot.fn.store(fn);
+        return true;
+      }
+    }
+    return false;
   }
 
   // Stops accepting, waits up to `grace` seconds for calls in progress, cancels the rest.
@@ -256,8 +265,16 @@ class Frontend {
     const std::string& method = call->ctx.method();
     const char* out = nullptr;
     size_t out_size = 0;
-    dr_fast_fn fast = fast_.load();
-    if (fast != nullptr && method == fast_method_) {
+    dr_fast_fn fast = nullptr;
+    for (const FastSlot& slot : fast_) {
+      dr_fast_fn fn = slot.fn.load();
+      if (fn == nullptr) break;  // slots fill in order
+      if (method == slot.method) {
+        fast = fn;
+        break;
+      }
+    }
+    if (fast != nullptr) {
       int code = fast(data, size, timeout, &out, &out_size);
       if (code == 0) {
         Reply(call, 0, out, out_size, nullptr);
@@ -288,8 +305,11 @@ class Frontend {
   }
 
   dr_handler_fn handler_;
-  std::atomic<dr_fast_fn> fast_{nullptr};
-  std::string fast_method_;  // set before fast_, read after it
+  struct FastSlot {
+    std::string method;
+    std::atomic<dr_fast_fn> fn{nullptr};
+  };
+  FastSlot fast_[4];
   int workers_;
   int max_concurrent_;
   grpc::AsyncGenericService generic_;
@@ -353,8 +373,8 @@ void dr_frontend_set_serving(void* frontend, const char* service, int serving) {
   static_cast<Frontend*>(frontend)->SetServing(service, serving != 0);
 }
 
-void dr_frontend_set_fast(void* frontend, const char* method, dr_fast_fn fn) {
-  static_cast<Frontend*>(frontend)->SetFast(method, fn);
+int dr_frontend_set_fast(void* frontend, const char* method, dr_fast_fn fn) {
+  return static_cast<Frontend*>(frontend)->SetFast(method, fn) ? 0 : -1;
 }
 
 int dr_frontend_in_flight(void* frontend) { return static_cast<Frontend*>(frontend)->InFlight(); }

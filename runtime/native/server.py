@@ -35,7 +35,7 @@ void *dr_frontend_start(const char *address, int pollers, int workers, int max_c
                         dr_handler_fn handler, int *bound_port, char *error, size_t error_size);
 void dr_frontend_set_serving(void *frontend, const char *service, int serving);
 int dr_frontend_in_flight(void *frontend);
-void dr_frontend_set_fast(void *frontend, const char *method, void *fn);
+int dr_frontend_set_fast(void *frontend, const char *method, void *fn);
 void dr_frontend_stop(void *frontend, double grace_seconds);
 """
 
@@ -188,7 +188,8 @@ class NativeGrpcServer:
     def set_fast(self, method: str, fn: Any) -> None:
         """Offers each call of `method` to the C function `fn` first (fast_predict.cc's
         drf_predict); what it does not answer goes to the Python handlers."""
-        self.lib.dr_frontend_set_fast(self._frontend, method.encode(), fn)
+        if self.lib.dr_frontend_set_fast(self._frontend, method.encode(), fn) != 0:
+            raise RuntimeError(f"no room for another fast method ({method})")
 
     def start(self) -> None:
         """The server accepts calls from construction on (gRPC C++ starts when built)."""

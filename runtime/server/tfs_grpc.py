@@ -72,26 +72,16 @@ class TfsAdapter:
     @staticmethod
     def _spec_out(out: model_pb2.ModelSpec, model: ServedModel, version: str,
                   signature_name: str = "") -> None:
-        out.name = model.name
-        out.version.value = model.number_of(version)
-        if signature_name:
-            out.signature_name = signature_name
+        fill_model_spec(out, model.name, model.number_of(version), signature_name)
 
     # --- PredictionService --------------------------------------------------------------------
     def predict(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         request = parse(predict_pb2.PredictRequest, data, "tensorflow.serving.PredictRequest")
         model, version = self._model(request.model_spec)
-        inner = pb.PredictRequest(signature_name=request.model_spec.signature_name,
-                                  output_filter=list(request.output_filter))
-        for key, tensor in request.inputs.items():
-            tensor_to_array(tensor, inner.inputs[key])
-        result, served = model.predict(inner, version)
-        response = predict_pb2.PredictResponse()
-        self._spec_out(response.model_spec, model, served,
-                       request.model_spec.signature_name or model.config.signature_name)
-        for key, array in result.outputs.items():
-            array_to_tensor(array, response.outputs[key])
-        return response.SerializeToString()
+        result, served = model.predict(inner_request(request), version)
+        return predict_response(result, model.name, model.number_of(served),
+                                request.model_spec.signature_name or model.config.signature_name
+                                ).SerializeToString()
 
     def get_model_metadata(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         request = parse(get_model_metadata_pb2.GetModelMetadataRequest, data,
@@ -211,6 +201,45 @@ class TfsAdapter:
             status.status.error_code = _UNKNOWN if s.error else _OK
             status.status.error_message = s.error
         return response.SerializeToString()
+
+
+def fill_model_spec(out: model_pb2.ModelSpec, model_name: str, version_number: int,
+                    signature_name: str = "") -> None:
+    """The model_spec of an answer: which model, version and signature answered."""
+    out.name = model_name
+    out.version.value = version_number
+    if signature_name:
+        out.signature_name = signature_name
+
+
+def inner_request(request: predict_pb2.PredictRequest) -> pb.PredictRequest:
+    """TF Serving's PredictRequest as the DeepRec one the data plane answers."""
+    inner = pb.PredictRequest(signature_name=request.model_spec.signature_name,
+                              output_filter=list(request.output_filter))
+    for key, tensor in request.inputs.items():
+        tensor_to_array(tensor, inner.inputs[key])
+    return inner
+
+
+def predict_response(result: pb.PredictResponse, model_name: str, version_number: int,
+                     signature_name: str) -> predict_pb2.PredictResponse:
+    """The data plane's answer as TF Serving's PredictResponse, naming what answered it."""
+    response = predict_pb2.PredictResponse()
+    fill_model_spec(response.model_spec, model_name, version_number, signature_name)
+    for key, array in result.outputs.items():
+        array_to_tensor(array, response.outputs[key])
+    return response
+
+
+def tfs_request(request: pb.PredictRequest, model_name: str) -> predict_pb2.PredictRequest:
+    """A DeepRec PredictRequest as TF Serving's (the fast path checks its plans with one)."""
+    out = predict_pb2.PredictRequest()
+    out.model_spec.name = model_name
+    if request.signature_name:
+        out.model_spec.signature_name = request.signature_name
+    for key, array in request.inputs.items():
+        array_to_tensor(array, out.inputs[key])
+    return out
 
 
 def tfs_services(models: ModelRegistry, metrics: Metrics | None = None) -> list[grpc.GenericRpcHandler]:

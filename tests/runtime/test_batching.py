@@ -158,7 +158,7 @@ def test_blocking_the_plan_runs_waiting_batches_at_once(demo, serve):
     got: list = []
     caller = threading.Thread(target=lambda: got.append(output(client.predict(feed), "probability")))
     caller.start()
-    wait_for(lambda: plan.active == 1, message="the call waiting in its batch")
+    wait_for(lambda: plan.active() == 1, message="the call waiting in its batch")
     started = time.monotonic()
     plan.block()  # what a delta does before it takes the write gate
     blocked_after = time.monotonic() - started

@@ -1,4 +1,4 @@
-"""The C++ fast path for DeepRec Predict (runtime/native/fast_predict.cc).
+"""The C++ fast path for DeepRec and TF Serving Predict (runtime/native/fast_predict.cc).
 
 Each test runs real runtimes on the native gRPC front end over loopback: one with the fast path
 (the default) and, where answers are compared, one without it, on the same model files. The fast
@@ -15,6 +15,10 @@ import threading
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+from tensorflow_serving.apis import predict_pb2 as tfs_predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.protos import predict_pb2 as pb
@@ -97,6 +101,12 @@ def test_double_and_int32_inputs(seed_model, serve):
     assert answer == raw_call(slow_client.channel, data)[1]
     np.testing.assert_allclose(output(pb.PredictResponse.FromString(answer), "probabilities"),
                                model.predict(feed), rtol=1e-5, atol=1e-6)
+    # the same through TF Serving's API: double_val, and int32 in int_val
+    tfs_before = plan.tfs_answered
+    data = tfs_request(feed).SerializeToString()
+    code, tfs_answer = tfs_call(client.channel, data)
+    assert code == grpc.StatusCode.OK and plan.tfs_answered == tfs_before + 1
+    assert tfs_answer == tfs_call(slow_client.channel, data)[1]
 
 
 def _declined_requests(demo) -> dict[str, bytes]:
@@ -146,6 +156,21 @@ def test_what_the_plan_declines_is_answered_by_python_exactly(demo, pair):
     assert plan.answered == before + 1
 
 
+def _mutated(rng: random.Random, seeds: list[bytes]) -> bytes:
+    """One seed with 1-3 random byte changes, deletions or insertions."""
+    data = bytearray(rng.choice(seeds))
+    for _ in range(rng.randint(1, 3)):
+        op = rng.randrange(3)
+        pos = rng.randrange(len(data))
+        if op == 0:
+            data[pos] = rng.randrange(256)
+        elif op == 1:
+            del data[pos:pos + rng.randint(1, 4)]
+        else:
+            data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 3)))
+    return bytes(data)
+
+
 def test_random_mutations_get_the_same_answer_with_and_without_the_fast_path(demo, pair):
     """Differential fuzzing: any bytes the C++ parser accepts must mean what they mean to Python."""
     fast, fast_client, slow, slow_client = pair
@@ -160,19 +185,10 @@ def test_random_mutations_get_the_same_answer_with_and_without_the_fast_path(dem
         seeds.append(raw.SerializeToString())
     before = plan_of(fast).answered
     for i in range(300):
-        data = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 3)):
-            op = rng.randrange(3)
-            pos = rng.randrange(len(data))
-            if op == 0:
-                data[pos] = rng.randrange(256)
-            elif op == 1:
-                del data[pos:pos + rng.randint(1, 4)]
-            else:
-                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 3)))
-        got = raw_call(fast_client.channel, bytes(data))
-        want = raw_call(slow_client.channel, bytes(data))
-        assert got == want, (i, bytes(data).hex())
+        data = _mutated(rng, seeds)
+        got = raw_call(fast_client.channel, data)
+        want = raw_call(slow_client.channel, data)
+        assert got == want, (i, data.hex())
     assert plan_of(fast).answered > before  # some mutations (of values) are still valid requests
 
 
@@ -299,3 +315,128 @@ def test_versions_that_need_python_per_request_get_no_plan(demo, serve, tmp_path
     tiered, client = serve(demo.saved_model_dir, demo.checkpoint_dir, ev_storage_type=1)
     assert plan_of(tiered) is None
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
+
+
+# --- TF Serving's Predict ---------------------------------------------------------------------
+TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
+
+def tfs_request(feed, model="default", raw=False, **spec) -> tfs_predict_pb2.PredictRequest:
+    request = tfs_predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    for key, value in spec.items():
+        if key == "version":
+            request.model_spec.version.value = value
+        else:
+            setattr(request.model_spec, key, value)
+    for key, value in feed.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value) if raw else _packed(value))
+    return request
+
+
+def _packed(value: np.ndarray) -> tensor_pb2.TensorProto:
+    """A TensorProto with the values in their repeated field (make_tensor_proto uses
+    tensor_content), as most TF Serving clients other than Python's send them."""
+    proto = tf.make_tensor_proto(value)
+    field = {np.float32: "float_val", np.float64: "double_val", np.int32: "int_val",
+             np.int64: "int64_val"}.get(value.dtype.type)
+    if field is not None:  # (strings are in string_val already)
+        proto.ClearField("tensor_content")
+        getattr(proto, field).extend(value.reshape(-1).tolist())
+    return proto
+
+
+def tfs_call(channel, data: bytes):
+    """(status, parsed response or error details) of one TF Serving Predict sent as bytes."""
+    try:
+        return grpc.StatusCode.OK, tfs_predict_pb2.PredictResponse.FromString(
+            channel.unary_unary(TFS_PREDICT)(data, timeout=10))
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["packed", "tensor_content"])
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_tf_serving_predict_is_answered_in_cpp_as_python_answers_it(demo, pair, batch, raw):
+    fast, fast_client, slow, slow_client = pair
+    plan = plan_of(fast)
+    before = plan.tfs_answered
+    rng = np.random.default_rng(batch)
+    for _ in range(3):
+        data = tfs_request(demo.model.make_feed(batch, rng), raw=raw).SerializeToString()
+        code, answer = tfs_call(fast_client.channel, data)
+        assert code == grpc.StatusCode.OK, answer
+        assert answer == tfs_call(slow_client.channel, data)[1]
+        assert answer.model_spec.name == "default" and answer.model_spec.version.value > 0
+        assert bool(answer.outputs["probability"].tensor_content) == raw
+    assert plan.tfs_answered - before == 3
+    # the official client stub gets the same
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(fast_client.channel)
+    feed = demo.model.make_feed(batch, rng)
+    response = stub.Predict(tfs_request(feed, model=""), timeout=10)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["probability"]),
+                               demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+    assert plan.tfs_answered - before == 4
+
+
+def test_tf_serving_requests_the_plan_declines_get_the_python_answer(demo, pair):
+    fast, fast_client, slow, slow_client = pair
+    plan = plan_of(fast)
+    feed = demo.model.make_feed(4, np.random.default_rng(8))
+    version = tfs_call(slow_client.channel,
+                       tfs_request(feed).SerializeToString())[1].model_spec.version.value
+    cases = {
+        "version": tfs_request(feed, version=version),
+        "unknown_version": tfs_request(feed, version=version + 1),
+        "version_label": tfs_request(feed, version_label="stable"),
+        "other_model": tfs_request(feed, model="other"),
+        "other_signature": tfs_request(feed, signature_name="nope"),
+        "string_input": tfs_request({**feed, "dense": np.array([b"x"] * 4)}),
+        "wrong_dtype": tfs_request({**feed, "dense": feed["dense"].astype(np.float64)}),
+    }
+    short = tfs_request(feed)  # TensorFlow's rule: the last value fills the shape
+    del short.inputs["dense"].float_val[1:]
+    cases["last_value_fills"] = short
+    filtered = tfs_request(feed)
+    filtered.output_filter.append("probability")
+    cases["output_filter"] = filtered
+    unknown_rank = tfs_request(feed)
+    unknown_rank.inputs["dense"].tensor_shape.unknown_rank = True
+    cases["unknown_rank"] = unknown_rank
+    named = tfs_request(feed)
+    named.inputs["dense"].tensor_shape.dim[0].name = "batch"
+    cases["dim_name"] = named
+    data = {name: r.SerializeToString() for name, r in cases.items()}
+    data["garbage"] = b"\xff\xff\xff"
+    for name, payload in data.items():
+        before = plan.tfs_answered
+        got = tfs_call(fast_client.channel, payload)
+        assert got == tfs_call(slow_client.channel, payload), name
+        assert plan.tfs_answered == before, f"{name} was answered by the fast path"
+    assert tfs_call(fast_client.channel, data["version"])[0] == grpc.StatusCode.OK
+    assert tfs_call(fast_client.channel, data["other_model"])[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_random_tf_serving_mutations_get_the_same_answer_with_and_without_the_fast_path(demo, pair):
+    fast, fast_client, slow, slow_client = pair
+    rng = random.Random(11)
+    seeds = [tfs_request(demo.model.make_feed(batch, np.random.default_rng(batch)),
+                         raw=raw).SerializeToString() for batch in (1, 3) for raw in (False, True)]
+    before = plan_of(fast).tfs_answered
+    for i in range(300):
+        data = _mutated(rng, seeds)
+        assert tfs_call(fast_client.channel, data) == tfs_call(slow_client.channel, data), (
+            i, data.hex())
+    assert plan_of(fast).tfs_answered > before
+
+
+def test_tf_serving_calls_answered_in_cpp_are_in_the_metrics(demo, serve):
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    version = client.info().version
+    for batch in (1, 16):
+        tfs_call(client.channel, tfs_request(demo.model.make_feed(
+            batch, np.random.default_rng(batch))).SerializeToString())
+    text = fast.metrics.exposition().decode()
+    labels = f'api="tfs_grpc",code="OK",model="default",version="{version}"'
+    assert f"deeprec_requests_total{{{labels}}} 2.0" in text
+    assert 'deeprec_requests_in_flight{api="tfs_grpc"} 0.0' in text
