@@ -7,9 +7,9 @@
 // decoded straight into TensorFlow tensors, run through the version's own prepared callable
 // (`Session::RunCallable`, the same handle the Python path uses, so the same inline-or-pool
 // choice), and the response is encoded here. TF Serving's Predict (TensorProto inputs, a
-// model_spec naming no version) is answered the same way when the plan allows it. Anything else -- and any failure, TensorFlow's
-// included -- returns "not handled", and the Python handler answers exactly as it always has,
-// error messages and status codes included. So this path only ever answers successes, and the
+// model_spec naming no version) is answered the same way when the plan allows it. Anything else
+// -- and any failure, TensorFlow's included -- returns "not handled", and the Python handler
+// answers exactly as it always has, error messages and status codes included. So this path only ever answers successes, and the
 // Python data plane stays the single definition of what a request means.
 //
 // Why: at batch 64 the Python handler (protobuf objects, numpy conversions, metrics, the GIL)
