@@ -113,8 +113,8 @@ class Server:
         if port_line:
             for line in self.proc.stdout:
                 self.lines.append(line)
-                if port_line in line:
-                    self.port = int(line.rsplit(" ", 1)[1])
+                if port_line in line:  # "... gRPC on port N[, HTTP on port M]"
+                    self.port = int(line.split(port_line, 1)[1].split(",")[0])
                     break
             if not self.port:
                 raise RuntimeError("server did not start:\n" + "".join(self.lines[-30:]))
