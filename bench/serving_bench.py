@@ -9,7 +9,8 @@
    (b) and (c) get the same multi-process load generator on loopback; server CPU is the server's
    whole process tree, from /proc.
 2. RSS of the runtime with session_num 1 vs 4 (one copy of the parameters either way).
-3. p99 at half load, steady vs while a new full version is loaded and swapped in.
+3. p99 at half load, steady vs while a new full version is loaded and swapped in, and the
+   server's own answer times over the same windows (from /metrics, without gRPC's transport).
 4. Time to apply a delta touching ~1% of the embedding rows vs a full reload of the same model.
 
 Model: the Wide&Deep demo (8 ids x 16 dims + 13 dense, MLP 256-128-1), --num-ids rows.
@@ -109,12 +110,15 @@ class Server:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env, cwd=REPO)
         self.port = port
+        self.http_port = 0
         self.lines: list[str] = []
         if port_line:
             for line in self.proc.stdout:
                 self.lines.append(line)
                 if port_line in line:  # "... gRPC on port N[, HTTP on port M]"
                     self.port = int(line.split(port_line, 1)[1].split(",")[0])
+                    if "HTTP on port" in line:
+                        self.http_port = int(line.rsplit(" ", 1)[1])
                     break
             if not self.port:
                 raise RuntimeError("server did not start:\n" + "".join(self.lines[-30:]))
@@ -228,6 +232,14 @@ def measure_server(label, server: Server, kind, payload, duration, concurrency=8
     return records
 
 
+def free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def stfs_venv() -> str:
     for path in (os.environ.get("STFS_VENV", ""), os.path.join(REPO, ".cache", "stfs-venv"),
                  os.path.expanduser("~/.cache/stfs-venv")):
@@ -240,11 +252,7 @@ def start_stfs(venv: str, workdir: str, art) -> Server:
     base = os.path.join(workdir, "stfs-model")
     if not os.path.exists(base):
         shutil.copytree(art.saved_model_dir, os.path.join(base, "1"))
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = Server([os.path.join(venv, "bin", "simple_tensorflow_serving"),
                      f"--model_base_path={base}", "--host=127.0.0.1", f"--port={port}",
                      "--model_name=default"], port=port)
@@ -361,41 +369,79 @@ def main() -> int:
     return 0
 
 
+def answer_times(server: Server) -> np.ndarray:
+    """Cumulative counts of the server's DeepRec gRPC answers (all versions) at or under each of
+    ANSWER_BOUNDS, and the total: the time from the request's arrival in the handler (C++ or
+    Python) to its answer, without gRPC's transport and queueing."""
+    import urllib.request  # noqa: PLC0415
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5).read()
+    counts = dict.fromkeys((*ANSWER_BOUNDS, "+Inf"), 0.0)
+    for line in text.decode().splitlines():
+        if (line.startswith("deeprec_request_duration_seconds_bucket{")
+                and 'api="deeprec_grpc"' in line and 'code="OK"' in line):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            if le in counts:
+                counts[le] += float(line.rsplit(" ", 1)[1])
+    return np.array(list(counts.values()))
+
+
+ANSWER_BOUNDS = ("0.0005", "0.001", "0.0025")
+
+
+def over_bounds(before: np.ndarray, after: np.ndarray) -> str:
+    d = after - before
+    return ", ".join(f"{100 * (1 - d[i] / d[-1]):.2f}% > {float(b) * 1e3:g} ms"
+                     for i, b in enumerate(ANSWER_BOUNDS)) if d[-1] else "no answers"
+
+
 def swap_p99(workdir, art, feed, duration, swaps: int = 3) -> None:
     print(f"\np99 at half load, steady vs during a full-version swap (batch 1, {swaps} swaps):",
           flush=True)
-    server = start_runtime(workdir, art)
+    server = start_runtime(workdir, art, ("--http-port", str(free_port())))
     target = f"127.0.0.1:{server.port}"
     payload = grpc_payload(feed)
     staged: list[str] = []
     try:
         full, _ = run_load("grpc", target, payload, 8, 2.0)
         rate = len(full) / 2.0 / 2
+        answered = answer_times(server)
         steady, _ = run_load("grpc", target, payload, 8, duration, rate=rate)
+        steady_answers = over_bounds(answered, answer_times(server))
         print(f"  steady   at {rate:6.0f} req/s: p50 {pct(steady[:, 1], 50):6.2f} ms  "
               f"p99 {pct(steady[:, 1], 99):6.2f} ms", flush=True)
         base = model_version(target)
         windows = []
+        answers = []
         for i in range(swaps):
-            window, loaded = _one_swap(workdir, art, target, payload, rate, base, i, duration)
+            window, loaded, counts = _one_swap(workdir, art, server, payload, rate, base, i,
+                                               duration)
             staged.append(loaded)
             windows.append(window)
+            answers.append(counts)
             print(f"  swap {i + 1}   at {rate:6.0f} req/s: p50 {pct(window, 50):6.2f} ms  "
                   f"p99 {pct(window, 99):6.2f} ms  ({len(window)} requests while {loaded} "
                   f"loaded, + 1 s after)", flush=True)
         pooled = np.concatenate(windows)
         print(f"  all swaps: p99 {pct(pooled, 99):6.2f} ms = {pct(pooled, 99) / pct(steady[:, 1], 99):.2f}x "
               f"steady (target <= 1.5x)", flush=True)
+        zero = np.zeros(len(ANSWER_BOUNDS) + 1)
+        print(f"  server's own answer time (handler in to answer out, from /metrics): steady "
+              f"{steady_answers}; swap windows {over_bounds(zero, sum(answers, zero))}",
+              flush=True)
     finally:
         server.stop()
         for name in staged:  # later sections update the original version
             shutil.rmtree(os.path.join(art.checkpoint_dir, name), ignore_errors=True)
 
 
-def _one_swap(workdir, art, target, payload, rate, base, i, duration) -> tuple[np.ndarray, str]:
+def _one_swap(workdir, art, server, payload, rate, base, i, duration
+              ) -> tuple[np.ndarray, str, np.ndarray]:
     """Stages a copy of version `base` outside checkpoint_dir (neither training nor copying is in
     the measured window), moves it in under load, and returns the latencies of the requests
-    started between the move and 1 s after the new version serves."""
+    started between the move and 1 s after the new version serves, the version's name, and the
+    server's answer-time counts over the same window."""
+    target = f"127.0.0.1:{server.port}"
     before = model_version(target)
     name = f"checkpoint_swap_{int(time.time())}_{i}"
     staging = os.path.join(workdir, "staging", name)
@@ -409,14 +455,17 @@ def _one_swap(workdir, art, target, payload, rate, base, i, duration) -> tuple[n
     t = threading.Thread(target=load)
     t.start()
     time.sleep(2.0)
+    answered = answer_times(server)
     moved = time.time()
     shutil.move(staging, os.path.join(art.checkpoint_dir, name))
     while model_version(target) == before and time.time() - moved < 120:
         time.sleep(0.05)
     swapped = time.time()
+    time.sleep(max(0.0, swapped + 1.0 - time.time()))
+    counts = answer_times(server) - answered
     t.join()
     rec = result["records"]
-    return rec[(rec[:, 0] >= moved) & (rec[:, 0] <= swapped + 1.0)][:, 1], name
+    return rec[(rec[:, 0] >= moved) & (rec[:, 0] <= swapped + 1.0)][:, 1], name, counts
 
 
 def delta_vs_full(workdir, art) -> None:
