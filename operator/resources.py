@@ -262,6 +262,7 @@ def runtime_container(spec: ModelSpec) -> dict[str, Any]:
             # The default server needs no flag: the contract's command line stays as it was.
             *(["--grpc-server", spec.service.grpc_server]
               if spec.service.grpc_server != "auto" else []),
+            *([] if spec.service.fast_predict else ["--fast-predict", "off"]),
         ],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},

@@ -82,6 +82,7 @@ class ServiceSpec:
     grpc_port: int = 8500
     http_port: int = 8501
     grpc_server: str = "auto"
+    fast_predict: bool = True
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,11 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], *, default_image: 
         grpc_port=int(_get(raw_svc, "grpcPort", 8500)),
         http_port=int(_get(raw_svc, "httpPort", 8501)),
         grpc_server=str(_get(raw_svc, "grpcServer", "auto")),
+        fast_predict=_get(raw_svc, "fastPredict", True),
     )
+    if not isinstance(service.fast_predict, bool):
+        raise SpecError("spec.service.fastPredict", "InvalidValue",
+                        f"spec.service.fastPredict is {service.fast_predict!r}; expected true or false")
     if service.grpc_server not in ("auto", "python", "native"):
         raise SpecError("spec.service.grpcServer", "InvalidValue",
                         f"spec.service.grpcServer is {service.grpc_server!r}; allowed: auto, "

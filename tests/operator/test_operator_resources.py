@@ -183,6 +183,17 @@ def test_grpc_server_choice_reaches_the_runtime_args(spec):
     assert err.value.field == "spec.service.grpcServer"
 
 
+def test_fast_predict_can_be_turned_off(spec):
+    assert "--fast-predict" not in _runtime(r.deployment(_model(spec)))["args"]  # on: default
+    spec["service"] = {"fastPredict": False}
+    args = _runtime(r.deployment(_model(spec)))["args"]
+    assert args[args.index("--fast-predict") + 1] == "off"
+    spec["service"] = {"fastPredict": "no"}
+    with pytest.raises(SpecError) as err:
+        _model(spec)
+    assert err.value.field == "spec.service.fastPredict"
+
+
 def test_children_are_deterministic(spec):
     assert r.children(_model(spec)) == r.children(_model(spec))
     assert [c["kind"] for c in r.children(_model(spec))] == ["ConfigMap", "Deployment", "Service"]
