@@ -258,8 +258,11 @@ def test_a_version_freed_after_a_swap_closes_its_plan(demo, serve):
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
 
 
-def test_requests_during_deltas_and_swaps_all_succeed(demo, serve):
-    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+@pytest.mark.parametrize("batching", [None, {"max_batch_size": 16, "batch_timeout_micros": 2000}],
+                         ids=["unbatched", "batched"])
+def test_requests_during_deltas_and_swaps_all_succeed(demo, serve, batching):
+    fields = {"batching": batching} if batching else {}
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir, **fields)
     feed = demo.model.make_feed(4, np.random.default_rng(5))
     stop = threading.Event()
     failures: list[str] = []
@@ -273,6 +276,7 @@ def test_requests_during_deltas_and_swaps_all_succeed(demo, serve):
             except grpc.RpcError as exc:
                 failures.append(f"{exc.code()}: {exc.details()}")
 
+    first = plan_of(fast)
     threads = [threading.Thread(target=traffic) for _ in range(4)]
     for t in threads:
         t.start()
@@ -281,6 +285,7 @@ def test_requests_during_deltas_and_swaps_all_succeed(demo, serve):
             old = client.info().delta_step
             demo.write_delta(steps=1)
             wait_for(lambda old=old: client.info().delta_step > old, message="delta")
+        merged_before_swap = first.merged[0]
         demo.write_full("checkpoint_2", steps=1)
         wait_for(lambda: client.info().version == "checkpoint_2", message="swap")
     finally:
@@ -291,6 +296,8 @@ def test_requests_during_deltas_and_swaps_all_succeed(demo, serve):
     assert done[0] > 20
     np.testing.assert_allclose(output(client.predict(feed), "probability"),
                                demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+    if batching:  # the C++ batcher was in the path (4 callers x 4 rows fill a batch of 16)
+        assert merged_before_swap > 0
 
 
 def test_requests_answered_in_cpp_are_in_the_metrics(demo, serve):
