@@ -147,7 +147,12 @@ class FastPredict:
             log.info("version %s is served by the Python handler only: %s", servable.name, exc)
             return None
         if self.tfs:
-            self._enable_tfs(plan, servable)
+            try:
+                self._enable_tfs(plan, servable)
+            except Exception:  # the DeepRec plan stands; TF Serving calls go to Python
+                self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0)
+                log.exception("version %s: TF Serving Predict calls are answered by Python only",
+                              servable.name)
         # After the check, which must not wait batch_timeout_micros for company; the plan is not
         # published yet, so no call sees it change.
         if self.batching is not None:

@@ -437,6 +437,27 @@ def test_random_tf_serving_mutations_get_the_same_answer_with_and_without_the_fa
     assert plan_of(fast).tfs_answered > before
 
 
+def test_a_plan_whose_tf_serving_check_fails_leaves_tf_serving_calls_to_python(
+        demo, serve, monkeypatch):
+    from deeprec_runtime.native import fast_predict
+
+    real = fast_predict.FastPlan.predict
+    monkeypatch.setattr(fast_predict.FastPlan, "predict",
+                        lambda self, data, api=fast_predict.DEEPREC:
+                        None if api == fast_predict.TFS else real(self, data, api))
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    plan = plan_of(fast)
+    assert plan is not None  # DeepRec calls keep their plan
+    feed = demo.model.make_feed(3, np.random.default_rng(4))
+    before, tfs_before = plan.answered, plan.tfs_answered
+    code, answer = tfs_call(client.channel, tfs_request(feed).SerializeToString())
+    assert code == grpc.StatusCode.OK  # answered by the Python adapter
+    np.testing.assert_allclose(tf.make_ndarray(answer.outputs["probability"]),
+                               demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+    client.predict(feed)
+    assert plan.tfs_answered == tfs_before and plan.answered == before + 1
+
+
 def test_tf_serving_calls_answered_in_cpp_are_in_the_metrics(demo, serve):
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     version = client.info().version
