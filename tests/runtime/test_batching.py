@@ -168,6 +168,42 @@ def test_blocking_the_plan_runs_waiting_batches_at_once(demo, serve):
     np.testing.assert_allclose(got[0], demo.model.predict(feed), rtol=1e-5, atol=1e-6)
 
 
+def test_tf_serving_and_deeprec_calls_share_the_cpp_batches(demo, serve):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2 as tfs_pb2
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, batching={
+        "max_batch_size": 8, "batch_timeout_micros": 5_000_000})  # 4 calls x 2 rows fill it
+    plan = plan_of(runtime)
+    tfs_before = plan.tfs_answered
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(client.channel)
+    rng = np.random.default_rng(9)
+    feeds = [demo.model.make_feed(2, rng) for _ in range(4)]
+    results: list = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def call(i):
+        barrier.wait()
+        if i % 2:
+            request = tfs_pb2.PredictRequest()
+            for key, value in feeds[i].items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            results[i] = tf.make_ndarray(stub.Predict(request, timeout=30).outputs["probability"])
+        else:
+            results[i] = output(client.predict(feeds[i]), "probability")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for feed, result in zip(feeds, results, strict=True):
+        np.testing.assert_allclose(result, demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+    assert plan.merged == (1, 8)  # one merged run of all 8 rows
+    assert plan.tfs_answered == tfs_before + 2
+
+
 def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):
     """The request path's raw fast path: a client sending tensor_content reads raw bytes back."""
     from deeprec_runtime.codec import encode_array
