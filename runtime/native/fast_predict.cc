@@ -363,6 +363,10 @@ struct Reader {
   }
 };
 
+bool Equals(const uint8_t* data, size_t size, const std::string& s) {
+  return size == s.size() && std::memcmp(data, s.data(), size) == 0;
+}
+
 struct WireArray {
   uint64_t dtype = 0;
   bool has_shape = false;
@@ -401,32 +405,6 @@ bool ParseShape(const uint8_t* data, size_t size, WireArray* a) {
   return true;
 }
 
-bool ParseArray(const uint8_t* data, size_t size, WireArray* a) {
-  Reader r{data, data + size};
-  while (r.p < r.end) {
-    uint64_t tag;
-    if (!r.Varint(&tag)) return false;
-    uint64_t field = tag >> 3, type = tag & 7;
-    if (field == 1 && type == 0) {
-      if (!r.Varint(&a->dtype)) return false;
-    } else if (field == 2 && type == 2 && !a->has_shape) {
-      const uint8_t* d;
-      size_t n;
-      if (!r.Bytes(&d, &n) || !ParseShape(d, n, a)) return false;
-      a->has_shape = true;
-    } else if (field >= 3 && field <= 8 && field != 6 && type == 2 && a->values == nullptr) {
-      if (!r.Bytes(&a->values, &a->values_size)) return false;
-      a->values_field = static_cast<int>(field);
-    } else if (field == 100 && type == 2 && !a->has_content) {
-      if (!r.Bytes(&a->content, &a->content_size)) return false;
-      a->has_content = true;
-    } else {
-      return false;  // string values, unpacked values, repeated fields, unknown fields
-    }
-  }
-  return true;
-}
-
 // TensorShapeProto: dims with a size and no name; unknown_rank (only ever sent as true) and
 // anything else is left to Python.
 bool ParseTensorShape(const uint8_t* data, size_t size, WireArray* a) {
@@ -448,9 +426,20 @@ bool ParseTensorShape(const uint8_t* data, size_t size, WireArray* a) {
   return true;
 }
 
-// TF Serving's TensorProto, into the same form as an ArrayProto. No tensor_shape is a scalar.
-bool ParseTensorProto(const uint8_t* data, size_t size, WireArray* a) {
-  a->has_shape = true;
+// Whether `field` carries the values of one of the dtypes this path takes, in `api`'s array.
+bool IsValueField(Api api, uint64_t field) {
+  for (int wire : {kFloat, kDouble, kInt32, kInt64})
+    if (static_cast<uint64_t>(ValueFieldOf(api, wire)) == field) return true;
+  return false;
+}
+
+// One input: DeepRec's ArrayProto (dtype 1, array_shape 2, values 3/4/5/7, tensor_content 100) or
+// TF Serving's TensorProto (dtype 1, tensor_shape 2, tensor_content 4, values 5-10; no
+// tensor_shape is a scalar). String values, unpacked values, repeated fields and unknown fields
+// are left to Python.
+bool ParseArray(Api api, const uint8_t* data, size_t size, WireArray* a) {
+  const uint64_t content_field = api == kTfs ? 4 : 100;
+  a->has_shape = api == kTfs;
   bool shape_seen = false;
   Reader r{data, data + size};
   while (r.p < r.end) {
@@ -462,17 +451,17 @@ bool ParseTensorProto(const uint8_t* data, size_t size, WireArray* a) {
     } else if (field == 2 && type == 2 && !shape_seen) {
       const uint8_t* d;
       size_t n;
-      if (!r.Bytes(&d, &n) || !ParseTensorShape(d, n, a)) return false;
-      shape_seen = true;
-    } else if (field == 4 && type == 2 && !a->has_content) {
+      if (!r.Bytes(&d, &n) || !(api == kTfs ? ParseTensorShape(d, n, a) : ParseShape(d, n, a)))
+        return false;
+      shape_seen = a->has_shape = true;
+    } else if (field == content_field && type == 2 && !a->has_content) {
       if (!r.Bytes(&a->content, &a->content_size)) return false;
       a->has_content = true;
-    } else if ((field == 5 || field == 6 || field == 7 || field == 10) && type == 2 &&
-               a->values == nullptr) {
+    } else if (IsValueField(api, field) && type == 2 && a->values == nullptr) {
       if (!r.Bytes(&a->values, &a->values_size)) return false;
       a->values_field = static_cast<int>(field);
     } else {
-      return false;  // version_number, other value fields, unpacked values, repeats
+      return false;
     }
   }
   return true;
@@ -582,10 +571,10 @@ bool ParseModelSpec(const Plan* plan, const uint8_t* data, size_t size) {
     if (!r.Varint(&tag)) return false;
     if (tag == ((1 << 3) | 2)) {  // name: this model (empty: the default one, which it is)
       if (!r.Bytes(&body, &n)) return false;
-      if (n != 0 && std::string(reinterpret_cast<const char*>(body), n) != plan->tfs_model) return false;
+      if (n != 0 && !Equals(body, n, plan->tfs_model)) return false;
     } else if (tag == ((3 << 3) | 2)) {  // signature_name
       if (!r.Bytes(&body, &n)) return false;
-      if (n != 0 && std::string(reinterpret_cast<const char*>(body), n) != plan->signature) return false;
+      if (n != 0 && !Equals(body, n, plan->signature)) return false;
     } else {
       return false;  // version, version_label: Python resolves which loaded version answers
     }
@@ -635,8 +624,7 @@ int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s
       if (!r.Bytes(&body, &body_size)) return -1;
       if (api == kTfs) {
         if (!ParseModelSpec(plan, body, body_size)) return -1;
-      } else if (body_size != 0 &&
-                 std::string(reinterpret_cast<const char*>(body), body_size) != plan->signature) {
+      } else if (body_size != 0 && !Equals(body, body_size, plan->signature)) {
         return -1;
       }
     } else if (tag == ((2 << 3) | 2)) {  // one inputs map entry
@@ -659,15 +647,10 @@ int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s
       }
       if (key == nullptr) return -1;
       size_t i = 0;
-      while (i < plan->inputs.size() &&
-             (plan->inputs[i].alias.size() != key_size ||
-              std::memcmp(plan->inputs[i].alias.data(), key, key_size) != 0))
-        ++i;
+      while (i < plan->inputs.size() && !Equals(key, key_size, plan->inputs[i].alias)) ++i;
       if (i == plan->inputs.size() || seen[i]) return -1;  // tensor names, unknown keys, repeats
       seen[i] = true;
-      if (value != nullptr && !(api == kTfs ? ParseTensorProto(value, value_size, &arrays[i])
-                                            : ParseArray(value, value_size, &arrays[i])))
-        return -1;
+      if (value != nullptr && !ParseArray(api, value, value_size, &arrays[i])) return -1;
     } else {
       return -1;  // output_filter, unknown fields
     }
