@@ -119,6 +119,15 @@ def serve(tmp_path) -> Callable[..., tuple[Runtime, Client]]:
         runtime.stop(1.0)
 
 
+def plan_of(runtime):
+    """The serving version's fast-predict plan (None when it has none)."""
+    servable = runtime.manager.acquire()
+    try:
+        return servable.fast_plan
+    finally:
+        runtime.manager.release(servable)
+
+
 def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

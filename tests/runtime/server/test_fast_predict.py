@@ -23,17 +23,9 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.protos import predict_pb2 as pb
 
-from ..conftest import make_request, output, wait_for
+from ..conftest import make_request, output, plan_of, wait_for
 
 PREDICT = "/deeprec.serving.PredictionService/Predict"
-
-
-def plan_of(runtime):
-    servable = runtime.manager.acquire()
-    try:
-        return servable.fast_plan
-    finally:
-        runtime.manager.release(servable)
 
 
 def raw_call(channel: grpc.Channel, data: bytes) -> tuple[grpc.StatusCode, bytes | str]:
