@@ -44,7 +44,7 @@ def _http_caller(target: str, payload: bytes):
     return once
 
 
-def _worker(kind, target, payload, threads, duration, rate, out):
+def _worker(kind, target, payload, threads, duration, rate, out, stop=None):
     make = {"grpc": _grpc_caller, "tfs": lambda t, p: _grpc_caller(t, p, TFS_PREDICT),
             "http": _http_caller}[kind]
     records: list[tuple[float, float]] = []
@@ -60,7 +60,7 @@ def _worker(kind, target, payload, threads, duration, rate, out):
         nxt = time.monotonic()
         while True:
             now = time.monotonic()
-            if now >= end:
+            if now >= end or (stop is not None and stop.is_set()):
                 break
             if interval:
                 if nxt > now:
@@ -86,16 +86,21 @@ def _worker(kind, target, payload, threads, duration, rate, out):
 
 
 def run_load(kind: str, target: str, payload: bytes, concurrency: int = 8, duration: float = 5.0,
-             processes: int = 4, rate: float = 0.0) -> tuple[np.ndarray, int]:
+             processes: int = 4, rate: float = 0.0,
+             stop: threading.Event | None = None) -> tuple[np.ndarray, int]:
     """Returns (records [n, 2] of (wall start, latency s), errors). `rate` > 0: open loop at that
-    many requests/s in total; 0: closed loop, each of `concurrency` callers back to back."""
+    many requests/s in total; 0: closed loop, each of `concurrency` callers back to back. The
+    load ends after `duration` seconds or, sooner, when `stop` is set."""
     processes = min(processes, concurrency)
     per = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
+    ended = ctx.Event()
     procs = [ctx.Process(target=_worker, args=(kind, target, payload, n, duration,
-                                               rate * n / concurrency if rate else 0.0, out))
+                                               rate * n / concurrency if rate else 0.0, out, ended))
              for n in per]
+    if stop is not None:
+        threading.Thread(target=lambda: (stop.wait(duration), ended.set()), daemon=True).start()
     for p in procs:
         p.start()
     parts, errors = [], 0

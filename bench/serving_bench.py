@@ -9,8 +9,9 @@
    (b) and (c) get the same multi-process load generator on loopback; server CPU is the server's
    whole process tree, from /proc.
 2. RSS of the runtime with session_num 1 vs 4 (one copy of the parameters either way).
-3. p99 at half load, steady vs while a new full version is loaded and swapped in, and the
-   server's own answer times over the same windows (from /metrics, without gRPC's transport).
+3. p99 at half load while a new full version is loaded and swapped in vs in control windows
+   interleaved with them under the same load, and the server's own answer times over the same
+   windows (from /metrics, without gRPC's transport).
 4. Time to apply a delta touching ~1% of the embedding rows vs a full reload of the same model.
 
 Model: the Wide&Deep demo (8 ids x 16 dims + 13 dense, MLP 256-128-1), --num-ids rows.
@@ -395,77 +396,120 @@ def over_bounds(before: np.ndarray, after: np.ndarray) -> str:
                      for i, b in enumerate(ANSWER_BOUNDS)) if d[-1] else "no answers"
 
 
-def swap_p99(workdir, art, feed, duration, swaps: int = 3) -> None:
-    print(f"\np99 at half load, steady vs during a full-version swap (batch 1, {swaps} swaps):",
-          flush=True)
+def swap_p99(workdir, art, feed, duration, swaps: int = 5) -> None:
+    """p99 at half load in windows where a new full version is loaded and swapped in, against
+    control windows of the same length without one, interleaved under one continuous load. A
+    shared machine's speed drifts over seconds (other tenants, the host): a control measured once
+    before the swaps compares the swaps with a different machine."""
+    print(f"\np99 at half load, during a full-version swap vs interleaved control windows "
+          f"(batch 1, {swaps} swaps):", flush=True)
     server = start_runtime(workdir, art, ("--http-port", str(free_port())))
     target = f"127.0.0.1:{server.port}"
     payload = grpc_payload(feed)
-    staged: list[str] = []
+    base = model_version(target)
+    # Staged before the load starts: copying 64 MB would disturb the windows it fell in.
+    staged = []
+    for i in range(swaps):
+        name = f"checkpoint_swap_{int(time.time())}_{i}"
+        staging = os.path.join(workdir, "staging", name)
+        shutil.copytree(os.path.join(art.checkpoint_dir, base), staging)
+        staged.append((name, staging))
+    moved: list[str] = []
     try:
         full, _ = run_load("grpc", target, payload, 8, 2.0)
         rate = len(full) / 2.0 / 2
-        answered = answer_times(server)
-        steady, _ = run_load("grpc", target, payload, 8, duration, rate=rate)
-        steady_answers = over_bounds(answered, answer_times(server))
-        print(f"  steady   at {rate:6.0f} req/s: p50 {pct(steady[:, 1], 50):6.2f} ms  "
-              f"p99 {pct(steady[:, 1], 99):6.2f} ms", flush=True)
-        base = model_version(target)
-        windows = []
-        answers = []
-        for i in range(swaps):
-            window, loaded, counts = _one_swap(workdir, art, server, payload, rate, base, i,
-                                               duration)
-            staged.append(loaded)
-            windows.append(window)
-            answers.append(counts)
-            print(f"  swap {i + 1}   at {rate:6.0f} req/s: p50 {pct(window, 50):6.2f} ms  "
-                  f"p99 {pct(window, 99):6.2f} ms  ({len(window)} requests while {loaded} "
-                  f"loaded, + 1 s after)", flush=True)
-        pooled = np.concatenate(windows)
-        print(f"  all swaps: p99 {pct(pooled, 99):6.2f} ms = {pct(pooled, 99) / pct(steady[:, 1], 99):.2f}x "
-              f"steady (target <= 1.5x)", flush=True)
-        zero = np.zeros(len(ANSWER_BOUNDS) + 1)
-        print(f"  server's own answer time (handler in to answer out, from /metrics): steady "
-              f"{steady_answers}; swap windows {over_bounds(zero, sum(answers, zero))}",
-              flush=True)
+        result = {}
+        stop = threading.Event()
+
+        def load():  # open loop at `rate` until the windows are over
+            result["records"] = run_load("grpc", target, payload, 8, 600, rate=rate, stop=stop)[0]
+
+        t = threading.Thread(target=load)
+        t.start()
+        time.sleep(2.0)
+        windows: dict[str, list[tuple[float, float]]] = {"swap": [], "control": []}
+        answers = {"swap": np.zeros(len(ANSWER_BOUNDS) + 1),
+                   "control": np.zeros(len(ANSWER_BOUNDS) + 1)}
+        with VersionProbe(target) as probe:
+            length = 0.0
+            for i in range(swaps):
+                # alternate the order, so neither kind always follows the other
+                for kind in (("swap", "control") if i % 2 == 0 else ("control", "swap")):
+                    before = answer_times(server)
+                    if kind == "swap":
+                        start, length = _swap_window(art, probe, *staged[i])
+                        moved.append(staged[i][0])
+                    else:  # polls the version like a swap window does, and changes nothing
+                        start = time.time()
+                        probe.poll_for(length or 2.0)
+                    windows[kind].append((start, start + (length or 2.0)))
+                    answers[kind] += answer_times(server) - before
+        stop.set()
+        t.join()
+        rec = result["records"]
+        pooled = {kind: np.concatenate([rec[(rec[:, 0] >= a) & (rec[:, 0] <= b)][:, 1]
+                                        for a, b in spans])
+                  for kind, spans in windows.items()}
+        for kind in ("control", "swap"):
+            lat = pooled[kind]
+            print(f"  {kind:<7} windows at {rate:6.0f} req/s: p50 {pct(lat, 50):6.2f} ms  "
+                  f"p99 {pct(lat, 99):6.2f} ms  ({lat.size} requests in {swaps} windows of "
+                  f"{np.mean([b - a for a, b in windows[kind]]):.2f} s on average)", flush=True)
+        ratio = pct(pooled["swap"], 99) / pct(pooled["control"], 99)
+        print(f"  swap p99 = {ratio:.2f}x control p99 (target <= 1.5x)", flush=True)
+        print(f"  server's own answer time (handler in to answer out, from /metrics): control "
+              f"{over_bounds(0 * answers['control'], answers['control'])}; swap "
+              f"{over_bounds(0 * answers['swap'], answers['swap'])}", flush=True)
     finally:
         server.stop()
-        for name in staged:  # later sections update the original version
+        for name, staging in staged:  # later sections update the original version
+            shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(os.path.join(art.checkpoint_dir, name), ignore_errors=True)
 
 
-def _one_swap(workdir, art, server, payload, rate, base, i, duration
-              ) -> tuple[np.ndarray, str, np.ndarray]:
-    """Stages a copy of version `base` outside checkpoint_dir (neither training nor copying is in
-    the measured window), moves it in under load, and returns the latencies of the requests
-    started between the move and 1 s after the new version serves, the version's name, and the
-    server's answer-time counts over the same window."""
-    target = f"127.0.0.1:{server.port}"
-    before = model_version(target)
-    name = f"checkpoint_swap_{int(time.time())}_{i}"
-    staging = os.path.join(workdir, "staging", name)
-    shutil.copytree(os.path.join(art.checkpoint_dir, base), staging)
+def _swap_window(art, probe: VersionProbe, name: str, staging: str) -> tuple[float, float]:
+    """Moves a staged copy into checkpoint_dir (neither training nor copying is measured) and
+    returns the window: from the move to 1 s after the new version serves."""
+    before = probe.version()
+    start = time.time()
     os.utime(os.path.join(staging, "checkpoint"))
-    result = {}
-
-    def load():
-        result["records"] = run_load("grpc", target, payload, 8, duration + 10, rate=rate)[0]
-
-    t = threading.Thread(target=load)
-    t.start()
-    time.sleep(2.0)
-    answered = answer_times(server)
-    moved = time.time()
     shutil.move(staging, os.path.join(art.checkpoint_dir, name))
-    while model_version(target) == before and time.time() - moved < 120:
+    while probe.version() == before and time.time() - start < 120:
         time.sleep(0.05)
-    swapped = time.time()
-    time.sleep(max(0.0, swapped + 1.0 - time.time()))
-    counts = answer_times(server) - answered
-    t.join()
-    rec = result["records"]
-    return rec[(rec[:, 0] >= moved) & (rec[:, 0] <= swapped + 1.0)][:, 1], name, counts
+    probe.poll_for(1.0)
+    return start, time.time() - start
+
+
+class VersionProbe:
+    """Asks the server for its serving version over one channel (a new channel per question
+    would cost the benchmark's own process CPU in swap windows only)."""
+
+    def __init__(self, target: str):
+        import grpc  # noqa: PLC0415
+
+        from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+
+        self._pb = pb
+        self._channel = grpc.insecure_channel(target)
+        self._info = self._channel.unary_unary(
+            "/deeprec.serving.PredictionService/GetServingModelInfo",
+            request_serializer=pb.ServingModelInfoRequest.SerializeToString,
+            response_deserializer=pb.ServingModelInfo.FromString)
+
+    def version(self) -> str:
+        return self._info(self._pb.ServingModelInfoRequest(), timeout=5).version
+
+    def poll_for(self, seconds: float) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            self.version()
+            time.sleep(max(0.0, min(0.05, end - time.time())))
+
+    def __enter__(self) -> VersionProbe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._channel.close()
 
 
 def delta_vs_full(workdir, art) -> None:
