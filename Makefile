@@ -42,6 +42,13 @@ protos: setup
 fuzz: setup
 	FUZZ_SECONDS=600 $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz -s
 
-bench: setup
-	$(BIN)/python bench/serving_bench.py
+# simple-tensorflow-serving, the peer the serving bench compares with, in a venv of its own
+# (it needs an older Flask than anything here).
+STFS_VENV ?= .cache/stfs-venv
+$(STFS_VENV)/bin/simple_tensorflow_serving:
+	$(PY) -m venv $(STFS_VENV)
+	$(STFS_VENV)/bin/pip install -q tensorflow-cpu==2.21.0 simple-tensorflow-serving 'flask<2.3' 'werkzeug<2.3'
+
+bench: setup $(STFS_VENV)/bin/simple_tensorflow_serving
+	STFS_VENV=$(STFS_VENV) $(BIN)/python bench/serving_bench.py
 	$(BIN)/python bench/lookup_bench.py
