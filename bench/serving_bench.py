@@ -414,12 +414,11 @@ def swap_p99(workdir, art, feed, duration, swaps: int = 5) -> None:
         staging = os.path.join(workdir, "staging", name)
         shutil.copytree(os.path.join(art.checkpoint_dir, base), staging)
         staged.append((name, staging))
-    moved: list[str] = []
+    stop = threading.Event()
     try:
         full, _ = run_load("grpc", target, payload, 8, 2.0)
         rate = len(full) / 2.0 / 2
         result = {}
-        stop = threading.Event()
 
         def load():  # open loop at `rate` until the windows are over
             result["records"] = run_load("grpc", target, payload, 8, 600, rate=rate, stop=stop)[0]
@@ -438,7 +437,6 @@ def swap_p99(workdir, art, feed, duration, swaps: int = 5) -> None:
                     before = answer_times(server)
                     if kind == "swap":
                         start, length = _swap_window(art, probe, *staged[i])
-                        moved.append(staged[i][0])
                     else:  # polls the version like a swap window does, and changes nothing
                         start = time.time()
                         probe.poll_for(length or 2.0)
@@ -461,6 +459,7 @@ def swap_p99(workdir, art, feed, duration, swaps: int = 5) -> None:
               f"{over_bounds(0 * answers['control'], answers['control'])}; swap "
               f"{over_bounds(0 * answers['swap'], answers['swap'])}", flush=True)
     finally:
+        stop.set()  # ends the load early when a window failed
         server.stop()
         for name, staging in staged:  # later sections update the original version
             shutil.rmtree(staging, ignore_errors=True)
