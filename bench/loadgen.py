@@ -95,7 +95,7 @@ def run_load(kind: str, target: str, payload: bytes, concurrency: int = 8, durat
     per = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    ended = ctx.Event()
+    ended = ctx.Event() if stop is not None else None  # checked per call: only when asked for
     procs = [ctx.Process(target=_worker, args=(kind, target, payload, n, duration,
                                                rate * n / concurrency if rate else 0.0, out, ended))
              for n in per]
