@@ -363,7 +363,7 @@ def main() -> int:
         print(f"  ratio 4/1: {rss[4] / rss[1]:.3f} (limit 1.25)", flush=True)
 
     if "swap" in only:
-        swap_p99(workdir, art, feeds[1], args.duration)
+        swap_p99(workdir, art, feeds[1])
 
     if "delta" in only:
         delta_vs_full(workdir, art)
@@ -396,7 +396,7 @@ def over_bounds(before: np.ndarray, after: np.ndarray) -> str:
                      for i, b in enumerate(ANSWER_BOUNDS)) if d[-1] else "no answers"
 
 
-def swap_p99(workdir, art, feed, duration, swaps: int = 10) -> None:
+def swap_p99(workdir, art, feed, swaps: int = 10) -> None:
     """p99 at half load in windows where a new full version is loaded and swapped in, against
     control windows of the same length without one, interleaved under one continuous load. A
     shared machine's speed drifts over seconds (other tenants, the host): a control measured once
