@@ -169,15 +169,8 @@ def wait_serving(target: str, timeout: float = 180) -> None:
 
 
 def model_version(target: str) -> str:
-    import grpc  # noqa: PLC0415
-
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
-
-    with grpc.insecure_channel(target) as channel:
-        info = channel.unary_unary("/deeprec.serving.PredictionService/GetServingModelInfo",
-                                   request_serializer=pb.ServingModelInfoRequest.SerializeToString,
-                                   response_deserializer=pb.ServingModelInfo.FromString)
-        return info(pb.ServingModelInfoRequest(), timeout=5).version
+    with VersionProbe(target) as probe:
+        return probe.version()
 
 
 def grpc_payload(feed, tensor_content: bool = False) -> bytes:
@@ -427,32 +420,33 @@ def swap_p99(workdir, art, feed, swaps: int = 10) -> None:
         t.start()
         time.sleep(2.0)
         windows: dict[str, list[tuple[float, float]]] = {"swap": [], "control": []}
-        answers = {"swap": np.zeros(len(ANSWER_BOUNDS) + 1),
-                   "control": np.zeros(len(ANSWER_BOUNDS) + 1)}
+        answers = {kind: np.zeros(len(ANSWER_BOUNDS) + 1) for kind in windows}
         with VersionProbe(target) as probe:
             length = 0.0
             for i in range(swaps):
-                # alternate the order, so neither kind always follows the other
+                # alternate the order, so neither kind always follows the other; round 0 starts
+                # with a swap, so a control window always has a swap window's length to copy
                 for kind in (("swap", "control") if i % 2 == 0 else ("control", "swap")):
                     before = answer_times(server)
                     if kind == "swap":
                         start, length = _swap_window(art, probe, *staged[i])
                     else:  # polls the version like a swap window does, and changes nothing
                         start = time.time()
-                        probe.poll_for(length or 2.0)
-                    windows[kind].append((start, start + (length or 2.0)))
+                        probe.poll_for(length)
+                    windows[kind].append((start, start + length))
                     answers[kind] += answer_times(server) - before
         stop.set()
         t.join()
         rec = result["records"]
-        pooled = {kind: np.concatenate([rec[(rec[:, 0] >= a) & (rec[:, 0] <= b)][:, 1]
-                                        for a, b in spans])
+        def latencies(a: float, b: float) -> np.ndarray:  # of the requests started in [a, b]
+            return rec[(rec[:, 0] >= a) & (rec[:, 0] <= b)][:, 1]
+
+        pooled = {kind: np.concatenate([latencies(a, b) for a, b in spans])
                   for kind, spans in windows.items()}
         for kind in ("control", "swap"):
             lat = pooled[kind]
             # each window's own p99 shows how much the machine's noise moves it
-            each = " ".join(f"{pct(rec[(rec[:, 0] >= a) & (rec[:, 0] <= b)][:, 1], 99):.1f}"
-                            for a, b in windows[kind])
+            each = " ".join(f"{pct(latencies(a, b), 99):.1f}" for a, b in windows[kind])
             print(f"  {kind:<7} windows at {rate:6.0f} req/s: p50 {pct(lat, 50):6.2f} ms  "
                   f"p99 {pct(lat, 99):6.2f} ms  ({lat.size} requests in {swaps} windows of "
                   f"{np.mean([b - a for a, b in windows[kind]]):.2f} s on average; p99 per "
@@ -460,8 +454,8 @@ def swap_p99(workdir, art, feed, swaps: int = 10) -> None:
         ratio = pct(pooled["swap"], 99) / pct(pooled["control"], 99)
         print(f"  swap p99 = {ratio:.2f}x control p99 (target <= 1.5x)", flush=True)
         print(f"  server's own answer time (handler in to answer out, from /metrics): control "
-              f"{over_bounds(0 * answers['control'], answers['control'])}; swap "
-              f"{over_bounds(0 * answers['swap'], answers['swap'])}", flush=True)
+              f"{over_bounds(np.zeros_like(answers['control']), answers['control'])}; swap "
+              f"{over_bounds(np.zeros_like(answers['swap']), answers['swap'])}", flush=True)
     finally:
         stop.set()  # ends the load early when a window failed
         server.stop()
