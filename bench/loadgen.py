@@ -66,6 +66,7 @@ def _worker(kind, target, payload, threads, duration, rate, out, stop=None):
                 if nxt > now:
                     time.sleep(nxt - now)
                 nxt += interval
+            started = time.time()
             t0 = time.perf_counter()
             try:
                 call()
@@ -73,7 +74,7 @@ def _worker(kind, target, payload, threads, duration, rate, out, stop=None):
                 with lock:
                     errors[0] += 1
                 continue
-            mine.append((time.time(), time.perf_counter() - t0))
+            mine.append((started, time.perf_counter() - t0))
         with lock:
             records.extend(mine)
 

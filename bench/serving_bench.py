@@ -284,6 +284,8 @@ def main() -> int:
     parser.add_argument("--num-ids", type=int, default=1_000_000)
     parser.add_argument("--workdir", default="")
     parser.add_argument("--only", default="", help="comma list of sections: latency,rss,swap,delta")
+    parser.add_argument("--swaps", type=int, default=16,
+                        help="swap windows (and as many control windows) in the swap section")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else {"latency", "rss", "swap", "delta"}
     workdir = args.workdir or tempfile.mkdtemp(prefix="deeprec-bench-")
@@ -356,7 +358,7 @@ def main() -> int:
         print(f"  ratio 4/1: {rss[4] / rss[1]:.3f} (limit 1.25)", flush=True)
 
     if "swap" in only:
-        swap_p99(workdir, art, feeds[1])
+        swap_p99(workdir, art, feeds[1], args.swaps)
 
     if "delta" in only:
         delta_vs_full(workdir, art)
@@ -389,7 +391,7 @@ def over_bounds(before: np.ndarray, after: np.ndarray) -> str:
                      for i, b in enumerate(ANSWER_BOUNDS)) if d[-1] else "no answers"
 
 
-def swap_p99(workdir, art, feed, swaps: int = 10) -> None:
+def swap_p99(workdir, art, feed, swaps: int) -> None:
     """p99 at half load in windows where a new full version is loaded and swapped in, against
     control windows of the same length without one, interleaved under one continuous load. A
     shared machine's speed drifts over seconds (other tenants, the host): a control measured once
@@ -400,12 +402,15 @@ def swap_p99(workdir, art, feed, swaps: int = 10) -> None:
     target = f"127.0.0.1:{server.port}"
     payload = grpc_payload(feed)
     base = model_version(target)
-    # Staged before the load starts: copying 64 MB would disturb the windows it fell in.
+    # Staged before the load starts: copying 64 MB would disturb the windows it fell in. Data
+    # files are hard links (the runtime only reads them): copies would leave ~1 GB of dirty pages
+    # that the kernel writes back ~30 s later, in the middle of the windows.
     staged = []
     for i in range(swaps):
         name = f"checkpoint_swap_{int(time.time())}_{i}"
         staging = os.path.join(workdir, "staging", name)
-        shutil.copytree(os.path.join(art.checkpoint_dir, base), staging)
+        shutil.copytree(os.path.join(art.checkpoint_dir, base), staging,
+                        copy_function=_link_data_files)
         staged.append((name, staging))
     stop = threading.Event()
     try:
@@ -452,7 +457,10 @@ def swap_p99(workdir, art, feed, swaps: int = 10) -> None:
                   f"{np.mean([b - a for a, b in windows[kind]]):.2f} s on average; p99 per "
                   f"window, ms: {each})", flush=True)
         ratio = pct(pooled["swap"], 99) / pct(pooled["control"], 99)
-        print(f"  swap p99 = {ratio:.2f}x control p99 (target <= 1.5x)", flush=True)
+        low, high = _ratio_interval([latencies(*w) for w in windows["swap"]],
+                                    [latencies(*w) for w in windows["control"]])
+        print(f"  swap p99 = {ratio:.2f}x control p99 (target <= 1.5x); 90% interval over the "
+              f"rounds (bootstrap): {low:.2f}-{high:.2f}x", flush=True)
         print(f"  server's own answer time (handler in to answer out, from /metrics): control "
               f"{over_bounds(np.zeros_like(answers['control']), answers['control'])}; swap "
               f"{over_bounds(np.zeros_like(answers['swap']), answers['swap'])}", flush=True)
@@ -462,6 +470,30 @@ def swap_p99(workdir, art, feed, swaps: int = 10) -> None:
         for name, staging in staged:  # later sections update the original version
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(os.path.join(art.checkpoint_dir, name), ignore_errors=True)
+
+
+def _link_data_files(src: str, dst: str) -> None:
+    """copytree's copy function: hard-links checkpoint data, copies the small files (the
+    `checkpoint` file's mtime is changed at the move, which must not touch the original)."""
+    if ".data-" in os.path.basename(src):
+        os.link(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def _ratio_interval(swap: list[np.ndarray], control: list[np.ndarray],
+                    resamples: int = 2000) -> tuple[float, float]:
+    """5th and 95th percentiles of the pooled p99 ratio when the rounds (one swap and one
+    control window each) are drawn again with replacement: how far the machine's noise alone
+    moves the ratio."""
+    rng = np.random.default_rng(0)
+    rounds = len(swap)
+    ratios = []
+    for _ in range(resamples):
+        pick = rng.integers(0, rounds, rounds)
+        ratios.append(pct(np.concatenate([swap[i] for i in pick]), 99) /
+                      pct(np.concatenate([control[i] for i in pick]), 99))
+    return float(np.percentile(ratios, 5)), float(np.percentile(ratios, 95))
 
 
 def _swap_window(art, probe: VersionProbe, name: str, staging: str) -> tuple[float, float]:
