@@ -33,6 +33,7 @@ from deeprec_runtime import metrics as metrics_mod
 from deeprec_runtime.errors import ServingError
 from deeprec_runtime.model import warmup
 from deeprec_runtime.native.build import fast_predict_path
+from deeprec_runtime.native.tf_handles import session_pointer
 from deeprec_runtime.predict import predict
 from deeprec_runtime.protos import predict_pb2 as pb
 
@@ -77,19 +78,6 @@ int drf_predict_tfs(const char *data, size_t size, double timeout_s, const char 
 
 #: The wire dtypes fast_predict.cc carries (float, double, int32, int64).
 _CARRIED = frozenset({pb.DT_FLOAT, pb.DT_DOUBLE, pb.DT_INT32, pb.DT_INT64})
-# pybind11 keeps a bound object's C++ pointer right after the Python object header (its "simple"
-# instance layout: one type, default holder), which is how TensorFlow wraps TF_Session.
-_PYBIND_VALUE_OFFSET = 16
-
-
-def session_pointer(session: Any) -> int:
-    """Address of the TF_Session behind a tf.compat.v1.Session."""
-    import ctypes  # noqa: PLC0415
-
-    wrapper = session._session  # noqa: SLF001  # TensorFlow's handle; no public accessor
-    if type(wrapper).__name__ != "TF_Session":
-        raise TypeError(f"unexpected session handle {type(wrapper).__name__}")
-    return int(ctypes.c_void_p.from_address(id(wrapper) + _PYBIND_VALUE_OFFSET).value or 0)
 
 
 class FastPredict:
@@ -168,6 +156,11 @@ class FastPredict:
         why = _ineligible(servable, self.signature_name)
         if why:
             raise _Ineligible(why)
+        try:
+            session = session_pointer(servable.session)
+        except TypeError as exc:  # served, only slower: worth a warning, not an error
+            log.warning("version %s: %s", servable.name, exc)
+            raise _Ineligible(str(exc)) from None
         signature = servable.signature(self.signature_name)
         inputs = sorted(signature.inputs.values(), key=lambda s: s.alias)
         outputs = sorted(signature.outputs.values(), key=lambda s: s.alias)
@@ -186,7 +179,7 @@ class FastPredict:
 
         dims = [d for s in inputs if s.shape is not None for d in s.shape]
         handle = self.lib.drf_plan_new(
-            ffi.cast("void *", session_pointer(servable.session)),
+            ffi.cast("void *", session),
             callable_._handle,  # type: ignore[attr-defined]  # noqa: SLF001  # TF's _Callable
             self.signature_name.encode(), len(inputs), strings([s.alias for s in inputs]),
             ffi.new("int[]", [s.wire_dtype for s in inputs]),

@@ -316,6 +316,35 @@ def test_versions_that_need_python_per_request_get_no_plan(demo, serve, tmp_path
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
 
 
+
+def test_the_session_pointer_is_checked_before_cpp_uses_it():
+    from deeprec_runtime.native import tf_handles
+
+    session = tf.compat.v1.Session(graph=tf.Graph())
+    try:
+        pointer = tf_handles.session_pointer(session)
+        assert pointer and tf_handles._is_tf_session(pointer)
+        # other words of the handle are what a moved pointer would read: never taken for one
+        for offset in (0, 8, 24, 32):
+            word = tf_handles._read_word(id(session._session) + offset)
+            assert not tf_handles._is_tf_session(word), offset
+        assert tf_handles._read_word(8) is None  # unmapped: refused, no fault
+    finally:
+        session.close()
+
+
+def test_a_session_handle_of_unknown_layout_leaves_the_version_to_python(
+        demo, serve, monkeypatch, caplog):
+    from deeprec_runtime.native import tf_handles
+
+    monkeypatch.setattr(tf_handles, "_PYBIND_VALUE_OFFSET", 8)  # as if an upgrade moved it
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    assert runtime.fast_predict is not None and plan_of(runtime) is None
+    assert "layout is not the one this runtime knows" in caplog.text
+    feed = demo.model.make_feed(3, np.random.default_rng(0))
+    np.testing.assert_allclose(output(client.predict(feed), "probability"),  # Python answers
+                               demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+
 # --- TF Serving's Predict ---------------------------------------------------------------------
 TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
