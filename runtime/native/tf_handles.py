@@ -8,9 +8,10 @@ wrong pointer handed to C++ would crash the server instead of leaving the call t
 
 So the pointer is checked before use, with reads that cannot fault (`/proc/self/mem` answers EIO
 for an unmapped address where a dereference would be SIGSEGV): TF_Session's first field is the
-tensorflow::Session*, a C++ object whose first word is its vtable, which lies in one of
-TensorFlow's shared libraries. A pointer that fails any step raises TypeError, and the fast path
-is not used for that version (Python answers).
+tensorflow::Session*, a C++ object on the heap whose first word is its vtable, which lies in the
+read-only data of one of TensorFlow's shared libraries and starts with the address of code in
+one of them. A pointer that fails any step raises TypeError, and the fast path is not used for
+that version (Python answers).
 """
 
 from __future__ import annotations
@@ -39,13 +40,28 @@ def session_pointer(session: Any) -> int:
 
 
 def _is_tf_session(pointer: int | None) -> bool:
+    """Whether `pointer` leads to a TF_Session: its first field points at a C++ object on the heap
+    (not inside a library: a pointer to, say, another object's vtable fails here) whose first word
+    is a vtable in TensorFlow's read-only data, whose first entry is code in TensorFlow's text."""
     if not pointer or pointer % ctypes.alignment(ctypes.c_void_p):
         return False
     cxx_session = _read_word(pointer)  # TF_Session::session, a tensorflow::Session*
-    if not cxx_session or cxx_session % ctypes.alignment(ctypes.c_void_p):
+    if not cxx_session or cxx_session % ctypes.alignment(ctypes.c_void_p) or \
+            _in_tensorflow(cxx_session) is not None:
         return False
     vtable = _read_word(cxx_session)
-    return vtable is not None and any(lo <= vtable < hi for lo, hi in _tensorflow_mappings())
+    if vtable is None or _in_tensorflow(vtable) is not False:
+        return False
+    method = _read_word(vtable)
+    return method is not None and _in_tensorflow(method) is True
+
+
+def _in_tensorflow(address: int) -> bool | None:
+    """None when `address` is outside TensorFlow's libraries, else whether it is executable."""
+    for lo, hi, executable in _tensorflow_mappings():
+        if lo <= address < hi:
+            return executable
+    return None
 
 
 def _read_word(address: int) -> int | None:
@@ -65,13 +81,14 @@ def _read_word(address: int) -> int | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _tensorflow_mappings() -> tuple[tuple[int, int], ...]:
-    """Address ranges of TensorFlow's shared libraries, loaded by the time a session exists."""
+def _tensorflow_mappings() -> tuple[tuple[int, int, bool], ...]:
+    """(start, end, executable) of TensorFlow's shared libraries' mappings, all loaded by the
+    time a session exists."""
     ranges = []
     with open("/proc/self/maps") as fh:
         for line in fh:
             fields = line.split()
             if len(fields) >= 6 and "tensorflow" in os.path.basename(fields[5]):
                 lo, hi = fields[0].split("-")
-                ranges.append((int(lo, 16), int(hi, 16)))
+                ranges.append((int(lo, 16), int(hi, 16), "x" in fields[1]))
     return tuple(ranges)

@@ -329,6 +329,8 @@ def test_the_session_pointer_is_checked_before_cpp_uses_it():
             word = tf_handles._read_word(id(session._session) + offset)
             assert not tf_handles._is_tf_session(word), offset
         assert tf_handles._read_word(8) is None  # unmapped: refused, no fault
+        # one level off (the tensorflow::Session itself: its first word is a vtable too)
+        assert not tf_handles._is_tf_session(tf_handles._read_word(pointer))
     finally:
         session.close()
 
