@@ -443,6 +443,7 @@ def swap_p99(workdir, art, feed, swaps: int) -> None:
         stop.set()
         t.join()
         rec = result["records"]
+
         def latencies(a: float, b: float) -> np.ndarray:  # of the requests started in [a, b]
             return rec[(rec[:, 0] >= a) & (rec[:, 0] <= b)][:, 1]
 

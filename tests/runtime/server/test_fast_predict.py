@@ -316,7 +316,6 @@ def test_versions_that_need_python_per_request_get_no_plan(demo, serve, tmp_path
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
 
 
-
 def test_the_session_pointer_is_checked_before_cpp_uses_it():
     from deeprec_runtime.native import tf_handles
 
@@ -346,6 +345,7 @@ def test_a_session_handle_of_unknown_layout_leaves_the_version_to_python(
     feed = demo.model.make_feed(3, np.random.default_rng(0))
     np.testing.assert_allclose(output(client.predict(feed), "probability"),  # Python answers
                                demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+
 
 # --- TF Serving's Predict ---------------------------------------------------------------------
 TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
