@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates runtime/protos/*_pb2.py from proto/. tests/runtime/test_protos_current.py proves the
+# Regenerates runtime/deeprec_runtime/protos/*_pb2.py from proto/. tests/runtime/test_protos_current.py proves the
 # checked-in files match this script's output.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"

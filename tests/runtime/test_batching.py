@@ -2,7 +2,7 @@
 padding to allowed sizes, large requests alone, and a full queue answers RESOURCE_EXHAUSTED.
 
 Each behaviour is checked twice: with the fast path (the native front end's C++ plan merges the
-calls it answers) and without it (runtime/batching.py merges in the Python handlers)."""
+calls it answers) and without it (runtime/deeprec_runtime/batching.py merges in the Python handlers)."""
 
 from __future__ import annotations
 

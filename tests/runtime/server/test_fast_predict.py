@@ -1,4 +1,4 @@
-"""The C++ fast path for DeepRec and TF Serving Predict (runtime/native/fast_predict.cc).
+"""The C++ fast path for DeepRec and TF Serving Predict (runtime/deeprec_runtime/native/fast_predict.cc).
 
 Each test runs real runtimes on the native gRPC front end over loopback: one with the fast path
 (the default) and, where answers are compared, one without it, on the same model files. The fast

@@ -91,7 +91,7 @@ def choose_grpc_server(choice: str, security: Security) -> str:
 
 def _native_grpc_server(services: list, port: int, host: str, workers: int, security: Security,
                         max_concurrent: int, max_message_bytes: int) -> NativeGrpcServer:
-    """The gRPC C++ front end (runtime/native), after refusing what it does not carry."""
+    """The gRPC C++ front end (runtime/deeprec_runtime/native), after refusing what it does not carry."""
     from deeprec_runtime.native.server import NativeGrpcServer  # noqa: PLC0415
 
     if security.config.protect_health:
@@ -118,7 +118,7 @@ class Runtime:
                  max_message_bytes: int = MAX_MESSAGE_BYTES, grpc_server: str = "auto",
                  fast_predict: bool = True):
         self.config = config
-        #: TLS + authentication for both ports (runtime/security.py); default: plaintext, open.
+        #: TLS + authentication for both ports (deeprec_runtime.security); default: plaintext, open.
         self.security = security or Security()
         self.models = ModelRegistry(models or [ModelEntry(model_name, config)], annotations_file)
         self.manager = self.models.default.manager

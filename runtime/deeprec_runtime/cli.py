@@ -58,7 +58,7 @@ def _serve_parser(sub) -> None:
 
 
 def _security_flags(p) -> None:
-    # Each flag also reads an environment variable (runtime/security.py FILE_ENVS); the bearer
+    # Each flag also reads an environment variable (runtime/deeprec_runtime/security.py FILE_ENVS); the bearer
     # token itself only from DEEPREC_AUTH_TOKEN, so it never shows in `ps` or in the config file.
     g = p.add_argument_group("security (TLS and authentication, both ports)")
     g.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key serves TLS")

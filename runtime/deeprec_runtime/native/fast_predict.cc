@@ -15,7 +15,7 @@
 // Why: at batch 64 the Python handler (protobuf objects, numpy conversions, metrics, the GIL)
 // cost more CPU than the model; this path holds no GIL at all.
 //
-// Plans are created by runtime/native/fast_predict.py for one version each. Lifetime rules, so a
+// Plans are created by runtime/deeprec_runtime/native/fast_predict.py for one version each. Lifetime rules, so a
 // request never touches a session that is gone: a request counts itself active on the plan and
 // then checks that the plan is neither closed nor blocked (sequentially consistent, paired with
 // Block/Close, which first set the flag and then wait for the active count to reach zero). Block
@@ -145,7 +145,7 @@ struct Plan {
 };
 
 // --- server-side batching ----------------------------------------------------------------------
-// The same rules as runtime/batching.py (TensorFlow Serving's BasicBatchScheduler), without a
+// The same rules as runtime/deeprec_runtime/batching.py (TensorFlow Serving's BasicBatchScheduler), without a
 // thread of its own: the request that opens a batch leads it. It waits until the batch is full
 // or `timeout` has passed since it opened, takes one of `num_threads` run slots, runs the merged
 // rows once and wakes the others, each of which encodes its own rows from the shared outputs on
@@ -528,7 +528,7 @@ void PutValues(const Tensor& t, int wire, bool raw, int field, int raw_field, st
   }
 }
 
-// ArrayProto of one output, as runtime/codec.py's encode_array writes it.
+// ArrayProto of one output, as runtime/deeprec_runtime/codec.py's encode_array writes it.
 void EncodeArray(const Tensor& t, int wire, bool raw, std::string* out) {
   PutVarint(out, (1 << 3) | 0);
   PutVarint(out, static_cast<uint64_t>(wire));
@@ -542,7 +542,7 @@ void EncodeArray(const Tensor& t, int wire, bool raw, std::string* out) {
   PutValues(t, wire, raw, ValueField(wire), 100, out);
 }
 
-// TensorProto of one output, as runtime/server/tfs_convert.py's array_to_tensor writes it.
+// TensorProto of one output, as runtime/deeprec_runtime/server/tfs_convert.py's array_to_tensor writes it.
 void EncodeTensorProto(const Tensor& t, int wire, bool raw, std::string* out) {
   PutVarint(out, (1 << 3) | 0);
   PutVarint(out, static_cast<uint64_t>(wire));

@@ -16,7 +16,7 @@
 // while every worker is busy. TLS and mutual TLS come from watched PEM files, so a rotated
 // certificate needs no restart.
 //
-// The C ABI below is what runtime/native/server.py loads with cffi.
+// The C ABI below is what runtime/deeprec_runtime/native/server.py loads with cffi.
 
 #include <grpc/grpc.h>
 #include <grpcpp/generic/async_generic_service.h>

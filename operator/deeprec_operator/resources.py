@@ -28,7 +28,7 @@ MODEL_LABEL = "serving.deeprec.io/model"
 CONFIG_HASH_ANNOTATION = "serving.deeprec.io/config-hash"
 MANAGED_BY = "deeprec-operator"
 
-#: Credentials reach the runtime only as environment variables (see runtime/config.py).
+#: Credentials reach the runtime only as environment variables (see runtime/deeprec_runtime/config.py).
 ENV_OSS_ACCESS_ID = "OSS_ACCESS_ID"
 ENV_OSS_ACCESS_KEY = "OSS_ACCESS_KEY"
 ENV_OSS_ENDPOINT = "OSS_ENDPOINT"

@@ -127,7 +127,7 @@ class GrpcServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker"),
             handlers=handlers,
-            interceptors=interceptors or (),  # authentication (runtime/security.py)
+            interceptors=interceptors or (),  # authentication (runtime/deeprec_runtime/security.py)
             options=[("grpc.max_receive_message_length", max_message_bytes),
                      ("grpc.max_send_message_length", max_message_bytes),
                      ("grpc.so_reuseport", 0)],

@@ -12,7 +12,7 @@ not pin its caller, numeric inputs and outputs only. Before a plan is published 
 warmup request (or a generated one) and must give the same response as the Python path;
 otherwise the version is served by Python alone and the reason is logged. With server-side
 batching on, a plan merges the calls it answers itself (fast_predict.cc, by the rules of
-runtime/batching.py, which merges the calls the Python handlers answer).
+runtime/deeprec_runtime/batching.py, which merges the calls the Python handlers answer).
 
 Lifetime: Manager has a new version's plan made (and checked) just before the swap and publishes
 the serving version's plan (or none) right after every swap and swap-back; a delta blocks
@@ -102,7 +102,7 @@ class FastPredict:
         #: What a new plan must answer as the Python path does (the warmup request; else one
         #: generated from the signature).
         self.check_request = check_request
-        #: Server-side batching of the calls plans answer (runtime/batching.py's rules, in C++).
+        #: Server-side batching of the calls plans answer (deeprec_runtime.batching's rules, in C++).
         self.batching = batching if batching is not None and batching.enabled else None
         self._lock = threading.Lock()
         self._plans: list[FastPlan] = []

@@ -40,7 +40,7 @@ def resolve_feeds(signature: Signature, arrays: Mapping[str, np.ndarray],
 def predict(servable: Servable, request: pb.PredictRequest, default_signature: str,
             batcher=None) -> pb.PredictResponse:
     """Runs `request` on `servable`; raises InvalidArgument naming what was wrong. With a
-    `batcher` (runtime/batching.py) the run may be merged with concurrent requests."""
+    `batcher` (runtime/deeprec_runtime/batching.py) the run may be merged with concurrent requests."""
     signature = servable.signature(request.signature_name or default_signature)
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, int] = {}
