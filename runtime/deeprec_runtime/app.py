@@ -206,6 +206,7 @@ class Runtime:
 
     def stop(self, grace: float = 10.0, quiet: float = 0.0) -> None:
         self._stopping = True
+        self.models.stop_updates()  # no delta or new version starts while draining
         self.grpc.drain(grace, quiet)
         if self.http:
             self.http.stop()

@@ -263,6 +263,10 @@ class ModelRegistry:
         for m in self:
             m.start()
 
+    def stop_updates(self) -> None:
+        for m in self:
+            m.manager.stop_updates()
+
     def stop(self) -> None:
         for m in self:
             m.stop()

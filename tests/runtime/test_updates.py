@@ -206,3 +206,31 @@ def test_in_flight_request_keeps_old_version_alive_across_swap(demo, serve):
     predict(held, make_request(feed), "serving_default")  # still usable
     runtime.manager.release(held)
     wait_for(lambda: held.closed, message="freed after the last request")
+
+
+def test_stop_never_closes_a_version_under_a_delta_still_running(demo, serve, monkeypatch):
+    """A delta that hangs (a stuck store, a huge tensor) must not have its session closed under
+    it when the runtime stops: stop() waits for the update thread, and past its limit leaves the
+    versions open rather than freeing what the thread still uses."""
+    from deeprec_runtime.model import manager as manager_module
+
+    runtime, _client = serve(demo.saved_model_dir, demo.checkpoint_dir)
+    serving = runtime.manager._current
+    entered, release = threading.Event(), threading.Event()
+    original = serving.apply_delta
+
+    def stuck_delta(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(serving, "apply_delta", stuck_delta)
+    monkeypatch.setattr(manager_module, "STOP_WAIT_SECONDS", 0.5)
+    demo.write_delta()
+    assert entered.wait(30), "the delta was never started"
+    runtime.manager.stop()
+    assert not serving.closed
+    release.set()
+    runtime.manager._thread.join(30)
+    assert not runtime.manager._thread.is_alive()
+    assert not serving.closed  # left for the process exit: a leak, never a use after free

@@ -38,6 +38,10 @@ from deeprec_runtime.timeline import TimelineRecorder
 
 log = logging.getLogger(__name__)
 
+#: How long stop() waits for the update thread to finish its current step (one delta, one
+#: restore or warmup) before giving up on closing the versions.
+STOP_WAIT_SECONDS = 60.0
+
 
 @dataclass
 class UpdateEvent:
@@ -106,11 +110,25 @@ class Manager:
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    def stop(self) -> None:
+    def stop_updates(self) -> None:
+        """Asks the update thread to finish the step it is in and take no other; the serving
+        version keeps answering requests (a pod draining after SIGTERM loads nothing new)."""
         self._stop.set()
         self._wake.set()
-        if self._thread:
-            self._thread.join(timeout=60)
+
+    def stop(self) -> None:
+        """Stops the update thread, then closes every version. The thread finishes the step it is
+        in (one delta, one restore) and takes no other; versions are closed only once it has
+        ended, because a delta or a warmup running on a closed session (or on a closed native
+        plan) is a use of freed memory. If it does not end within STOP_WAIT_SECONDS (a store call
+        that hangs), the versions are left open: a leak at exit instead of a crash."""
+        self.stop_updates()
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join(timeout=STOP_WAIT_SECONDS)
+            if self._thread.is_alive():
+                log.error("the update thread did not stop within %.0f s; leaving the loaded "
+                          "versions open", STOP_WAIT_SECONDS)
+                return
         self.load_thread.close()
         with self._lock:
             servables = [s for s in (self._current, self._previous) if s]
@@ -276,6 +294,9 @@ class Manager:
             self._record_error(str(exc))
             self._emit(UpdateEvent("load", name, False, time.monotonic() - started, str(exc)))
             return
+        if self._stop.is_set():  # stopping: never publish a version nobody will close
+            servable.close()
+            return
         servable.tracer = self.tracer  # after warmup: timeline steps count real requests only
         self._imported = servable.imported
         self._swap_in(servable)
@@ -342,6 +363,8 @@ class Manager:
             return
         state = "SERVING" if servable is self._current else "LOADING"
         for delta in version.deltas_after(servable.delta_step):
+            if self._stop.is_set():  # a backlog of deltas must not hold up shutdown
+                return
             started = time.monotonic()
             try:
                 servable.apply_delta(delta, self.store.localize_checkpoint(delta.prefix))
