@@ -158,9 +158,9 @@ class Runtime:
 
     def _start_fast_predict(self) -> FastPredict | None:
         """Hands DeepRec (and TF Serving) Predict calls of the default model to C++ first (the
-        native front end only): not when calls must be authenticated, which the Python handlers
-        do. With batching on, the calls C++ answers are merged in C++ and the rest in the Python
-        handlers."""
+        native front end only). With authentication on, only calls whose credentials the front
+        end has verified take that path. With batching on, the calls C++ answers are merged in
+        C++ and the rest in the Python handlers."""
         from deeprec_runtime.native.build import BuildError  # noqa: PLC0415
         from deeprec_runtime.native.fast_predict import (  # noqa: PLC0415
             PREDICT_METHOD,
@@ -168,9 +168,6 @@ class Runtime:
             FastPredict,
         )
 
-        if self.security.authenticator.enabled:
-            log.info("fast predict: off (calls are authenticated by the Python handlers)")
-            return None
         try:
             fast = FastPredict(self.models.default.name, self.config.signature_name, self.metrics,
                                self.manager.warmup_request, self.config.batching, tfs=self._tfs)

@@ -169,6 +169,16 @@ class Authenticator:
         self.schemes = (["Bearer"] if self._static_tokens or self._tokens else []) + (
             ["Basic"] if self._users else [])
 
+    def accepted_credentials(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What a valid `authorization` value carries after its scheme, for a checker outside
+        Python (the native front end): the bearer tokens, and the base64 of each Basic
+        `user:password`. Files are re-read here as in check()."""
+        tokens = tuple(self._static_tokens + (self._tokens.get() if self._tokens else []))
+        users = self._users.get() if self._users else {}
+        basic = tuple(base64.b64encode(f"{user}:{password}".encode()).decode()
+                      for user, password in users.items())
+        return tokens, basic
+
     def check(self, authorization: str | None) -> None:
         if not self.enabled:
             return

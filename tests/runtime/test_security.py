@@ -207,6 +207,56 @@ def test_bearer_token_guards_every_service_but_health(tmp_path, secure_serve, ca
     channel.close()
 
 
+def test_native_front_end_verifies_credentials_and_answers_them_in_cpp(tmp_path, secure_serve,
+                                                                      monkeypatch):
+    """With authentication on, the native front end still answers Predict in C++, but only for
+    calls whose credentials it has verified (bearer or Basic, scheme in any case); everything
+    else goes to Python, which refuses it. A rotated token file reaches the C++ side too: the
+    old token stops working on both paths."""
+    from .conftest import plan_of
+
+    monkeypatch.setattr(sec, "RELOAD_SECONDS", 0.1)
+    tokens, users = tmp_path / "tokens", tmp_path / "users"
+    tokens.write_text(f"{TOKEN}\n")
+    users.write_text("alice:pa55word\n")
+    runtime = secure_serve(SecurityConfig(auth_token_file=str(tokens), basic_auth_file=str(users)),
+                           "native")
+    plan = plan_of(runtime)
+    assert plan is not None, "authentication must not turn the C++ path off"
+    checked = plan.answered  # the plan's own check request at load
+    basic = "Basic " + base64.b64encode(b"alice:pa55word").decode()
+    with grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
+        client = Client(channel)
+
+        def call(authorization):
+            metadata = [("authorization", authorization)] if authorization else None
+            return client._predict(pb_request(), metadata=metadata, timeout=10)
+
+        for refused in (None, f"Bearer wrong-{TOKEN}", f"Bearer {TOKEN[:-1]}", f"Token {TOKEN}",
+                        "Basic " + base64.b64encode(b"alice:wrong").decode(), "Bearer "):
+            assert _code(lambda refused=refused: call(refused)) == grpc.StatusCode.UNAUTHENTICATED
+        assert plan.answered == checked, "a call without valid credentials was answered in C++"
+        for accepted in (f"Bearer {TOKEN}", f"bearer   {TOKEN} ", basic):
+            assert output(call(accepted), "probabilities").shape == (2,)
+        assert plan.answered == checked + 3
+
+        tokens.write_text("rotated-token-value\n")  # the kubelet updates the Secret's file
+        wait_for(lambda: _code_or_ok(lambda: call(f"Bearer {TOKEN}")) == grpc.StatusCode.UNAUTHENTICATED,
+                 timeout=10, message="the old token refused")
+        before = plan.answered
+        assert output(call("Bearer rotated-token-value"), "probabilities").shape == (2,)
+        wait_for(lambda: (call("Bearer rotated-token-value"), plan.answered > before)[1],
+                 timeout=10, message="the rotated token answered in C++")
+
+
+def _code_or_ok(call) -> grpc.StatusCode:
+    try:
+        call()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        return exc.code()
+
+
 def test_health_can_be_protected_and_tokens_rotate_without_restart(tmp_path, secure_serve,
                                                                     monkeypatch):
     monkeypatch.setattr(sec, "RELOAD_SECONDS", 0.0)

@@ -9,9 +9,18 @@
 // request has arrived is queued for one of `workers` threads, which call the Python handler (the
 // handler takes the GIL; TensorFlow releases it while it runs). At most `max_concurrent` calls
 // are queued or running; past that a call is answered RESOURCE_EXHAUSTED at once, so a burst
-// never builds an unbounded queue. A few methods may have a C function tried first (SetFast: the
-// DeepRec and TF Serving Predict fast path, fast_predict.cc); what it does not answer goes to the
-// Python handler.
+// never builds an unbounded queue. A call takes its slot when it is accepted, before its request
+// is read, so refused calls are never buffered; once read, its bytes count against
+// `max_inflight_bytes` until it is answered, so a storm of large requests is refused instead of
+// growing the heap. A few methods may have a C function tried first (SetFast: the DeepRec and TF
+// Serving Predict fast path, fast_predict.cc); what it does not answer goes to the Python
+// handler.
+// Authentication: when the runtime requires it, a call reaches the fast path only if its
+// `authorization` metadata matches one of the credentials the runtime pushed here
+// (SetCredentials; compared in constant time). Anything else goes to the Python handler, which
+// checks again and writes the error: the Python side stays the one definition of who is let in
+// and of every message, and a call with a just-rotated token is still served (by Python) until
+// the new token reaches this side.
 // grpc.health.v1.Health (Check and Watch) is gRPC C++'s own service, so probes are answered even
 // while every worker is busy. TLS and mutual TLS come from watched PEM files, so a rotated
 // certificate needs no restart.
@@ -30,8 +39,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -71,13 +82,57 @@ struct Call {
   grpc::ByteBuffer request;
   State state = State::kAccept;
   bool counted = false;  // holds one of the max_concurrent slots
+  size_t bytes = 0;      // request bytes counted against max_inflight_bytes
   bool replied = false;
 };
 
+// The credentials a call may carry to use the fast path: bearer tokens and the base64 of Basic
+// `user:password` pairs, as the runtime's authenticator accepts them.
+struct AcceptedCredentials {
+  std::vector<std::string> bearer;
+  std::vector<std::string> basic;
+};
+
+// Equality whose time depends on the lengths only, never on where the bytes differ.
+bool ConstantTimeEquals(const std::string& expected, const char* data, size_t size) {
+  if (expected.size() != size) return false;
+  volatile unsigned char diff = 0;
+  for (size_t i = 0; i < size; ++i) diff = diff | (static_cast<unsigned char>(expected[i]) ^
+                                                   static_cast<unsigned char>(data[i]));
+  return diff == 0;
+}
+
+bool IsSpace(char c) { return c == ' ' || c == '\t'; }
+
+// Whether `value` (an `authorization` header: "<scheme> <credentials>", scheme in any case, as
+// the Python authenticator parses it) matches one accepted credential. Every candidate of the
+// scheme is compared, so the time taken does not say which one was close.
+bool Matches(const AcceptedCredentials& accepted, const char* value, size_t size) {
+  size_t begin = 0, end = size;
+  while (begin < end && IsSpace(value[begin])) ++begin;
+  while (end > begin && IsSpace(value[end - 1])) --end;
+  size_t space = begin;
+  while (space < end && value[space] != ' ') ++space;
+  std::string scheme(value + begin, space - begin);
+  for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  size_t cred = space;
+  while (cred < end && IsSpace(value[cred])) ++cred;
+  const std::vector<std::string>* candidates =
+      scheme == "bearer" ? &accepted.bearer : scheme == "basic" ? &accepted.basic : nullptr;
+  if (candidates == nullptr || cred == end) return false;
+  bool found = false;
+  for (const std::string& candidate : *candidates)
+    found = ConstantTimeEquals(candidate, value + cred, end - cred) | found;
+  return found;
+}
+
 class Frontend {
  public:
-  Frontend(dr_handler_fn handler, int workers, int max_concurrent)
-      : handler_(handler), workers_(workers), max_concurrent_(max_concurrent) {}
+  Frontend(dr_handler_fn handler, int workers, int max_concurrent, int64_t max_inflight_bytes)
+      : handler_(handler),
+        workers_(workers),
+        max_concurrent_(max_concurrent),
+        max_inflight_bytes_(max_inflight_bytes) {}
 
   bool Start(const std::string& address, int pollers, int max_message_bytes,
              std::shared_ptr<grpc::ServerCredentials> credentials, int* bound_port,
@@ -121,6 +176,13 @@ class Frontend {
   }
 
   int InFlight() const { return in_flight_.load(); }
+  int64_t InFlightBytes() const { return in_flight_bytes_.load(); }
+
+  // Replaces the credentials that open the fast path (required = false: every call may use it).
+  void SetCredentials(bool required, std::shared_ptr<const AcceptedCredentials> accepted) {
+    std::atomic_store(&accepted_, std::move(accepted));
+    auth_required_.store(required);
+  }
 
   // A slot's method is written once, before its function is published; calls read the function
   // first, so they never see a method being written. Returns false when every slot is taken.
@@ -186,6 +248,13 @@ class Frontend {
             break;
           }
           if (!stopped_) Accept(cq);
+          if (!TakeSlot(call)) {  // refused before its request is read into memory
+            Reply(call, grpc::StatusCode::RESOURCE_EXHAUSTED, nullptr, 0,
+                  ("server overloaded: " + std::to_string(max_concurrent_) +
+                   " requests already in progress; retry later")
+                      .c_str());
+            break;
+          }
           call->state = Call::State::kRead;
           call->stream.Read(&call->request, call);
           break;
@@ -194,31 +263,64 @@ class Frontend {
             call->replied = true;
             call->state = Call::State::kFinish;
             call->stream.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "no request"), call);
-          } else if (!Admit(call)) {
+          } else if (!TakeBytes(call)) {
+            call->request.Clear();
             Reply(call, grpc::StatusCode::RESOURCE_EXHAUSTED, nullptr, 0,
-                  ("server overloaded: " + std::to_string(max_concurrent_) +
-                   " requests already in progress; retry later")
+                  ("server overloaded: requests of " + std::to_string(in_flight_bytes_.load()) +
+                   " bytes already in progress (--max-inflight-bytes " +
+                   std::to_string(max_inflight_bytes_) + "); retry later")
                       .c_str());
+          } else {
+            Enqueue(call);
           }
           break;
         case Call::State::kFinish:
           if (call->counted) in_flight_.fetch_sub(1);
+          if (call->bytes != 0) in_flight_bytes_.fetch_sub(static_cast<int64_t>(call->bytes));
           delete call;
           break;
       }
     }
   }
 
-  bool Admit(Call* call) {
-    if (max_concurrent_ > 0 && in_flight_.load() >= max_concurrent_) return false;
-    in_flight_.fetch_add(1);
+  // One of the max_concurrent slots, held from accept to finish.
+  bool TakeSlot(Call* call) {
+    int now = in_flight_.load();
+    do {
+      if (max_concurrent_ > 0 && now >= max_concurrent_) return false;
+    } while (!in_flight_.compare_exchange_weak(now, now + 1));
     call->counted = true;
+    return true;
+  }
+
+  // The request's bytes against max_inflight_bytes (0: no bound), held until it is answered.
+  bool TakeBytes(Call* call) {
+    int64_t size = static_cast<int64_t>(call->request.Length());
+    int64_t now = in_flight_bytes_.load();
+    do {
+      if (max_inflight_bytes_ > 0 && now + size > max_inflight_bytes_) return false;
+    } while (!in_flight_bytes_.compare_exchange_weak(now, now + size));
+    call->bytes = static_cast<size_t>(size);
+    return true;
+  }
+
+  void Enqueue(Call* call) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back(call);
     }
     ready_.notify_one();
-    return true;
+  }
+
+  // Whether the call may use the fast path: no authentication required, or credentials that
+  // match one pushed by the runtime.
+  bool FastPathAllowed(const grpc::GenericServerContext& ctx) {
+    if (!auth_required_.load()) return true;
+    auto accepted = std::atomic_load(&accepted_);
+    if (!accepted) return false;
+    const auto& metadata = ctx.client_metadata();
+    auto found = metadata.find("authorization");
+    return found != metadata.end() && Matches(*accepted, found->second.data(), found->second.size());
   }
 
   void Work() {
@@ -274,7 +376,7 @@ class Frontend {
         break;
       }
     }
-    if (fast != nullptr) {
+    if (fast != nullptr && FastPathAllowed(call->ctx)) {
       int code = fast(data, size, timeout, &out, &out_size);
       if (code == 0) {
         Reply(call, 0, out, out_size, nullptr);
@@ -312,6 +414,9 @@ class Frontend {
   FastSlot fast_[4];
   int workers_;
   int max_concurrent_;
+  int64_t max_inflight_bytes_;
+  std::atomic<bool> auth_required_{false};
+  std::shared_ptr<const AcceptedCredentials> accepted_;  // std::atomic_load / atomic_store
   grpc::AsyncGenericService generic_;
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues_;
@@ -322,6 +427,7 @@ class Frontend {
   std::deque<Call*> queue_;
   bool closing_ = false;
   std::atomic<int> in_flight_{0};
+  std::atomic<int64_t> in_flight_bytes_{0};
   std::atomic<bool> stopped_{false};
 };
 
@@ -352,10 +458,10 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const char* key, const char
 extern "C" {
 
 void* dr_frontend_start(const char* address, int pollers, int workers, int max_concurrent,
-                        int max_message_bytes, const char* tls_key, const char* tls_cert,
-                        const char* tls_client_ca, int tls_refresh_seconds, dr_handler_fn handler,
-                        int* bound_port, char* error, size_t error_size) {
-  auto* frontend = new Frontend(handler, workers, max_concurrent);
+                        int max_message_bytes, int64_t max_inflight_bytes, const char* tls_key,
+                        const char* tls_cert, const char* tls_client_ca, int tls_refresh_seconds,
+                        dr_handler_fn handler, int* bound_port, char* error, size_t error_size) {
+  auto* frontend = new Frontend(handler, workers, max_concurrent, max_inflight_bytes);
   std::string why;
   // The TLS certificate provider is created before any ServerBuilder, which would otherwise be
   // what initialises gRPC: do it here (reference-counted, kept for the process).
@@ -378,6 +484,20 @@ int dr_frontend_set_fast(void* frontend, const char* method, dr_fast_fn fn) {
 }
 
 int dr_frontend_in_flight(void* frontend) { return static_cast<Frontend*>(frontend)->InFlight(); }
+
+int64_t dr_frontend_in_flight_bytes(void* frontend) {
+  return static_cast<Frontend*>(frontend)->InFlightBytes();
+}
+
+// Credentials that open the fast path (see Matches): `bearer` tokens and the base64 of Basic
+// `user:password` pairs. required = 0: authentication is off and every call may use it.
+void dr_frontend_set_credentials(void* frontend, int required, const char** bearer, int num_bearer,
+                                 const char** basic, int num_basic) {
+  auto accepted = std::make_shared<AcceptedCredentials>();
+  accepted->bearer.assign(bearer, bearer + num_bearer);
+  accepted->basic.assign(basic, basic + num_basic);
+  static_cast<Frontend*>(frontend)->SetCredentials(required != 0, std::move(accepted));
+}
 
 void dr_frontend_stop(void* frontend, double grace_seconds) {
   static_cast<Frontend*>(frontend)->Stop(grace_seconds);

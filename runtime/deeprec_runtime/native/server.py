@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from deeprec_runtime import security as security_settings
 from deeprec_runtime.errors import Unauthenticated
 from deeprec_runtime.native.build import library_path
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES, SERVICE, wait_until_quiet
@@ -30,11 +31,14 @@ typedef int (*dr_handler_fn)(const char *method, size_t method_len, const char *
                              size_t size, double timeout_s, const char *authorization,
                              size_t authorization_len, const char **out, size_t *out_size);
 void *dr_frontend_start(const char *address, int pollers, int workers, int max_concurrent,
-                        int max_message_bytes, const char *tls_key, const char *tls_cert,
-                        const char *tls_client_ca, int tls_refresh_seconds,
+                        int max_message_bytes, int64_t max_inflight_bytes, const char *tls_key,
+                        const char *tls_cert, const char *tls_client_ca, int tls_refresh_seconds,
                         dr_handler_fn handler, int *bound_port, char *error, size_t error_size);
 void dr_frontend_set_serving(void *frontend, const char *service, int serving);
 int dr_frontend_in_flight(void *frontend);
+int64_t dr_frontend_in_flight_bytes(void *frontend);
+void dr_frontend_set_credentials(void *frontend, int required, const char **bearer, int num_bearer,
+                                 const char **basic, int num_basic);
 int dr_frontend_set_fast(void *frontend, const char *method, void *fn);
 void dr_frontend_stop(void *frontend, double grace_seconds);
 """
@@ -90,8 +94,13 @@ class NativeGrpcServer:
                  max_workers: int = 16, authenticator: Any = None,
                  open_methods: frozenset[str] = frozenset(), max_concurrent: int | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, pollers: int = 1,
-                 tls: tuple[str, str, str] | None = None):
+                 tls: tuple[str, str, str] | None = None, max_inflight_bytes: int = 0):
         import cffi  # noqa: PLC0415
+
+        if 0 < max_inflight_bytes < max_message_bytes:
+            raise ValueError(f"--max-inflight-bytes ({max_inflight_bytes}) is below "
+                             f"--max-message-bytes ({max_message_bytes}): a request of the "
+                             "largest allowed size could never be admitted")
 
         self._handlers = list(handlers)
         self._resolved: dict[bytes, grpc.RpcMethodHandler | None] = {}
@@ -115,13 +124,19 @@ class NativeGrpcServer:
         key, cert, client_ca = (p.encode() for p in tls or ("", "", ""))
         self._frontend = self.lib.dr_frontend_start(
             f"{host}:{port}".encode(), pollers, max_workers, max_concurrent or 0,
-            max_message_bytes, key, cert, client_ca, TLS_REFRESH_SECONDS, self._callback, bound,
-            error, 512)
+            max_message_bytes, max_inflight_bytes, key, cert, client_ca, TLS_REFRESH_SECONDS,
+            self._callback, bound, error, 512)
         if self._frontend == ffi.NULL:
             raise OSError(ffi.string(error).decode(errors="replace"))
         self.port = bound[0]
         self._stopped = False
+        self._stop_refresh = threading.Event()
+        self._pushed: tuple | None = None
         self.set_serving(False)
+        if self._auth is not None:
+            self._push_credentials()
+            threading.Thread(target=self._refresh_credentials, name="native-credentials",
+                             daemon=True).start()
         # gRPC C++'s threads call into Python: they must be gone before the interpreter is.
         atexit.register(self.drain, 0.0)
 
@@ -181,6 +196,30 @@ class NativeGrpcServer:
             log.exception("unexpected error in native gRPC dispatch of %s", method)
             return _INTERNAL, b"internal error (see the server log)"
 
+    def _push_credentials(self) -> None:
+        """Gives gRPC C++ the credentials that open the fast path (the authenticator's current
+        tokens and Basic pairs); unchanged ones are not pushed again."""
+        if self._auth is None:
+            return
+        bearer, basic = self._auth.accepted_credentials()
+        if (bearer, basic) == self._pushed:
+            return
+        ffi = self.ffi
+        keep = [ffi.new("char[]", value.encode()) for value in (*bearer, *basic)]
+        self.lib.dr_frontend_set_credentials(
+            self._frontend, 1, ffi.new("const char *[]", keep[:len(bearer)]), len(bearer),
+            ffi.new("const char *[]", keep[len(bearer):]), len(basic))
+        self._pushed = (bearer, basic)
+
+    def _refresh_credentials(self) -> None:
+        # Calls answered in C++ never ask the authenticator, so a rotated token file would not
+        # be noticed without this: it is read as often as the Python handlers read it.
+        while not self._stop_refresh.wait(security_settings.RELOAD_SECONDS):
+            try:
+                self._push_credentials()
+            except Exception:  # keep the last credentials; never log their values
+                log.exception("cannot refresh the native front end's credentials")
+
     def set_serving(self, serving: bool) -> None:
         for service in ("", SERVICE):
             self.lib.dr_frontend_set_serving(self._frontend, service.encode(), int(serving))
@@ -198,6 +237,11 @@ class NativeGrpcServer:
     def in_flight(self) -> int:
         return int(self.lib.dr_frontend_in_flight(self._frontend))
 
+    @property
+    def in_flight_bytes(self) -> int:
+        """Bytes of the requests read and not yet answered (bounded by max_inflight_bytes)."""
+        return int(self.lib.dr_frontend_in_flight_bytes(self._frontend))
+
     def drain(self, grace: float, quiet: float = 0.0) -> None:
         """As GrpcServer.drain: NOT_SERVING at once, serve until quiet (or `grace`), then stop."""
         if self._stopped:
@@ -206,5 +250,6 @@ class NativeGrpcServer:
         deadline = time.monotonic() + grace
         wait_until_quiet(deadline, quiet, queued=lambda: self.in_flight)
         self._stopped = True
+        self._stop_refresh.set()
         self.lib.dr_frontend_stop(self._frontend, max(deadline - time.monotonic(), 1.0))
         atexit.unregister(self.drain)

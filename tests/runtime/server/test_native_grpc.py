@@ -265,3 +265,114 @@ def test_a_taken_port_fails_at_start_up_instead_of_sharing_it(demo, runtimes, tm
         Runtime(_config(demo), grpc_port=first.grpc_port, host="127.0.0.1", grpc_server=second,
                 annotations_file=str(tmp_path / "none"))
     assert str(first.grpc_port) in str(err.value)
+
+
+class _Held:
+    """A front end whose one method (/test.Held/Echo) blocks until release(), answering the
+    request's length: what occupies slots and request bytes while a test watches the bounds."""
+
+    def __init__(self, **bounds):
+        from deeprec_runtime.native.server import NativeGrpcServer
+
+        self.release_event = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+        def echo(request: bytes, context) -> bytes:
+            self.entered.release()
+            self.release_event.wait(60)
+            return str(len(request)).encode()
+
+        handler = grpc.method_handlers_generic_handler(
+            "test.Held", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+        self.server = NativeGrpcServer([handler], 0, "127.0.0.1", **bounds)
+        self.channel = grpc.insecure_channel(
+            f"127.0.0.1:{self.server.port}",
+            options=[("grpc.max_send_message_length", 64 << 20)])
+        self.echo = self.channel.unary_unary("/test.Held/Echo")
+
+    def release(self) -> None:
+        self.release_event.set()
+
+    def close(self) -> None:
+        self.release()
+        self.channel.close()
+        self.server.drain(1.0)
+
+
+def test_request_bytes_in_progress_are_bounded_and_released_when_answered():
+    held = _Held(max_workers=4, max_concurrent=16, max_message_bytes=1 << 20,
+                 max_inflight_bytes=2 << 20)
+    try:
+        body = b"x" * (900 << 10)
+        first = [held.echo.future(body, timeout=60) for _ in range(2)]
+        for _ in first:
+            assert held.entered.acquire(timeout=30)
+        assert held.server.in_flight_bytes >= 2 * len(body)
+        with pytest.raises(grpc.RpcError) as err:  # 2.7 MiB would be in progress: refused at once
+            held.echo(body, timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-inflight-bytes" in err.value.details()
+        held.release()
+        assert [f.result() for f in first] == [str(len(body)).encode()] * 2
+        wait_for(lambda: held.server.in_flight_bytes == 0, message="bytes released")
+        assert held.echo(body, timeout=30) == str(len(body)).encode()
+    finally:
+        held.close()
+
+
+def test_calls_past_the_bound_are_refused_before_their_request_is_read():
+    """A refused call must not cost its request's memory: a storm of large requests against a
+    full server leaves the server's peak memory where it was. The client runs in another process
+    so that its own copies of the requests are not counted here."""
+    held = _Held(max_workers=1, max_concurrent=1, max_message_bytes=64 << 20)
+    try:
+        blocker = held.echo.future(b"hold", timeout=120)
+        assert held.entered.acquire(timeout=30)
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM, the peak resident size, to the current size
+        before = _vm_kib("VmHWM")
+        client = subprocess.run(
+            [sys.executable, "-c", _STORM_CLIENT, str(held.server.port)], capture_output=True,
+            text=True, timeout=120)
+        assert client.returncode == 0, client.stderr[-3000:]
+        assert client.stdout.split() == ["RESOURCE_EXHAUSTED"] * 6, client.stdout
+        grew_mib = (_vm_kib("VmHWM") - before) / 1024
+        print(f"peak memory grew {grew_mib:.1f} MiB while 6 x 48 MiB requests were refused")
+        assert grew_mib < 48, "refused requests were read into memory"
+        held.release()
+        assert blocker.result() == b"4"
+    finally:
+        held.close()
+
+
+_STORM_CLIENT = """
+import sys
+from concurrent import futures
+import grpc
+channel = grpc.insecure_channel("127.0.0.1:" + sys.argv[1],
+                                options=[("grpc.max_send_message_length", 64 << 20)])
+echo = channel.unary_unary("/test.Held/Echo")
+body = b"y" * (48 << 20)
+calls = [echo.future(body, timeout=60) for _ in range(6)]
+for call in calls:
+    try:
+        call.result()
+        print("OK")
+    except grpc.RpcError as exc:
+        print(exc.code().name)
+"""
+
+
+def _vm_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/self/status")
+
+
+def test_in_flight_budget_below_the_message_size_is_refused_naming_the_flag():
+    from deeprec_runtime.native.server import NativeGrpcServer
+
+    with pytest.raises(ValueError, match="--max-inflight-bytes"):
+        NativeGrpcServer([], 0, "127.0.0.1", max_message_bytes=4 << 20, max_inflight_bytes=1 << 20)
