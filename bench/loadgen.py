@@ -17,14 +17,15 @@ PREDICT = "/deeprec.serving.PredictionService/Predict"
 TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
 
-def _grpc_caller(target: str, payload: bytes, method: str = PREDICT):
+def _grpc_caller(target: str, payload: bytes, method: str = PREDICT, token: str = ""):
     import grpc  # noqa: PLC0415  (imported in the child process)
 
     channel = grpc.insecure_channel(target)
     call = channel.unary_unary(method)  # identity (de)serializers: bytes in, bytes out
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def once() -> None:
-        call(payload, timeout=30)
+        call(payload, timeout=30, metadata=metadata)
     return once
 
 
@@ -44,8 +45,9 @@ def _http_caller(target: str, payload: bytes):
     return once
 
 
-def _worker(kind, target, payload, threads, duration, rate, out, stop=None):
-    make = {"grpc": _grpc_caller, "tfs": lambda t, p: _grpc_caller(t, p, TFS_PREDICT),
+def _worker(kind, target, payload, threads, duration, rate, out, stop=None, token=""):
+    make = {"grpc": lambda t, p: _grpc_caller(t, p, token=token),
+            "tfs": lambda t, p: _grpc_caller(t, p, TFS_PREDICT, token),
             "http": _http_caller}[kind]
     records: list[tuple[float, float]] = []
     errors = [0]
@@ -88,17 +90,19 @@ def _worker(kind, target, payload, threads, duration, rate, out, stop=None):
 
 def run_load(kind: str, target: str, payload: bytes, concurrency: int = 8, duration: float = 5.0,
              processes: int = 4, rate: float = 0.0,
-             stop: threading.Event | None = None) -> tuple[np.ndarray, int]:
+             stop: threading.Event | None = None, token: str = "") -> tuple[np.ndarray, int]:
     """Returns (records [n, 2] of (wall start, latency s), errors). `rate` > 0: open loop at that
     many requests/s in total; 0: closed loop, each of `concurrency` callers back to back. The
-    load ends after `duration` seconds or, sooner, when `stop` is set."""
+    load ends after `duration` seconds or, sooner, when `stop` is set. `token`: gRPC calls carry
+    it as a bearer token."""
     processes = min(processes, concurrency)
     per = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     ended = ctx.Event() if stop is not None else None  # checked per call: only when asked for
     procs = [ctx.Process(target=_worker, args=(kind, target, payload, n, duration,
-                                               rate * n / concurrency if rate else 0.0, out, ended))
+                                               rate * n / concurrency if rate else 0.0, out, ended,
+                                               token))
              for n in per]
     if stop is not None:
         threading.Thread(target=lambda: (stop.wait(duration), ended.set()), daemon=True).start()

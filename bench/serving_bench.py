@@ -208,6 +208,10 @@ def print_ratios(batch: int) -> None:
     batching = f.get(BATCHING_ROW)
     if batch == 1 and batching:
         parts.append(f"batching {batching[1] / floor[1]:.1f}x the floor (toward 3x)")
+    secured = f.get(AUTH_ROW)
+    if secured:
+        parts.append(f"bearer token on {secured[1] / runtime[1]:.2f}x the open server's CPU/request "
+                     "(target <= 1.10)")
     stfs = f.get(STFS_ROW)
     if stfs:
         parts.append(f"throughput {runtime[0] / stfs[0]:.1f}x simple-tensorflow-serving "
@@ -215,11 +219,12 @@ def print_ratios(batch: int) -> None:
     print("  ratios: " + "; ".join(parts), flush=True)
 
 
-def measure_server(label, server: Server, kind, payload, duration, concurrency=8, rate=0.0):
+def measure_server(label, server: Server, kind, payload, duration, concurrency=8, rate=0.0,
+                   token=""):
     target = f"127.0.0.1:{server.port}"
-    run_load(kind, target, payload, concurrency, 1.0, rate=rate)  # warm connections and pools
+    run_load(kind, target, payload, concurrency, 1.0, rate=rate, token=token)  # warm up
     cpu0, t0 = cpu_seconds(server.proc.pid), time.monotonic()
-    records, errors = run_load(kind, target, payload, concurrency, duration, rate=rate)
+    records, errors = run_load(kind, target, payload, concurrency, duration, rate=rate, token=token)
     elapsed, cpu = time.monotonic() - t0, cpu_seconds(server.proc.pid) - cpu0
     # the load generator's start-up is in `elapsed`; requests/s uses the measured window
     row(label, len(records), duration, records[:, 1], cpu * duration / elapsed, errors)
@@ -274,6 +279,9 @@ def stfs_payload(feed) -> bytes:
 
 DEFAULT_ROW = "(b) deeprec-runtime gRPC (native)"
 BATCHING_ROW = "(b) ... batching (max 8, 500 us)"
+AUTH_ROW = "(b) ... bearer token (auth on)"
+#: The bench's bearer token (a file the auth rows' servers read; the load sends it).
+BENCH_TOKEN = "bench-token-0123456789abcdef"
 STFS_ROW = "(c) simple-tensorflow-serving HTTP"
 
 
@@ -284,6 +292,8 @@ def main() -> int:
     parser.add_argument("--num-ids", type=int, default=1_000_000)
     parser.add_argument("--workdir", default="")
     parser.add_argument("--only", default="", help="comma list of sections: latency,rss,swap,delta")
+    parser.add_argument("--rows", default="",
+                        help="comma list of words: only the latency rows whose label has one")
     parser.add_argument("--swaps", type=int, default=16,
                         help="swap windows (and as many control windows) in the swap section")
     args = parser.parse_args()
@@ -306,7 +316,11 @@ def main() -> int:
             print(f"\nbatch {batch}, concurrency 8, {args.duration:g}s each:", flush=True)
             FIGURES.clear()
             in_process(art, batch, args.duration)
+            tokens = os.path.join(workdir, "tokens")
+            with open(tokens, "w") as fh:
+                fh.write(BENCH_TOKEN + "\n")
             variants = [(DEFAULT_ROW, (), {}, "packed"),
+                        (AUTH_ROW, ("--auth-token-file", tokens), {}, "packed-auth"),
                         ("(b) ... tensor_content requests", (), {}, "raw"),
                         ("(b) ... TF Serving API", (), {}, "tfs"),
                         ("(b) ... TF Serving API, fast off", ("--fast-predict", "off"), {}, "tfs"),
@@ -320,6 +334,9 @@ def main() -> int:
                 variants += [(BATCHING_ROW, (), batching, "packed"),
                              ("(b) ... batching, --fast-predict off", ("--fast-predict", "off"),
                               batching, "packed")]
+            if args.rows:
+                words = args.rows.split(",")
+                variants = [v for v in variants if any(w in v[0] for w in words)]
             for label, cli_args, fields, payload in variants:
                 server = start_runtime(workdir, art, cli_args, **fields)
                 try:
@@ -328,7 +345,8 @@ def main() -> int:
                                        args.duration)
                     else:
                         measure_server(label, server, "grpc",
-                                       grpc_payload(feeds[batch], payload == "raw"), args.duration)
+                                       grpc_payload(feeds[batch], payload == "raw"), args.duration,
+                                       token=BENCH_TOKEN if payload == "packed-auth" else "")
                 finally:
                     server.stop()
             if venv:
