@@ -58,7 +58,8 @@ class CA:
     def server(self, *dns_names: str) -> Pem:
         """A server certificate naming only these DNS names (no IP: pods are dialled by IP and
         their certificates name the Service)."""
-        return self._issue(dns_names[0], ExtendedKeyUsageOID.SERVER_AUTH, dns_names)
+        # The names are in the SAN; a CN holds at most 64 characters and clients ignore it.
+        return self._issue("server", ExtendedKeyUsageOID.SERVER_AUTH, dns_names)
 
     def client(self, cn: str) -> Pem:
         return self._issue(cn, ExtendedKeyUsageOID.CLIENT_AUTH)
