@@ -2,7 +2,7 @@
 untouched (ChildConflict); a model asking for a generated token gets its Secret created once, owned
 by the model, and never rewritten; a NetworkPolicy the model stopped asking for is deleted (only
 the model's own). A small in-memory API server answers over real HTTP, as in
-test_operator_kube.py; tests/e2e/test_operator_security.py does the same on a real control plane."""
+test_operator_kube.py; tests/e2e/test_secured_models.py does the same on a real control plane."""
 
 from __future__ import annotations
 
