@@ -443,7 +443,8 @@ def parse_security(name: str, namespace: str, raw: Mapping[str, Any] | None) -> 
         peers = tuple(dict(p) for p in _get(raw_np, "allowedClients", []))
         for i, peer in enumerate(peers):
             # `podSelector: {}` (every pod of the model's namespace) is a choice; a peer with
-            # neither selector is a mistake that NetworkPolicy would read as "any source".
+            # neither selector is refused by the schema too, and would be by the API server when
+            # the policy is written: said here with the field's name, before anything is written.
             if "podSelector" not in peer and "namespaceSelector" not in peer:
                 raise SpecError(f"spec.security.networkPolicy.allowedClients[{i}]", "InvalidValue",
                                 "give podSelector and/or namespaceSelector")
