@@ -6,7 +6,9 @@
 - timer: ask every runtime what it serves and fold it into status; re-annotates, and reconciles a
   generation whose event kopf lost, as a safety net.
 - delete: children go with the owner (ownerReferences); the handler only records it.
-Spec errors become Degraded and wait for the next spec change; a missing Secret is retried.
+Spec errors become Degraded and wait for the next spec change; a missing Secret, a child of the
+model's name that belongs to someone else (ChildConflict: left untouched) or a forbidden Secret
+write are Degraded and retried.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import datetime
 import logging
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +26,16 @@ from typing import Any
 import kopf
 
 from deeprec_operator import GROUP, PLURAL, VERSION, faults, resources
-from deeprec_operator.kube import ApiError, Kube, collection_path, object_path
+from deeprec_operator.credentials import (
+    PLAINTEXT,
+    CredentialError,
+    ProbeCredentials,
+    SecretCache,
+    probe_credentials,
+)
+from deeprec_operator.kube import ApiError, Kube, collection_path, object_path, path_of
 from deeprec_operator.probe import ProbeError, Prober, pod_address
-from deeprec_operator.spec import ModelSpec, SpecError, parse
+from deeprec_operator.spec import ModelSpec, SpecError, parse, parse_security
 from deeprec_operator.status import Failure, PodReport, aggregate, stamp_conditions
 from deeprec_operator.versions import annotation_patch, desired_targets, pod_target, target_version
 
@@ -38,6 +48,10 @@ RETRY_SECONDS = 3.0
 #: A generation left unreconciled this long is reconciled by the poll (see lost_change).
 LOST_CHANGE_SECONDS = max(5.0, 3 * TIMER_INTERVAL)
 RUNTIME_IMAGE_ENV = "DEEPREC_RUNTIME_IMAGE"
+#: Where the operator's own pods run (the chart sets both): the NetworkPolicies it writes admit
+#: them, so the status probe still reaches the runtimes.
+OPERATOR_NAMESPACE_ENV = "DEEPREC_OPERATOR_NAMESPACE"
+OPERATOR_POD_LABELS_ENV = "DEEPREC_OPERATOR_POD_LABELS"
 
 log = logging.getLogger(__name__)
 _PATCH_POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="annotate")
@@ -65,6 +79,20 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo.prober = Prober()
     if getattr(memo, "default_image", None) is None:
         memo.default_image = os.environ.get(RUNTIME_IMAGE_ENV, "")
+    if getattr(memo, "secrets", None) is None:
+        memo.secrets = SecretCache(memo.kube)
+    if getattr(memo, "operator_peer", None) is None:
+        labels = parse_labels(os.environ.get(OPERATOR_POD_LABELS_ENV, ""))
+        memo.operator_peer = resources.operator_peer(os.environ.get(OPERATOR_NAMESPACE_ENV, ""), labels)
+        if memo.operator_peer is None:
+            log.info("%s / %s unset (running outside a cluster?): NetworkPolicies admit only the "
+                     "clients their models name", OPERATOR_NAMESPACE_ENV, OPERATOR_POD_LABELS_ENV)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """`k=v,k2=v2` (a label selector of equalities) as a dict."""
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {k.strip(): v.strip() for k, v in pairs if k.strip()}
 
 
 @kopf.on.login()
@@ -178,11 +206,34 @@ def missing_secrets(kube: Kube, model: ModelSpec) -> Failure | None:
     return None
 
 
-def report_pods(prober: Prober, pods: list[dict[str, Any]]) -> list[PodReport]:
+def probe_credentials_of(memo: kopf.Memo, namespace: str, name: str,
+                         spec: Mapping[str, Any]) -> ProbeCredentials | ProbeError:
+    """What the status probe needs for this model's runtimes (TLS trust, client certificate,
+    token), or the reason it cannot have it (a missing Secret, a forbidden get)."""
+    try:
+        security = parse_security(name, namespace, spec.get("security"))
+    except SpecError:
+        return PLAINTEXT  # Degraded by reconcile already; no pod runs with this spec
+    if security.tls is None and security.token is None:
+        return PLAINTEXT
+    cache = getattr(memo, "secrets", None) or SecretCache(memo.kube)
+    memo.secrets = cache
+    try:
+        return probe_credentials(security, cache.reader(namespace))
+    except CredentialError as e:
+        return ProbeError(f"cannot probe: {e}")
+    except ApiError as e:
+        return ProbeError(f"cannot probe: reading a Secret failed: {e.status} {e.reason}")
+
+
+def report_pods(prober: Prober, pods: list[dict[str, Any]],
+                credentials: ProbeCredentials | ProbeError = PLAINTEXT) -> list[PodReport]:
     ready = [p for p in pods if _pod_ready(p)]
-    answers = prober.info_many([pod_address(p, resources.GRPC_PORT) for p in ready])
+    addresses = [pod_address(p, resources.GRPC_PORT) for p in ready]
+    answers: list[Any] = ([credentials] * len(ready) if isinstance(credentials, ProbeError)
+                          else prober.info_many(addresses, credentials))
     by_name = {p["metadata"]["name"]: a for p, a in zip(ready, answers, strict=True)}
-    prober.forget_except({a for a in (pod_address(p, resources.GRPC_PORT) for p in ready) if a})
+    prober.sweep()
     reports = []
     for pod in pods:
         name = pod["metadata"]["name"]
@@ -208,7 +259,7 @@ def refresh_status(memo: kopf.Memo, body: Mapping[str, Any], *, pods: list[dict[
     target = target_version(spec.get("version"))
     if pods is None:
         pods = _list_pods(kube, namespace, name)
-    reports = report_pods(memo.prober, pods)
+    reports = report_pods(memo.prober, pods, probe_credentials_of(memo, namespace, name, spec))
     old = dict(body.get("status") or {})
     generation = getattr(memo, "observed_generation", None) or old.get("observedGeneration")
     new = aggregate(target=target, desired_replicas=int(spec.get("replicas", 1)), reports=reports,
@@ -279,7 +330,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, name
     kube: Kube = memo.kube
     try:
         model = parse(name, namespace, spec, default_image=memo.default_image, labels=meta.labels)
-        manifests = resources.children(model)
+        manifests = resources.children(model, getattr(memo, "operator_peer", None))
     except SpecError as e:
         _record_failure(memo, body, Failure(e.reason, e.message))
         raise kopf.PermanentError(e.message) from None
@@ -291,9 +342,12 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, name
         raise kopf.PermanentError(str(e)) from None
 
     failure = missing_secrets(kube, model)
+    if failure is None:
+        failure = ensure_owned_children(kube, memo, body, model, manifests)
     if failure is not None:
         _record_failure(memo, body, failure)
-        # The Secret may be created later: retry, without ever creating pods that cannot start.
+        # The Secret may be created later, the foreign child removed: retry, without ever
+        # creating pods that cannot start or taking over an object that is not ours.
         raise kopf.TemporaryError(failure.message, delay=SECRET_RETRY_SECONDS)
 
     kopf.adopt(manifests, owner=body)
@@ -308,6 +362,7 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, name
                 raise kopf.TemporaryError(e.message, delay=SECRET_RETRY_SECONDS) from None
             raise
         faults.reached(f"{manifest['kind'].lower()}-applied")
+    remove_disabled_network_policy(kube, model, body)
     pods = _list_pods(kube, namespace, name)
     annotate_pods(kube, namespace, pods, target_version(model.version))
     if getattr(memo, "failure", None) is not None:
@@ -316,10 +371,84 @@ def reconcile(body: kopf.Body, spec: kopf.Spec, meta: kopf.Meta, name: str, name
         )
     memo.failure = None
     memo.observed_generation = meta.get("generation")
-    logger.info(
-        "applied ConfigMap, Deployment and Service for %s (generation %s)", name, meta.get("generation")
-    )
+    logger.info("applied %s for %s (generation %s)", ", ".join(m["kind"] for m in manifests), name,
+                meta.get("generation"))
     refresh_status(memo, body, pods=_list_pods(kube, namespace, name))
+
+
+def _get_child(kube: Kube, manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return kube.get(path_of(manifest))
+
+
+def ensure_owned_children(kube: Kube, memo: kopf.Memo, body: Mapping[str, Any], model: ModelSpec,
+                          manifests: list[dict[str, Any]]) -> Failure | None:
+    """Refuses to touch a child name held by an object this model does not control, and creates
+    the model's token Secret when it asks for a generated one.
+
+    Server-side apply with force would take over any object of the child's name (a user's
+    ConfigMap, another tool's Service); checking the controller UID first leaves it as it is.
+    Runs before any write, so a conflict leaves every child untouched.
+    """
+    uid = body["metadata"]["uid"]
+    token = model.security.token
+    wanted = list(manifests)
+    if token is not None and token.generated:
+        wanted.append(resources.token_secret(model, ""))
+    for manifest in wanted:
+        kind, child = manifest["kind"], manifest["metadata"]["name"]
+        try:
+            existing = _get_child(kube, manifest)
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            return Failure("ChildRejected", f"cannot read {kind} {child}: {e.message}")
+        if existing is not None and resources.controller_uid(existing) != uid:
+            return Failure("ChildConflict", resources.conflict_message(kind, child, existing))
+        if existing is None and kind == "Secret":
+            failure = create_token_secret(kube, body, model)
+            if failure is not None:
+                return failure
+    return None
+
+
+def create_token_secret(kube: Kube, body: Mapping[str, Any], model: ModelSpec) -> Failure | None:
+    """Creates the model's token Secret, owned by the model. The token exists only in it: it is
+    not logged, and not put in any Event, status or ConfigMap."""
+    secret = resources.token_secret(model, secrets.token_urlsafe(32))
+    kopf.adopt(secret, owner=dict(body))
+    name = secret["metadata"]["name"]
+    try:
+        kube.create(secret)
+    except ApiError as e:
+        if e.status == 409:
+            return None  # created meanwhile (a retried POST that had landed): the next pass checks it
+        if e.status == 403:
+            return Failure("SecretForbidden",
+                           f"cannot create Secret {name} for the generated bearer token: {e.message}; "
+                           "grant the operator create on secrets in this namespace (chart: "
+                           "rbac.tokenSecrets) or set spec.security.authentication.bearerToken.secretName")
+        raise
+    log.info("created Secret %s/%s with a generated bearer token for %s", model.namespace, name, model.name)
+    kopf.event(dict(body), type="Normal", reason="TokenSecretCreated",
+               message=f"generated a bearer token in Secret {name} (key {next(iter(secret['stringData']))})")
+    return None
+
+
+def remove_disabled_network_policy(kube: Kube, model: ModelSpec, body: Mapping[str, Any]) -> None:
+    """A NetworkPolicy this model made and no longer asks for is deleted (only ours, by UID):
+    left in place it would keep restricting ingress after the user turned it off."""
+    if model.security.network_policy is not None:
+        return
+    path = object_path("networking.k8s.io/v1", "networkpolicies", model.namespace, model.name)
+    try:
+        existing = kube.get(path)
+        if existing is not None and resources.controller_uid(existing) == body["metadata"]["uid"]:
+            kube.delete(path, uid=existing["metadata"]["uid"])
+            log.info("deleted NetworkPolicy %s/%s: the model no longer asks for one", model.namespace,
+                     model.name)
+    except ApiError as e:
+        if e.status not in (403, 404, 409):  # not granted (older chart), gone, or replaced meanwhile
+            raise
 
 
 def lost_change(memo: kopf.Memo, body: Mapping[str, Any], now: float) -> bool:

@@ -31,7 +31,8 @@ RETRY_BACKOFFS = (0.1, 0.4, 1.0, 2.0)
 log = logging.getLogger(__name__)
 
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
-            "Pod": "pods", "Secret": "secrets", "Event": "events"}  # nosec B105  # resource plural, not a password
+            "Pod": "pods", "Secret": "secrets", "Event": "events",  # nosec B105  # resource plural
+            "NetworkPolicy": "networkpolicies"}
 
 
 class ApiError(Exception):
@@ -70,6 +71,10 @@ def path_of(obj: Mapping[str, Any]) -> str:
     return object_path(obj["apiVersion"], _PLURALS[obj["kind"]], meta.get("namespace"), meta["name"])
 
 
+def collection_of(obj: Mapping[str, Any]) -> str:
+    return collection_path(obj["apiVersion"], _PLURALS[obj["kind"]], obj["metadata"].get("namespace"))
+
+
 class Kube:
     """Thread-safe: kopf runs sync handlers on a thread pool and they share one instance."""
 
@@ -103,13 +108,13 @@ class Kube:
         return headers
 
     def request(self, method: str, path: str, body: Any = None, *, params: Mapping[str, Any] | None = None,
-                content_type: str = "application/json") -> Any:
-        """One API call, retried on RETRY_STATUSES and on connection errors (a restarting API server)."""
+                content_type: str = "application/json", retry: frozenset[int] = RETRY_STATUSES) -> Any:
+        """One API call, retried on `retry` statuses and on connection errors (a restarting API server)."""
         for attempt, pause in enumerate((*RETRY_BACKOFFS, None), start=1):
             try:
                 return self._request_once(method, path, body, params=params, content_type=content_type)
             except ApiError as e:
-                if pause is None or e.status not in RETRY_STATUSES:
+                if pause is None or e.status not in retry:
                     raise
                 reason = f"{e.status} {e.reason}"
             except urllib3.exceptions.HTTPError as e:
@@ -168,6 +173,17 @@ class Kube:
         return self.request("PATCH", path_of(obj), obj,
                             params={"fieldManager": FIELD_MANAGER, "force": "true"},
                             content_type="application/apply-patch+yaml")
+
+    def create(self, obj: Mapping[str, Any]) -> Any:
+        """POST: fails with 409 when an object of that name exists (nothing is overwritten). A 409
+        here is an answer, not a conflict worth retrying."""
+        return self.request("POST", collection_of(obj), obj, params={"fieldManager": FIELD_MANAGER},
+                            retry=RETRY_STATUSES - {409})
+
+    def delete(self, path: str, *, uid: str | None = None) -> Any:
+        """DELETE, with a UID precondition when given: an object replaced meanwhile is kept (409)."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}} if uid else None
+        return self.request("DELETE", path, body, retry=RETRY_STATUSES - {409})
 
     def merge_patch(self, path: str, patch: Mapping[str, Any], *, subresource: str | None = None) -> Any:
         full = f"{path}/{subresource}" if subresource else path

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from deeprec_operator import redact
+
+    # Before anything logs: a URL with a password in it is masked in every line, kopf's included.
+    redact.install()
     args = build_parser().parse_args(argv)
     kopf.configure(verbose=args.verbose,
                    log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL)

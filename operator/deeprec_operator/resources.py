@@ -1,10 +1,12 @@
 """Pure builders: a ModelSpec in, the ConfigMap / Deployment / Service manifests out.
 
 Nothing here calls the API, so the tests build the expected objects with the same functions and
-assert on the fields that matter. Two rules shape the pod template:
+assert on the fields that matter. Three rules shape the pod template:
 - the target-version annotation is NOT part of it: pinning or rolling back patches the pods
   themselves, and a template change would restart every pod;
-- the model config's hash IS part of it: a new config only reaches a runtime through a restart.
+- the model config's hash IS part of it: a new config only reaches a runtime through a restart;
+- TLS material and tokens are Secret volumes (never subPath mounts), so the kubelet's updates of a
+  rotated Secret reach the runtime, which re-reads the files, without a restart.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from deeprec_operator.spec import ModelSpec, SecretKeyRef
+from deeprec_operator.spec import TOKEN_KEY, ModelSpec, SecretKeyRef, token_secret_name
 
 RUNTIME_CONTAINER = "deeprec-runtime"
 GRPC_PORT = 8500
@@ -35,6 +37,17 @@ ENV_OSS_ENDPOINT = "OSS_ENDPOINT"
 ENV_REDIS_PASSWORD = "REDIS_PASSWORD"  # nosec B105  # environment variable name; the value comes from a Secret
 
 GPU_RESOURCE = "nvidia.com/gpu"
+
+#: Where the runtime finds its TLS files (one projected volume: certificate, key, the CA that
+#: signed them for the in-pod health check, and the client CA under mutual TLS) and its tokens.
+#: Top-level folders: a mount point cannot be made inside the read-only ConfigMap volume.
+TLS_DIR = "/etc/deeprec-tls"
+AUTH_DIR = "/etc/deeprec-auth"
+TLS_CERT_FILE = "tls.crt"
+TLS_KEY_FILE = "tls.key"
+TLS_CA_FILE = "ca.crt"
+CLIENT_CA_FILE = "client-ca.crt"
+TOKENS_FILE = "tokens"
 
 
 def config_map_name(name: str) -> str:
@@ -231,9 +244,94 @@ def runtime_env(spec: ModelSpec) -> list[dict[str, Any]]:
     ]
 
 
-def _probe(period: int, failures: int) -> dict[str, Any]:
-    return {"grpc": {"port": GRPC_PORT}, "periodSeconds": period, "failureThreshold": failures,
-            "timeoutSeconds": 2}
+#: gRPC health Check over TLS from inside the pod, for exec probes: the kubelet's own gRPC probe
+#: speaks plaintext only (KEP-4939 proposes TLS), which a TLS port refuses. Stdlib and grpcio
+#: only (both in every runtime image); the request is an empty HealthCheckRequest and
+#: b"\x08\x01" is HealthCheckResponse{status: SERVING}. Arguments: address, CA file, server name.
+TLS_HEALTH_CHECK = (
+    "import sys, grpc\n"
+    "address, ca, name = sys.argv[1:4]\n"
+    "creds = grpc.ssl_channel_credentials(open(ca, 'rb').read())\n"
+    "options = [('grpc.ssl_target_name_override', name), ('grpc.enable_http_proxy', 0)]\n"
+    "try:\n"
+    "    with grpc.secure_channel(address, creds, options=options) as channel:\n"
+    "        reply = channel.unary_unary('/grpc.health.v1.Health/Check')(b'', timeout=3)\n"
+    "except grpc.RpcError as e:\n"
+    "    sys.exit(f'health check failed: {e.code()}: {e.details()}')\n"
+    "sys.exit(0 if reply == b'\\x08\\x01' else 'not serving')\n"
+)
+
+
+def health_check_action(spec: ModelSpec) -> dict[str, Any]:
+    """How the kubelet asks the runtime whether it serves.
+
+    Plaintext: the kubelet's gRPC probe (grpc.health.v1.Health, open without credentials).
+    TLS: an exec probe doing the same Check over TLS on loopback, trusting the model's CA.
+    Mutual TLS: the runtime refuses any connection without a client certificate, and the pod
+    holds none (the operator's stays with the operator), so only the port is checked (tcpSocket):
+    readiness then means "listening", before the first version is loaded.
+    """
+    tls = spec.security.tls
+    if tls is None:
+        return {"grpc": {"port": GRPC_PORT}}
+    if tls.client_auth is not None:
+        return {"tcpSocket": {"port": GRPC_PORT}}
+    return {"exec": {"command": ["python", "-c", TLS_HEALTH_CHECK, f"127.0.0.1:{GRPC_PORT}",
+                                 f"{TLS_DIR}/{TLS_CA_FILE}", tls.server_name]}}
+
+
+def _probe(spec: ModelSpec, period: int, failures: int) -> dict[str, Any]:
+    # An exec probe starts a Python interpreter (about 0.1 s of CPU): probed less often, with time
+    # to start on a busy node.
+    exec_probe = spec.security.tls is not None and spec.security.tls.client_auth is None
+    return {**health_check_action(spec), "periodSeconds": max(period, 5) if exec_probe else period,
+            "failureThreshold": failures, "timeoutSeconds": 5 if exec_probe else 2}
+
+
+def security_args(spec: ModelSpec) -> list[str]:
+    """The runtime's TLS and token flags, pointing into the Secret volumes (files, not env: a
+    rotated Secret reaches files without a restart)."""
+    args: list[str] = []
+    tls = spec.security.tls
+    if tls is not None:
+        args += ["--tls-cert", f"{TLS_DIR}/{TLS_CERT_FILE}", "--tls-key", f"{TLS_DIR}/{TLS_KEY_FILE}"]
+        if tls.client_auth is not None:
+            args += ["--tls-client-ca", f"{TLS_DIR}/{CLIENT_CA_FILE}"]
+    if spec.security.token is not None:
+        args += ["--auth-token-file", f"{AUTH_DIR}/{TOKENS_FILE}"]
+    return args
+
+
+def _secret_source(ref: SecretKeyRef, path: str) -> dict[str, Any]:
+    return {"secret": {"name": ref.name, "items": [{"key": ref.key, "path": path}]}}
+
+
+def security_volumes(spec: ModelSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = []
+    tls = spec.security.tls
+    if tls is not None:
+        # One projected volume, several Secrets: each key lands under a fixed file name, so the
+        # runtime's flags never depend on how the user named the keys.
+        sources = [_secret_source(tls.certificate, TLS_CERT_FILE),
+                   _secret_source(tls.private_key, TLS_KEY_FILE),
+                   _secret_source(tls.ca, TLS_CA_FILE)]
+        if tls.client_auth is not None:
+            sources.append(_secret_source(tls.client_auth.ca, CLIENT_CA_FILE))
+        volumes.append({"name": "deeprec-tls", "projected": {"sources": sources}})
+    token = spec.security.token
+    if token is not None:
+        volumes.append({"name": "deeprec-auth", "secret": {
+            "secretName": token.secret.name, "items": [{"key": token.secret.key, "path": TOKENS_FILE}]}})
+    return volumes
+
+
+def security_mounts(spec: ModelSpec) -> list[dict[str, Any]]:
+    mounts = []
+    if spec.security.tls is not None:
+        mounts.append({"name": "deeprec-tls", "mountPath": TLS_DIR, "readOnly": True})
+    if spec.security.token is not None:
+        mounts.append({"name": "deeprec-auth", "mountPath": AUTH_DIR, "readOnly": True})
+    return mounts
 
 
 def runtime_container(spec: ModelSpec) -> dict[str, Any]:
@@ -249,6 +347,7 @@ def runtime_container(spec: ModelSpec) -> dict[str, Any]:
     claim = spec.storage.volume_claim
     if claim:
         mounts.append({"name": "models", "mountPath": claim.mount_path, "readOnly": claim.read_only})
+    mounts += security_mounts(spec)
     container: dict[str, Any] = {
         "name": RUNTIME_CONTAINER,
         "image": spec.image,
@@ -263,6 +362,7 @@ def runtime_container(spec: ModelSpec) -> dict[str, Any]:
             *(["--grpc-server", spec.service.grpc_server]
               if spec.service.grpc_server != "auto" else []),
             *([] if spec.service.fast_predict else ["--fast-predict", "off"]),
+            *security_args(spec),
         ],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -271,9 +371,9 @@ def runtime_container(spec: ModelSpec) -> dict[str, Any]:
         "env": runtime_env(spec),
         "resources": container_resources(spec.resources),
         # The first version may take init_timeout_minutes to load; liveness waits for it.
-        "startupProbe": _probe(5, init_minutes * 12 + 6),
-        "readinessProbe": _probe(2, 2),
-        "livenessProbe": _probe(10, 3),
+        "startupProbe": _probe(spec, 5, init_minutes * 12 + 6),
+        "readinessProbe": _probe(spec, 2, 2),
+        "livenessProbe": _probe(spec, 10, 3),
         "volumeMounts": mounts,
         "securityContext": {
             "runAsNonRoot": True,
@@ -308,7 +408,7 @@ def runtime_volumes(spec: ModelSpec) -> list[dict[str, Any]]:
     if claim:
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": claim.claim_name,
                                                                     "readOnly": claim.read_only}})
-    return volumes
+    return volumes + security_volumes(spec)
 
 
 class TemplateError(ValueError):
@@ -380,6 +480,81 @@ def service(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def children(spec: ModelSpec) -> list[dict[str, Any]]:
-    """Every child in creation order: the ConfigMap before the pods that mount it."""
-    return [config_map(spec), deployment(spec), service(spec)]
+def token_secret(spec: ModelSpec, token: str) -> dict[str, Any]:
+    """The Secret holding a model's generated bearer token (created once, never re-applied, so a
+    token the user rotated in place is kept)."""
+    key = spec.security.token.secret.key if spec.security.token is not None else TOKEN_KEY
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": token_secret_name(spec.name), "namespace": spec.namespace,
+                     "labels": common_labels(spec)},
+        "type": "Opaque",
+        "stringData": {key: token + "\n"},
+    }
+
+
+def network_policy(spec: ModelSpec, operator_peer: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """Ingress to the runtime pods only from the allowed clients and the operator (its status
+    probe), on the gRPC and HTTP ports; None when the model asks for no policy.
+
+    Kubelet probes are not subject to NetworkPolicy on the usual network plugins (they come from
+    the node), so they need no rule here.
+    """
+    policy = spec.security.network_policy
+    if policy is None:
+        return None
+    peers = [copy.deepcopy(dict(p)) for p in policy.allowed_clients]
+    if operator_peer:
+        peers.append(copy.deepcopy(dict(operator_peer)))
+    ingress: dict[str, Any] = {"ports": [{"port": GRPC_PORT, "protocol": "TCP"},
+                                         {"port": HTTP_PORT, "protocol": "TCP"}]}
+    if peers:
+        ingress["from"] = peers
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": common_labels(spec)},
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec.name)},
+            "policyTypes": ["Ingress"],
+            # No peer at all would be an empty `from`, which NetworkPolicy reads as "anyone":
+            # without allowed clients and an operator peer, nothing is admitted.
+            "ingress": [ingress] if peers else [],
+        },
+    }
+
+
+def operator_peer(namespace: str, pod_labels: Mapping[str, str]) -> dict[str, Any] | None:
+    """The operator's pods as a NetworkPolicyPeer, or None when the operator does not know where it
+    runs (outside a cluster)."""
+    if not namespace or not pod_labels:
+        return None
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "podSelector": {"matchLabels": dict(pod_labels)}}
+
+
+def children(spec: ModelSpec, operator: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every applied child in creation order: the ConfigMap before the pods that mount it, the
+    NetworkPolicy before the pods it protects. (The generated token Secret is created, not applied:
+    token_secret.)"""
+    policy = network_policy(spec, operator)
+    return [config_map(spec), *([policy] if policy else []), deployment(spec), service(spec)]
+
+
+def conflict_message(kind: str, name: str, existing: Mapping[str, Any]) -> str:
+    """Why a child was left alone, naming the object and who controls it."""
+    owner = next((ref for ref in (existing.get("metadata") or {}).get("ownerReferences") or []
+                  if ref.get("controller")), None)
+    held = (f"controlled by {owner.get('kind')} {owner.get('name')} (uid {owner.get('uid')})" if owner
+            else "not controlled by any owner")
+    return (f"{kind} {name} already exists and is {held}, not by this DeepRecModel; it was left "
+            f"untouched: delete or rename it, or give the model another name")
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The UID of the object's controlling owner (ownerReferences with controller: true)."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None

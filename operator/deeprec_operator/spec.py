@@ -2,9 +2,10 @@
 
 The API server already enforces types, enums and ranges (crds/). What is left here needs several
 fields at once: a `checkpoint_dir` whose scheme does not match `storeType`, OSS without credentials,
-Redis without a password Secret, a name too long for a Service. Such a spec raises SpecError with
-the field, a reason (CamelCase, it becomes a condition reason) and a message; handlers turn it into
-a Degraded condition instead of retrying.
+Redis without a password Secret, a name too long for a Service, a Service exposed outside the
+cluster without authentication. Such a spec raises SpecError with the field, a reason (CamelCase,
+it becomes a condition reason) and a message; handlers turn it into a Degraded condition instead
+of retrying. Messages name fields, never credential values.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from deeprec_operator.redact import redact, url_has_credentials
 
 LATEST = "latest"
 
@@ -25,6 +28,10 @@ _SCHEME_OF_STORE = {"oss": "oss://", "hdfs": "hdfs://"}
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 #: Children are named `<name>` and `<name>-config`; a Service name is a DNS-1035 label (<= 63).
 MAX_NAME_LENGTH = 63
+#: Service types that make the model reachable from outside the cluster.
+EXPOSED_SERVICE_TYPES = ("NodePort", "LoadBalancer")
+#: Key of the bearer token in a Secret the operator creates for a model.
+TOKEN_KEY = "token"  # nosec B105  # a Secret key name, not a token
 
 
 class SpecError(Exception):
@@ -86,6 +93,58 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class ClientAuthSpec:
+    """Mutual TLS: the runtime accepts only clients whose certificate `ca` signed; the operator's
+    status probe presents the certificate and key of `operator_certificate` (a kubernetes.io/tls
+    Secret in the model's namespace, issued by that CA)."""
+
+    ca: SecretKeyRef
+    operator_certificate: SecretKeyRef
+    operator_key: SecretKeyRef
+
+
+@dataclass(frozen=True)
+class TLSSpec:
+    """Server TLS from a Secret laid out as kubernetes.io/tls (cert-manager writes the same keys)."""
+
+    certificate: SecretKeyRef
+    private_key: SecretKeyRef
+    ca: SecretKeyRef
+    """The CA that signed the server certificate: the operator's probe trusts only it."""
+    server_name: str
+    """The name checked in the server certificate; pods are dialled by IP, so it is not the address."""
+    client_auth: ClientAuthSpec | None = None
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """Bearer tokens accepted by the runtime: the Secret key holds one token per line."""
+
+    secret: SecretKeyRef
+    generated: bool
+    """The operator creates this Secret (random token) and owns it."""
+
+
+@dataclass(frozen=True)
+class NetworkPolicySpec:
+    #: NetworkPolicyPeer objects (podSelector and/or namespaceSelector) allowed to connect.
+    allowed_clients: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class SecuritySpec:
+    tls: TLSSpec | None = None
+    token: TokenSpec | None = None
+    allow_unauthenticated_exposure: bool = False
+    network_policy: NetworkPolicySpec | None = None
+
+    @property
+    def authenticates_clients(self) -> bool:
+        """Callers must prove who they are: a bearer token, or a client certificate (mutual TLS)."""
+        return self.token is not None or (self.tls is not None and self.tls.client_auth is not None)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything the pure builders need, read once from the CR."""
 
@@ -104,11 +163,22 @@ class ModelSpec:
     pod_template: Mapping[str, Any] | None
     service: ServiceSpec
     labels: Mapping[str, str] = field(default_factory=dict)
+    security: SecuritySpec = field(default_factory=SecuritySpec)
 
     @property
     def secret_refs(self) -> list[SecretKeyRef]:
+        """Secrets (and keys) the user must provide; not the token Secret the operator creates."""
         refs = [self.storage.access_id, self.storage.access_key, self.storage.endpoint]
         refs.append(self.feature_store.password)
+        tls = self.security.tls
+        if tls is not None:
+            refs += [tls.certificate, tls.private_key, tls.ca]
+            if tls.client_auth is not None:
+                auth = tls.client_auth
+                refs += [auth.ca, auth.operator_certificate, auth.operator_key]
+        token = self.security.token
+        if token is not None and not token.generated:
+            refs.append(token.secret)
         return [r for r in refs if r is not None]
 
 
@@ -126,7 +196,8 @@ def _agree(field_path: str, structured: str, config_key: str, config: Mapping[st
         raise SpecError(
             field_path,
             "ConflictingFields",
-            f"{structured!r} disagrees with spec.modelConfig.{config_key} {raw!r}; set it in one place",
+            f"{redact(structured)!r} disagrees with spec.modelConfig.{config_key} {redact(str(raw))!r}; "
+            "set it in one place",
         )
     return structured or (str(raw) if raw not in (None, "") else "")
 
@@ -230,6 +301,8 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], *, default_image: 
                             "give one ';'-separated group per session")
 
     raw_fs = _get(spec, "featureStore", {})
+    _check_url_credentials("spec.featureStore.redisUrl", str(_get(raw_fs, "redisUrl", "")))
+    _check_url_credentials("spec.modelConfig.redis_url", str(config.get("redis_url") or ""))
     redis_url = _agree("spec.featureStore.redisUrl", str(_get(raw_fs, "redisUrl", "")), "redis_url", config)
     pw = _get(raw_fs, "passwordSecretRef")
     password = SecretKeyRef(str(pw["name"]), str(_get(pw, "key", "redis_password"))) if pw else None
@@ -264,6 +337,8 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], *, default_image: 
         raise SpecError("spec.service.grpcServer", "InvalidValue",
                         f"spec.service.grpcServer is {service.grpc_server!r}; allowed: auto, "
                         "python, native")
+    security = parse_security(name, namespace, _get(spec, "security", {}))
+    _check_exposure(service, security)
 
     return ModelSpec(
         name=name,
@@ -282,4 +357,101 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], *, default_image: 
         pod_template=_get(spec, "podTemplate"),
         service=service,
         labels=dict(labels or {}),
+        security=security,
     )
+
+
+def _check_url_credentials(field_path: str, url: str) -> None:
+    if url_has_credentials(url):
+        raise SpecError(
+            field_path,
+            "SecretInSpec",
+            "the URL carries credentials (a user or password before '@', or a password parameter); "
+            "give the Redis address only and put the password in a Secret referenced by "
+            "spec.featureStore.passwordSecretRef",
+        )
+
+
+def _check_exposure(service: ServiceSpec, security: SecuritySpec) -> None:
+    """A Service reachable from outside the cluster must authenticate callers, unless the user
+    says the open exposure is intended (e.g. an authenticating gateway in front of it)."""
+    if (service.type in EXPOSED_SERVICE_TYPES and not security.authenticates_clients
+            and not security.allow_unauthenticated_exposure):
+        raise SpecError(
+            "spec.service.type",
+            "InsecureExposure",
+            f"a {service.type} Service exposes the model outside the cluster without "
+            "authentication; set spec.security.authentication.bearerToken or "
+            "spec.security.tls.clientAuth, or set spec.security.allowUnauthenticatedExposure: true "
+            "if the exposure is intended",
+        )
+
+
+def _secret_ref(raw: Mapping[str, Any], name_field: str, key_field: str, default_key: str,
+                default_name: str = "") -> SecretKeyRef:
+    return SecretKeyRef(str(_get(raw, name_field, default_name)), str(_get(raw, key_field, default_key)))
+
+
+def _parse_tls(name: str, namespace: str, raw: Mapping[str, Any]) -> TLSSpec:
+    secret = str(_get(raw, "secretName", ""))
+    if not secret:
+        raise SpecError("spec.security.tls.secretName", "MissingField",
+                        "TLS needs the Secret holding the server certificate and key")
+    client_auth = None
+    raw_auth = _get(raw, "clientAuth")
+    if raw_auth:
+        operator_secret = str(_get(raw_auth, "operatorCertificateSecretName", ""))
+        if not _get(raw_auth, "caSecretName") or not operator_secret:
+            raise SpecError(
+                "spec.security.tls.clientAuth", "MissingField",
+                "mutual TLS needs caSecretName (the CA that signs client certificates) and "
+                "operatorCertificateSecretName (the certificate the operator's status probe presents)")
+        client_auth = ClientAuthSpec(
+            ca=_secret_ref(raw_auth, "caSecretName", "caKey", "ca.crt"),
+            operator_certificate=SecretKeyRef(operator_secret, "tls.crt"),
+            operator_key=SecretKeyRef(operator_secret, "tls.key"),
+        )
+    return TLSSpec(
+        certificate=SecretKeyRef(secret, str(_get(raw, "certificateKey", "tls.crt"))),
+        private_key=SecretKeyRef(secret, str(_get(raw, "privateKeyKey", "tls.key"))),
+        ca=_secret_ref(raw, "caSecretName", "caKey", "ca.crt", default_name=secret),
+        # Pods are dialled by IP and a pod's IP is in no certificate: the Service's DNS name is
+        # what a certificate for this model names (cert-manager: dnsNames).
+        server_name=str(_get(raw, "serverName", "")) or f"{name}.{namespace}.svc",
+        client_auth=client_auth,
+    )
+
+
+def token_secret_name(name: str) -> str:
+    """The Secret the operator creates for a model that asks for a bearer token without one."""
+    return f"{name}-auth-token"
+
+
+def parse_security(name: str, namespace: str, raw: Mapping[str, Any] | None) -> SecuritySpec:
+    """spec.security: server TLS (and mutual TLS), bearer tokens, exposure and NetworkPolicy."""
+    raw = raw or {}
+    tls = _parse_tls(name, namespace, raw["tls"]) if _get(raw, "tls") else None
+    token = None
+    raw_token = _get(_get(raw, "authentication", {}), "bearerToken")
+    if raw_token is not None:
+        given = str(_get(raw_token, "secretName", ""))
+        key = str(_get(raw_token, "key", TOKEN_KEY))
+        token = TokenSpec(SecretKeyRef(given or token_secret_name(name), key), generated=not given)
+    network_policy = None
+    raw_np = _get(raw, "networkPolicy")
+    if raw_np is not None and _get(raw_np, "enabled", True):
+        peers = tuple(dict(p) for p in _get(raw_np, "allowedClients", []))
+        for i, peer in enumerate(peers):
+            # `podSelector: {}` (every pod of the model's namespace) is a choice; a peer with
+            # neither selector is refused by the schema too, and would be by the API server when
+            # the policy is written: said here with the field's name, before anything is written.
+            if "podSelector" not in peer and "namespaceSelector" not in peer:
+                raise SpecError(f"spec.security.networkPolicy.allowedClients[{i}]", "InvalidValue",
+                                "give podSelector and/or namespaceSelector")
+        network_policy = NetworkPolicySpec(peers)
+    allow = _get(raw, "allowUnauthenticatedExposure", False)
+    if not isinstance(allow, bool):
+        raise SpecError("spec.security.allowUnauthenticatedExposure", "InvalidValue",
+                        f"expected true or false, got {allow!r}")
+    return SecuritySpec(tls=tls, token=token, allow_unauthenticated_exposure=allow,
+                        network_policy=network_policy)

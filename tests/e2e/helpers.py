@@ -13,6 +13,10 @@ re-exports the ones tests use most.
   format the kubelet writes for a Downward API volume, so a local process can stand in for the
   pod's container (kwok pods run nothing).
 - :func:`format_downward_api`: that format, as a pure function.
+- :func:`write_pod_volumes`: writes a pod's ConfigMap, Secret and projected volumes into local
+  folders as the kubelet would mount them, and :func:`standin_args` maps a container's arguments
+  onto those folders, so the stand-in runs the container's own command line (TLS files and token
+  files from the real Secrets included).
 - :func:`wait_until`: poll a condition with a deadline and a useful failure message.
 """
 
@@ -41,7 +45,9 @@ __all__ = [
     "kubeconfig_ca_file",
     "go_quote",
     "service_account_kubeconfig",
+    "standin_args",
     "wait_until",
+    "write_pod_volumes",
 ]
 
 
@@ -387,3 +393,76 @@ def kubeconfig_ca_file(plane: Plane, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.write_bytes(base64.b64decode(data))
     return path
+
+
+# --- Pod volumes for stand-ins -------------------------------------------------------------------
+
+def _volume_files(plane: Plane, namespace: str, volume: Mapping[str, Any]) -> dict[str, bytes] | None:
+    """The files a ConfigMap, Secret or projected volume holds (path -> bytes), read from the API
+    as the kubelet reads them; None for other volume types."""
+    def source_files(kind: str, name: str, items: list[dict[str, str]] | None) -> dict[str, bytes]:
+        obj = plane.kubectl_json("get", kind, name, "-n", namespace)
+        if kind == "secret":
+            data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+        else:
+            data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+        if items is None:
+            return data
+        return {item["path"]: data[item["key"]] for item in items}
+
+    if "configMap" in volume:
+        return source_files("configmap", volume["configMap"]["name"], volume["configMap"].get("items"))
+    if "secret" in volume:
+        return source_files("secret", volume["secret"]["secretName"], volume["secret"].get("items"))
+    if "projected" in volume:
+        files: dict[str, bytes] = {}
+        for source in volume["projected"]["sources"]:
+            for kind in ("secret", "configMap"):
+                if kind in source:
+                    files.update(source_files(kind.lower(), source[kind]["name"], source[kind].get("items")))
+        return files
+    return None
+
+
+def write_pod_volumes(plane: Plane, namespace: str, pod: Mapping[str, Any], container: str,
+                      root: str | os.PathLike) -> dict[str, Path]:
+    """Writes the ConfigMap, Secret and projected volumes ``container`` mounts under ``root`` (one
+    folder per volume, files mode 0600) and returns {mountPath: folder}. Other volumes (Downward
+    API: see :class:`DownwardAPIBridge`; emptyDir) are left to the caller."""
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    spec = next(c for c in pod["spec"]["containers"] if c["name"] == container)
+    mounts: dict[str, Path] = {}
+    for mount in spec.get("volumeMounts") or []:
+        files = _volume_files(plane, namespace, volumes[mount["name"]])
+        if files is None:
+            continue
+        folder = Path(root) / mount["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, data in files.items():
+            fd = os.open(folder / path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        mounts[mount["mountPath"]] = folder
+    return mounts
+
+
+def standin_args(args: Iterable[str], mounts: Mapping[str, str | os.PathLike],
+                 overrides: Mapping[str, str] | None = None) -> list[str]:
+    """A container's arguments with in-pod paths under a mount path replaced by local folders and
+    the values of flags in ``overrides`` replaced (e.g. ``{"--http-port": "0"}``); flags in
+    ``overrides`` the arguments lack are appended."""
+    out: list[str] = []
+    overrides = dict(overrides or {})
+    args = list(args)
+    for i, arg in enumerate(args):
+        if i and args[i - 1] in overrides:
+            out.append(overrides.pop(args[i - 1]))
+            continue
+        for mount_path, folder in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
+            if arg == mount_path or arg.startswith(mount_path.rstrip("/") + "/"):
+                arg = str(folder) + arg[len(mount_path.rstrip("/")):]
+                break
+        out.append(arg)
+    for flag, value in overrides.items():
+        out += [flag, value]
+    return out

@@ -41,10 +41,11 @@ class Operator:
         self.plane, self.namespace, self.kubeconfig, self.log_path = plane, namespace, kubeconfig, log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> Operator:
+    def start(self, env_extra: dict[str, str] | None = None) -> Operator:
         env = dict(self.plane.env)
         env["KUBECONFIG"] = str(self.kubeconfig)
         env["DEEPREC_OPERATOR_POLL_SECONDS"] = "1"
+        env.update(env_extra or {})
         exe = Path(sys.executable).parent / "deeprec-operator"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([str(exe), "--namespace", self.namespace, "--log-format", "plain"],

@@ -1,8 +1,12 @@
 """Security of the operator and the pods it makes, on a real control plane.
 
 - RBAC: `kubectl auth can-i --list` for the chart's ServiceAccount, printed and asserted: no
-  wildcard verbs or resources, Secrets readable (get only) in the watched namespace and nowhere
-  else, no pods/exec or attach or port-forward, no escalate/bind/impersonate, no token minting.
+  wildcard verbs or resources, Secrets readable by name (get) and creatable (for generated model
+  tokens) in the watched namespace and nowhere else, never listed, watched, updated or deleted;
+  no pods/exec or attach or port-forward, no escalate/bind/impersonate, no token minting; the only
+  delete is of NetworkPolicies.
+- The chart's ValidatingAdmissionPolicy: the operator's ServiceAccount cannot use its Secret
+  create to mint a ServiceAccount token, nor create a Secret no DeepRecModel controls.
 - Secrets: distinctive credential values never reach an operator log (verbose), a ConfigMap, a
   status, an Event, an error message or the Deployment (which refers to the Secret by name).
 - Pods: the operator and the runtime run as non-root with a read-only root file system, all
@@ -57,11 +61,17 @@ def test_operator_service_account_is_least_privilege(k8s_plane, namespace, insta
     for row in rows:
         assert "*" not in row["verbs"], f"wildcard verb: {row}"
         assert "*" not in row["resources"].split("."), f"wildcard resource: {row}"
-    assert resources["secrets"] == {"get"}, "Secrets: get only, to report a missing one"
+    # get: existence checks and the probe's CA, client certificate and token; create: a model's
+    # generated token Secret (narrowed by the chart's admission policy, see below).
+    assert resources["secrets"] == {"get", "create"}
     assert not any(name.startswith(("pods/exec", "pods/attach", "pods/portforward", "pods/proxy",
                                     "serviceaccounts/token", "nodes/proxy")) for name in resources)
-    assert not any(verbs & {"escalate", "bind", "impersonate", "delete", "deletecollection"}
+    assert not any(verbs & {"escalate", "bind", "impersonate", "deletecollection"}
                    for verbs in resources.values()), resources
+    # The one delete: a NetworkPolicy the operator made and its model no longer asks for.
+    assert {name for name, verbs in resources.items() if "delete" in verbs} == {
+        "networkpolicies.networking.k8s.io"}, resources
+    assert resources["networkpolicies.networking.k8s.io"] == {"get", "create", "patch", "delete"}
     # The rest of the table is exactly what the operator uses (plus Kubernetes' self-review rows).
     assert resources["deeprecmodels.serving.deeprec.io"] == {"get", "list", "watch", "patch"}
     assert resources["pods"] == {"get", "list", "watch", "patch"}
@@ -75,8 +85,9 @@ def test_operator_service_account_is_least_privilege(k8s_plane, namespace, insta
         return k8s_plane.kubectl("auth", "can-i", *args, "--as", sa, check=False).stdout.strip() == "yes"
 
     assert not can("get", "secrets", "--all-namespaces")
-    assert not can("list", "secrets", "-n", namespace)
-    assert not can("watch", "secrets", "-n", namespace)
+    assert not can("create", "secrets", "-n", "default")
+    for verb in ("list", "watch", "update", "patch", "delete"):
+        assert not can(verb, "secrets", "-n", namespace), f"{verb} secrets"
     assert not can("create", "pods/exec", "-n", namespace)
     assert not can("create", "serviceaccounts/token", "-n", namespace)
     assert not can("escalate", "roles.rbac.authorization.k8s.io", "-n", namespace)
@@ -208,3 +219,35 @@ def test_secret_values_never_leave_the_secret(k8s_plane, namespace, installed, t
     for where, text in places.items():
         for key, value in values.items():
             assert value not in text, f"the value of {key} leaked into the {where}"
+
+
+def test_secret_create_cannot_mint_service_account_tokens(k8s_plane, namespace, installed):  # noqa: F811
+    """RBAC cannot limit create by type; the chart's ValidatingAdmissionPolicy does: acting as the
+    operator's ServiceAccount, a ServiceAccount token Secret and an unowned Secret are refused,
+    while a Secret controlled by a DeepRecModel (what the operator makes) is admitted."""
+    release, _ = installed
+    sa = f"system:serviceaccount:{namespace}:{release}-deeprec-serving"
+    k8s_plane.apply(_model("owner"), namespace=namespace)
+    owner = _get(k8s_plane, "drm", "owner", namespace)
+    owned = {"apiVersion": "serving.deeprec.io/v1alpha1", "kind": "DeepRecModel", "name": "owner",
+             "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+    def create_as_operator(secret: dict[str, Any]):
+        return k8s_plane.kubectl("create", "-n", namespace, "--as", sa, "-f", "-",
+                                 input=json.dumps(secret), check=False)
+
+    mint = create_as_operator({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "minted", "ownerReferences": [owned],
+                     "annotations": {"kubernetes.io/service-account.name": "default"}}})
+    assert mint.returncode != 0 and "may only create Opaque Secrets" in mint.stderr, mint.stderr
+    unowned = create_as_operator({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stray"},
+                                  "stringData": {"k": "v"}})
+    assert unowned.returncode != 0 and "controlled by a DeepRecModel" in unowned.stderr, unowned.stderr
+    ok = create_as_operator({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                             "metadata": {"name": "owner-auth-token", "ownerReferences": [owned]},
+                             "stringData": {"token": "t"}})
+    assert ok.returncode == 0, ok.stderr
+    # Users (here: the admin) are not affected by the policy.
+    k8s_plane.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "users-own"},
+                     "stringData": {"k": "v"}}, namespace=namespace)

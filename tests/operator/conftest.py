@@ -40,3 +40,11 @@ def load_crd() -> dict[str, Any]:
 def example_model() -> dict[str, Any]:
     docs = [d for d in yaml.safe_load_all(EXAMPLE_PATH.read_text()) if d]
     return next(d for d in docs if d["kind"] == "DeepRecModel")
+
+
+SECURED_EXAMPLE_PATH = REPO / "examples" / "deeprecmodel-secured.yaml"
+
+
+def secured_example_model() -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all(SECURED_EXAMPLE_PATH.read_text()) if d]
+    return next(d for d in docs if d["kind"] == "DeepRecModel")

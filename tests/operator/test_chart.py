@@ -69,8 +69,12 @@ def test_watched_namespaces_get_namespaced_roles_only(helm):
     assert all(set(rule["verbs"]) <= READ_ONLY for rule in cluster_rules)
     rules = roles[0]["rules"]
     secrets = [r for r in rules if "secrets" in r["resources"]]
-    assert [r["verbs"] for r in secrets] == [["get"]], "the operator only checks Secrets exist"
-    assert not any("delete" in r["verbs"] or "*" in r["verbs"] for r in rules)
+    # get: existence checks and the probe's TLS material and token; create: generated tokens.
+    # Never list, watch, update or delete.
+    assert [r["verbs"] for r in secrets] == [["get", "create"]]
+    assert not any("*" in r["verbs"] for r in rules)
+    # The one delete: a NetworkPolicy the operator made and the model no longer asks for.
+    assert [r["resources"] for r in rules if "delete" in r["verbs"]] == [["networkpolicies"]]
     args = _by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=models-a" in args and "--namespace=models-b" in args
 
@@ -100,7 +104,11 @@ def test_operator_pod_is_hardened(helm):
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["securityContext"]["runAsUser"] != 0
     assert container["image"] == "ghcr.io/deeprec-serving/deeprec-operator:0.1.0"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["DEEPREC_RUNTIME_IMAGE"] == "ghcr.io/deeprec-serving/deeprec-runtime:0.1.0"
+    # Where the operator runs: the NetworkPolicies it writes admit exactly its own pods.
+    assert env["DEEPREC_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    labels = dict(kv.split("=") for kv in env["DEEPREC_OPERATOR_POD_LABELS"].split(","))
+    assert labels == deployment["spec"]["selector"]["matchLabels"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}

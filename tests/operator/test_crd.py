@@ -190,3 +190,56 @@ def test_example_parses_into_a_model():
     model = example_model()
     kinds = [c["kind"] for c in children(parse(model["metadata"]["name"], "default", model["spec"]))]
     assert kinds == ["ConfigMap", "Deployment", "Service"]
+
+
+def _spec_props() -> dict[str, Any]:
+    return _schema()["properties"]["spec"]["properties"]
+
+
+def test_security_schema():
+    security = _spec_props()["security"]["properties"]
+    tls = security["tls"]
+    assert tls["required"] == ["secretName"]
+    defaults = {k: tls["properties"][k]["default"] for k in ("certificateKey", "privateKeyKey", "caKey")}
+    assert defaults == {"certificateKey": "tls.crt", "privateKeyKey": "tls.key", "caKey": "ca.crt"}
+    assert tls["properties"]["clientAuth"]["required"] == ["caSecretName", "operatorCertificateSecretName"]
+    assert security["authentication"]["properties"]["bearerToken"]["properties"]["key"]["default"] == "token"
+    assert security["allowUnauthenticatedExposure"]["default"] is False
+    peer = security["networkPolicy"]["properties"]["allowedClients"]["items"]
+    assert set(peer["properties"]) == {"podSelector", "namespaceSelector"}
+    (rule,) = peer["x-kubernetes-validations"]
+    assert rule["rule"] == "has(self.podSelector) || has(self.namespaceSelector)"
+    for path, node in _walk(_spec_props()["security"]):
+        if path and "[]" not in path and node.get("type") == "object":
+            assert node.get("description"), f"spec.security{path} has no description for kubectl explain"
+
+
+def test_redis_urls_with_credentials_are_refused_by_rules():
+    from deeprec_operator.redact import url_has_credentials
+
+    for node in (_spec_props()["featureStore"]["properties"]["redisUrl"],
+                 _spec_props()["modelConfig"]["properties"]["redis_url"]):
+        (rule,) = node["x-kubernetes-validations"]
+        assert "spec.featureStore.passwordSecretRef" in rule["message"]
+        # The rule's two RE2 patterns, run here with Python's re, agree with the operator's check.
+        patterns = re.findall(r"matches\('([^']*)'\)", rule["rule"])
+        assert len(patterns) == 2
+        for url in ("redis://:pw@h:6379", "u:p@h:6379", "redis://h:6379?password=x", "redis://h:6379",
+                    "h:6379", "redis://h:6379/0?db=1", "unix:///run/redis@1.sock", "rediss://u@h:6380"):
+            refused = any(re.search(p.replace("(?i)", ""), url, re.I if "(?i)" in p else 0) for p in patterns)
+            assert refused == url_has_credentials(url), url
+
+
+def test_secured_example_matches_schema_and_parses():
+    from conftest import secured_example_model
+
+    from deeprec_operator.resources import children
+    from deeprec_operator.spec import parse
+
+    model = secured_example_model()
+    assert validate(model["spec"], _schema()["properties"]["spec"], "spec") == []
+    parsed = parse(model["metadata"]["name"], "models", model["spec"])
+    assert parsed.security.tls.server_name == "wide-and-deep.models.svc"
+    assert parsed.security.token.generated
+    kinds = [c["kind"] for c in children(parsed)]
+    assert kinds == ["ConfigMap", "NetworkPolicy", "Deployment", "Service"]

@@ -45,12 +45,23 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the operator may create Secrets (rbac.tokenSecrets, default on), which it
+     does only for a model asking for a generated bearer token. It rides on Secret get (the
+     operator reads a Secret before creating it), so it follows rbac.secretCheck. */}}
+{{- define "deeprec-serving.tokenSecrets" -}}
+{{- if and (include "deeprec-serving.secretCheck" .) (ne (toString .Values.rbac.tokenSecrets) "false") -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* The rules the operator needs where DeepRecModels live (namespaced Role, or ClusterRole
-     when watching every namespace). Secrets: get only, and only with rbac.secretCheck, to report
-     a missing Secret or key as a Degraded condition instead of creating pods that cannot start;
-     without it the operator logs once that it cannot verify Secrets and goes on. Children are
-     written with server-side apply (create + patch) and removed by the garbage collector (no
-     delete). */}}
+     when watching every namespace). Secrets, only with rbac.secretCheck: get, to report a
+     missing Secret or key as a Degraded condition instead of creating pods that cannot start and
+     to read the CA, client certificate and token its status probe uses for secured models; and
+     create (rbac.tokenSecrets) for the per-model token Secret it generates. No list or watch:
+     it reads Secrets by name only. Children are written with server-side apply (create + patch)
+     and removed by the garbage collector; the one delete is of a NetworkPolicy the operator made
+     and the model no longer asks for. */}}
 {{- define "deeprec-serving.namespacedRules" -}}
 - apiGroups: [serving.deeprec.io]
   resources: [deeprecmodels]
@@ -68,13 +79,16 @@ true
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch]
 {{- if include "deeprec-serving.secretCheck" . }}
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [get{{ if include "deeprec-serving.tokenSecrets" . }}, create{{ end }}]
 {{- end }}
 - apiGroups: [""]
   resources: [events]
