@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from deeprec_operator import redact
+    from deeprec_runtime import redact
 
     # Before anything logs: a URL with a password in it is masked in every line, kopf's included.
     redact.install()

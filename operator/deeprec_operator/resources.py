@@ -23,6 +23,8 @@ from deeprec_operator.spec import TOKEN_KEY, ModelSpec, SecretKeyRef, token_secr
 RUNTIME_CONTAINER = "deeprec-runtime"
 GRPC_PORT = 8500
 HTTP_PORT = 8501
+#: Plaintext grpc.health.v1.Health only, for kubelet probes of TLS models (runtime --health-port).
+HEALTH_PORT = 8502
 CONFIG_FILE = "model_config.json"
 CONFIG_DIR = "/etc/deeprec"
 PODINFO_DIR = "/etc/podinfo"
@@ -244,48 +246,21 @@ def runtime_env(spec: ModelSpec) -> list[dict[str, Any]]:
     ]
 
 
-#: gRPC health Check over TLS from inside the pod, for exec probes: the kubelet's own gRPC probe
-#: speaks plaintext only (KEP-4939 proposes TLS), which a TLS port refuses. Stdlib and grpcio
-#: only (both in every runtime image); the request is an empty HealthCheckRequest and
-#: b"\x08\x01" is HealthCheckResponse{status: SERVING}. Arguments: address, CA file, server name.
-TLS_HEALTH_CHECK = (
-    "import sys, grpc\n"
-    "address, ca, name = sys.argv[1:4]\n"
-    "creds = grpc.ssl_channel_credentials(open(ca, 'rb').read())\n"
-    "options = [('grpc.ssl_target_name_override', name), ('grpc.enable_http_proxy', 0)]\n"
-    "try:\n"
-    "    with grpc.secure_channel(address, creds, options=options) as channel:\n"
-    "        reply = channel.unary_unary('/grpc.health.v1.Health/Check')(b'', timeout=3)\n"
-    "except grpc.RpcError as e:\n"
-    "    sys.exit(f'health check failed: {e.code()}: {e.details()}')\n"
-    "sys.exit(0 if reply == b'\\x08\\x01' else 'not serving')\n"
-)
+def probe_port(spec: ModelSpec) -> int:
+    """Where the kubelet's gRPC probes ask the runtime whether it serves.
 
-
-def health_check_action(spec: ModelSpec) -> dict[str, Any]:
-    """How the kubelet asks the runtime whether it serves.
-
-    Plaintext: the kubelet's gRPC probe (grpc.health.v1.Health, open without credentials).
-    TLS: an exec probe doing the same Check over TLS on loopback, trusting the model's CA.
-    Mutual TLS: the runtime refuses any connection without a client certificate, and the pod
-    holds none (the operator's stays with the operator), so only the port is checked (tcpSocket):
-    readiness then means "listening", before the first version is loaded.
+    Plaintext: the gRPC port itself (grpc.health.v1.Health stays open without credentials).
+    TLS or mutual TLS: the kubelet's gRPC probe speaks plaintext only (KEP-4939 proposes TLS) and
+    under mutual TLS the pod holds no client certificate, so the runtime answers health, and
+    nothing else, in plaintext on HEALTH_PORT (`--health-port`): same meaning (SERVING once a
+    version is loaded and warmed up, NOT_SERVING from SIGTERM), no model data.
     """
-    tls = spec.security.tls
-    if tls is None:
-        return {"grpc": {"port": GRPC_PORT}}
-    if tls.client_auth is not None:
-        return {"tcpSocket": {"port": GRPC_PORT}}
-    return {"exec": {"command": ["python", "-c", TLS_HEALTH_CHECK, f"127.0.0.1:{GRPC_PORT}",
-                                 f"{TLS_DIR}/{TLS_CA_FILE}", tls.server_name]}}
+    return HEALTH_PORT if spec.security.tls is not None else GRPC_PORT
 
 
 def _probe(spec: ModelSpec, period: int, failures: int) -> dict[str, Any]:
-    # An exec probe starts a Python interpreter (about 0.1 s of CPU): probed less often, with time
-    # to start on a busy node.
-    exec_probe = spec.security.tls is not None and spec.security.tls.client_auth is None
-    return {**health_check_action(spec), "periodSeconds": max(period, 5) if exec_probe else period,
-            "failureThreshold": failures, "timeoutSeconds": 5 if exec_probe else 2}
+    return {"grpc": {"port": probe_port(spec)}, "periodSeconds": period,
+            "failureThreshold": failures, "timeoutSeconds": 2}
 
 
 def security_args(spec: ModelSpec) -> list[str]:
@@ -294,7 +269,8 @@ def security_args(spec: ModelSpec) -> list[str]:
     args: list[str] = []
     tls = spec.security.tls
     if tls is not None:
-        args += ["--tls-cert", f"{TLS_DIR}/{TLS_CERT_FILE}", "--tls-key", f"{TLS_DIR}/{TLS_KEY_FILE}"]
+        args += ["--tls-cert", f"{TLS_DIR}/{TLS_CERT_FILE}", "--tls-key", f"{TLS_DIR}/{TLS_KEY_FILE}",
+                 "--health-port", str(HEALTH_PORT)]
         if tls.client_auth is not None:
             args += ["--tls-client-ca", f"{TLS_DIR}/{CLIENT_CA_FILE}"]
     if spec.security.token is not None:
@@ -367,6 +343,9 @@ def runtime_container(spec: ModelSpec) -> dict[str, Any]:
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            # Not in the Service: only the kubelet's probes use it.
+            *([{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}]
+              if spec.security.tls is not None else []),
         ],
         "env": runtime_env(spec),
         "resources": container_resources(spec.resources),

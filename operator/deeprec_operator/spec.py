@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deeprec_operator.redact import redact, url_has_credentials
+from deeprec_runtime.redact import redact, url_has_credentials
 
 LATEST = "latest"
 

@@ -16,6 +16,7 @@ from deeprec_runtime.server.grpc_server import (
     GrpcServer,
     deeprec_service,
 )
+from deeprec_runtime.server.health_port import HealthPort
 from deeprec_runtime.server.rest import RestServer
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ class Runtime:
                  models: list[ModelEntry] | None = None, security: Security | None = None,
                  max_concurrent_requests: int | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, grpc_server: str = "auto",
-                 fast_predict: bool = True):
+                 fast_predict: bool = True, health_port: int | None = None):
         self.config = config
         #: TLS + authentication for both ports (deeprec_runtime.security); default: plaintext, open.
         self.security = security or Security()
@@ -154,6 +155,8 @@ class Runtime:
                                 max_concurrent=max_concurrent_requests)
                      if http_port is not None else None)
         self.http_port = self.http.port if self.http else 0
+        #: Plaintext health for kubelet probes when the serving port needs TLS (None: not asked).
+        self.health = HealthPort(health_port, host) if health_port is not None else None
         self._health_thread: threading.Thread | None = None
 
     def _start_fast_predict(self) -> FastPredict | None:
@@ -186,6 +189,8 @@ class Runtime:
     def start(self) -> None:
         log.info("starting with config %s", self.config.redacted())
         self.grpc.start()
+        if self.health:
+            self.health.start()
         if self.http:
             self.http.start()
         self.models.start()
@@ -198,13 +203,19 @@ class Runtime:
         self.models.wait_ready()
         if not self._stopping:
             self.grpc.set_serving(True)
+            if self.health:
+                self.health.set_serving(True)
 
     _stopping = False
 
     def stop(self, grace: float = 10.0, quiet: float = 0.0) -> None:
         self._stopping = True
         self.models.stop_updates()  # no delta or new version starts while draining
+        if self.health:
+            self.health.set_serving(False)
         self.grpc.drain(grace, quiet)
+        if self.health:
+            self.health.stop()
         if self.http:
             self.http.stop()
         self.models.stop()

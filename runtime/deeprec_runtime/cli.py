@@ -25,6 +25,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--http-port", type=int, default=0,
                    help="REST (TF Serving and Simple TensorFlow Serving) and /metrics port; "
                         "0 disables HTTP")
+    p.add_argument("--health-port", type=int, default=None,
+                   help="also answer grpc.health.v1.Health, and nothing else, in plaintext on "
+                        "this port: for kubelet gRPC probes when the gRPC port needs TLS")
     p.add_argument("--host", default="[::]", help="address to bind (default: all)")
     p.add_argument("--annotations-file", default=DEFAULT_ANNOTATIONS_FILE,
                    help="Downward API annotations file carrying serving.deeprec.io/target-version")
@@ -101,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         return capi(args.command)
     if args.command == "native-path":
         return native_path()
+    from deeprec_runtime import redact  # noqa: PLC0415
+
+    redact.install()  # a password inside a URL (redis_url, an exception quoting one) never logged
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
@@ -172,7 +178,7 @@ def serve(args) -> int:
                           model_name=args.model_name, workers=args.workers, security=security,
                           models=models, max_concurrent_requests=args.max_concurrent_requests,
                           max_message_bytes=args.max_message_bytes, grpc_server=args.grpc_server,
-                          fast_predict=args.fast_predict == "on")
+                          fast_predict=args.fast_predict == "on", health_port=args.health_port)
     except (ConfigError, SecurityConfigError) as exc:  # e.g. custom_op_paths, --tls-key
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -189,6 +195,8 @@ def serve(args) -> int:
     runtime.start()
     print(f"deeprec-runtime: gRPC on port {runtime.grpc_port}"
           + (f", HTTP on port {runtime.http_port}" if runtime.http else ""), flush=True)
+    if runtime.health:
+        print(f"deeprec-runtime: plaintext health on port {runtime.health.port}", flush=True)
     # A timed wait: the kernel may deliver SIGTERM to any of TensorFlow's or gRPC's threads, and
     # Python runs its handler only when the main thread wakes up to look.
     while not stop.wait(0.2):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deeprec_runtime.errors import ConfigError
+from deeprec_runtime.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ CREDENTIAL_ENV = {
     "webhdfs_address": "WEBHDFS_ADDRESS",
     "hdfs_user": "HADOOP_USER_NAME",
 }
-SECRET_FIELDS = frozenset({"oss_access_key", "redis_password"})
+SECRET_FIELDS = frozenset({"oss_access_id", "oss_access_key", "redis_password"})
 
 
 @dataclass(frozen=True)
@@ -143,12 +144,19 @@ class ModelConfig:
     def timeline_enabled(self) -> bool:
         return self.timeline_trace_count > 0
 
+    def __repr__(self) -> str:  # repr() reaches logs and tracebacks: the redacted form only
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"ModelConfig({fields})"
+
     def redacted(self) -> dict[str, Any]:
         """The config as a dict with secrets masked: the only form that may reach logs."""
         out = dataclasses.asdict(self)
         for name in SECRET_FIELDS:
             if out.get(name):
                 out[name] = "***"
+        for name, value in out.items():  # a password written into a URL (redis_url, ...)
+            if isinstance(value, str):
+                out[name] = redact(value)
         return out
 
 

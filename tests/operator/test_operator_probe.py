@@ -3,8 +3,6 @@ TLS checked against the model's CA and server name, mutual TLS and bearer tokens
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from concurrent import futures
 from types import SimpleNamespace
 
@@ -181,28 +179,3 @@ def test_channels_are_kept_per_credentials_and_idle_ones_closed(pki, tls_runtime
     finally:
         prober.close()
     assert "first-token" not in repr(first) and "BEGIN CERTIFICATE" not in repr(first)
-
-
-def test_exec_health_check_of_tls_pods(pki):
-    """The command the Deployment's exec probes run, against a TLS server: SERVING exits 0,
-    NOT_SERVING and an untrusted server exit non-zero."""
-    from grpc_health.v1 import health_pb2
-
-    from deeprec_operator.resources import TLS_HEALTH_CHECK
-
-    (pki.dir / "ca.crt").write_bytes(pki.server_ca.pem)
-    (pki.dir / "other-ca.crt").write_bytes(pki.other_ca.pem)
-    server, port, servicer = _secured_server(pki, mutual=False, tokens=True)  # health stays open
-
-    def check(ca: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", TLS_HEALTH_CHECK, f"127.0.0.1:{port}",
-                               str(pki.dir / ca), SERVER_NAME], capture_output=True, text=True, timeout=30)
-    try:
-        assert check("ca.crt").returncode == 0, check("ca.crt").stderr
-        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-        failed = check("ca.crt")
-        assert failed.returncode == 1 and "not serving" in failed.stderr
-        untrusted = check("other-ca.crt")
-        assert untrusted.returncode == 1 and "UNAVAILABLE" in untrusted.stderr
-    finally:
-        server.stop(None)

@@ -203,23 +203,20 @@ def test_token_file_is_mounted_and_passed(spec):
     assert container["readinessProbe"]["grpc"] == {"port": 8500}
 
 
-def test_tls_probes_check_health_over_tls_from_inside_the_pod(spec):
-    spec["security"] = {"tls": TLS}
-    container, _ = _runtime(_model(spec))
+@pytest.mark.parametrize("tls", [TLS, MTLS], ids=["tls", "mutual-tls"])
+def test_tls_models_are_probed_on_the_plaintext_health_port(spec, tls):
+    """The kubelet's gRPC probe speaks plaintext only: TLS runtimes answer it on --health-port,
+    which the container declares and the Service does not expose."""
+    spec["security"] = {"tls": tls}
+    model = _model(spec)
+    container, _ = _runtime(model)
     for name in ("startupProbe", "readinessProbe", "livenessProbe"):
-        probe = container[name]
-        assert "grpc" not in probe, "the kubelet's gRPC probe cannot speak TLS"
-        command = probe["exec"]["command"]
-        assert command[:2] == ["python", "-c"] and command[2] == r.TLS_HEALTH_CHECK
-        assert command[3:] == ["127.0.0.1:8500", "/etc/deeprec-tls/ca.crt", "wd.ns.svc"]
-        assert probe["periodSeconds"] >= 5 and probe["timeoutSeconds"] == 5
-
-
-def test_mutual_tls_probes_check_the_port_only(spec):
-    spec["security"] = {"tls": MTLS}
-    container, _ = _runtime(_model(spec))
-    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[name]["tcpSocket"] == {"port": 8500}
+        assert container[name]["grpc"] == {"port": r.HEALTH_PORT}, name
+    args = container["args"]
+    assert args[args.index("--health-port") + 1] == str(r.HEALTH_PORT)
+    assert {"name": "health", "containerPort": r.HEALTH_PORT, "protocol": "TCP"} in container["ports"]
+    service_ports = {p["targetPort"] for p in r.service(model)["spec"]["ports"]}
+    assert r.HEALTH_PORT not in service_ports
 
 
 def test_user_pod_template_keeps_its_volumes_beside_the_secret_volumes(spec):

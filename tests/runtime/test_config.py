@@ -130,3 +130,18 @@ def test_cli_exits_with_the_field_named(tmp_path, capsys):
     path.write_text(json.dumps({"savedmodel_dir": "/m", "select_session_policy": "X"}))
     assert main(["serve", "--config", str(path), "--grpc-port", "0"]) == 2
     assert "select_session_policy" in capsys.readouterr().err
+
+
+def test_a_password_inside_redis_url_never_reaches_the_logs(caplog):
+    """DeepRec users write `redis_url` by hand; one with a password in it must be masked in the
+    redacted config (what start-up logs) and in any log line, whoever writes it."""
+    from deeprec_runtime import redact
+
+    for url in ("redis://:pw-SECRET-3@r:6379", "redis://user:pw-SECRET-3@r:6379/0",
+                "r:6379?password=pw-SECRET-3"):
+        cfg = parse_model_config({"savedmodel_dir": "/m", "feature_store_type": "redis",
+                                  "redis_url": url}, env={"REDIS_PASSWORD": "x"})
+        assert "SECRET" not in json.dumps(cfg.redacted()) + repr(cfg), url
+    redact.install()
+    logging.getLogger("redis.connection").error("cannot connect to %s", "redis://:pw-SECRET-4@r:6379")
+    assert "SECRET" not in caplog.text and "redis://***@r:6379" in caplog.text

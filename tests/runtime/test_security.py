@@ -90,12 +90,12 @@ def secure_serve(seed_model, tmp_path):
     _, _, base = seed_model
     started = []
 
-    def start(config: SecurityConfig, grpc_server: str = "python") -> Runtime:
+    def start(config: SecurityConfig, grpc_server: str = "python", **kwargs) -> Runtime:
         raw = {"savedmodel_dir": str(base / "saved_model"), "checkpoint_dir": str(base / "checkpoints"),
                "warmup_iterations": 1, "update_poll_seconds": 0.2}
         runtime = Runtime(parse_model_config(raw), grpc_port=0, host="127.0.0.1",
                           annotations_file=str(tmp_path / "none"), security=Security(config),
-                          grpc_server=grpc_server)
+                          grpc_server=grpc_server, **kwargs)
         runtime.start()
         started.append(runtime)
         assert runtime.manager.wait_ready(60), runtime.manager.last_error
@@ -132,6 +132,26 @@ def test_tls_serves_verified_clients_and_refuses_plaintext(pki, secure_serve, gr
         assert output(response, "probabilities").shape == (2,)
     with grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as plain:
         assert _code(lambda: Client(plain).predict(FEED, timeout=3)) == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("grpc_server", ["python", "native"])
+def test_plaintext_health_port_answers_probes_of_a_mutual_tls_server(pki, secure_serve, grpc_server):
+    """The kubelet's gRPC probe speaks plaintext only: the health port answers it for a server
+    that requires mutual TLS, with the serving port's status, and carries nothing else."""
+    runtime = secure_serve(SecurityConfig(tls_cert=pki.server[0], tls_key=pki.server[1],
+                                          tls_client_ca=pki.ca), grpc_server, health_port=0)
+    assert runtime.health is not None and runtime.health.port not in (0, runtime.grpc_port)
+    with grpc.insecure_channel(f"127.0.0.1:{runtime.health.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status ==
+                 health_pb2.HealthCheckResponse.SERVING, message="SERVING on the health port")
+        service = health.Check(health_pb2.HealthCheckRequest(
+            service="deeprec.serving.PredictionService"), timeout=5)
+        assert service.status == health_pb2.HealthCheckResponse.SERVING
+        assert _code(lambda: Client(channel).predict(FEED, timeout=3)) == grpc.StatusCode.UNIMPLEMENTED
+        runtime.health.set_serving(False)  # what stop() does first, before draining
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.mark.parametrize("grpc_server", ["python", "native"])

@@ -1,9 +1,10 @@
 """Credentials inside URLs: found (to refuse them in a spec) and masked (in every log line).
 
 `redis://:s3cret@redis:6379` and `redis://redis:6379?password=s3cret` both carry a password. The
-spec refuses them (the CRD has the same rule), but a model stored before that rule existed, or an
-exception that quotes a URL, must still never put one in the operator's log: `install()` masks
-every log record, whatever logger (kopf's included) wrote it.
+operator's spec check refuses them (the CRD has the same rule), but a model stored before that
+rule existed, a model_config.json written by hand, or an exception that quotes a URL must still
+never put one in a log: `install()` masks every log record, whatever logger (kopf's, redis-py's)
+wrote it. Used by both the runtime and the operator.
 """
 
 from __future__ import annotations
