@@ -7,6 +7,8 @@ extension is read with np.frombuffer, without a copy.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -173,7 +175,10 @@ def decode_array(proto: pb.ArrayProto, name: str, budget: DecodeBudget | None = 
             f"input '{name}': shape {shape_text(dims)} needs {expected} elements but "
             f"{sent} were sent")
     if budget is not None:
-        budget.charge(name, _decoded_bytes(proto, code, dtype, sent))
+        if expected == 0 and dims:
+            _charge_empty(budget, name, dims, dtype)
+        else:
+            budget.charge(name, _decoded_bytes(proto, code, dtype, sent))
     flat = _flat_values(proto, name, code, dtype, field, layout, content)
     return flat.reshape(dims) if has_shape else flat
 
@@ -204,6 +209,16 @@ def _decoded_bytes(proto: pb.ArrayProto, code: int, dtype: np.dtype, elements: i
         # The message's own size bounds its strings' bytes (computed in C, no loop here).
         return proto.ByteSize() + elements * STRING_OVERHEAD_BYTES
     return elements * dtype.itemsize
+
+
+def _charge_empty(budget: DecodeBudget, name: str, dims, dtype: np.dtype) -> None:
+    """An empty tensor holds no bytes, but its other dimensions still size what the model makes
+    of it: the row sums of a [2^30, 0] input are 2^30 numbers (8 GiB) from a 30-byte request. It
+    is charged as if its zero dimensions were 1."""
+    rows = math.prod(d for d in dims if d)
+    itemsize = STRING_OVERHEAD_BYTES if dtype == object else dtype.itemsize
+    budget.charge(name, rows * itemsize,
+                  f"as shape {shape_text(dims)} with its zero dimensions counted as 1")
 
 
 def _flat_values(proto: pb.ArrayProto, name: str, code: int, dtype: np.dtype, field: str,

@@ -184,3 +184,15 @@ def test_element_count_is_exact_past_int64():
     assert element_count([2**31, 2**31], "x") == 2**62
     assert element_count([], "x") == 1
     assert element_count([3, 0, 2**61], "x") == 0
+
+
+def test_an_empty_tensor_is_charged_as_if_its_zero_dimensions_were_one():
+    """Its other dimensions still size what the model makes of it (row sums of [2^30, 0]: 8 GiB
+    of output from a 30-byte request; found by tests/fuzz)."""
+    with pytest.raises(InvalidArgument) as err:
+        decode_array(_shaped([2**30, 0]), "history", DecodeBudget(1 << 20))
+    assert "input 'history' takes 8589934592 bytes as shape [1073741824, 0] with its zero " \
+           "dimensions counted as 1" in str(err.value)
+    budget = DecodeBudget(100)
+    assert decode_array(_shaped([0, 13], pb.DT_FLOAT), "x", budget).shape == (0, 13)
+    assert budget.used == 52

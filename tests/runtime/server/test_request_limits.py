@@ -92,6 +92,7 @@ BAD_SHAPES = [
     ([1] * 255, [1], "254"),
     ([1] * 200, [1], "64"),
     ([1000, 100000], [7], "needs 100000000 elements but 1 were sent"),
+    ([2**30, 0], [], "with its zero dimensions counted as 1"),  # 8 GiB of row sums, else
 ]
 
 
@@ -156,7 +157,8 @@ def _tfs_predict(stub, tensor, key="history", signature=""):
     return stub.Predict(request, timeout=10)
 
 
-@pytest.mark.parametrize("dims, values, words", BAD_SHAPES[:-1])
+# (TF Serving repeats a short field's last value to fill the shape: no count mismatch there.)
+@pytest.mark.parametrize("dims, values, words", [c for c in BAD_SHAPES if "needs" not in c[2]])
 def test_tf_serving_predict_refuses_shapes_no_tensor_can_have(history, tfs_stub, no_stack_traces,
                                                               dims, values, words):
     with pytest.raises(grpc.RpcError) as err:
