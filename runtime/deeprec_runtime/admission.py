@@ -54,6 +54,12 @@ class InflightBytes:
         finally:
             self.release(nbytes)
 
+    def check(self, nbytes: int) -> None:
+        """Raises ResourceExhausted if `nbytes` would not fit now, without holding anything (an
+        early answer, e.g. to a client waiting for "100 Continue"; admit() still decides)."""
+        if self.limit and self.in_flight + nbytes > self.limit:
+            raise ResourceExhausted(self._refusal(nbytes))
+
     def _refusal(self, nbytes: int) -> str:
         if nbytes > self.limit:
             return (f"request of {nbytes} bytes is larger than the server's bound on request "

@@ -152,6 +152,13 @@ def decode_array(proto: pb.ArrayProto, name: str, budget: DecodeBudget | None = 
     `budget` (every request's inputs; not the model's outputs) the decoded bytes are charged to
     it before they are allocated. The shape is checked against the values sent before anything
     is allocated or reshaped."""
+    return decode_input(proto, name, budget)[0]
+
+
+def decode_input(proto: pb.ArrayProto, name: str,
+                 budget: DecodeBudget | None = None) -> tuple[np.ndarray, bool]:
+    """decode_array, and whether the values came in tensor_content (each read of that field
+    copies it: callers ask here rather than read it again)."""
     code = proto.dtype
     spec = _WIRE.get(code)
     if spec is None:
@@ -180,7 +187,7 @@ def decode_array(proto: pb.ArrayProto, name: str, budget: DecodeBudget | None = 
         else:
             budget.charge(name, _decoded_bytes(proto, code, dtype, sent))
     flat = _flat_values(proto, name, code, dtype, field, layout, content)
-    return flat.reshape(dims) if has_shape else flat
+    return (flat.reshape(dims) if has_shape else flat), bool(content)
 
 
 def _elements_sent(proto: pb.ArrayProto, name: str, code: int, dtype: np.dtype, field: str,
@@ -216,7 +223,7 @@ def _charge_empty(budget: DecodeBudget, name: str, dims, dtype: np.dtype) -> Non
     of it: the row sums of a [2^30, 0] input are 2^30 numbers (8 GiB) from a 30-byte request. It
     is charged as if its zero dimensions were 1."""
     rows = math.prod(d for d in dims if d)
-    itemsize = STRING_OVERHEAD_BYTES if dtype == object else dtype.itemsize
+    itemsize = STRING_OVERHEAD_BYTES if dtype.kind == "O" else dtype.itemsize
     budget.charge(name, rows * itemsize,
                   f"as shape {shape_text(dims)} with its zero dimensions counted as 1")
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from deeprec_runtime.codec import DEFAULT_MAX_DECODED_BYTES, DecodeBudget, decode_array, encode_array
+from deeprec_runtime.codec import DEFAULT_MAX_DECODED_BYTES, DecodeBudget, decode_input, encode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.servable import Servable
 from deeprec_runtime.model.signature import Signature
@@ -46,8 +46,10 @@ def predict(servable: Servable, request: pb.PredictRequest, default_signature: s
     budget = DecodeBudget(max_decoded_bytes)
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, int] = {}
+    raw = False
     for key, proto in request.inputs.items():
-        arrays[key] = decode_array(proto, key, budget)
+        arrays[key], content = decode_input(proto, key, budget)
+        raw = raw or content
         dtypes[key] = proto.dtype
     feed_names, feed_arrays = resolve_feeds(signature, arrays, dtypes)
     keys = list(request.output_filter) or sorted(signature.outputs)
@@ -61,7 +63,6 @@ def predict(servable: Servable, request: pb.PredictRequest, default_signature: s
     response = pb.PredictResponse()
     # A client that sent raw tensor_content reads it back the same way: one memcpy per output
     # instead of a repeated field.
-    raw = any(p.tensor_content for p in request.inputs.values())
     for key, spec in zip(keys, specs, strict=True):
         encode_array(by_name[spec.name], response.outputs[key], use_tensor_content=raw)
     return response

@@ -268,17 +268,19 @@ class SlowClient:
                 break
         else:
             raise AssertionError("the server read the whole slow request")
-        return self.read_all()
+        return read_all(self.sock)
 
-    def read_all(self) -> bytes:
-        chunks = []
-        try:
-            while chunk := self.sock.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-        self.sock.close()
-        return b"".join(chunks)
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection; closes ours."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    return b"".join(chunks)
 
 
 def test_slow_rest_upload_holds_no_inference_slot_and_is_cut_at_the_deadline(demo, make_runtime):
@@ -324,3 +326,27 @@ def test_an_idle_keep_alive_connection_is_not_cut_by_the_read_deadline(demo, mak
             time.sleep(1.0)  # idle between requests, longer than the read deadline
     finally:
         conn.close()
+
+
+def test_a_client_waiting_for_100_continue_is_refused_before_it_sends_its_body(demo, make_runtime):
+    runtime, _ = make_runtime(workers=2, http_port=0, max_message_bytes=100_000,
+                              max_inflight_bytes=5_000)
+    body = _rest_body(demo, 2)
+    assert len(body) < 5_000
+
+    def head(length: int) -> bytes:
+        return (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nExpect: 100-continue\r\nContent-Length: "
+                + str(length).encode() + b"\r\n\r\n")
+
+    for length, status, words in ((200_000, b"413", b"exceeds the limit of 100000 bytes"),
+                                  (50_000, b"429", b"--max-inflight-bytes")):
+        with socket.create_connection(("127.0.0.1", runtime.http_port), timeout=30) as s:
+            s.sendall(head(length))  # and no body: the answer comes without it
+            reply = read_all(s)
+        assert reply.startswith(b"HTTP/1.1 " + status) and words in reply, reply
+    with socket.create_connection(("127.0.0.1", runtime.http_port), timeout=30) as s:
+        s.sendall(head(len(body)))
+        assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")

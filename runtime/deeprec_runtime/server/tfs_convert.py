@@ -60,8 +60,9 @@ def tensor_to_array(tensor: tensor_pb2.TensorProto, out: pb.ArrayProto, name: st
         element_count(dims, name)
         out.array_shape.SetInParent()  # a scalar has a shape with no dims
         out.array_shape.dim.extend(dims)
-    if tensor.tensor_content:
-        out.tensor_content = tensor.tensor_content
+    content = tensor.tensor_content  # each read of a bytes field copies it
+    if content:
+        out.tensor_content = content
         return
     fields = _FIELDS.get(tensor.dtype)
     if fields is not None:
@@ -117,8 +118,9 @@ def array_to_tensor(array: pb.ArrayProto, out: tensor_pb2.TensorProto) -> None:
     dims = out.tensor_shape.dim
     for d in array.array_shape.dim:
         dims.add(size=d)
-    if array.tensor_content:
-        out.tensor_content = array.tensor_content
+    content = array.tensor_content  # each read of a bytes field copies it
+    if content:
+        out.tensor_content = content
         return
     fields = _FIELDS.get(array.dtype)
     if fields is not None:

@@ -203,6 +203,26 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # refused before reading the body: do not parse it
         self._send(status, payload, content_type)
 
+    def handle_expect_100(self) -> bool:
+        """A client that waits for "100 Continue" before sending its body (curl does for large
+        ones) learns here, before sending it, that it is too large (413) or would not fit in the
+        request bytes in progress now (429)."""
+        if self.command == "POST":
+            try:
+                length = self.content_length()
+                if self.server.app.admission is not None:
+                    self.server.app.admission.check(length)
+            except ServingError as exc:
+                self.close_connection = True
+                self._send(exc.http_status, _error(str(exc)), "application/json")
+                self.wfile.flush()
+                return False
+        go_on = super().handle_expect_100()
+        # The interim answer must leave now: the client waits for it before sending the body,
+        # and the buffered writer would hold it until the final answer.
+        self.wfile.flush()
+        return go_on
+
     def content_length(self) -> int:
         """The declared body size, checked before anything is read: 411 without one (chunked
         bodies included), 413 over the limit."""
