@@ -18,8 +18,8 @@ Memory: a merged batch's input bytes, padding included, never exceed `max_batch_
 size. A request whose own inputs are over the cap runs on its own, as without batching; one that
 would push an open batch past the cap does not join it (that batch closes and the request opens
 the next one); a batch that padding up to its allowed size would push past the cap runs unpadded,
-request by request, as without batching. Strings count their bytes. The C++ batcher of the fast
-path (native/) keeps the same rule.
+request by request, as without batching. Strings count their bytes. The fast path's C++ batcher
+(native/) is held to the same rule.
 """
 
 from __future__ import annotations
