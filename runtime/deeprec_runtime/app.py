@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from deeprec_runtime.admission import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes
 from deeprec_runtime.config import BatchingConfig, ModelConfig
 from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
@@ -18,6 +19,7 @@ from deeprec_runtime.server.grpc_server import (
 )
 from deeprec_runtime.server.health_port import HealthPort
 from deeprec_runtime.server.rest import RestServer
+from deeprec_runtime.server.rest.server import READ_TIMEOUT_SECONDS
 
 if TYPE_CHECKING:
     from deeprec_runtime.native.fast_predict import FastPredict
@@ -53,7 +55,8 @@ def default_workers(batching: BatchingConfig | None = None) -> int:
     return workers
 
 
-def _tfs_services(models: ModelRegistry, metrics: Metrics) -> list:
+def _tfs_services(models: ModelRegistry, metrics: Metrics,
+                  admission: InflightBytes | None) -> list:
     """TF Serving's gRPC services, when the tensorflow-serving-api package is installed."""
     try:
         from deeprec_runtime.server.tfs_grpc import tfs_services  # noqa: PLC0415
@@ -61,7 +64,7 @@ def _tfs_services(models: ModelRegistry, metrics: Metrics) -> list:
         log.warning("TensorFlow Serving gRPC API disabled (%s); install it with "
                     "'pip install --no-deps tensorflow-serving-api'", exc)
         return []
-    return tfs_services(models, metrics)
+    return tfs_services(models, metrics, admission)
 
 
 GRPC_SERVERS = ("auto", "python", "native")
@@ -91,7 +94,8 @@ def choose_grpc_server(choice: str, security: Security) -> str:
 
 
 def _native_grpc_server(services: list, port: int, host: str, workers: int, security: Security,
-                        max_concurrent: int, max_message_bytes: int) -> NativeGrpcServer:
+                        max_concurrent: int, max_message_bytes: int,
+                        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> NativeGrpcServer:
     """The gRPC C++ front end (runtime/deeprec_runtime/native), after refusing what it does not carry."""
     from deeprec_runtime.native.server import NativeGrpcServer  # noqa: PLC0415
 
@@ -102,14 +106,21 @@ def _native_grpc_server(services: list, port: int, host: str, workers: int, secu
     cfg = security.config
     tls = (cfg.tls_key, cfg.tls_cert, cfg.tls_client_ca or "") if cfg.tls_enabled else None
     return NativeGrpcServer(services, port, host, workers, authenticator=security.authenticator,
-                            open_methods=security.grpc_open_methods(),
+                            open_methods=security.grpc_open_methods(), tls=tls,
                             max_concurrent=max_concurrent, max_message_bytes=max_message_bytes,
-                            tls=tls)
+                            max_inflight_bytes=max_inflight_bytes)
 
 
 class Runtime:
     """One or more models (`models`; else `config` named `model_name`) behind DeepRec gRPC,
-    TF Serving gRPC (same port), REST and /metrics (`http_port`; None: no HTTP server)."""
+    TF Serving gRPC (same port), REST and /metrics (`http_port`; None: no HTTP server).
+
+    Memory bounds per request (docs/reliability.md): `max_message_bytes` on a gRPC message or a
+    REST body; `max_decoded_bytes` (default: `max_message_bytes`) on one request's decoded input
+    tensors; `max_batch_bytes` (default: `max_message_bytes`) on a merged batch, padding
+    included; `max_inflight_bytes` on the request bytes in progress (one budget for grpcio's
+    server and REST; the native front end keeps its own); `http_read_timeout` seconds for a REST
+    request's headers and body to arrive. 0 turns a byte bound off."""
 
     def __init__(self, config: ModelConfig, grpc_port: int = 8500, http_port: int | None = None,
                  host: str = "[::]", annotations_file: str | None = None,
@@ -117,18 +128,33 @@ class Runtime:
                  models: list[ModelEntry] | None = None, security: Security | None = None,
                  max_concurrent_requests: int | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, grpc_server: str = "auto",
-                 fast_predict: bool = True, health_port: int | None = None):
+                 fast_predict: bool = True, health_port: int | None = None,
+                 max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+                 max_decoded_bytes: int | None = None, max_batch_bytes: int | None = None,
+                 http_read_timeout: float = READ_TIMEOUT_SECONDS):
         self.config = config
         #: TLS + authentication for both ports (deeprec_runtime.security); default: plaintext, open.
         self.security = security or Security()
         self.models = ModelRegistry(models or [ModelEntry(model_name, config)], annotations_file)
         self.manager = self.models.default.manager
         self.dataplane = self.models.default.dataplane
+        for model in self.models:
+            model.dataplane.set_limits(
+                max_message_bytes if max_decoded_bytes is None else max_decoded_bytes,
+                max_message_bytes if max_batch_bytes is None else max_batch_bytes)
         self.metrics = Metrics()
         self.metrics.attach(self.models)
+        #: Request bytes in progress, shared by grpcio's server and REST (admission.py).
+        self.admission = InflightBytes(max_inflight_bytes)
+        self.grpc: GrpcServer | NativeGrpcServer
+        self.grpc_server = choose_grpc_server(grpc_server, self.security)
+        # The native front end admits gRPC calls in C++; its Python handlers must not count them
+        # a second time.
+        grpc_admission = self.admission if self.grpc_server == "python" else None
         # The DeepRec service has no model name: it serves the default (first) model.
-        services = [self.metrics.observed_service(deeprec_service(self.dataplane), "deeprec_grpc")]
-        tfs = _tfs_services(self.models, self.metrics)
+        services = [self.metrics.observed_service(deeprec_service(self.dataplane, grpc_admission),
+                                                  "deeprec_grpc")]
+        tfs = _tfs_services(self.models, self.metrics, grpc_admission)
         services += [self.metrics.observed_service(s, "tfs_grpc") for s in tfs]
         self._tfs = bool(tfs)
         workers = workers or default_workers(config.batching)
@@ -136,11 +162,10 @@ class Runtime:
             # The bound on calls in progress stays what it was with the former 16 workers on small
             # hosts: fewer workers must not turn a burst into RESOURCE_EXHAUSTED.
             max_concurrent_requests = max(MIN_CONCURRENT_REQUESTS, REQUESTS_PER_WORKER * workers)
-        self.grpc: GrpcServer | NativeGrpcServer
-        self.grpc_server = choose_grpc_server(grpc_server, self.security)
         if self.grpc_server == "native":
             self.grpc = _native_grpc_server(services, grpc_port, host, workers, self.security,
-                                            max_concurrent_requests, max_message_bytes)
+                                            max_concurrent_requests, max_message_bytes,
+                                            max_inflight_bytes)
         else:
             self.grpc = GrpcServer(services, grpc_port, host, workers,
                                    credentials=self.security.grpc_credentials(),
@@ -148,11 +173,16 @@ class Runtime:
                                    max_concurrent=max_concurrent_requests,
                                    max_message_bytes=max_message_bytes)
         self.grpc_port = self.grpc.port
+        if self.grpc_server == "native":
+            # One budget for the whole process: REST takes its bytes from the front end's counter.
+            self.admission = self.grpc.inflight_budget()  # type: ignore[union-attr]  # native only
         #: The C++ path for DeepRec Predict calls (native/fast_predict.py), or None.
         self.fast_predict = (self._start_fast_predict()
                              if fast_predict and self.grpc_server == "native" else None)
-        self.http = (RestServer(self.models, http_port, host, self.metrics, security=self.security,
-                                max_concurrent=max_concurrent_requests)
+        self.http = (RestServer(self.models, http_port, host, self.metrics,
+                                max_body_bytes=max_message_bytes, security=self.security,
+                                max_concurrent=max_concurrent_requests,
+                                admission=self.admission, read_timeout=http_read_timeout)
                      if http_port is not None else None)
         self.http_port = self.http.port if self.http else 0
         #: Plaintext health for kubelet probes when the serving port needs TLS (None: not asked).

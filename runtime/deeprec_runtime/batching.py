@@ -12,6 +12,14 @@ once with ResourceExhausted rather than queueing without bound. Merged batches a
 copies of their first row) up to the next of `allowed_batch_sizes`, so the model only ever sees
 those sizes. Requests larger than max_batch_size, or whose inputs do not share a leading batch
 dimension, run on their own.
+
+Memory: a merged batch's input bytes, padding included, never exceed `max_batch_bytes` (default
+64 MiB, the default --max-message-bytes; 0: no bound), so padding never multiplies a request's
+size. A request whose own inputs are over the cap runs on its own, as without batching; one that
+would push an open batch past the cap does not join it (that batch closes and the request opens
+the next one); a batch that padding up to its allowed size would push past the cap runs unpadded,
+request by request, as without batching. Strings count their bytes. The fast path's C++ batcher
+(native/) is held to the same rule.
 """
 
 from __future__ import annotations
@@ -34,11 +42,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Default bound on a merged batch's input bytes, padding included (= the default max message size).
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+
 
 @dataclass
 class _Task:
     arrays: Sequence[np.ndarray]
     rows: int
+    nbytes: int
     done: threading.Event = field(default_factory=threading.Event)
     result: list[np.ndarray] | None = None
     error: BaseException | None = None
@@ -52,11 +64,14 @@ class _Batch:
     deadline: float
     tasks: list[_Task] = field(default_factory=list)
     rows: int = 0
+    nbytes: int = 0
 
 
 class Batcher:
-    def __init__(self, config: BatchingConfig):
+    def __init__(self, config: BatchingConfig, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES):
         self.config = config
+        self.max_batch_bytes = max_batch_bytes
+        """Bound on a merged batch's input bytes, padding included (0: none)."""
         self._cond = threading.Condition(threading.Lock())
         self._open: dict[tuple, _Batch] = {}
         self._ready: deque[_Batch] = deque()
@@ -75,14 +90,19 @@ class Batcher:
         rows = _batch_rows(arrays)
         if rows is None or rows == 0 or rows > self.config.max_batch_size:
             return servable.run(feed_names, fetch_names, arrays)
+        nbytes = sum(_nbytes(a) for a in arrays)
+        cap = self.max_batch_bytes
+        if cap and nbytes > cap:
+            return servable.run(feed_names, fetch_names, arrays)
         key = (id(servable), feed_names, fetch_names,
                tuple((a.dtype.str, a.shape[1:]) for a in arrays))
-        task = _Task(arrays, rows)
+        task = _Task(arrays, rows, nbytes)
         with self._cond:
             if self._stopped:
                 raise Unavailable("the server is shutting down")
             batch = self._open.get(key)
-            if batch is not None and batch.rows + rows > self.config.max_batch_size:
+            if batch is not None and (batch.rows + rows > self.config.max_batch_size
+                                      or (cap and batch.nbytes + nbytes > cap)):
                 self._close(key)
                 self._cond.notify()
                 batch = None
@@ -96,6 +116,7 @@ class Batcher:
                 self._open[key] = batch
             batch.tasks.append(task)
             batch.rows += rows
+            batch.nbytes += nbytes
             if batch.rows >= self.config.max_batch_size or self.config.batch_timeout_micros == 0:
                 self._close(key)
             self._cond.notify()
@@ -154,6 +175,11 @@ class Batcher:
             self._run_alone(batch, tasks[0])
             return
         size = _padded_size(batch.rows, self.config.allowed_batch_sizes)
+        if size > batch.rows and self._padding_passes_cap(batch, size):
+            # Padding would take the batch past its byte bound: run as without batching.
+            for t in tasks:
+                self._run_alone(batch, t)
+            return
         merged = []
         for i in range(len(tasks[0].arrays)):
             parts = [t.arrays[i] for t in tasks]
@@ -182,6 +208,15 @@ class Batcher:
             start += t.rows
             t.done.set()
 
+    def _padding_passes_cap(self, batch: _Batch, size: int) -> bool:
+        """True when `batch`, padded to `size` rows with copies of its first row, would hold more
+        than max_batch_bytes."""
+        cap = self.max_batch_bytes
+        if not cap:
+            return False
+        first_row = sum(_nbytes(a[:1]) for a in batch.tasks[0].arrays)
+        return batch.nbytes + (size - batch.rows) * first_row > cap
+
     @staticmethod
     def _run_alone(batch: _Batch, task: _Task) -> None:
         try:
@@ -202,6 +237,14 @@ def _batch_rows(arrays: Sequence[np.ndarray]) -> int | None:
         elif a.shape[0] != rows:
             return None
     return rows
+
+
+def _nbytes(array: np.ndarray) -> int:
+    """The bytes an input takes in a batch: its buffer, plus the bytes of each string (an object
+    array holds only pointers, but the session copies every string into its tensor)."""
+    if array.dtype != object:
+        return array.nbytes
+    return array.nbytes + sum(len(v) for v in array.reshape(-1))
 
 
 def _padded_size(rows: int, allowed: Sequence[int]) -> int:

@@ -13,6 +13,20 @@ import threading
 from deeprec_runtime.model.annotations import DEFAULT_ANNOTATIONS_FILE
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve the model a DeepRec model_config JSON describes")
     which = p.add_mutually_exclusive_group(required=True)
@@ -45,8 +59,15 @@ def _serve_parser(sub) -> None:
                         "RESOURCE_EXHAUSTED at once (default: 4 x --workers, at least 64; "
                         "0: no limit)")
     p.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
-                   help="largest gRPC request or response; larger ones are answered "
-                        "RESOURCE_EXHAUSTED (default 64 MiB)")
+                   help="largest gRPC request or response and REST body; larger ones are "
+                        "answered RESOURCE_EXHAUSTED (REST: 413) (default 64 MiB). Also bounds "
+                        "one request's decoded input tensors and a merged batch")
+    p.add_argument("--max-inflight-bytes", type=_non_negative_int, default=1 << 30,
+                   help="request bytes in progress (gRPC and REST) past which a call is answered "
+                        "RESOURCE_EXHAUSTED (REST: 429) at once (default 1 GiB; 0: no limit)")
+    p.add_argument("--http-read-timeout", type=_positive_float, default=30.0,
+                   help="seconds a REST request's headers and body have to arrive, from its "
+                        "first byte (default 30); slower ones are dropped (body: 408)")
     p.add_argument("--grpc-server", choices=("auto", "python", "native"), default="auto",
                    help="gRPC server: native (gRPC C++ calling the same handlers, less CPU per "
                         "request; health always open; built on first use with g++ and "
@@ -178,7 +199,9 @@ def serve(args) -> int:
                           model_name=args.model_name, workers=args.workers, security=security,
                           models=models, max_concurrent_requests=args.max_concurrent_requests,
                           max_message_bytes=args.max_message_bytes, grpc_server=args.grpc_server,
-                          fast_predict=args.fast_predict == "on", health_port=args.health_port)
+                          fast_predict=args.fast_predict == "on", health_port=args.health_port,
+                          max_inflight_bytes=args.max_inflight_bytes,
+                          http_read_timeout=args.http_read_timeout)
     except (ConfigError, SecurityConfigError) as exc:  # e.g. custom_op_paths, --tls-key
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2

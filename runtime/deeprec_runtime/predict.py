@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from deeprec_runtime.codec import decode_array, encode_array
+from deeprec_runtime.codec import DEFAULT_MAX_DECODED_BYTES, DecodeBudget, decode_input, encode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.servable import Servable
 from deeprec_runtime.model.signature import Signature
@@ -38,14 +38,18 @@ def resolve_feeds(signature: Signature, arrays: Mapping[str, np.ndarray],
 
 
 def predict(servable: Servable, request: pb.PredictRequest, default_signature: str,
-            batcher=None) -> pb.PredictResponse:
-    """Runs `request` on `servable`; raises InvalidArgument naming what was wrong. With a
+            batcher=None, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> pb.PredictResponse:
+    """Runs `request` on `servable`; raises InvalidArgument naming what was wrong, also when its
+    decoded inputs would take more than `max_decoded_bytes` together (0: no bound). With a
     `batcher` (runtime/deeprec_runtime/batching.py) the run may be merged with concurrent requests."""
     signature = servable.signature(request.signature_name or default_signature)
+    budget = DecodeBudget(max_decoded_bytes)
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, int] = {}
+    raw = False
     for key, proto in request.inputs.items():
-        arrays[key] = decode_array(proto, key)
+        arrays[key], content = decode_input(proto, key, budget)
+        raw = raw or content
         dtypes[key] = proto.dtype
     feed_names, feed_arrays = resolve_feeds(signature, arrays, dtypes)
     keys = list(request.output_filter) or sorted(signature.outputs)
@@ -59,7 +63,6 @@ def predict(servable: Servable, request: pb.PredictRequest, default_signature: s
     response = pb.PredictResponse()
     # A client that sent raw tensor_content reads it back the same way: one memcpy per output
     # instead of a repeated field.
-    raw = any(p.tensor_content for p in request.inputs.values())
     for key, spec in zip(keys, specs, strict=True):
         encode_array(by_name[spec.name], response.outputs[key], use_tensor_content=raw)
     return response

@@ -3,7 +3,11 @@ deadlines honoured without running the model for expired requests, message size 
 
 from __future__ import annotations
 
+import http.client
 import json
+import select
+import socket
+import time
 import urllib.error
 import urllib.request
 from concurrent import futures
@@ -181,3 +185,191 @@ def test_rest_requests_past_the_bound_get_429_at_once(demo, make_runtime):
         admitted = [f.result(timeout=30) for f in calls if (f.result(timeout=30)[0] != 429)]
     assert len(admitted) == 3 and all(status == 200 for status, _ in admitted)
     assert post()[0] == 200  # slots are given back
+
+
+# --- request bytes in progress (--max-inflight-bytes) -------------------------------------
+def test_calls_past_the_inflight_bytes_budget_get_resource_exhausted_at_once(demo, make_runtime):
+    request = make_request(demo.model.make_feed(64, np.random.default_rng(0)))
+    size = request.ByteSize()
+    runtime, client = make_runtime(grpc_server="python", workers=4,
+                                   max_inflight_bytes=int(2.5 * size))
+    held = HeldModel(runtime)
+    try:
+        calls = [client._predict.future(request, timeout=60) for _ in range(3)]
+        # Two calls' bytes fit in the budget and wait for the model; the third is answered now.
+        wait_for(lambda: sum(f.done() for f in calls) >= 1, timeout=30, message="1 refused")
+        refused = [f for f in calls if f.done()]
+        assert len(refused) == 1
+        error = refused[0].exception()
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"a request of {size} bytes" in error.details()
+        assert "--max-inflight-bytes" in error.details()
+    finally:
+        held.release()
+    for f in calls:
+        if f is not refused[0]:
+            assert output(f.result(timeout=30), "probability").shape == (64, 1)
+    assert runtime.admission.in_flight == 0  # every admitted call gave its bytes back
+    assert output(client.predict(demo.model.make_feed(64, np.random.default_rng(1))),
+                  "probability").shape == (64, 1)
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def _rest_body(demo, rows: int) -> bytes:
+    feed = demo.model.make_feed(rows, np.random.default_rng(0))
+    return json.dumps({"inputs": {k: v.tolist() for k, v in feed.items()}}).encode()
+
+
+def test_rest_requests_past_the_inflight_bytes_budget_get_429_before_their_body_is_read(
+        demo, make_runtime):
+    body = _rest_body(demo, 16)
+    runtime, _ = make_runtime(workers=2, http_port=0, max_inflight_bytes=int(2.5 * len(body)))
+    url = f"http://127.0.0.1:{runtime.http_port}/v1/models/default:predict"
+    held = HeldModel(runtime)
+    with futures.ThreadPoolExecutor(3) as pool:
+        try:
+            calls = [pool.submit(_post, url, body) for _ in range(3)]
+            wait_for(lambda: sum(f.done() for f in calls) >= 1, timeout=30, message="1 refused")
+            status, answer = next(f.result() for f in calls if f.done())
+            assert status == 429 and "--max-inflight-bytes" in answer["error"], answer
+        finally:
+            held.release()
+        results = [f.result(timeout=30) for f in calls]
+    assert sorted(status for status, _ in results) == [200, 200, 429]
+    assert runtime.admission.in_flight == 0
+    assert _post(url, body)[0] == 200
+
+
+def test_grpc_and_rest_share_one_inflight_bytes_budget_on_the_native_server(demo, make_runtime):
+    """gRPC C++ keeps the process's one counter: gRPC calls waiting for the model hold bytes that a
+    REST request then cannot have, and they come back when the calls are answered."""
+    body = _rest_body(demo, 16)
+    grpc_request = make_request(demo.model.make_feed(2048, np.random.default_rng(1)))
+    grpc_bytes = grpc_request.ByteSize()
+    runtime, client = make_runtime(grpc_server="native", workers=2, http_port=0,
+                                   max_inflight_bytes=2 * grpc_bytes + len(body) // 2)
+    url = f"http://127.0.0.1:{runtime.http_port}/v1/models/default:predict"
+    held = HeldModel(runtime)
+    try:
+        calls = [client._predict.future(grpc_request, timeout=60) for _ in range(2)]
+        wait_for(lambda: runtime.admission.in_flight >= 2 * grpc_bytes, message="gRPC bytes held")
+        status, answer = _post(url, body)
+        assert status == 429 and "--max-inflight-bytes" in answer["error"], answer
+    finally:
+        held.release()
+    for call in calls:
+        assert output(call.result(), "probability").shape == (2048, 1)
+    wait_for(lambda: runtime.admission.in_flight == 0, message="every byte given back")
+    assert _post(url, body)[0] == 200
+
+
+class SlowClient:
+    """A real socket that sends a request's bytes slowly, as a slowloris client does."""
+
+    def __init__(self, port: int, head: bytes):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.sendall(head)
+
+    def trickle(self, data: bytes, pause: float = 0.1) -> bytes:
+        """Sends `data` a byte at a time until the server answers or closes; returns what the
+        server sent (b"" for a close without an answer). Fails if everything was sent."""
+        for i in range(len(data)):
+            try:
+                self.sock.sendall(data[i:i + 1])
+            except OSError:  # closed by the server while we were sending
+                break
+            readable, _, _ = select.select([self.sock], [], [], pause)
+            if readable:
+                break
+        else:
+            raise AssertionError("the server read the whole slow request")
+        return read_all(self.sock)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection; closes ours."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    return b"".join(chunks)
+
+
+def test_slow_rest_upload_holds_no_inference_slot_and_is_cut_at_the_deadline(demo, make_runtime):
+    runtime, _ = make_runtime(workers=2, http_port=0, max_concurrent_requests=1,
+                              http_read_timeout=1.0)
+    body = _rest_body(demo, 4)
+    url = f"http://127.0.0.1:{runtime.http_port}/v1/models/default:predict"
+    slow = SlowClient(runtime.http_port,
+                      b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: "
+                      + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
+    # The only inference slot is free while the slow body is still on its way.
+    status, answer = _post(url, body)
+    assert status == 200, answer
+    reply = slow.trickle(body[10:]).decode()
+    assert reply.startswith("HTTP/1.1 408"), reply
+    assert f"request body of {len(body)} bytes was not received within 1 s" in reply
+    assert "Connection: close" in reply
+    assert runtime.admission.in_flight == 0
+    assert _post(url, body)[0] == 200
+
+
+def test_slow_rest_headers_are_cut_at_the_deadline(demo, make_runtime):
+    runtime, _ = make_runtime(workers=2, http_port=0, http_read_timeout=1.0)
+    slow = SlowClient(runtime.http_port, b"GET /v1/models/default HTTP/1.1\r\n")
+    assert slow.trickle(b"X-Slow: " + b"a" * 2000) == b""  # dropped without an answer
+    status, _ = _post(f"http://127.0.0.1:{runtime.http_port}/v1/models/default:predict",
+                      _rest_body(demo, 2))
+    assert status == 200
+
+
+def test_an_idle_keep_alive_connection_is_not_cut_by_the_read_deadline(demo, make_runtime):
+    runtime, _ = make_runtime(workers=2, http_port=0, http_read_timeout=0.5)
+    body = _rest_body(demo, 2)
+    conn = http.client.HTTPConnection("127.0.0.1", runtime.http_port, timeout=30)
+    try:
+        for _ in range(2):
+            conn.request("POST", "/v1/models/default:predict", body,
+                         {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+            time.sleep(1.0)  # idle between requests, longer than the read deadline
+    finally:
+        conn.close()
+
+
+def test_a_client_waiting_for_100_continue_is_refused_before_it_sends_its_body(demo, make_runtime):
+    runtime, _ = make_runtime(workers=2, http_port=0, max_message_bytes=100_000,
+                              max_inflight_bytes=5_000)
+    body = _rest_body(demo, 2)
+    assert len(body) < 5_000
+
+    def head(length: int) -> bytes:
+        return (b"POST /v1/models/default:predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nExpect: 100-continue\r\nContent-Length: "
+                + str(length).encode() + b"\r\n\r\n")
+
+    for length, status, words in ((200_000, b"413", b"exceeds the limit of 100000 bytes"),
+                                  (50_000, b"429", b"--max-inflight-bytes")):
+        with socket.create_connection(("127.0.0.1", runtime.http_port), timeout=30) as s:
+            s.sendall(head(length))  # and no body: the answer comes without it
+            reply = read_all(s)
+        assert reply.startswith(b"HTTP/1.1 " + status) and words in reply, reply
+    with socket.create_connection(("127.0.0.1", runtime.http_port), timeout=30) as s:
+        s.sendall(head(len(body)))
+        assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")

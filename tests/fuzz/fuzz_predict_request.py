@@ -1,4 +1,11 @@
-"""Fuzz target: bytes -> DeepRec PredictRequest -> the data-plane core on a real TensorFlow model.
+"""Fuzz target: bytes -> DeepRec PredictRequest -> the data-plane core on real TensorFlow models.
+
+Two models: DeepRec's seed example (double + int32 inputs) and a model with two unknown
+dimensions (tests/fuzz/history_model.py), which any claimed rank-2 shape passes, so the codec's
+shape and size checks are all that stands between it and numpy / TensorFlow. Inputs whose first
+byte is at least shapes.STRUCTURED build a request field by field with absurd shapes (see
+shapes.py), decoded under a small per-request bound (4 KiB) so that path is exercised too; the
+others are parsed as bytes. A request naming the history model's inputs runs on it.
 
 Anything but a successful prediction or an InvalidArgument is a crash: an INTERNAL answer, an
 uncaught exception, a hang (libFuzzer's -timeout) or a dead process.
@@ -12,6 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import atheris  # noqa: E402
+from history_model import export_history_model  # noqa: E402
 from seed_model import export_seed_model  # noqa: E402
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
@@ -19,15 +27,19 @@ with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.predict import predict
     from deeprec_runtime.server.grpc_server import parse
 
+import shapes  # noqa: E402
+
 from deeprec_runtime.protos import predict_pb2 as pb  # noqa: E402
 
+HISTORY_INPUTS = ("history", "tags")
+SMALL_BOUND = 4096
 
-def build_servable(workdir: str):
-    """The seed example model (double + int32 inputs), loaded by the runtime's own loader."""
+
+def load(model_dir: str):
+    """A SavedModel loaded by the runtime's own loader."""
     from deeprec_runtime.config import parse_model_config
     from deeprec_runtime.model.servable import load_servable, session_options_from
 
-    model_dir = export_seed_model(workdir)
     config = parse_model_config({"savedmodel_dir": model_dir}, env={})
     return load_servable(model_dir, None, lambda p: p, session_options_from(config))
 
@@ -35,14 +47,21 @@ def build_servable(workdir: str):
 def main() -> None:
     workdir = sys.argv.pop(1)
     os.makedirs(workdir, exist_ok=True)
-    servable = build_servable(workdir)
+    seed = load(export_seed_model(workdir))
+    history = load(export_history_model(workdir))
 
     def one_input(data: bytes) -> None:
         try:
-            request = parse(pb.PredictRequest, data, "deeprec.serving.PredictRequest")
+            if data[:1] and data[0] >= shapes.STRUCTURED:
+                request, bound = shapes.deeprec_request(data), SMALL_BOUND
+            else:
+                request = parse(pb.PredictRequest, data, "deeprec.serving.PredictRequest")
+                bound = 64 << 20
+            names = {k.split(":")[0] for k in request.inputs}
+            servable = history if names & set(HISTORY_INPUTS) else seed
             servable.gate.acquire_read()
             try:
-                predict(servable, request, "serving_default")
+                predict(servable, request, "serving_default", max_decoded_bytes=bound)
             finally:
                 servable.gate.release_read()
         except InvalidArgument as exc:

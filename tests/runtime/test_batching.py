@@ -216,3 +216,73 @@ def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):
                                rtol=1e-5, atol=1e-6)
     plain = client.predict(feed).outputs["probability"]
     assert plain.float_val and not plain.tensor_content
+
+
+# --- max_batch_bytes: padding never multiplies a request's size (Python batcher) -------------
+def record_runs(runtime) -> list[int]:
+    """The rows of every model run from now on (merged or not)."""
+    servable = runtime.manager.acquire()
+    runtime.manager.release(servable)
+    rows: list[int] = []
+    inner = servable.run
+
+    def recorded(feed_names, fetch_names, arrays):
+        rows.append(arrays[0].shape[0])
+        return inner(feed_names, fetch_names, arrays)
+
+    servable.run = recorded
+    return rows
+
+
+def row_bytes(demo) -> int:
+    feed = demo.model.make_feed(1, np.random.default_rng(0))
+    return sum(a.nbytes for a in feed.values())
+
+
+def check_answers(demo, feeds, got) -> None:
+    for feed, result in zip(feeds, got, strict=True):
+        assert not isinstance(result, Exception), result
+        np.testing.assert_allclose(result, demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+
+
+def test_a_request_that_would_push_a_batch_past_max_batch_bytes_opens_the_next(demo, serve):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=False, batching={
+        "max_batch_size": 8, "batch_timeout_micros": 1_000_000})
+    runtime.dataplane.set_limits(1 << 26, 5 * row_bytes(demo))  # 2 calls of 2 rows fit, not 3
+    runs = record_runs(runtime)
+    rng = np.random.default_rng(11)
+    feeds = [demo.model.make_feed(2, rng) for _ in range(4)]
+    check_answers(demo, feeds, concurrent_predicts(client, feeds))
+    assert sorted(runs) == [4, 4]  # without the bound: one run of 8
+
+
+@pytest.mark.parametrize("bound_rows, expected", [(20, [2, 2, 2]), (40, [32])])
+def test_a_batch_that_padding_would_take_past_the_bound_runs_unpadded(demo, serve, bound_rows,
+                                                                      expected):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=False, batching={
+        "max_batch_size": 32, "batch_timeout_micros": 2_000_000, "allowed_batch_sizes": [4, 32]})
+    runtime.dataplane.set_limits(1 << 26, bound_rows * row_bytes(demo))
+    runs = record_runs(runtime)
+    rng = np.random.default_rng(12)
+    feeds = [demo.model.make_feed(2, rng) for _ in range(3)]  # 6 rows, padded to 32
+    check_answers(demo, feeds, concurrent_predicts(client, feeds))
+    assert sorted(runs) == expected
+
+
+def test_a_request_over_max_batch_bytes_runs_alone(demo, serve):
+    runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=False, batching={
+        "max_batch_size": 8, "batch_timeout_micros": 1_000_000})
+    runtime.dataplane.set_limits(1 << 26, 3 * row_bytes(demo))
+    runs = record_runs(runtime)
+    rng = np.random.default_rng(13)
+    feeds = [demo.model.make_feed(4, rng) for _ in range(2)]
+    check_answers(demo, feeds, concurrent_predicts(client, feeds))
+    assert runs == [4, 4] and runtime.dataplane.batcher.batches_run == 0
+
+
+def test_string_inputs_count_their_bytes():
+    from deeprec_runtime.batching import _nbytes
+
+    strings = np.array([b"x" * 1000, b"y"], dtype=object)
+    assert _nbytes(strings) == strings.nbytes + 1001
+    assert _nbytes(np.zeros((3, 4), np.float32)) == 48

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from deeprec_runtime.codec import decode_array, encode_array
+from deeprec_runtime.codec import DecodeBudget, decode_array, encode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.protos import predict_pb2 as pb
 
@@ -65,3 +65,34 @@ def test_arbitrary_bytes_decode_or_fail_cleanly(data):
         decode_array(proto, "x")
     except InvalidArgument as exc:
         assert "'x'" in str(exc)
+
+
+# Dimensions a request may claim: anything an int64 holds, with the edges and the products that
+# wrap around in int64 (2^32 x 2^32) well represented.
+_dims = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from(
+    [0, 1, 2, 3, -1, 2**31, 2**32, 2**62, 2**63 - 1, -(2**63)]))
+_WIRE_CODES = [pb.DT_FLOAT, pb.DT_DOUBLE, pb.DT_INT32, pb.DT_UINT8, pb.DT_INT64, pb.DT_BOOL,
+               pb.DT_STRING, pb.DT_HALF, pb.DT_COMPLEX64]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_WIRE_CODES), st.lists(_dims, max_size=300), st.integers(0, 12),
+       st.booleans())
+def test_any_claimed_shape_decodes_to_it_or_fails_cleanly(code, dims, count, content):
+    proto = pb.ArrayProto(dtype=code)
+    proto.array_shape.SetInParent()
+    proto.array_shape.dim.extend(dims)
+    if content and code != pb.DT_STRING:
+        proto.tensor_content = b"\x00" * (count * 8)
+    elif code == pb.DT_STRING:
+        proto.string_val.extend([b"ab"] * count)
+    else:
+        field = {pb.DT_FLOAT: "float_val", pb.DT_DOUBLE: "double_val", pb.DT_INT64: "int64_val",
+                 pb.DT_BOOL: "bool_val", pb.DT_COMPLEX64: "float_val"}.get(code, "int_val")
+        getattr(proto, field).extend([0] * count)
+    try:
+        array = decode_array(proto, "history", DecodeBudget(64))
+    except InvalidArgument as exc:
+        assert str(exc).startswith("input 'history'")
+        return
+    assert array.shape == tuple(dims)

@@ -296,13 +296,24 @@ class Frontend {
   // The request's bytes against max_inflight_bytes (0: no bound), held until it is answered.
   bool TakeBytes(Call* call) {
     int64_t size = static_cast<int64_t>(call->request.Length());
+    if (!TakeBytes(size)) return false;
+    call->bytes = static_cast<size_t>(size);
+    return true;
+  }
+
+ public:
+  // The budget is the process's: the REST server takes its requests' bytes here too.
+  bool TakeBytes(int64_t size) {
     int64_t now = in_flight_bytes_.load();
     do {
       if (max_inflight_bytes_ > 0 && now + size > max_inflight_bytes_) return false;
     } while (!in_flight_bytes_.compare_exchange_weak(now, now + size));
-    call->bytes = static_cast<size_t>(size);
     return true;
   }
+
+  void GiveBytes(int64_t size) { in_flight_bytes_.fetch_sub(size); }
+
+ private:
 
   void Enqueue(Call* call) {
     {
@@ -487,6 +498,16 @@ int dr_frontend_in_flight(void* frontend) { return static_cast<Frontend*>(fronte
 
 int64_t dr_frontend_in_flight_bytes(void* frontend) {
   return static_cast<Frontend*>(frontend)->InFlightBytes();
+}
+
+// Bytes of a request served elsewhere in the process (REST) against the same budget: 1 when
+// taken (give them back with dr_frontend_give_bytes), 0 when they would pass it.
+int dr_frontend_take_bytes(void* frontend, int64_t size) {
+  return static_cast<Frontend*>(frontend)->TakeBytes(size) ? 1 : 0;
+}
+
+void dr_frontend_give_bytes(void* frontend, int64_t size) {
+  static_cast<Frontend*>(frontend)->GiveBytes(size);
 }
 
 // Credentials that open the fast path (see Matches): `bearer` tokens and the base64 of Basic

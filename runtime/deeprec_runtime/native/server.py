@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from deeprec_runtime import security as security_settings
+from deeprec_runtime.admission import InflightBytes
 from deeprec_runtime.errors import Unauthenticated
 from deeprec_runtime.native.build import library_path
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES, SERVICE, wait_until_quiet
@@ -37,6 +38,8 @@ void *dr_frontend_start(const char *address, int pollers, int workers, int max_c
 void dr_frontend_set_serving(void *frontend, const char *service, int serving);
 int dr_frontend_in_flight(void *frontend);
 int64_t dr_frontend_in_flight_bytes(void *frontend);
+int dr_frontend_take_bytes(void *frontend, int64_t size);
+void dr_frontend_give_bytes(void *frontend, int64_t size);
 void dr_frontend_set_credentials(void *frontend, int required, const char **bearer, int num_bearer,
                                  const char **basic, int num_basic);
 int dr_frontend_set_fast(void *frontend, const char *method, void *fn);
@@ -97,10 +100,6 @@ class NativeGrpcServer:
                  tls: tuple[str, str, str] | None = None, max_inflight_bytes: int = 0):
         import cffi  # noqa: PLC0415
 
-        if 0 < max_inflight_bytes < max_message_bytes:
-            raise ValueError(f"--max-inflight-bytes ({max_inflight_bytes}) is below "
-                             f"--max-message-bytes ({max_message_bytes}): a request of the "
-                             "largest allowed size could never be admitted")
 
         self._handlers = list(handlers)
         self._resolved: dict[bytes, grpc.RpcMethodHandler | None] = {}
@@ -129,6 +128,7 @@ class NativeGrpcServer:
         if self._frontend == ffi.NULL:
             raise OSError(ffi.string(error).decode(errors="replace"))
         self.port = bound[0]
+        self._max_inflight_bytes = max_inflight_bytes
         self._stopped = False
         self._stop_refresh = threading.Event()
         self._pushed: tuple | None = None
@@ -242,6 +242,11 @@ class NativeGrpcServer:
         """Bytes of the requests read and not yet answered (bounded by max_inflight_bytes)."""
         return int(self.lib.dr_frontend_in_flight_bytes(self._frontend))
 
+    def inflight_budget(self) -> InflightBytes:
+        """The front end's request-bytes budget as an InflightBytes, for the other servers of the
+        process (REST): one bound on request bytes in progress, whichever port they came in on."""
+        return _FrontendBytes(self, self._max_inflight_bytes)
+
     def drain(self, grace: float, quiet: float = 0.0) -> None:
         """As GrpcServer.drain: NOT_SERVING at once, serve until quiet (or `grace`), then stop."""
         if self._stopped:
@@ -253,3 +258,30 @@ class NativeGrpcServer:
         self._stop_refresh.set()
         self.lib.dr_frontend_stop(self._frontend, max(deadline - time.monotonic(), 1.0))
         atexit.unregister(self.drain)
+
+
+class _FrontendBytes(InflightBytes):
+    """InflightBytes kept by gRPC C++'s counter (dr_frontend_take_bytes), so gRPC calls and REST
+    requests share one budget."""
+
+    def __init__(self, server: NativeGrpcServer, limit: int):
+        super().__init__(limit)
+        self._server = server
+
+    def try_acquire(self, nbytes: int) -> bool:
+        if not self.limit:
+            return True
+        return bool(self._server.lib.dr_frontend_take_bytes(self._server._frontend, nbytes))
+
+    def release(self, nbytes: int) -> None:
+        if self.limit:
+            self._server.lib.dr_frontend_give_bytes(self._server._frontend, nbytes)
+
+    @property  # a read of the C++ counter, not a field
+    def in_flight(self) -> int:
+        return self._server.in_flight_bytes
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:  # InflightBytes.__init__ sets it; C++ owns it
+        pass
+

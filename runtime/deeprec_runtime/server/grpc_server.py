@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from deeprec_runtime.admission import InflightBytes, admitted
 from deeprec_runtime.errors import InvalidArgument, ServingError
 from deeprec_runtime.protos import predict_pb2 as pb
 
@@ -71,7 +72,11 @@ def expired(context: grpc.ServicerContext) -> bool:
     return remaining is not None and remaining <= 0
 
 
-def unary(fn: Callable[[bytes, grpc.ServicerContext], bytes]) -> grpc.RpcMethodHandler:
+def unary(fn: Callable[[bytes, grpc.ServicerContext], bytes],
+          admission: InflightBytes | None = None) -> grpc.RpcMethodHandler:
+    """A unary method over raw bytes. With `admission` (grpcio's server; the native front end
+    admits in C++) the call holds its request's size in the in-flight budget while it runs, or is
+    answered RESOURCE_EXHAUSTED at once when that would pass the bound."""
     def handler(data: bytes, context: grpc.ServicerContext) -> bytes:
         if expired(context):
             # It waited in the queue past the client's deadline: nobody waits for the answer,
@@ -80,7 +85,8 @@ def unary(fn: Callable[[bytes, grpc.ServicerContext], bytes]) -> grpc.RpcMethodH
                           "request was started")
         CALLS.enter()
         try:
-            return fn(data, context)
+            with admitted(admission, len(data)):
+                return fn(data, context)
         except ServingError as exc:
             abort_with(context, exc)
         except Exception:  # never let one request take the server down; log with stack
@@ -94,7 +100,7 @@ def unary(fn: Callable[[bytes, grpc.ServicerContext], bytes]) -> grpc.RpcMethodH
                                                response_serializer=_identity)
 
 
-def deeprec_service(dataplane) -> grpc.GenericRpcHandler:
+def deeprec_service(dataplane, admission: InflightBytes | None = None) -> grpc.GenericRpcHandler:
     def predict(data: bytes, context: grpc.ServicerContext) -> bytes:
         request = parse(pb.PredictRequest, data, "deeprec.serving.PredictRequest")
         return dataplane.predict(request, expired=lambda: expired(context)).SerializeToString()
@@ -103,8 +109,8 @@ def deeprec_service(dataplane) -> grpc.GenericRpcHandler:
         return dataplane.model_info().SerializeToString()
 
     return grpc.method_handlers_generic_handler(SERVICE, {
-        "Predict": unary(predict),
-        "GetServingModelInfo": unary(model_info),
+        "Predict": unary(predict, admission),
+        "GetServingModelInfo": unary(model_info, admission),
     })
 
 
@@ -115,7 +121,8 @@ class GrpcServer:
     (default REQUESTS_PER_WORKER x `max_workers`; 0: no bound). A call past the bound is answered
     RESOURCE_EXHAUSTED at once instead of waiting in an unbounded queue, so latency stays bounded
     and clients can retry elsewhere. Messages over `max_message_bytes` are refused with
-    RESOURCE_EXHAUSTED."""
+    RESOURCE_EXHAUSTED. The request bytes in progress are bounded by the services' handlers
+    (`unary(..., admission)`, deeprec_runtime.admission), a budget shared with REST."""
 
     def __init__(self, handlers: list[grpc.GenericRpcHandler], port: int, host: str = "[::]",
                  max_workers: int = 16, credentials: grpc.ServerCredentials | None = None,

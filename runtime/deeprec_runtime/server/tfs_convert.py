@@ -17,7 +17,15 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from deeprec_runtime.codec import decode_array
+from deeprec_runtime.codec import (
+    DEFAULT_MAX_DECODED_BYTES,
+    STRING_OVERHEAD_BYTES,
+    DecodeBudget,
+    decode_array,
+    element_count,
+    numpy_dtype,
+    shape_text,
+)
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import Signature, TensorSpec
 from deeprec_runtime.models import ServedModel
@@ -39,36 +47,69 @@ _FIELDS = {
 }
 
 
-def tensor_to_array(tensor: tensor_pb2.TensorProto, out: pb.ArrayProto) -> None:
-    """TF TensorProto -> DeepRec ArrayProto (filled in place). Unsupported dtypes are copied
-    as they are: the predict core rejects them with the list of supported ones."""
+def tensor_to_array(tensor: tensor_pb2.TensorProto, out: pb.ArrayProto, name: str = "",
+                    budget: DecodeBudget | None = None) -> None:
+    """TF TensorProto -> DeepRec ArrayProto (filled in place), for input `name` (error messages).
+    Unsupported dtypes are copied as they are: the predict core rejects them with the list of
+    supported ones. The shape is checked (rank, negative dimensions, element count) before any
+    value is copied, and values TensorFlow's fill rule would add are charged to `budget`."""
     out.dtype = tensor.dtype
+    dims = None
     if not tensor.tensor_shape.unknown_rank:
+        dims = [d.size for d in tensor.tensor_shape.dim]
+        element_count(dims, name)
         out.array_shape.SetInParent()  # a scalar has a shape with no dims
-        out.array_shape.dim.extend([d.size for d in tensor.tensor_shape.dim])
-    if tensor.tensor_content:
-        out.tensor_content = tensor.tensor_content
+        out.array_shape.dim.extend(dims)
+    content = tensor.tensor_content  # each read of a bytes field copies it
+    if content:
+        out.tensor_content = content
         return
     fields = _FIELDS.get(tensor.dtype)
     if fields is not None:
         values = getattr(out, fields[1])
         values.extend(getattr(tensor, fields[0]))
-        _repeat_last(tensor, values)
+        if dims is not None:
+            _repeat_last(tensor.dtype, dims, values, name, budget)
 
 
-def _repeat_last(tensor: tensor_pb2.TensorProto, values) -> None:
+def _repeat_last(dtype: int, dims: list[int], values, name: str,
+                 budget: DecodeBudget | None) -> None:
     """TensorFlow's rule for a repeated field shorter than the shape (Tensor::FromProto, so TF
     Serving too): the last value fills the rest, e.g. float_val [0] with shape [2, 3] is six
     zeros. A tensor with no values at all stays an error (TensorFlow would silently zero it,
-    which hides values sent in the wrong field)."""
-    dims = [d.size for d in tensor.tensor_shape.dim]
-    if tensor.tensor_shape.unknown_rank or not values or min(dims, default=0) < 0:
+    which hides values sent in the wrong field). A few bytes can ask for any number of copies,
+    so they are charged to `budget` before they are made."""
+    if not values:
         return
-    per_element = 2 if tensor.dtype in (pb.DT_COMPLEX64, pb.DT_COMPLEX128) else 1
-    missing = int(np.prod(dims, dtype=np.int64)) * per_element - len(values)
-    if missing > 0 and len(values) % per_element == 0:
-        last = list(values[-per_element:])
-        values.extend(last * (missing // per_element))
+    per_element = 2 if dtype in (pb.DT_COMPLEX64, pb.DT_COMPLEX128) else 1
+    missing = element_count(dims, name) * per_element - len(values)
+    if missing <= 0 or len(values) % per_element:
+        return
+    last = list(values[-per_element:])
+    if budget is not None:
+        budget.charge(name, _fill_bytes(dtype, last, missing // per_element),
+                      f"once its last value is repeated to fill shape {shape_text(dims)}")
+    values.extend(last * (missing // per_element))
+
+
+def _fill_bytes(dtype: int, last: list, copies: int) -> int:
+    """What `copies` more copies of `last` take, decoded."""
+    if dtype == pb.DT_STRING:
+        return copies * (len(last[0]) + STRING_OVERHEAD_BYTES)
+    return copies * _ITEMSIZE[dtype]
+
+
+# Bytes per decoded element of the dtypes _FIELDS carries (strings are counted by length).
+_ITEMSIZE: dict[int, int] = {code: numpy_dtype(code).itemsize for code in _FIELDS if code != pb.DT_STRING}
+
+
+def inner_arrays(inputs, out: pb.PredictRequest, max_decoded_bytes: int) -> None:
+    """TF Serving inputs (name -> TensorProto) into `out.inputs`, with one budget for the
+    request: what the fill rule adds may not take more than `max_decoded_bytes` (0: no bound).
+    The predict core then bounds the decoded tensors again, on its own budget."""
+    budget = DecodeBudget(max_decoded_bytes)
+    for key, tensor in inputs.items():
+        tensor_to_array(tensor, out.inputs[key], key, budget)
 
 
 def array_to_tensor(array: pb.ArrayProto, out: tensor_pb2.TensorProto) -> None:
@@ -77,8 +118,9 @@ def array_to_tensor(array: pb.ArrayProto, out: tensor_pb2.TensorProto) -> None:
     dims = out.tensor_shape.dim
     for d in array.array_shape.dim:
         dims.add(size=d)
-    if array.tensor_content:
-        out.tensor_content = array.tensor_content
+    content = array.tensor_content  # each read of a bytes field copies it
+    if content:
+        out.tensor_content = content
         return
     fields = _FIELDS.get(array.dtype)
     if fields is not None:
@@ -115,10 +157,21 @@ class ClassifyResult:
     version: str
 
 
-def merge_context(context: bytes, examples: Sequence[bytes]) -> list[bytes]:
+def merge_context(context: bytes, examples: Sequence[bytes],
+                  max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> list[bytes]:
     """ExampleListWithContext: serialized protos concatenated parse as their merge, so context
-    + example is the example with the context's features added (TF Serving does the same)."""
-    return [context + e for e in examples] if context else list(examples)
+    + example is the example with the context's features added (TF Serving does the same).
+    Every example gets its own copy of the context, so a large context over many small examples
+    could take any amount of memory: past `max_bytes` in all (0: no bound) the request is
+    InvalidArgument, before anything is copied."""
+    if not context:
+        return list(examples)
+    total = len(context) * len(examples) + sum(len(e) for e in examples)
+    if max_bytes and total > max_bytes:
+        raise InvalidArgument(
+            f"input 'context': its {len(context)} bytes merged into each of {len(examples)} "
+            f"examples would take {total} bytes, over the limit of {max_bytes} bytes per request")
+    return [context + e for e in examples]
 
 
 def _inference_signature(model: ServedModel, signature_name: str, method: str,

@@ -27,6 +27,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from deeprec_runtime.admission import InflightBytes
+from deeprec_runtime.codec import DEFAULT_MAX_DECODED_BYTES
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.models import ModelRegistry, ServedModel
 from deeprec_runtime.protos import predict_pb2 as pb
@@ -36,10 +38,10 @@ from deeprec_runtime.server.tfs_convert import (
     REGRESS_METHOD,
     array_to_tensor,
     classify,
+    inner_arrays,
     merge_context,
     regress,
     signature_def,
-    tensor_to_array,
 )
 
 if TYPE_CHECKING:
@@ -78,7 +80,8 @@ class TfsAdapter:
     def predict(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         request = parse(predict_pb2.PredictRequest, data, "tensorflow.serving.PredictRequest")
         model, version = self._model(request.model_spec)
-        result, served = model.predict(inner_request(request), version)
+        result, served = model.predict(
+            inner_request(request, model.dataplane.max_decoded_bytes), version)
         return predict_response(result, model.name, model.number_of(served),
                                 request.model_spec.signature_name or model.config.signature_name
                                 ).SerializeToString()
@@ -104,15 +107,17 @@ class TfsAdapter:
         response.metadata[SIGNATURE_DEF_FIELD].Pack(defs)
         return response.SerializeToString()
 
-    @staticmethod
-    def _examples(inp: input_pb2.Input) -> list[bytes]:
+    def _examples(self, inp: input_pb2.Input, spec: model_pb2.ModelSpec) -> list[bytes]:
+        """The serialized examples of `inp`, bounded by the decoded-bytes limit of the model
+        `spec` names."""
         kind = inp.WhichOneof("kind")
         if kind == "example_list":
             return [e.SerializeToString() for e in inp.example_list.examples]
         if kind == "example_list_with_context":
             lst = inp.example_list_with_context
+            limit = self.models.get(spec.name).dataplane.max_decoded_bytes
             return merge_context(lst.context.SerializeToString(),
-                                 [e.SerializeToString() for e in lst.examples])
+                                 [e.SerializeToString() for e in lst.examples], limit)
         raise InvalidArgument("input must hold example_list or example_list_with_context")
 
     def _classify(self, spec: model_pb2.ModelSpec, examples: list[bytes],
@@ -145,14 +150,16 @@ class TfsAdapter:
         request = parse(classification_pb2.ClassificationRequest, data,
                         "tensorflow.serving.ClassificationRequest")
         response = classification_pb2.ClassificationResponse()
-        self._classify(request.model_spec, self._examples(request.input), response.result,
+        self._classify(request.model_spec, self._examples(request.input, request.model_spec),
+                       response.result,
                        response.model_spec)
         return response.SerializeToString()
 
     def regress(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         request = parse(regression_pb2.RegressionRequest, data, "tensorflow.serving.RegressionRequest")
         response = regression_pb2.RegressionResponse()
-        self._regress(request.model_spec, self._examples(request.input), response.result,
+        self._regress(request.model_spec, self._examples(request.input, request.model_spec),
+                      response.result,
                       response.model_spec)
         return response.SerializeToString()
 
@@ -169,7 +176,7 @@ class TfsAdapter:
         signatures = [t.model_spec.signature_name for t in request.tasks]
         if len(set(signatures)) != len(signatures):
             raise InvalidArgument("two tasks name the same signature")
-        examples = self._examples(request.input)
+        examples = self._examples(request.input, request.tasks[0].model_spec)
         response = inference_pb2.MultiInferenceResponse()
         for task in request.tasks:
             result = response.results.add()
@@ -212,12 +219,14 @@ def fill_model_spec(out: model_pb2.ModelSpec, model_name: str, version_number: i
         out.signature_name = signature_name
 
 
-def inner_request(request: predict_pb2.PredictRequest) -> pb.PredictRequest:
-    """TF Serving's PredictRequest as the DeepRec one the data plane answers."""
+def inner_request(request: predict_pb2.PredictRequest,
+                  max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> pb.PredictRequest:
+    """TF Serving's PredictRequest as the DeepRec one the data plane answers; InvalidArgument
+    naming the input for shapes no tensor can have, or values TensorFlow's fill rule would
+    repeat past `max_decoded_bytes`."""
     inner = pb.PredictRequest(signature_name=request.model_spec.signature_name,
                               output_filter=list(request.output_filter))
-    for key, tensor in request.inputs.items():
-        tensor_to_array(tensor, inner.inputs[key])
+    inner_arrays(request.inputs, inner, max_decoded_bytes)
     return inner
 
 
@@ -242,18 +251,20 @@ def tfs_request(request: pb.PredictRequest, model_name: str) -> predict_pb2.Pred
     return out
 
 
-def tfs_services(models: ModelRegistry, metrics: Metrics | None = None) -> list[grpc.GenericRpcHandler]:
-    """TF Serving's PredictionService and ModelService, over `models`."""
+def tfs_services(models: ModelRegistry, metrics: Metrics | None = None,
+                 admission: InflightBytes | None = None) -> list[grpc.GenericRpcHandler]:
+    """TF Serving's PredictionService and ModelService, over `models`; `admission` as in
+    grpc_server.unary."""
     adapter = TfsAdapter(models, metrics)
     return [
         grpc.method_handlers_generic_handler(PREDICTION_SERVICE, {
-            "Predict": unary(adapter.predict),
-            "GetModelMetadata": unary(adapter.get_model_metadata),
-            "Classify": unary(adapter.classify),
-            "Regress": unary(adapter.regress),
-            "MultiInference": unary(adapter.multi_inference),
+            "Predict": unary(adapter.predict, admission),
+            "GetModelMetadata": unary(adapter.get_model_metadata, admission),
+            "Classify": unary(adapter.classify, admission),
+            "Regress": unary(adapter.regress, admission),
+            "MultiInference": unary(adapter.multi_inference, admission),
         }),
         grpc.method_handlers_generic_handler(MODEL_SERVICE, {
-            "GetModelStatus": unary(adapter.get_model_status),
+            "GetModelStatus": unary(adapter.get_model_status, admission),
         }),
     ]

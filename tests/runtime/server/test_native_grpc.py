@@ -369,10 +369,3 @@ def _vm_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise AssertionError(f"{field} not in /proc/self/status")
-
-
-def test_in_flight_budget_below_the_message_size_is_refused_naming_the_flag():
-    from deeprec_runtime.native.server import NativeGrpcServer
-
-    with pytest.raises(ValueError, match="--max-inflight-bytes"):
-        NativeGrpcServer([], 0, "127.0.0.1", max_message_bytes=4 << 20, max_inflight_bytes=1 << 20)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from deeprec_runtime.codec import MAX_RANK, STRING_OVERHEAD_BYTES, DecodeBudget, element_count
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import TensorSpec
 
@@ -36,24 +37,55 @@ def _b64decode(value: Any, name: str) -> bytes:
         raise InvalidArgument(f"input '{name}': invalid base64 in b64 value") from None
 
 
-def _to_bytes(value: Any, name: str) -> Any:
+def _to_bytes(value: Any, name: str, budget: DecodeBudget | None, depth: int, rank: int) -> Any:
+    """Strings of nested lists as bytes, each charged to `budget`; lists nested deeper than
+    `rank` (the shape read along the first elements) are ragged, refused before recursing on."""
     if isinstance(value, list):
-        return [_to_bytes(v, name) for v in value]
+        if depth >= rank:
+            raise InvalidArgument(f"input '{name}': not a regular (rectangular) array of values: "
+                                  f"lists nested deeper than its {rank} dimensions")
+        return [_to_bytes(v, name, budget, depth + 1, rank) for v in value]
     if isinstance(value, str):
-        return value.encode("utf-8")
-    if is_b64(value):
-        return _b64decode(value, name)
-    raise InvalidArgument(f"input '{name}' holds strings; got {type(value).__name__} "
-                          f"{str(value)[:40]!r}")
+        data = value.encode("utf-8")
+    elif is_b64(value):
+        data = _b64decode(value, name)
+    else:
+        raise InvalidArgument(f"input '{name}' holds strings; got {type(value).__name__} "
+                              f"{str(value)[:40]!r}")
+    if budget is not None:
+        budget.charge(name, len(data) + STRING_OVERHEAD_BYTES)
+    return data
 
 
-def to_array(value: Any, spec: TensorSpec, name: str) -> np.ndarray:
+def json_shape(value: Any, name: str) -> list[int]:
+    """The shape nested lists claim, read along their first elements (np.asarray refuses ragged
+    ones later, before allocating); InvalidArgument past TensorFlow's rank limit, found without
+    recursing."""
+    dims: list[int] = []
+    while isinstance(value, list):
+        if len(dims) == MAX_RANK:
+            raise InvalidArgument(f"input '{name}': lists nested more than {MAX_RANK} deep; "
+                                  f"TensorFlow allows at most {MAX_RANK} dimensions")
+        dims.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return dims
+
+
+def to_array(value: Any, spec: TensorSpec, name: str,
+             budget: DecodeBudget | None = None) -> np.ndarray:
     """A JSON value (nested lists) -> an array of the input's dtype; InvalidArgument naming the
-    input when the value does not fit."""
+    input when the value does not fit, or when it would take more than `budget` allows (checked
+    before the array is allocated)."""
     target = np.dtype(spec.dtype.as_numpy_dtype) if spec.dtype.is_numpy_compatible else None
+    dims = json_shape(value, name)
+    count = element_count(dims, name)
+    if budget is not None and target is not None and spec.dtype.name != "string":
+        budget.charge(name, count * target.itemsize)
     try:
         if spec.dtype.name == "string":
-            data = _to_bytes(value, name)
+            data = _to_bytes(value, name, budget, 0, len(dims))
             out = np.empty(0, dtype=object) if data == [] else np.array(data, dtype=object)
             if out.dtype != object or any(not isinstance(x, bytes) for x in out.reshape(-1)):
                 raise InvalidArgument(f"input '{name}': ragged or mixed string lists")

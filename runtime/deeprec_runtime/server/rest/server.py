@@ -2,24 +2,32 @@
 
 The standard library's ThreadingHTTPServer: one thread per connection (keep-alive), which suits
 a data plane that blocks in TensorFlow, and no dependency to keep current. What it lacks for
-production is added here: a cap on concurrent connections (503 beyond it), an idle/slow-client
-socket timeout, a request body limit (413) and JSON parsing that cannot crash a thread (deep
-nesting -> 400). bench/rest_bench.py measures its throughput.
+production is added here: a cap on concurrent connections (503 beyond it), an idle socket
+timeout, a request body limit (413, before anything is read), an overall deadline on receiving
+a request's headers and body (so a client trickling bytes cannot hold a connection thread
+forever), the in-flight request-bytes budget (429, by Content-Length, before reading), and JSON
+parsing that cannot crash a thread (deep nesting -> 400). An inference request takes one of the
+--max-concurrent-requests slots only once its whole body has arrived, so slow uploads never
+starve the model of requests. bench/rest_bench.py measures its throughput.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
 import socket
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from deeprec_runtime.admission import InflightBytes, admitted
 from deeprec_runtime.errors import (
     InvalidArgument,
     NotFound,
@@ -39,6 +47,8 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_CONNECTIONS = 256
 IDLE_TIMEOUT_SECONDS = 60.0
+#: Default time a request's headers and body have to arrive, from its first byte.
+READ_TIMEOUT_SECONDS = 30.0
 
 _MODEL_URL = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
@@ -57,6 +67,27 @@ def parse_json_body(data: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     return body
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each bounded by the idle timeout and by the deadline of the
+    request being received (`handler.deadline`, time.monotonic(); None between requests)."""
+
+    def __init__(self, handler: _Handler):
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        handler = self._handler
+        timeout = handler.timeout
+        if handler.deadline is not None:
+            timeout = min(timeout, handler.deadline - time.monotonic())
+            if timeout <= 0:
+                raise TimeoutError("the request was not received in time")
+        handler.connection.settimeout(timeout)
+        return handler.connection.recv_into(buffer)
 
 
 class _HandshakeFailed(Exception):
@@ -80,6 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
     wbufsize = 64 * 1024
     disable_nagle_algorithm = True
     server: _Server
+    #: When the request being received must have arrived whole (time.monotonic()); None while
+    #: waiting for the next request of a keep-alive connection (the idle timeout applies).
+    deadline: float | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -93,6 +127,11 @@ class _Handler(BaseHTTPRequestHandler):
     # --- one request --------------------------------------------------------------------------
     def setup(self) -> None:
         super().setup()
+        # Every read goes through the deadline: the standard library reads the request line and
+        # headers itself, one recv at a time, each under the socket timeout only.
+        self.rfile.close()
+        self._reader = io.BufferedReader(_DeadlineReader(self), 64 * 1024)
+        self.rfile = self._reader
         if isinstance(self.request, ssl.SSLSocket):
             # The TLS handshake runs here, in the connection's own thread with its idle timeout,
             # not in the accept loop, so a client that never finishes it blocks nobody else.
@@ -108,6 +147,27 @@ class _Handler(BaseHTTPRequestHandler):
             super().handle()
         except _HandshakeFailed:
             pass
+
+    def handle_one_request(self) -> None:
+        # The clock starts at the request's first byte: an idle keep-alive connection only has
+        # the idle timeout. A request not received whole in time is dropped (the standard
+        # library closes the connection on TimeoutError); a body gets a 408 (read_body).
+        self.deadline = None
+        try:
+            if not self._reader.peek(1):
+                self.close_connection = True
+                return
+        except OSError:  # TimeoutError included: idle past the timeout, or reset
+            self.close_connection = True
+            return
+        self.deadline = time.monotonic() + self.server.app.read_timeout
+        super().handle_one_request()
+
+    def _received(self) -> None:
+        """The request is in: writes get the idle timeout, not what is left of the deadline."""
+        if self.deadline is not None:
+            self.deadline = None
+            self.connection.settimeout(self.timeout)
 
     def _handle(self, method: str) -> None:
         app = self.server.app
@@ -143,7 +203,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # refused before reading the body: do not parse it
         self._send(status, payload, content_type)
 
-    def read_json(self) -> dict[str, Any]:
+    def handle_expect_100(self) -> bool:
+        """A client that waits for "100 Continue" before sending its body (curl does for large
+        ones) learns here, before sending it, that it is too large (413) or would not fit in the
+        request bytes in progress now (429)."""
+        if self.command == "POST":
+            try:
+                length = self.content_length()
+                if self.server.app.admission is not None:
+                    self.server.app.admission.check(length)
+            except ServingError as exc:
+                self.close_connection = True
+                self._send(exc.http_status, _error(str(exc)), "application/json")
+                self.wfile.flush()
+                return False
+        go_on = super().handle_expect_100()
+        # The interim answer must leave now: the client waits for it before sending the body,
+        # and the buffered writer would hold it until the final answer.
+        self.wfile.flush()
+        return go_on
+
+    def content_length(self) -> int:
+        """The declared body size, checked before anything is read: 411 without one (chunked
+        bodies included), 413 over the limit."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise HttpError(411, "chunked request bodies are not supported; send Content-Length")
         length_text = self.headers.get("Content-Length")
@@ -158,15 +240,26 @@ class _Handler(BaseHTTPRequestHandler):
         if length > self.server.app.max_body_bytes:
             raise HttpError(413, f"request body of {length} bytes exceeds the limit of "
                                  f"{self.server.app.max_body_bytes} bytes")
-        data = self.rfile.read(length)
+        return length
+
+    def read_body(self, length: int) -> bytes:
+        """The body, whole, within what is left of the request's deadline (408 past it)."""
+        try:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise HttpError(408, f"request body of {length} bytes was not received within "
+                                 f"{self.server.app.read_timeout:g} s") from None
         self._body_read = True
+        self._received()
         if len(data) != length:
             self.close_connection = True
             raise InvalidArgument(f"request body ended after {len(data)} of {length} bytes")
-        return parse_json_body(data)
+        return data
 
     def _send(self, status: int, payload: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
+        self._received()
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -196,10 +289,16 @@ class _App:
     """Routes a request to the TF Serving or Simple TensorFlow Serving dialect."""
 
     def __init__(self, models: ModelRegistry, metrics: Metrics | None, max_body_bytes: int,
-                 security: Security | None = None, max_concurrent: int = 0):
+                 security: Security | None = None, max_concurrent: int = 0,
+                 admission: InflightBytes | None = None,
+                 read_timeout: float = READ_TIMEOUT_SECONDS):
         self.models = models
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        #: Request bytes in progress (shared with grpcio's server); None: no bound.
+        self.admission = admission
+        #: Seconds a request's headers and body have to arrive, from its first byte.
+        self.read_timeout = read_timeout
         self.security = security
         #: Inference requests in progress past which more are answered 429 at once (0: no bound).
         self.max_concurrent = max_concurrent
@@ -224,14 +323,21 @@ class _App:
         finally:
             slots.release()
 
+    def _infer(self, handler: _Handler, run: Callable[[dict[str, Any]], Any]) -> tuple[int, bytes, str]:
+        """An inference request: admitted by its declared size, its body read whole under the
+        deadline, and only then given an inference slot, so slow uploads cannot hold slots."""
+        length = handler.content_length()
+        with admitted(self.admission, length):
+            data = handler.read_body(length)
+            with self._inference_slot():
+                return _json(200, run(parse_json_body(data)))
+
     def route(self, handler: _Handler, method: str, path: str,
               query: dict[str, list[str]]) -> tuple[int, bytes, str]:
         if path == "/":
             if method != "POST":
                 raise HttpError(405, "POST a Simple TensorFlow Serving request to /")
-            with self._inference_slot():
-                model, result = stfs.predict(self.models, handler.read_json())
-            return _json(200, result)
+            return self._infer(handler, lambda body: stfs.predict(self.models, body)[1])
         if path in ("/v1/gen_json", "/v1/gen_client"):
             model = self._model(query.get("model_name", [""])[0])
             return self._helper(handler, model, path.rsplit("/", 1)[1], query)
@@ -249,13 +355,9 @@ class _App:
             if verb not in ("predict", "classify", "regress"):
                 raise NotFound(f"unknown method ':{verb}'; use :predict, :classify or :regress")
             version = model.resolve(number, label)
-            with self._inference_slot():
-                body = handler.read_json()
-                if verb == "predict":
-                    return _json(200, tfs.predict(model, version, body))
-                if verb == "classify":
-                    return _json(200, tfs.classify_json(model, version, body))
-                return _json(200, tfs.regress_json(model, version, body))
+            run = {"predict": tfs.predict, "classify": tfs.classify_json,
+                   "regress": tfs.regress_json}[verb]
+            return self._infer(handler, lambda body: run(model, version, body))
         if method != "GET":
             raise HttpError(405, f"{path} answers GET")
         if tail == "metadata":
@@ -318,9 +420,11 @@ class RestServer:
     def __init__(self, models: ModelRegistry, port: int, host: str = "[::]",
                  metrics: Metrics | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                  max_connections: int = MAX_CONNECTIONS, security: Security | None = None,
-                 max_concurrent: int = 0):
+                 max_concurrent: int = 0, admission: InflightBytes | None = None,
+                 read_timeout: float = READ_TIMEOUT_SECONDS):
         bind = host.strip("[]") or "::"
-        app = _App(models, metrics, max_body_bytes, security, max_concurrent)
+        app = _App(models, metrics, max_body_bytes, security, max_concurrent, admission,
+                   read_timeout)
         self._server = _Server((bind, port), app, max_connections)
         context = security.http_ssl_context() if security else None
         if context is not None:

@@ -17,7 +17,7 @@ import numpy as np
 from google.protobuf import json_format
 from tensorflow.core.example import example_pb2
 
-from deeprec_runtime.codec import decode_array, encode_array
+from deeprec_runtime.codec import DEFAULT_MAX_DECODED_BYTES, DecodeBudget, decode_array, encode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import Signature
 from deeprec_runtime.models import ServedModel, parse_version_number
@@ -42,8 +42,9 @@ def predict_named(model: ServedModel, version: str | None, sig: Signature,
     """Named JSON inputs -> the data plane -> output arrays and the version that served. Inputs
     are typed by the signature, then checked by the predict core as any request's are."""
     request = pb.PredictRequest(signature_name=sig.name)
+    budget = DecodeBudget(model.dataplane.max_decoded_bytes)
     for key, value in named.items():
-        encode_array(to_array(value, sig.input(key), key), request.inputs[key],
+        encode_array(to_array(value, sig.input(key), key, budget), request.inputs[key],
                      use_tensor_content=True)
     response, served = model.predict(request, version)
     return {k: decode_array(v, k) for k, v in response.outputs.items()}, served
@@ -128,13 +129,16 @@ def _example(obj: Any, where: str) -> bytes:
     return example.SerializeToString()
 
 
-def examples(body: dict[str, Any]) -> list[bytes]:
+def examples(body: dict[str, Any], max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> list[bytes]:
+    """The body's examples serialized, each merged with the context; past `max_bytes` in all
+    InvalidArgument (see merge_context)."""
     items = body.get("examples")
     if not isinstance(items, list) or not items:
         raise InvalidArgument("'examples' must be a non-empty list of objects")
     context = body.get("context")
     ctx = _example(context, "'context'") if context is not None else b""
-    return merge_context(ctx, [_example(e, f"examples[{i}]") for i, e in enumerate(items)])
+    return merge_context(ctx, [_example(e, f"examples[{i}]") for i, e in enumerate(items)],
+                         max_bytes)
 
 
 def _signature_name(body: dict[str, Any]) -> str:
@@ -145,7 +149,8 @@ def _signature_name(body: dict[str, Any]) -> str:
 
 
 def classify_json(model: ServedModel, version: str | None, body: dict[str, Any]) -> dict[str, Any]:
-    result = classify(model, _signature_name(body), examples(body), version)
+    result = classify(model, _signature_name(body),
+                      examples(body, model.dataplane.max_decoded_bytes), version)
     ref = result.classes if result.classes is not None else result.scores
     if ref is None:
         raise RuntimeError("classify returned neither classes nor scores")
@@ -162,7 +167,8 @@ def classify_json(model: ServedModel, version: str | None, body: dict[str, Any])
 
 
 def regress_json(model: ServedModel, version: str | None, body: dict[str, Any]) -> dict[str, Any]:
-    values, _ = regress(model, _signature_name(body), examples(body), version)
+    values, _ = regress(model, _signature_name(body),
+                        examples(body, model.dataplane.max_decoded_bytes), version)
     return {"result": values.tolist()}
 
 
