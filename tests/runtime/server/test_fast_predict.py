@@ -2,7 +2,8 @@
 
 Each test runs real runtimes on the native gRPC front end over loopback: one with the fast path
 (the default) and, where answers are compared, one without it, on the same model files. The fast
-path must give byte-for-byte the answers of the Python path, hand everything it does not fully
+path must give byte-for-byte the answers of the Python path (with several outputs, the same
+message: protobuf may write map entries in another order), hand everything it does not fully
 understand to Python (so errors keep their codes and messages), and follow versions, deltas and
 rollbacks.
 """
