@@ -38,7 +38,8 @@ lint: setup
 protos: setup
 	bash scripts/gen-protos.sh
 
-# Longer fuzzing runs than CI's 20 s per target.
+# Longer fuzzing runs than CI's 20 s per target: the Python decoders (atheris) and the native
+# request decoding (libFuzzer with ASan and UBSan; needs clang libclang-rt-14-dev).
 fuzz: setup
 	FUZZ_SECONDS=600 $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz -s
 

@@ -1,6 +1,7 @@
 """Builds the native libraries: libdeeprec_grpc_frontend.so (grpc_frontend.cc, against the
-system's gRPC C++) and libdeeprec_fast_predict.so (fast_predict.cc, against TensorFlow's own
-headers and libtensorflow_framework, with the flags TensorFlow gives custom ops).
+system's gRPC C++) and libdeeprec_fast_predict.so (fast_predict.cc and the TensorFlow-free
+request_wire.cc, against TensorFlow's own headers and libtensorflow_framework, with the flags
+TensorFlow gives custom ops).
 
 Needs a C++ compiler, pkg-config and gRPC C++'s development files (Debian: g++ pkg-config
 libgrpc++-dev). Each library is built once per source version and gRPC / TensorFlow version into
@@ -23,8 +24,13 @@ from deeprec_runtime.capi.build import locked
 LIBRARY_NAME = "libdeeprec_grpc_frontend.so"
 FAST_LIBRARY_NAME = "libdeeprec_fast_predict.so"
 DIR_ENV = "DEEPREC_NATIVE_DIR"
-SOURCE = Path(__file__).resolve().parent / "grpc_frontend.cc"
-FAST_SOURCE = Path(__file__).resolve().parent / "fast_predict.cc"
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "grpc_frontend.cc"
+FAST_SOURCE = HERE / "fast_predict.cc"
+#: Compiled with FAST_SOURCE; request_wire.h is in the build key too (tests/fuzz builds the same
+#: unit with sanitizers).
+WIRE_SOURCES = (HERE / "request_wire.cc",)
+WIRE_HEADER = HERE / "request_wire.h"
 PKG_CONFIG_MODULES = ("grpc++", "grpc")
 
 
@@ -66,8 +72,10 @@ def _grpc_flags() -> list[str]:
     return _run(["pkg-config", "--cflags", "--libs", *PKG_CONFIG_MODULES]).split()
 
 
-def build_key(source: Path, version: str) -> str:
+def build_key(source: Path, version: str, *more: Path) -> str:
     h = hashlib.sha256(source.read_bytes())
+    for path in more:  # sources and headers compiled with it
+        h.update(path.read_bytes())
     h.update(version.encode())
     return h.hexdigest()[:16]
 
@@ -87,13 +95,14 @@ _found: dict[tuple[str, str], str] = {}
 
 
 def _library(name: str, source: Path, version: Callable[[], str],
-             flags: Callable[[], list[str]], build: bool) -> str:
+             flags: Callable[[], list[str]], build: bool, extra: tuple[Path, ...] = (),
+             headers: tuple[Path, ...] = ()) -> str:
     configured = os.environ.get(DIR_ENV, "")
     if (configured, name) in _found:
         return _found[(configured, name)]
     if configured and (Path(configured) / name).exists():
         return str(Path(configured) / name)  # an image's prebuilt copy: no toolchain there
-    key = build_key(source, version())
+    key = build_key(source, version(), *extra, *headers)
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     folder = Path(configured) if configured else Path(cache) / "deeprec-serving" / "native" / key
     lib = folder / name
@@ -103,7 +112,7 @@ def _library(name: str, source: Path, version: Callable[[], str],
         folder.mkdir(parents=True, exist_ok=True)
         with locked(folder / ".lock"):
             if not lib.exists():
-                _compile(source, flags(), lib)
+                _compile([source, *extra], flags(), lib)
     _found[(configured, name)] = str(lib)
     return str(lib)
 
@@ -117,16 +126,17 @@ def library_path(build: bool = True) -> str:
 def fast_predict_path(build: bool = True) -> str:
     """Absolute path of the fast predict library (built as library_path is)."""
     return _library(FAST_LIBRARY_NAME, FAST_SOURCE, lambda: _tensorflow_flags()[0],
-                    lambda: _tensorflow_flags()[1], build)
+                    lambda: _tensorflow_flags()[1], build, WIRE_SOURCES, (WIRE_HEADER,))
 
 
-def _compile(source: Path, flags: list[str], target: Path) -> None:
+def _compile(sources: list[Path], flags: list[str], target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="deeprec-native-") as tmp:
         built = Path(tmp) / target.name
         # $ORIGIN/lib: an image copies gRPC C++'s shared libraries there (Dockerfile.runtime);
         # DT_RPATH rather than RUNPATH, so that it also applies to their own dependencies.
         _run([_compiler(), "-O2", "-std=c++17", "-shared", "-fPIC",
-              "-Wl,--disable-new-dtags,-rpath,$ORIGIN/lib", "-o", str(built), str(source), *flags])
+              "-Wl,--disable-new-dtags,-rpath,$ORIGIN/lib", "-o", str(built),
+              *(str(s) for s in sources), *flags])
         # Rename into place: a process that loads the library never sees a half-written file.
         staged = target.parent / f".{target.name}.{os.getpid()}"
         shutil.copyfile(built, staged)

@@ -22,6 +22,11 @@
 // is how a delta gets exclusive access (requests arriving meanwhile take the Python path, which
 // waits on the version's gate); Close is called before the version's session is closed.
 //
+// Request bytes are parsed and admitted by request_wire.cc, which knows no TensorFlow and is fuzzed
+// on its own: by the time this file builds a tensor, its shape, element count and size are
+// checked against the bytes sent and the plan's cap on decoded bytes, and shapes and tensors are
+// still built with TensorFlow's Status-returning APIs, so no request reaches a CHECK.
+//
 // Built against TensorFlow's own headers and libtensorflow_framework (the flags TensorFlow gives
 // custom ops), as a library of its own: gRPC C++ and TensorFlow each bundle protobuf and absl
 // headers that cannot meet in one translation unit.
@@ -38,62 +43,28 @@
 #include <thread>
 #include <vector>
 
+#include "request_wire.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/public/session.h"
 
 namespace {
 
+using request_wire::Api;
+using request_wire::kDeepRec;
+using request_wire::kDouble;
+using request_wire::kFloat;
+using request_wire::kInt32;
+using request_wire::kInt64;
+using request_wire::kNumApis;
+using request_wire::kTfs;
+using request_wire::TfsValueField;
+using request_wire::ValueField;
 using tensorflow::DataType;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
-// ArrayDataType codes of the wire types this path carries (proto/deeprec/serving/predict.proto);
-// they equal TensorFlow's DataType numbers.
-constexpr int kFloat = 1, kDouble = 2, kInt32 = 3, kInt64 = 9;
-
-int ItemSize(int wire) {
-  switch (wire) {
-    case kFloat: case kInt32: return 4;
-    case kDouble: case kInt64: return 8;
-    default: return 0;
-  }
-}
-
-// The ArrayProto field that carries values of a wire dtype.
-int ValueField(int wire) {
-  switch (wire) {
-    case kFloat: return 3;
-    case kDouble: return 4;
-    case kInt32: return 5;
-    case kInt64: return 7;
-    default: return 0;
-  }
-}
-
-// The two request formats a plan answers: DeepRec's PredictRequest (ArrayProto values) and TF
-// Serving's (TensorProto values, a model_spec instead of a signature_name).
-enum Api { kDeepRec = 0, kTfs = 1, kNumApis = 2 };
-
-// The TensorProto field (tensorflow/core/framework/tensor.proto) that carries values of a dtype.
-int TfsValueField(int wire) {
-  switch (wire) {
-    case kFloat: return 5;
-    case kDouble: return 6;
-    case kInt32: return 7;
-    case kInt64: return 10;
-    default: return 0;
-  }
-}
-
-int ValueFieldOf(Api api, int wire) { return api == kTfs ? TfsValueField(wire) : ValueField(wire); }
-
-struct InputSpec {
-  std::string alias;
-  int wire = 0;
-  int rank = -1;               // -1: unknown rank
-  std::vector<int64_t> dims;   // -1: unknown dimension
-  int feed = 0;                // position in the callable's feeds
-};
+static_assert(request_wire::kMaxRank <= TensorShape::MaxDimensions(),
+              "admitted shapes must be ones TensorShape can hold");
 
 struct OutputSpec {
   std::string alias;
@@ -123,19 +94,17 @@ struct Batcher;
 struct Plan {
   tensorflow::Session* session = nullptr;
   int64_t callable = 0;
-  std::string signature;
-  std::vector<InputSpec> inputs;
+  // What requests it admits: signature, inputs, TF Serving's model, the cap on decoded bytes.
+  // TF Serving's Predict is answered only when spec.tfs_on (drf_plan_tfs), for requests naming
+  // no model or this one.
+  request_wire::RequestSpec spec;
   std::vector<OutputSpec> outputs;  // sorted by alias, as the Python path answers
   int num_feeds = 0;
   int num_fetches = 0;
   std::atomic<int> active{0};
   std::atomic<int> blocked{0};
   std::atomic<bool> closed{false};
-  // TF Serving's Predict: answered only when tfs_on (drf_plan_tfs), for requests naming no model
-  // or this one; answers carry this model name and version number.
-  bool tfs_on = false;
-  std::string tfs_model;
-  int64_t tfs_version = 0;
+  int64_t tfs_version = 0;  // TF Serving answers carry spec.tfs_model and this version number
   std::unique_ptr<Histogram> latency[kNumApis];
   std::unique_ptr<Histogram> rows;
   std::unique_ptr<Histogram> refused[kNumApis];  // calls refused with RESOURCE_EXHAUSTED
@@ -153,6 +122,9 @@ struct Plan {
 // request is refused with RESOURCE_EXHAUSTED at once. Only requests whose inputs have the same
 // per-row shapes share a batch; a merged run that fails, or whose outputs do not carry the batch
 // on axis 0, is rerun request by request so that only the request at fault falls back to Python.
+// Memory is bounded as rows are: a batch's feed bytes, padding included, stay within
+// max_batch_bytes (request_wire.h's BatchLimits): a request that would pass it starts a new batch,
+// and a batch whose padding would pass it runs its requests one by one, unpadded.
 struct Outputs {
   std::shared_ptr<std::vector<Tensor>> tensors;
   int64_t start = 0;
@@ -162,6 +134,7 @@ struct Outputs {
 struct Task {
   std::vector<Tensor>* feeds;
   int64_t rows;
+  uint64_t bytes;  // of all its feeds
   bool ok = false;
   Outputs result;
 };
@@ -170,6 +143,7 @@ struct Batch {
   std::string key;
   std::vector<Task*> tasks;
   int64_t rows = 0;
+  uint64_t bytes = 0;
   std::chrono::steady_clock::time_point deadline;
   bool closed = false;
   bool done = false;
@@ -178,11 +152,10 @@ struct Batch {
 };
 
 struct Batcher {
-  int64_t max_batch_size = 0;
+  request_wire::BatchLimits limits;  // allowed: ascending, the last is max_batch_size
   std::chrono::microseconds timeout{0};
   int num_threads = 1;
   int max_enqueued = 1;
-  std::vector<int64_t> allowed;  // ascending; the last is max_batch_size
   std::mutex mu;
   std::vector<std::shared_ptr<Batch>> open;
   int waiting = 0;  // closed batches not yet running
@@ -191,15 +164,17 @@ struct Batcher {
   std::atomic<uint64_t> merged_runs{0};
   std::atomic<uint64_t> merged_rows{0};
 
-  int64_t PaddedSize(int64_t rows) const {
-    for (int64_t size : allowed)
-      if (size >= rows) return size;
-    return rows;
-  }
   // Closes every open batch, so their leaders run them now (a delta or a close is waiting).
   void CloseAll() {
     std::lock_guard<std::mutex> lock(mu);
     while (!open.empty()) Close(open.front());
+  }
+  // Requests waiting in open batches.
+  size_t Queued() {
+    std::lock_guard<std::mutex> lock(mu);
+    size_t n = 0;
+    for (const auto& batch : open) n += batch->tasks.size();
+    return n;
   }
   // Under mu.
   void Close(const std::shared_ptr<Batch>& batch) {
@@ -211,6 +186,17 @@ struct Batcher {
 };
 
 Plan::~Plan() = default;
+
+// A tensor of `first`'s dtype and per-row shape with `rows` rows; false if TensorFlow refuses
+// the shape or cannot allocate it.
+bool MergedTensor(const Tensor& first, int64_t rows, Tensor* out) {
+  auto sizes = first.shape().dim_sizes();
+  std::vector<int64_t> dims(sizes.begin(), sizes.end());
+  dims[0] = rows;
+  TensorShape shape;
+  if (!TensorShape::BuildTensorShape(dims, &shape).ok()) return false;
+  return Tensor::BuildTensor(first.dtype(), shape, out).ok() && out->IsInitialized();
+}
 
 bool RunAlone(Plan* plan, const std::vector<Tensor>& feeds, Outputs* result) {
   auto fetches = std::make_shared<std::vector<Tensor>>();
@@ -227,17 +213,19 @@ void RunBatch(Plan* plan, Batcher* batcher, Batch* batch) {
   auto alone = [&] {
     for (Task* t : tasks) t->ok = RunAlone(plan, *t->feeds, &t->result);
   };
-  if (tasks.size() == 1) {
+  if (tasks.size() == 1 || !batcher->limits.MayPad(batch->rows, batch->bytes)) {
     alone();
     return;
   }
-  int64_t size = batcher->PaddedSize(batch->rows);
+  int64_t size = batcher->limits.PaddedSize(batch->rows);
   std::vector<Tensor> merged(plan->num_feeds);
   for (int f = 0; f < plan->num_feeds; ++f) {
     const Tensor& first = (*tasks[0]->feeds)[f];
-    TensorShape shape = first.shape();
-    shape.set_dim(0, size);
-    Tensor m(first.dtype(), shape);
+    Tensor m;
+    if (!MergedTensor(first, size, &m)) {
+      alone();
+      return;
+    }
     char* dst = const_cast<char*>(m.tensor_data().data());
     for (Task* t : tasks) {
       auto src = (*t->feeds)[f].tensor_data();
@@ -272,23 +260,23 @@ void RunBatch(Plan* plan, Batcher* batcher, Batch* batch) {
 
 constexpr int kResourceExhausted = 8;
 
-// Runs `feeds` (`rows` rows each) in a merged batch. Returns 0 with *result set, -1 when the
-// request must go to Python, or kResourceExhausted with *message set.
-int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, Outputs* result,
-               std::string* message) {
+// Runs `feeds` (`rows` rows each, `bytes` in all) in a merged batch. Returns 0 with *result set,
+// -1 when the request must go to Python, or kResourceExhausted with *message set.
+int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, uint64_t bytes,
+               Outputs* result, std::string* message) {
   Batcher* b = plan->batcher.get();
   std::string key;
   for (const Tensor& t : *feeds) {
     for (int d = 1; d < t.dims(); ++d) key += std::to_string(t.dim_size(d)) + ",";
     key += ";";
   }
-  Task task{feeds, rows};
+  Task task{feeds, rows, bytes};
   std::shared_ptr<Batch> batch;
   bool leader = false;
   std::unique_lock<std::mutex> lock(b->mu);
   for (auto& candidate : b->open)
     if (candidate->key == key) batch = candidate;
-  if (batch && batch->rows + rows > b->max_batch_size) {
+  if (batch && !b->limits.Fits(batch->rows, batch->bytes, rows, bytes)) {
     b->Close(batch);
     batch.reset();
   }
@@ -306,10 +294,11 @@ int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, Outputs* re
   }
   batch->tasks.push_back(&task);
   batch->rows += rows;
+  batch->bytes += bytes;
   // A blocked or closed plan has someone waiting for its calls to end (CloseAll ran, or runs
   // after this under the same lock): do not wait for company.
-  if (batch->rows >= b->max_batch_size || b->timeout.count() == 0 || plan->blocked.load() != 0 ||
-      plan->closed.load())
+  if (batch->rows >= b->limits.max_batch_size || b->timeout.count() == 0 ||
+      plan->blocked.load() != 0 || plan->closed.load())
     b->Close(batch);
   if (!leader) {
     batch->done_cv.wait(lock, [&] { return batch->done; });
@@ -337,161 +326,21 @@ int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, Outputs* re
 std::mutex g_mu;
 std::shared_ptr<Plan> g_current;  // read with std::atomic_load
 
-// --- protobuf wire format (proto3: packed repeated scalars) -----------------------------------
-struct Reader {
-  const uint8_t* p;
-  const uint8_t* end;
-  bool Varint(uint64_t* v) {
-    uint64_t out = 0;
-    for (int shift = 0; shift < 64 && p < end; shift += 7) {
-      uint8_t b = *p++;
-      out |= static_cast<uint64_t>(b & 0x7f) << shift;
-      if (!(b & 0x80)) {
-        *v = out;
-        return true;
-      }
-    }
+// The tensor of one admitted input: its shape and allocation go through TensorFlow's
+// Status-returning APIs, so even a shape request_wire let through by mistake is declined, never
+// a CHECK.
+bool BuildFeed(const request_wire::InputSpec& spec, const request_wire::WireArray& a,
+               Tensor* out) {
+  TensorShape shape;
+  if (!TensorShape::BuildTensorShape(a.dims, &shape).ok()) return false;
+  Tensor t;
+  if (!Tensor::BuildTensor(static_cast<DataType>(spec.wire), shape, &t).ok() || !t.IsInitialized())
     return false;
-  }
-  bool Bytes(const uint8_t** data, size_t* size) {
-    uint64_t n;
-    if (!Varint(&n) || n > static_cast<uint64_t>(end - p)) return false;
-    *data = p;
-    *size = n;
-    p += n;
-    return true;
-  }
-};
-
-bool Equals(const uint8_t* data, size_t size, const std::string& s) {
-  return size == s.size() && std::memcmp(data, s.data(), size) == 0;
-}
-
-struct WireArray {
-  uint64_t dtype = 0;
-  bool has_shape = false;
-  std::vector<int64_t> dims;
-  const uint8_t* values = nullptr;  // packed values of the dtype's field
-  size_t values_size = 0;
-  int values_field = 0;
-  const uint8_t* content = nullptr;  // tensor_content
-  size_t content_size = 0;
-  bool has_content = false;
-};
-
-bool ParseShape(const uint8_t* data, size_t size, WireArray* a) {
-  Reader r{data, data + size};
-  while (r.p < r.end) {
-    uint64_t tag;
-    if (!r.Varint(&tag)) return false;
-    if (tag == ((1 << 3) | 2)) {  // packed dims
-      const uint8_t* d;
-      size_t n;
-      if (!r.Bytes(&d, &n)) return false;
-      Reader dr{d, d + n};
-      while (dr.p < dr.end) {
-        uint64_t v;
-        if (!dr.Varint(&v)) return false;
-        a->dims.push_back(static_cast<int64_t>(v));
-      }
-    } else if (tag == ((1 << 3) | 0)) {  // one unpacked dim
-      uint64_t v;
-      if (!r.Varint(&v)) return false;
-      a->dims.push_back(static_cast<int64_t>(v));
-    } else {
-      return false;
-    }
-  }
+  auto data = t.tensor_data();
+  if (!request_wire::FillValues(a, spec.wire, const_cast<char*>(data.data()), data.size()))
+    return false;
+  *out = std::move(t);
   return true;
-}
-
-// TensorShapeProto: dims with a size and no name; unknown_rank (only ever sent as true) and
-// anything else is left to Python.
-bool ParseTensorShape(const uint8_t* data, size_t size, WireArray* a) {
-  Reader r{data, data + size};
-  while (r.p < r.end) {
-    uint64_t tag;
-    if (!r.Varint(&tag) || tag != ((2 << 3) | 2)) return false;
-    const uint8_t* d;
-    size_t n;
-    if (!r.Bytes(&d, &n)) return false;
-    Reader dr{d, d + n};
-    uint64_t dim = 0;  // an absent size is 0
-    while (dr.p < dr.end) {
-      uint64_t dtag;
-      if (!dr.Varint(&dtag) || dtag != ((1 << 3) | 0) || !dr.Varint(&dim)) return false;
-    }
-    a->dims.push_back(static_cast<int64_t>(dim));
-  }
-  return true;
-}
-
-// Whether `field` carries the values of one of the dtypes this path takes, in `api`'s array.
-bool IsValueField(Api api, uint64_t field) {
-  for (int wire : {kFloat, kDouble, kInt32, kInt64})
-    if (static_cast<uint64_t>(ValueFieldOf(api, wire)) == field) return true;
-  return false;
-}
-
-// One input: DeepRec's ArrayProto (dtype 1, array_shape 2, values 3/4/5/7, tensor_content 100) or
-// TF Serving's TensorProto (dtype 1, tensor_shape 2, tensor_content 4, values 5-10; no
-// tensor_shape is a scalar). String values, unpacked values, repeated fields and unknown fields
-// are left to Python.
-bool ParseArray(Api api, const uint8_t* data, size_t size, WireArray* a) {
-  const uint64_t content_field = api == kTfs ? 4 : 100;
-  a->has_shape = api == kTfs;
-  bool shape_seen = false;
-  Reader r{data, data + size};
-  while (r.p < r.end) {
-    uint64_t tag;
-    if (!r.Varint(&tag)) return false;
-    uint64_t field = tag >> 3, type = tag & 7;
-    if (field == 1 && type == 0) {
-      if (!r.Varint(&a->dtype)) return false;
-    } else if (field == 2 && type == 2 && !shape_seen) {
-      const uint8_t* d;
-      size_t n;
-      if (!r.Bytes(&d, &n) || !(api == kTfs ? ParseTensorShape(d, n, a) : ParseShape(d, n, a)))
-        return false;
-      shape_seen = a->has_shape = true;
-    } else if (field == content_field && type == 2 && !a->has_content) {
-      if (!r.Bytes(&a->content, &a->content_size)) return false;
-      a->has_content = true;
-    } else if (IsValueField(api, field) && type == 2 && a->values == nullptr) {
-      if (!r.Bytes(&a->values, &a->values_size)) return false;
-      a->values_field = static_cast<int>(field);
-    } else {
-      return false;
-    }
-  }
-  return true;
-}
-
-// Fills `t` from the packed varints (int32 / int64) or fixed-width values of `a`.
-bool FillTensor(const WireArray& a, int wire, int64_t count, Tensor* t) {
-  char* dst = const_cast<char*>(t->tensor_data().data());
-  size_t bytes = static_cast<size_t>(count) * ItemSize(wire);
-  if (a.has_content) {
-    if (a.content_size != bytes) return false;
-    std::memcpy(dst, a.content, bytes);
-    return true;
-  }
-  if (wire == kFloat || wire == kDouble) {
-    if (a.values_size != bytes) return false;
-    std::memcpy(dst, a.values, bytes);
-    return true;
-  }
-  Reader r{a.values, a.values + a.values_size};
-  for (int64_t i = 0; i < count; ++i) {
-    uint64_t v;
-    if (!r.Varint(&v)) return false;
-    if (wire == kInt64) {
-      reinterpret_cast<int64_t*>(dst)[i] = static_cast<int64_t>(v);
-    } else {
-      reinterpret_cast<int32_t*>(dst)[i] = static_cast<int32_t>(v);
-    }
-  }
-  return r.p == r.end;  // exactly `count` values
 }
 
 void PutVarint(std::string* out, uint64_t v) {
@@ -561,27 +410,6 @@ void EncodeTensorProto(const Tensor& t, int wire, bool raw, std::string* out) {
   PutValues(t, wire, raw, TfsValueField(wire), 4, out);
 }
 
-// TF Serving's ModelSpec of an answer: the model, its version number, the signature.
-bool ParseModelSpec(const Plan* plan, const uint8_t* data, size_t size) {
-  Reader r{data, data + size};
-  while (r.p < r.end) {
-    uint64_t tag;
-    const uint8_t* body;
-    size_t n;
-    if (!r.Varint(&tag)) return false;
-    if (tag == ((1 << 3) | 2)) {  // name: this model (empty: the default one, which it is)
-      if (!r.Bytes(&body, &n)) return false;
-      if (n != 0 && !Equals(body, n, plan->tfs_model)) return false;
-    } else if (tag == ((3 << 3) | 2)) {  // signature_name
-      if (!r.Bytes(&body, &n)) return false;
-      if (n != 0 && !Equals(body, n, plan->signature)) return false;
-    } else {
-      return false;  // version, version_label: Python resolves which loaded version answers
-    }
-  }
-  return true;
-}
-
 // Holds the plan's active count for one request; the plan is usable only if open().
 class Use {
  public:
@@ -608,93 +436,22 @@ void WaitIdle(Plan* plan) {
 // kResourceExhausted: the batching queue is full and *out holds the message.
 int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s, std::string* out) {
   auto started = std::chrono::steady_clock::now();
-  if (api == kTfs && !plan->tfs_on) return -1;
-  // The fields of the two PredictRequests: DeepRec's signature_name 1, inputs 2; TF Serving's
-  // model_spec 1, inputs 2 (output_filter is 3 in both, and left to Python).
-  Reader r{reinterpret_cast<const uint8_t*>(data), reinterpret_cast<const uint8_t*>(data) + size};
-  std::vector<WireArray> arrays(plan->inputs.size());
-  std::vector<bool> seen(plan->inputs.size(), false);
-  bool raw = false;
-  while (r.p < r.end) {
-    uint64_t tag;
-    if (!r.Varint(&tag)) return -1;
-    const uint8_t* body;
-    size_t body_size;
-    if (tag == ((1 << 3) | 2)) {  // signature_name, or TF Serving's model_spec
-      if (!r.Bytes(&body, &body_size)) return -1;
-      if (api == kTfs) {
-        if (!ParseModelSpec(plan, body, body_size)) return -1;
-      } else if (body_size != 0 && !Equals(body, body_size, plan->signature)) {
-        return -1;
-      }
-    } else if (tag == ((2 << 3) | 2)) {  // one inputs map entry
-      if (!r.Bytes(&body, &body_size)) return -1;
-      Reader e{body, body + body_size};
-      const uint8_t* key = nullptr;
-      size_t key_size = 0;
-      const uint8_t* value = nullptr;
-      size_t value_size = 0;
-      while (e.p < e.end) {
-        uint64_t etag;
-        if (!e.Varint(&etag)) return -1;
-        if (etag == ((1 << 3) | 2) && key == nullptr) {
-          if (!e.Bytes(&key, &key_size)) return -1;
-        } else if (etag == ((2 << 3) | 2) && value == nullptr) {
-          if (!e.Bytes(&value, &value_size)) return -1;
-        } else {
-          return -1;
-        }
-      }
-      if (key == nullptr) return -1;
-      size_t i = 0;
-      while (i < plan->inputs.size() && !Equals(key, key_size, plan->inputs[i].alias)) ++i;
-      if (i == plan->inputs.size() || seen[i]) return -1;  // tensor names, unknown keys, repeats
-      seen[i] = true;
-      if (value != nullptr && !ParseArray(api, value, value_size, &arrays[i])) return -1;
-    } else {
-      return -1;  // output_filter, unknown fields
-    }
-  }
+  request_wire::Decoded request;
+  if (!request_wire::DecodeRequest(plan->spec, api, reinterpret_cast<const uint8_t*>(data), size,
+                                   &request))
+    return -1;
   std::vector<Tensor> feeds(plan->num_feeds);
-  int64_t batch = -1;
-  bool rows_shared = true;  // every input has the same leading dimension (batching needs it)
-  for (size_t i = 0; i < plan->inputs.size(); ++i) {
-    const InputSpec& spec = plan->inputs[i];
-    const WireArray& a = arrays[i];
-    if (!seen[i] || a.dtype != static_cast<uint64_t>(spec.wire) || !a.has_shape) return -1;
-    if (a.has_content == (a.values != nullptr)) return -1;  // exactly one way of sending values
-    if (a.values != nullptr && a.values_field != ValueFieldOf(api, spec.wire)) return -1;
-    if (spec.rank >= 0 && static_cast<int>(a.dims.size()) != spec.rank) return -1;
-    int64_t count = 1;
-    for (size_t d = 0; d < a.dims.size(); ++d) {
-      if (a.dims[d] <= 0 || a.dims[d] > (int64_t{1} << 40)) return -1;
-      if (spec.rank >= 0 && spec.dims[d] >= 0 && spec.dims[d] != a.dims[d]) return -1;
-      count *= a.dims[d];
-      if (count > (int64_t{1} << 40)) return -1;
-    }
-    // The values must be there before anything is allocated (a request's shape is only a claim):
-    // exact bytes for fixed-width values, 1 to 10 bytes per varint.
-    size_t sent = a.has_content ? a.content_size : a.values_size;
-    uint64_t need = static_cast<uint64_t>(count) * ItemSize(spec.wire);
-    bool varints = !a.has_content && (spec.wire == kInt32 || spec.wire == kInt64);
-    uint64_t n = static_cast<uint64_t>(count);
-    if (varints ? (sent < n || sent > n * 10) : sent != need)
-      return -1;
-    if (i == 0) batch = a.dims.empty() ? -1 : a.dims[0];
-    rows_shared = rows_shared && !a.dims.empty() && a.dims[0] == batch;
-    raw = raw || a.has_content;
-    TensorShape shape;
-    for (int64_t d : a.dims) shape.AddDim(d);
-    Tensor t(static_cast<DataType>(spec.wire), shape);
-    if (!FillTensor(a, spec.wire, count, &t)) return -1;
-    feeds[spec.feed] = std::move(t);
+  for (size_t i = 0; i < plan->spec.inputs.size(); ++i) {
+    const request_wire::InputSpec& spec = plan->spec.inputs[i];
+    if (!BuildFeed(spec, request.arrays[i], &feeds[spec.feed])) return -1;
   }
   if (timeout_s >= 0 &&
       std::chrono::steady_clock::now() - started >= std::chrono::duration<double>(timeout_s))
     return -1;  // expired: Python answers DEADLINE_EXCEEDED
   Outputs result;
-  if (plan->batcher && rows_shared && batch > 0 && batch <= plan->batcher->max_batch_size) {
-    int code = RunBatched(plan, &feeds, batch, &result, out);
+  int64_t batch = request.batch;
+  if (plan->batcher && request.rows_shared && plan->batcher->limits.Admits(batch, request.bytes)) {
+    int code = RunBatched(plan, &feeds, batch, request.bytes, &result, out);
     if (code == kResourceExhausted) {
       plan->refused[api]->Observe(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
@@ -712,9 +469,9 @@ int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s
     if (static_cast<int>(t.dtype()) != spec.wire) return -1;
     array.clear();
     if (api == kTfs) {
-      EncodeTensorProto(t, spec.wire, raw, &array);
+      EncodeTensorProto(t, spec.wire, request.raw, &array);
     } else {
-      EncodeArray(t, spec.wire, raw, &array);
+      EncodeArray(t, spec.wire, request.raw, &array);
     }
     std::string entry;
     PutBytes(&entry, 1, spec.alias.data(), spec.alias.size());
@@ -723,13 +480,14 @@ int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s
   }
   if (api == kTfs) {  // model_spec, as the Python adapter fills it
     std::string spec, version;
-    PutBytes(&spec, 1, plan->tfs_model.data(), plan->tfs_model.size());
+    PutBytes(&spec, 1, plan->spec.tfs_model.data(), plan->spec.tfs_model.size());
     if (plan->tfs_version != 0) {
       PutVarint(&version, (1 << 3) | 0);
       PutVarint(&version, static_cast<uint64_t>(plan->tfs_version));
     }
     PutBytes(&spec, 2, version.data(), version.size());
-    if (!plan->signature.empty()) PutBytes(&spec, 3, plan->signature.data(), plan->signature.size());
+    const std::string& signature = plan->spec.signature;
+    if (!signature.empty()) PutBytes(&spec, 3, signature.data(), signature.size());
     PutBytes(out, 2, spec.data(), spec.size());
   }
   if (batch >= 0) plan->rows->Observe(static_cast<double>(batch));
@@ -747,26 +505,29 @@ extern "C" {
 // `tf_session` is the TF_Session* of a tf.compat.v1.Session (its first member is the
 // tensorflow::Session*); `callable` a handle that session made (Session::MakeCallable).
 // Inputs are listed in signature order with their wire dtype, rank (-1 unknown) and dims
-// (flattened, -1 unknown); outputs sorted by alias. Returns an owned handle for drf_* calls.
+// (flattened, -1 unknown); outputs sorted by alias. A request whose inputs decode to more than
+// `max_decoded_bytes` is left to Python. Returns an owned handle for drf_* calls.
 void* drf_plan_new(void* tf_session, int64_t callable, const char* signature, int num_inputs,
                    const char** input_aliases, const int* input_wire, const int* input_rank,
                    const int64_t* input_dims, const int* input_feed, int num_outputs,
                    const char** output_aliases, const int* output_wire, const int* output_fetch,
                    int num_feeds, int num_fetches, const double* latency_bounds,
-                   int num_latency_bounds, const double* row_bounds, int num_row_bounds) {
+                   int num_latency_bounds, const double* row_bounds, int num_row_bounds,
+                   uint64_t max_decoded_bytes) {
   auto plan = std::make_shared<Plan>();
   plan->session = *static_cast<tensorflow::Session**>(tf_session);
   plan->callable = callable;
-  plan->signature = signature;
+  plan->spec.signature = signature;
+  plan->spec.max_decoded_bytes = max_decoded_bytes;
   const int64_t* dims = input_dims;
   for (int i = 0; i < num_inputs; ++i) {
-    InputSpec spec;
+    request_wire::InputSpec spec;
     spec.alias = input_aliases[i];
     spec.wire = input_wire[i];
     spec.rank = input_rank[i];
     for (int d = 0; d < spec.rank; ++d) spec.dims.push_back(*dims++);
     spec.feed = input_feed[i];
-    plan->inputs.push_back(std::move(spec));
+    plan->spec.inputs.push_back(std::move(spec));
   }
   for (int i = 0; i < num_outputs; ++i)
     plan->outputs.push_back({output_aliases[i], output_fetch[i], output_wire[i]});
@@ -788,15 +549,21 @@ void drf_publish(void* handle) {
   std::atomic_store(&g_current, plan);
 }
 
-// Requests stop using the plan until drf_unblock; returns once none is using it.
+// Requests stop using the plan until drf_unblock; returns once none is using it. On a closed
+// plan both are no-ops: no request uses it any more (a delta may still be ending during shutdown).
 void drf_block(void* handle) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  if (plan->closed.load()) return;
   plan->blocked.fetch_add(1);
   if (plan->batcher) plan->batcher->CloseAll();  // calls waiting for company run now
   WaitIdle(plan);
 }
 
-void drf_unblock(void* handle) { static_cast<std::shared_ptr<Plan>*>(handle)->get()->blocked.fetch_sub(1); }
+void drf_unblock(void* handle) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  if (plan->closed.load()) return;
+  plan->blocked.fetch_sub(1);
+}
 
 // No request uses the plan after this returns (it is unpublished if it was the current one).
 void drf_close(void* handle) {
@@ -811,18 +578,27 @@ void drf_close(void* handle) {
 }
 
 // Turns on server-side batching for the plan (before it is published): merged batches of at most
-// `max_batch_size` rows, `timeout_us` for the first request to wait, `num_threads` merged runs at
-// once, at most `max_enqueued` batches; merged runs padded up to the next of `allowed` (ascending).
+// `max_batch_size` rows and `max_batch_bytes` feed bytes (padding included), `timeout_us` for the
+// first request to wait, `num_threads` merged runs at once, at most `max_enqueued` batches;
+// merged runs padded up to the next of `allowed` (ascending).
 void drf_plan_batching(void* handle, int64_t max_batch_size, int64_t timeout_us, int num_threads,
-                       int max_enqueued, const int64_t* allowed, int num_allowed) {
+                       int max_enqueued, const int64_t* allowed, int num_allowed,
+                       uint64_t max_batch_bytes) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
   auto b = std::make_unique<Batcher>();
-  b->max_batch_size = max_batch_size;
+  b->limits.max_batch_size = max_batch_size;
+  b->limits.max_batch_bytes = max_batch_bytes;
+  b->limits.allowed.assign(allowed, allowed + num_allowed);
   b->timeout = std::chrono::microseconds(timeout_us);
   b->num_threads = std::max(1, num_threads);
   b->max_enqueued = std::max(1, max_enqueued);
-  b->allowed.assign(allowed, allowed + num_allowed);
   plan->batcher = std::move(b);
+}
+
+// Requests waiting in the plan's open batches (0 without batching).
+int drf_queued(void* handle) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  return plan->batcher ? static_cast<int>(plan->batcher->Queued()) : 0;
 }
 
 // Calls of `api` (0 DeepRec, 1 TF Serving) using the plan now (answered in C++, or being decoded
@@ -835,8 +611,8 @@ int drf_active(void* handle, int api) {
 // naming version `number`. Before the plan is published.
 void drf_plan_tfs(void* handle, const char* name, int64_t number) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
-  plan->tfs_on = name != nullptr;
-  plan->tfs_model = name ? name : "";
+  plan->spec.tfs_on = name != nullptr;
+  plan->spec.tfs_model = name ? name : "";
   plan->tfs_version = number;
 }
 

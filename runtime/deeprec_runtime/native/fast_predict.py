@@ -36,6 +36,7 @@ from deeprec_runtime.native.build import fast_predict_path
 from deeprec_runtime.native.tf_handles import session_pointer
 from deeprec_runtime.predict import predict
 from deeprec_runtime.protos import predict_pb2 as pb
+from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from deeprec_runtime.config import BatchingConfig
@@ -56,13 +57,16 @@ void *drf_plan_new(void *tf_session, int64_t callable, const char *signature, in
                    const int64_t *input_dims, const int *input_feed, int num_outputs,
                    const char **output_aliases, const int *output_wire, const int *output_fetch,
                    int num_feeds, int num_fetches, const double *latency_bounds,
-                   int num_latency_bounds, const double *row_bounds, int num_row_bounds);
+                   int num_latency_bounds, const double *row_bounds, int num_row_bounds,
+                   uint64_t max_decoded_bytes);
 void drf_publish(void *plan);
 void drf_block(void *plan);
 void drf_unblock(void *plan);
 void drf_close(void *plan);
 void drf_plan_batching(void *plan, int64_t max_batch_size, int64_t timeout_us, int num_threads,
-                       int max_enqueued, const int64_t *allowed, int num_allowed);
+                       int max_enqueued, const int64_t *allowed, int num_allowed,
+                       uint64_t max_batch_bytes);
+int drf_queued(void *plan);
 void drf_merged(void *plan, uint64_t *runs, uint64_t *rows);
 int drf_active(void *plan, int api);
 void drf_plan_tfs(void *plan, const char *name, int64_t number);
@@ -85,7 +89,8 @@ class FastPredict:
 
     def __init__(self, model_name: str, signature_name: str, metrics: Metrics | None = None,
                  check_request: pb.PredictRequest | None = None,
-                 batching: BatchingConfig | None = None, tfs: bool = False):
+                 batching: BatchingConfig | None = None, tfs: bool = False,
+                 max_decoded_bytes: int = MAX_MESSAGE_BYTES, max_batch_bytes: int = MAX_MESSAGE_BYTES):
         import cffi  # noqa: PLC0415
 
         self.ffi = ffi = cffi.FFI()
@@ -104,6 +109,11 @@ class FastPredict:
         self.check_request = check_request
         #: Server-side batching of the calls plans answer (deeprec_runtime.batching's rules, in C++).
         self.batching = batching if batching is not None and batching.enabled else None
+        #: Memory bounds: the most bytes one request's inputs may decode to in C++ (larger ones go
+        #: to Python, which refuses them), and the most feed bytes of a merged batch, padding
+        #: included. Both default to the largest message the server takes.
+        self.max_decoded_bytes = max_decoded_bytes
+        self.max_batch_bytes = max_batch_bytes
         self._lock = threading.Lock()
         self._plans: list[FastPlan] = []
         if metrics is not None:
@@ -148,7 +158,7 @@ class FastPredict:
             self.lib.drf_plan_batching(plan.handle, b.max_batch_size, b.batch_timeout_micros,
                                        b.num_batch_threads, b.max_enqueued_batches,
                                        self.ffi.new("int64_t[]", list(b.allowed_batch_sizes) or [0]),
-                                       len(b.allowed_batch_sizes))
+                                       len(b.allowed_batch_sizes), self.max_batch_bytes)
         servable.fast_plan = plan
         return plan
 
@@ -192,7 +202,7 @@ class FastPredict:
             len(feed_names), len(fetch_names),
             ffi.new("double[]", list(metrics_mod.LATENCY_BUCKETS)), len(metrics_mod.LATENCY_BUCKETS),
             ffi.new("double[]", [float(b) for b in metrics_mod.BATCH_BUCKETS]),
-            len(metrics_mod.BATCH_BUCKETS))
+            len(metrics_mod.BATCH_BUCKETS), self.max_decoded_bytes)
         plan = FastPlan(self, handle, servable.name, callable_)
         with self._lock:
             self._plans.append(plan)
@@ -306,7 +316,13 @@ def _ineligible(servable: Servable, signature_name: str) -> str:
 
 
 class FastPlan:
-    """One version's plan (a handle in fast_predict.cc)."""
+    """One version's plan (a handle in fast_predict.cc).
+
+    The handle is freed by close(); no call reaches it afterwards. Calls that may wait in C++
+    (predict, block, unblock) run outside the lock but count themselves as users, and close()
+    frees the handle only once they have returned; once closing, they are no-ops. So a delta's
+    block/unblock racing a version's close at shutdown never touches freed memory.
+    """
 
     def __init__(self, owner: FastPredict, handle: Any, version: str, callable_: Any):
         self._owner = owner
@@ -316,24 +332,61 @@ class FastPlan:
         #: Figures already added to the metrics: which -> (count, sum, per-bucket counts).
         self._flushed: dict[int, tuple[int, float, list[int]]] = {
             which: (0, 0.0, []) for which in _HISTOGRAMS}
-        self._closed = False
+        self._closing = False
+        self._closed = False  # the handle is freed
+        self._users = 0  # calls in C++ made outside the lock
         self._answered_at_close = 0
-        self._lock = threading.Lock()  # the handle is freed under it
+        self._lock = threading.Condition()  # the handle is freed under it
+
+    def _enter(self) -> bool:
+        with self._lock:
+            if self._closing:
+                return False
+            self._users += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._lock.notify_all()
 
     def predict(self, data: bytes, api: int = DEEPREC) -> bytes | None:
-        """One call on this plan (published or not): the response, or None when not handled."""
-        ffi, lib = self._owner.ffi, self._owner.lib
-        out = ffi.new("const char **")
-        size = ffi.new("size_t *")
-        if lib.drf_predict_on(self.handle, api, data, len(data), -1.0, out, size) != 0:  # or refused
+        """One call on this plan (published or not): the response, or None when not handled
+        (a closed plan handles nothing)."""
+        if not self._enter():
             return None
-        return ffi.unpack(out[0], size[0])
+        try:
+            ffi, lib = self._owner.ffi, self._owner.lib
+            out = ffi.new("const char **")
+            size = ffi.new("size_t *")
+            if lib.drf_predict_on(self.handle, api, data, len(data), -1.0, out, size) != 0:  # or refused
+                return None
+            return ffi.unpack(out[0], size[0])  # this thread's answer buffer: read before leaving
+        finally:
+            self._leave()
 
     def block(self) -> None:
-        self._owner.lib.drf_block(self.handle)
+        """Requests stop using the plan until unblock() (they take the Python path); returns
+        once none uses it. A no-op once the plan is closing."""
+        if self._enter():
+            try:
+                self._owner.lib.drf_block(self.handle)
+            finally:
+                self._leave()
 
     def unblock(self) -> None:
-        self._owner.lib.drf_unblock(self.handle)
+        if self._enter():
+            try:
+                self._owner.lib.drf_unblock(self.handle)
+            finally:
+                self._leave()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the plan's open batches (0 after close)."""
+        with self._lock:
+            return 0 if self._closed else int(self._owner.lib.drf_queued(self.handle))
 
     @property
     def answered(self) -> int:
@@ -369,16 +422,21 @@ class FastPlan:
         return self._closed
 
     def close(self) -> None:
-        """No request uses the plan after this; its figures are flushed and the handle freed."""
+        """No request uses the plan after this; its figures are flushed and the handle freed
+        (once the calls still in C++ have returned)."""
         with self._lock:
-            if self._closed:
+            if self._closing:
+                self._lock.wait_for(lambda: self._closed)
                 return
-            self._owner.lib.drf_close(self.handle)
+            self._closing = True
+            self._owner.lib.drf_close(self.handle)  # C++ requests end; block() calls return
             self._flush_locked()
             self._answered_at_close = self._read(_LATENCY)[0]
+            self._lock.wait_for(lambda: self._users == 0)
             self._closed = True
             self._owner.lib.drf_free(self.handle)
             self._callable = None
+            self._lock.notify_all()
         self._owner._forget(self)  # noqa: SLF001
 
     def flush(self, count: bool = True) -> None:

@@ -2,7 +2,8 @@
 
 Each test runs real runtimes on the native gRPC front end over loopback: one with the fast path
 (the default) and, where answers are compared, one without it, on the same model files. The fast
-path must give byte-for-byte the answers of the Python path, hand everything it does not fully
+path must give byte-for-byte the answers of the Python path (with several outputs, the same
+message: protobuf may write map entries in another order), hand everything it does not fully
 understand to Python (so errors keep their codes and messages), and follow versions, deltas and
 rollbacks.
 """
@@ -24,6 +25,27 @@ from deeprec_runtime.codec import encode_array
 from deeprec_runtime.protos import predict_pb2 as pb
 
 from ..conftest import make_request, output, plan_of, wait_for
+from .sequence_model import (
+    CONTENT_FIELD,
+    DEEPREC,
+    DT_FLOAT,
+    DT_INT64,
+    TFS,
+    VALUE_FIELD,
+    array,
+    bytes_field,
+    entry,
+    packed_varints,
+    request,
+    shape_field,
+    tag,
+    valid_arrays,
+    values_payload,
+    varint,
+    varint_field,
+    write_sequence_model,
+)
+from .sequence_model import feed as sequence_feed
 
 PREDICT = "/deeprec.serving.PredictionService/Predict"
 
@@ -491,3 +513,149 @@ def test_tf_serving_calls_answered_in_cpp_are_in_the_metrics(demo, serve):
     labels = f'api="tfs_grpc",code="OK",model="default",version="{version}"'
     assert f"deeprec_requests_total{{{labels}}} 2.0" in text
     assert 'deeprec_requests_in_flight{api="tfs_grpc"} 0.0' in text
+
+
+# --- wire-level mutants on a model with two unknown dimensions ---------------------------------
+@pytest.fixture
+def sequence_pair(tmp_path, serve):
+    """sequence_model's model served with the fast path and without it."""
+    path = str(tmp_path / "sequence")
+    write_sequence_model(path)
+    fast, fast_client = serve(path)
+    slow, slow_client = serve(path, fast_predict=False)
+    assert plan_of(fast) is not None and slow.fast_predict is None
+    return fast, fast_client, slow, slow_client
+
+
+def _wire_mutants(api: str) -> dict[str, tuple[bytes, bool | None]]:
+    """name -> (request bytes, whether it is valid: True, False, or None where the two formats'
+    rules differ). Built around one valid request of 2 rows of 3."""
+    values = sequence_feed(2, 3, seed=5)
+    base = valid_arrays(api, values)
+    history = values["history"]
+    content = history.tobytes()
+
+    def with_(prefix: bytes = b"", **arrays: bytes) -> bytes:
+        return request(api, {**base, **arrays}, prefix)
+
+    def history_with(**kw) -> bytes:
+        return with_(history=array(api, **kw))
+
+    others = request(api, {k: v for k, v in base.items() if k != "history"})
+    no_dtype = array(api, history)[len(varint_field(1, DT_INT64)):]
+
+    cases: dict[str, tuple[bytes, bool | None]] = {"valid": (with_(), True)}
+    # Overflowing shapes: the product of the dims wraps (to 0: the reproducer of issue 17).
+    for dims in ([1 << 40, 1 << 40], [1 << 32, 1 << 32], [1 << 62, 4], [3, 1 << 62],
+                 [(1 << 63) - 1, 2], [-1, -1], [-2, -4]):
+        cases[f"history dims {dims}, empty tensor_content"] = (
+            history_with(dtype=DT_INT64, dims=dims, content=b""), False)
+        cases[f"history dims {dims}, empty values"] = (
+            history_with(dtype=DT_INT64, dims=dims, values=b""), False)
+    cases["history dims wrap to 8, tensor_content of 8 values"] = (
+        history_with(dtype=DT_INT64, dims=[(1 << 61) + 1, 8], content=bytes(64)), False)
+    cases["bias (unknown rank) dims [2^31, 2^31, 4], empty tensor_content"] = (
+        with_(bias=array(api, dtype=DT_FLOAT, dims=[1 << 31, 1 << 31, 4], content=b"")), False)
+    cases["bias (unknown rank) dims [2^40, 2^40], empty values"] = (
+        with_(bias=array(api, dtype=DT_FLOAT, dims=[1 << 40, 1 << 40], values=b"")), False)
+    # Ranks: 64 is numpy's (the Python path's) limit and still answered; past it, absurd ones.
+    bias = values["bias"]
+    for rank in (64, 65, 100, 254, 255, 300):
+        cases[f"bias rank {rank}"] = (
+            with_(bias=array(api, bias, dims=[2] + [1] * (rank - 1))), rank <= 64)
+    cases["history rank 100"] = (history_with(value=history, dims=[2, 3] + [1] * 98), False)
+    # Value bytes off by a few.
+    for delta in (-8, -3, -1, 1, 3, 8):
+        cut = content[:delta] if delta < 0 else content + bytes(delta)
+        cases[f"history tensor_content {delta:+d} bytes"] = (
+            history_with(dtype=DT_INT64, dims=[2, 3], content=cut), False)
+    weights = values_payload(values["weights"])
+    for delta in (-4, -1, 1, 4):
+        cut = weights[:delta] if delta < 0 else weights + bytes(delta)
+        # TF Serving's rule (the last value fills the shape) makes one value short valid there.
+        valid = None if delta == -4 else False
+        cases[f"weights values {delta:+d} bytes"] = (
+            with_(weights=array(api, dtype=DT_FLOAT, dims=[2, 3], values=cut)), valid)
+    field = CONTENT_FIELD[api]
+    shape = shape_field(api, [2, 3])
+    for delta in (-3, 3):  # a length prefix that does not match the bytes that follow
+        claimed = varint_field(1, DT_INT64) + shape + tag(field, 2) + varint(len(content) + delta)
+        cases[f"tensor_content length prefix {delta:+d}"] = (
+            with_(history=claimed + content), False)
+    # Overlong varints: protobuf reads values of up to 10 bytes, tags and lengths of up to 5.
+    padded_dims = b"".join(varint(d, 10) for d in (2, 3))
+    cases["dims as 10-byte varints"] = (history_with(value=history, dim_bytes=(
+        padded_dims if api == DEEPREC else
+        b"".join(bytes_field(2, tag(1, 0) + varint(d, 10)) for d in (2, 3)))), True)
+    cases["a dim as an 11-byte varint"] = (history_with(value=history, dim_bytes=(
+        varint(2, 11) + varint(3) if api == DEEPREC else
+        bytes_field(2, tag(1, 0) + varint(2, 11)) + bytes_field(2, varint_field(1, 3)))), False)
+    cases["a value as a 10-byte varint"] = (history_with(value=history, values=(
+        varint(int(history.flat[0]), 10) + packed_varints(history.reshape(-1)[1:]))), True)
+    cases["a value as an 11-byte varint"] = (history_with(value=history, values=(
+        varint(int(history.flat[0]), 11) + packed_varints(history.reshape(-1)[1:]))), False)
+    cases["dtype as a 10-byte varint"] = (
+        with_(history=tag(1, 0) + varint(DT_INT64, 10) + no_dtype), True)
+    entry_body = bytes_field(1, b"history") + bytes_field(2, base["history"])
+    for length in (5, 6, 10, 11):
+        cases[f"an entry's length as a {length}-byte varint"] = (
+            others + tag(2, 2) + varint(len(entry_body), length) + entry_body, length <= 5)
+        cases[f"an entry's tag as a {length}-byte varint"] = (
+            others + varint(2 << 3 | 2, length) + varint(len(entry_body)) + entry_body, length <= 5)
+    # Fields of the wrong wire type: protobuf keeps them as unknown fields (so the field itself
+    # is missing), the fast path leaves the call to Python. Unpacked values are valid protobuf.
+    cases["dtype as bytes"] = (with_(history=bytes_field(1, b"\x09") + no_dtype), False)
+    cases["shape as a varint"] = (with_(history=varint_field(1, DT_INT64) + varint_field(2, 2) + bytes_field(
+        VALUE_FIELD[DT_INT64][api == TFS], values_payload(history))), False)
+    cases["an extra inputs entry as a varint"] = (with_() + varint_field(2, 7), True)
+    cases["tensor_content as fixed64"] = (
+        history_with(dtype=DT_INT64, dims=[2, 3], extra=tag(field, 1) + content[:8]), False)
+    cases["int64 values unpacked"] = (history_with(dtype=DT_INT64, dims=[2, 3], extra=b"".join(
+        varint_field(VALUE_FIELD[DT_INT64][api == TFS], int(v)) for v in history.reshape(-1))), True)
+    cases["float values unpacked (fixed32)"] = (with_(weights=array(
+        api, dtype=DT_FLOAT, dims=[2, 3], extra=b"".join(
+            tag(VALUE_FIELD[DT_FLOAT][api == TFS], 5) + np.float32(v).tobytes()
+            for v in values["weights"].reshape(-1)))), True)
+    # Duplicated map entries (protobuf keeps the last) and duplicated fields inside one.
+    other = sequence_feed(2, 3, seed=6)["history"]
+    cases["history twice, same value"] = (with_() + entry("history", base["history"]), True)
+    cases["history twice, the last differs"] = (with_() + entry("history", array(api, other)), True)
+    cases["history twice, the last invalid"] = (
+        with_() + entry("history", array(api, dtype=DT_INT64, dims=[1 << 40, 1 << 40], content=b"")),
+        False)
+    cases["history twice, the first invalid"] = (with_(history=array(
+        api, dtype=DT_INT64, dims=[1 << 40, 1 << 40], content=b"")) + entry("history", base["history"]),
+        True)
+    cases["a key twice in one entry"] = (with_() + bytes_field(2, bytes_field(1, b"weights") + bytes_field(
+        1, b"history") + bytes_field(2, base["history"])), True)
+    cases["shape twice in one array"] = (history_with(value=history, extra=shape_field(api, [1])), False)
+    return cases
+
+
+def deeprec_call(channel: grpc.Channel, data: bytes):
+    """(status, parsed response or error details) of one DeepRec Predict sent as bytes (parsed:
+    with several outputs, map entries may come in another order)."""
+    code, answer = raw_call(channel, data)
+    return code, pb.PredictResponse.FromString(answer) if code == grpc.StatusCode.OK else answer
+
+
+@pytest.mark.parametrize("api", [DEEPREC, TFS])
+def test_wire_mutants_on_two_unknown_dims_get_the_python_answer(sequence_pair, api):
+    """Overflowing shapes, absurd ranks, lengths off by a few bytes, overlong varints, wrong wire
+    types and duplicated map entries: the fast path answers exactly as Python or leaves the call to
+    it, and the server answers every one."""
+    fast, fast_client, slow, slow_client = sequence_pair
+    call = deeprec_call if api == DEEPREC else tfs_call
+    plan = plan_of(fast)
+    answered = (lambda: plan.answered) if api == DEEPREC else (lambda: plan.tfs_answered)
+    for name, (data, valid) in _wire_mutants(api).items():
+        before = answered()
+        got = call(fast_client.channel, data)
+        assert got == call(slow_client.channel, data), name
+        if valid is not None:
+            assert (got[0] == grpc.StatusCode.OK) == valid, (name, got)
+        if not valid:
+            assert answered() == before, f"{name} was answered by the fast path"
+    before = answered()  # still serving, and still from C++
+    assert call(fast_client.channel, _wire_mutants(api)["valid"][0])[0] == grpc.StatusCode.OK
+    assert answered() == before + 1

@@ -1,0 +1,132 @@
+// Request wire decoding for the fast predict path (fast_predict.cc): everything that turns the
+// bytes of a DeepRec or TF Serving PredictRequest into a checked description of the tensors to
+// build -- dtype, dims, element count, decoded size and where the values lie in the request --
+// and the batcher's row and byte arithmetic.
+//
+// Nothing here knows TensorFlow, so all of the code that request bytes reach before a tensor is
+// allocated compiles on its own and is fuzzed with sanitizers (tests/fuzz/native/). Example: a
+// DeepRec request {inputs: {"ids": {dtype: DT_INT64, array_shape: [2^40, 2^40],
+// tensor_content: ""}}} against an input of shape [-1, -1] is declined here (its element count
+// overflows), instead of reaching TensorShape::AddDim's CHECK.
+//
+// The contract with fast_predict.cc: an admitted request's every input has at most kMaxRank
+// dims, each in [1, 2^63), a product that fits int64, and decoded bytes (count x item size) that
+// fit the request's cap and are backed by the bytes actually sent -- exactly count x item size for
+// fixed-width values and tensor_content, at least one byte per value for varints -- so sizes are
+// known to be sane before anything is allocated. Anything else is "not handled": the Python path
+// answers, with its own codes and messages.
+
+#ifndef DEEPREC_RUNTIME_NATIVE_REQUEST_WIRE_H_
+#define DEEPREC_RUNTIME_NATIVE_REQUEST_WIRE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace request_wire {
+
+// ArrayDataType codes of the wire types this path carries (proto/deeprec/serving/predict.proto);
+// they equal TensorFlow's DataType numbers.
+constexpr int kFloat = 1, kDouble = 2, kInt32 = 3, kInt64 = 9;
+
+// The most dims an admitted input may have: numpy's limit (NPY_MAXDIMS), which the Python path
+// cannot exceed, so a longer shape is left to it; below TensorShape::MaxDimensions() (254),
+// which fast_predict.cc checks at compile time.
+constexpr int kMaxRank = 64;
+
+// The two request formats a plan answers: DeepRec's PredictRequest (ArrayProto values) and TF
+// Serving's (TensorProto values, a model_spec instead of a signature_name).
+enum Api { kDeepRec = 0, kTfs = 1, kNumApis = 2 };
+
+int ItemSize(int wire);
+// The ArrayProto field that carries values of a wire dtype.
+int ValueField(int wire);
+// The TensorProto field (tensorflow/core/framework/tensor.proto) that carries values of a dtype.
+int TfsValueField(int wire);
+int ValueFieldOf(Api api, int wire);
+
+// Protobuf wire format reader (proto3: packed repeated scalars), as strict as the Python path's
+// parser (upb), so that nothing it refuses is answered here: values are varints of at most 10
+// bytes; tags and lengths at most 5 bytes and 32 bits; lengths within the data.
+struct Reader {
+  const uint8_t* p;
+  const uint8_t* end;
+  bool Varint(uint64_t* v);
+  bool Tag(uint64_t* v);
+  bool Bytes(const uint8_t** data, size_t* size);
+};
+
+// One input the plan takes.
+struct InputSpec {
+  std::string alias;
+  int wire = 0;
+  int rank = -1;               // -1: unknown rank
+  std::vector<int64_t> dims;   // -1: unknown dimension
+  int feed = 0;                // position in the callable's feeds
+};
+
+// What a plan admits: its signature, its inputs in signature order, the model TF Serving
+// requests may name (when tfs_on), and the most bytes one request's inputs may decode to.
+struct RequestSpec {
+  std::string signature;
+  std::vector<InputSpec> inputs;
+  bool tfs_on = false;
+  std::string tfs_model;
+  uint64_t max_decoded_bytes = 0;
+};
+
+// One input as sent: pointers into the request's bytes, which must outlive it.
+struct WireArray {
+  uint64_t dtype = 0;
+  bool has_shape = false;
+  std::vector<int64_t> dims;         // at most kMaxRank + 1 kept (more is declined)
+  const uint8_t* values = nullptr;   // packed values of the dtype's field
+  size_t values_size = 0;
+  int values_field = 0;
+  const uint8_t* content = nullptr;  // tensor_content
+  size_t content_size = 0;
+  bool has_content = false;
+  // Set by admission.
+  int64_t count = 0;   // elements
+  uint64_t bytes = 0;  // decoded size: count x item size
+};
+
+// A request the plan admitted.
+struct Decoded {
+  std::vector<WireArray> arrays;  // one per RequestSpec input, in its order
+  bool raw = false;               // some input came as tensor_content (answers use it too)
+  int64_t batch = -1;             // the first input's leading dimension (-1: a scalar)
+  bool rows_shared = true;        // every input has that leading dimension (batching needs it)
+  uint64_t bytes = 0;             // decoded bytes of all inputs
+};
+
+// Parses a PredictRequest of `api` and checks it against `spec`. False: not handled.
+bool DecodeRequest(const RequestSpec& spec, Api api, const uint8_t* data, size_t size,
+                   Decoded* out);
+
+// Writes the values of an admitted input (its dtype `wire`) to `dst`, which holds exactly
+// `a.bytes`. False when the varints do not decode to exactly `a.count` values.
+bool FillValues(const WireArray& a, int wire, char* dst, size_t dst_size);
+
+// The batcher's limits: merged batches of at most max_batch_size rows and max_batch_bytes feed
+// bytes (padding included), padded up to the next of `allowed` (ascending).
+struct BatchLimits {
+  int64_t max_batch_size = 0;
+  uint64_t max_batch_bytes = 0;
+  std::vector<int64_t> allowed;
+
+  int64_t PaddedSize(int64_t rows) const;
+  // Whether a request of `rows` rows and `bytes` feed bytes may be batched at all.
+  bool Admits(int64_t rows, uint64_t bytes) const;
+  // Whether it may join an open batch of `batch_rows` rows and `batch_bytes` bytes.
+  bool Fits(int64_t batch_rows, uint64_t batch_bytes, int64_t rows, uint64_t bytes) const;
+  // Whether a closed batch of `rows` rows and `bytes` bytes (all rows the same size) may run
+  // merged and padded; false: its requests run one by one, so padding never multiplies a
+  // request's size past the cap.
+  bool MayPad(int64_t rows, uint64_t bytes) const;
+};
+
+}  // namespace request_wire
+
+#endif  // DEEPREC_RUNTIME_NATIVE_REQUEST_WIRE_H_
