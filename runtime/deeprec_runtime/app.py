@@ -138,10 +138,11 @@ class Runtime:
         self.models = ModelRegistry(models or [ModelEntry(model_name, config)], annotations_file)
         self.manager = self.models.default.manager
         self.dataplane = self.models.default.dataplane
+        #: Bytes one request may decode to, and a merged batch may hold (padding included).
+        self.max_decoded_bytes = max_message_bytes if max_decoded_bytes is None else max_decoded_bytes
+        self.max_batch_bytes = max_message_bytes if max_batch_bytes is None else max_batch_bytes
         for model in self.models:
-            model.dataplane.set_limits(
-                max_message_bytes if max_decoded_bytes is None else max_decoded_bytes,
-                max_message_bytes if max_batch_bytes is None else max_batch_bytes)
+            model.dataplane.set_limits(self.max_decoded_bytes, self.max_batch_bytes)
         self.metrics = Metrics()
         self.metrics.attach(self.models)
         #: Request bytes in progress, shared by grpcio's server and REST (admission.py).
@@ -203,7 +204,9 @@ class Runtime:
 
         try:
             fast = FastPredict(self.models.default.name, self.config.signature_name, self.metrics,
-                               self.manager.warmup_request, self.config.batching, tfs=self._tfs)
+                               self.manager.warmup_request, self.config.batching, tfs=self._tfs,
+                               max_decoded_bytes=self.max_decoded_bytes,
+                               max_batch_bytes=self.max_batch_bytes)
         except (BuildError, OSError) as exc:
             log.warning("fast predict: off, its library cannot be built or loaded (%s)", exc)
             return None

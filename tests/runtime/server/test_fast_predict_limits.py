@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
-from deeprec_runtime.config import BatchingConfig
+from deeprec_runtime.app import Runtime
+from deeprec_runtime.config import BatchingConfig, parse_model_config
 from deeprec_runtime.native.fast_predict import TFS, FastPlan, FastPredict
 from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
@@ -304,3 +306,33 @@ def test_a_plan_is_freed_only_after_a_block_in_progress_returns(sequence_runtime
         assert plan.closed and guard.after_free == []
         assert guard.calls.index("exit:drf_block") < guard.calls.index("enter:drf_free")
         assert answer and rows_seen(answer[0]) == [1]
+
+
+def test_the_servers_message_size_sets_the_plans_caps(tmp_path):
+    """`--max-message-bytes` (Runtime's max_message_bytes) is also the fast path's cap on decoded
+    bytes: a request under the message size that decodes past it (int64 values sent as varints of
+    one or two bytes decode to 8 bytes each) is refused, not answered in C++."""
+    path = str(tmp_path / "sequence")
+    write_sequence_model(path)
+    config = parse_model_config({"savedmodel_dir": path, "warmup_iterations": 1})
+    runtime = Runtime(config, grpc_port=0, host="127.0.0.1", grpc_server="native",
+                      annotations_file=str(tmp_path / "none"), max_message_bytes=128 << 10)
+    runtime.start()
+    try:
+        assert runtime.manager.wait_ready(60), runtime.manager.last_error
+        plan = plan_of(runtime)
+        assert plan is not None
+        answered = plan.answered
+        with grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}") as channel:
+            call = channel.unary_unary(PREDICT)
+            assert rows_seen(call(request(DEEPREC, valid_arrays(DEEPREC, feed(2, 64))),
+                                  timeout=30)) == [2, 2]
+            assert plan.answered == answered + 1
+            big = request(DEEPREC, valid_arrays(DEEPREC, feed(2, 6000)))
+            assert len(big) < 128 << 10  # ~72 KB on the wire, ~144 KB decoded
+            with pytest.raises(grpc.RpcError) as err:
+                call(big, timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+            assert plan.answered == answered + 1
+    finally:
+        runtime.stop(1.0)
