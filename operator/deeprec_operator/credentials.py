@@ -90,7 +90,7 @@ def probe_credentials(security: SecuritySpec, read: SecretReader) -> ProbeCreden
         if tls.client_auth is not None:
             cert = _value(read, tls.client_auth.operator_certificate)
             key = _value(read, tls.client_auth.operator_key)
-    token = ""
+    token = ""  # nosec B105  # no token yet: filled from the Secret below
     if token_spec is not None:
         token = first_token(_value(read, token_spec.secret))
         if not token:
