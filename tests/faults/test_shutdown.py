@@ -107,12 +107,12 @@ def test_sigterm_with_a_backlog_of_deltas_stops_between_deltas_and_exits_zero(tm
         while _applied(server) == 0 and time.monotonic() < deadline:
             time.sleep(0.005)
         assert _applied(server) > 0, "no delta was applied"
+        stop.set()  # as Kubernetes stops sending: the calls already sent are answered
         server.proc.send_signal(signal.SIGTERM)
         signalled_at = _applied(server)
-        assert server.proc.wait(timeout=60) == 0
-        stop.set()
         for t in threads:
             t.join(timeout=30)
+        assert server.proc.wait(timeout=60) == 0
         log = "".join(server.lines)
         # The delta in progress when the signal arrived may finish (and one more line may still
         # have been in the pipe); the rest of the backlog is left alone.
