@@ -363,7 +363,12 @@ class Frontend {
         data = reinterpret_cast<const char*>(slices[0].begin());
         size = slices[0].size();
       } else {
+        flat.reserve(call->request.Length());
         for (auto& s : slices) flat.append(reinterpret_cast<const char*>(s.begin()), s.size());
+        // A large request arrives in many slices: once copied, they are released at once, so
+        // it is held once, not twice, while it is decoded and run.
+        slices.clear();
+        call->request.Clear();
         data = flat.data();
         size = flat.size();
       }
