@@ -24,6 +24,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.saved_model import loader_impl
 
+from deeprec_runtime.deeprec import EVGraph, EVVersion, has_embedding_variables, import_ev_graph
 from deeprec_runtime.errors import InvalidArgument, ServingError, Unavailable, VersionLoadError
 from deeprec_runtime.features import ExternalTables, VersionKey
 from deeprec_runtime.features.binding import restore_dense, serving_tables
@@ -149,6 +150,8 @@ class Servable:
         self.closed = False
         #: Embedding tables served from a feature store (features.ExternalTables), or None.
         self.tables: ExternalTables | None = None
+        #: DeepRec EmbeddingVariables held in this version's session (deeprec.EVVersion), or None.
+        self.ev: EVVersion | None = None
         #: Timeline recorder (timeline.TimelineRecorder), set once the version is warmed up.
         self.tracer: TimelineRecorder | None = None
         #: The imported graph this version runs on (shared by versions of the same SavedModel).
@@ -248,7 +251,8 @@ class Servable:
     def apply_delta(self, delta: Delta, local_prefix: str) -> None:
         """Applies one incremental checkpoint in place. Everything is read and checked before the
         first variable changes, so a bad delta leaves the servable as it was."""
-        updates = read_delta(local_prefix, self._updaters)
+        updates = (self.ev.read_delta(local_prefix, self._updaters) if self.ev is not None
+                   else read_delta(local_prefix, self._updaters))
         if self.tables is not None:
             # Rows of external tables go to the feature store first (a failure there leaves the
             # session untouched, so the whole delta is retried); the rest is applied below.
@@ -466,7 +470,8 @@ class ImportedGraph:
     fingerprint: str
     """Digest of saved_model.pb (see graph_fingerprint); versions with the same one share this."""
     graph: tf.Graph
-    loader: loader_impl.SavedModelLoader
+    loader: loader_impl.SavedModelLoader | None
+    """None for a DeepRec EV export (its graph is rewritten, see `ev`)."""
     saver: tf.compat.v1.train.Saver | None
     meta: object
     """The MetaGraphDef of the serving tags."""
@@ -474,6 +479,8 @@ class ImportedGraph:
     update_ops: dict[str, _UpdateOps]
     tables: dict
     """Embedding tables a feature store serves (empty without one)."""
+    ev: EVGraph | None = None
+    """A DeepRec export's EmbeddingVariables (deeprec/), served from tables in the session."""
 
 
 def graph_fingerprint(savedmodel_dir: str) -> str:
@@ -494,6 +501,8 @@ def graph_fingerprint(savedmodel_dir: str) -> str:
 
 def import_graph(savedmodel_dir: str, options: SessionOptions, features=None) -> ImportedGraph:
     """Imports the SavedModel's serving graph (see ImportedGraph)."""
+    if has_embedding_variables(savedmodel_dir):
+        return _import_ev_graph(savedmodel_dir, options, features)
     graph = tf.Graph()
     loader = loader_impl.SavedModelLoader(savedmodel_dir)
     with graph.as_default():
@@ -507,6 +516,24 @@ def import_graph(savedmodel_dir: str, options: SessionOptions, features=None) ->
     graph.finalize()
     return ImportedGraph(graph_fingerprint(savedmodel_dir), graph, loader, saver, meta,
                          parse_signatures(meta), update_ops, tables)
+
+
+def _import_ev_graph(savedmodel_dir: str, options: SessionOptions, features) -> ImportedGraph:
+    """A DeepRec EmbeddingVariable export, rewritten for stock TensorFlow (deeprec/)."""
+    if features is not None:
+        raise VersionLoadError("DeepRec EmbeddingVariables are served from the in-process store "
+                               "only: set feature_store_type 'memory' and ev_storage_type 0")
+
+    def place(graph: tf.Graph) -> None:
+        if options.plan is not None and options.plan.uses_gpu:
+            place_graph(graph, options.plan.lanes[0].device, options.plan.embeddings_on_cpu)
+
+    graph, meta, variables, ev = import_ev_graph(savedmodel_dir, place)
+    with graph.as_default():
+        update_ops = {v.op.name: _UpdateOps.build(v) for v in variables}
+    graph.finalize()
+    return ImportedGraph(graph_fingerprint(savedmodel_dir), graph, None, None, meta,
+                         parse_signatures(meta), update_ops, {}, ev)
 
 
 def load_servable(savedmodel_dir: str, version: VersionInfo | None,
@@ -548,7 +575,8 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
             updaters = {name: _VariableUpdater(session, ops, options.update_run_options)
                         for name, ops in imported.update_ops.items()}
         prefix = restore_op = filename_tensor = ""
-        if tables:
+        ev = EVVersion(imported.ev, session, options.update_run_options) if imported.ev else None
+        if ev is not None or tables:
             prefix = (localize(version.full_prefix) if version is not None
                       else os.path.join(savedmodel_dir, "variables", "variables"))
         elif version is not None:
@@ -561,6 +589,10 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
 
         def restore() -> None:  # the bulk of a load's CPU: on `background` when given
             with graph.as_default():
+                if ev is not None:
+                    ev.restore(prefix, updaters, options.restore_run_options)
+                    return
+                assert loader is not None  # only EV exports have none
                 if tables:
                     restore_dense(prefix, updaters, tables)
                 elif version is None:
@@ -581,6 +613,7 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
         servable = Servable(version.name if version else SAVEDMODEL_VERSION, graph, session,
                             imported.signatures, options, updaters, version, group)
         servable.tables = external
+        servable.ev = ev
         servable.imported = imported
     except VersionLoadError:
         if session is not None:
