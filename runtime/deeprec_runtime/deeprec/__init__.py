@@ -1,12 +1,8 @@
 """Serving DeepRec exports on stock TensorFlow: SavedModels with EmbeddingVariables, DeepRec's
 EV checkpoints and its incremental checkpoints (format: docs/checkpoint-format.md).
 
-`has_embedding_variables` tells a DeepRec EV export from a plain one; `import_ev_graph` rewrites
-its serving graph (lookups stay in the graph, on tables the runtime owns) and `EVVersion` fills
-and updates those tables from checkpoints.
+savedmodel.py reads the export, evs.py finds its EVs and their settings, rewrite.py turns the
+serving graph into a stock one whose lookups read tables the runtime owns, tables.py holds those
+tables in a version's session, ckpt.py reads EV rows from checkpoints, loader.py ties them
+together for model/servable.py.
 """
-
-from deeprec_runtime.deeprec.loader import EVGraph, EVVersion, import_ev_graph
-from deeprec_runtime.deeprec.savedmodel import has_embedding_variables
-
-__all__ = ["EVGraph", "EVVersion", "has_embedding_variables", "import_ev_graph"]

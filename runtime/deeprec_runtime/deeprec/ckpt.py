@@ -16,16 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from deeprec_runtime.deeprec.names import DELTA_KEYS, DELTA_VALUES, FILTERED, FULL_KEYS, FULL_VALUES
 from deeprec_runtime.errors import VersionLoadError
 from deeprec_runtime.model.checkpoint_read import read_tensors
-
-FULL_KEYS, FULL_VALUES, FILTERED = "-keys", "-values", "-keys_filtered"
-DELTA_KEYS, DELTA_VALUES = "-sparse_incr_keys", "-sparse_incr_values"
-#: Every per-EV suffix DeepRec writes (full and incremental); such tensors are not variables.
-EV_SUFFIXES = ("-keys", "-values", "-freqs", "-versions", "-keys_filtered", "-freqs_filtered",
-               "-versions_filtered", "-partition_offset", "-partition_filter_offset",
-               "-sparse_incr_keys", "-sparse_incr_values", "-sparse_incr_versions",
-               "-sparse_incr_freqs", "-incr_partition_offset")
 
 
 @dataclass
@@ -136,6 +129,3 @@ def read_delta(index: CheckpointIndex, base: str, dim: int) -> Rows | None:
         return None
     return _collect(index, base, dim, parts, DELTA_KEYS, DELTA_VALUES)
 
-
-def is_ev_tensor(name: str) -> bool:
-    return name.endswith(EV_SUFFIXES)

@@ -24,7 +24,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.saved_model import loader_impl
 
-from deeprec_runtime.deeprec import EVGraph, EVVersion, has_embedding_variables, import_ev_graph
+from deeprec_runtime.deeprec import names
+from deeprec_runtime.deeprec.loader import EVGraph, EVVersion, import_ev_graph
+from deeprec_runtime.deeprec.savedmodel import has_embedding_variables
 from deeprec_runtime.errors import InvalidArgument, ServingError, Unavailable, VersionLoadError
 from deeprec_runtime.features import ExternalTables, VersionKey
 from deeprec_runtime.features.binding import restore_dense, serving_tables
@@ -397,12 +399,11 @@ class _VariableUpdater:
         self.prepare(args[0])(*args[1:])
 
 
-DELTA_IDS = "/delta_ids"
-DELTA_VALUES = "/delta_values"
-
-
 def read_delta(prefix: str, updaters: dict[str, _VariableUpdater]) -> list[tuple[_VariableUpdater, tuple]]:
-    """Reads and validates a delta checkpoint (format: docs/checkpoint-format.md)."""
+    """Reads and validates a delta in DeepRec's incremental format (docs/checkpoint-format.md):
+    `V-sparse_incr_keys` / `V-sparse_incr_values` are changed rows of table V, other entries
+    whole variables. Entries the model does not have (optimizer slots, global_step, DeepRec's
+    per-EV side tensors) are skipped; a delta with none of the model's variables is refused."""
     try:
         reader = tf.train.load_checkpoint(prefix)
         keys = reader.get_variable_to_shape_map()
@@ -412,20 +413,18 @@ def read_delta(prefix: str, updaters: dict[str, _VariableUpdater]) -> list[tuple
     # Names are checked against the model from the index alone, before any data is read.
     wanted: list[tuple[_VariableUpdater, tuple[str, ...]]] = []
     for key in sorted(keys):
-        if key.endswith(DELTA_VALUES):
-            continue
-        if key.endswith(DELTA_IDS):
-            var = key[: -len(DELTA_IDS)]
-            updater = _updater(updaters, var, prefix)
-            if var + DELTA_VALUES not in keys:
-                raise VersionLoadError(f"delta {prefix}: '{var}{DELTA_IDS}' has no '{var}{DELTA_VALUES}'")
-            wanted.append((updater, (key, var + DELTA_VALUES)))
-        elif key in updaters:
+        if key.endswith(names.DELTA_KEYS):
+            var = key[: -len(names.DELTA_KEYS)]
+            if var not in updaters:
+                continue
+            if var + names.DELTA_VALUES not in keys:
+                raise VersionLoadError(f"delta {prefix}: '{key}' has no '{var}{names.DELTA_VALUES}'")
+            wanted.append((updaters[var], (key, var + names.DELTA_VALUES)))
+        elif key in updaters and not names.is_ev_tensor(key):
             wanted.append((updaters[key], (key,)))
-        elif key == "global_step" or key.endswith("/global_step"):
-            continue
-        else:
-            raise VersionLoadError(f"delta {prefix}: variable '{key}' is not in the model")
+    if not wanted and keys and not any(names.is_ev_tensor(k) for k in keys):
+        raise VersionLoadError(f"delta {prefix} holds none of the model's variables "
+                               f"({', '.join(sorted(keys)[:5])}, ...)")
     try:
         tensors = read_tensors(prefix, [k for _, ks in wanted for k in ks], dtypes)
     except (tf.errors.OpError, ValueError) as exc:
@@ -445,13 +444,6 @@ def _check_shapes(prefix: str, updaters: dict[str, _VariableUpdater], version: s
             raise VersionLoadError(f"loading {version} failed: variable '{name}' has shape "
                                    f"{list(found)} in its checkpoint but {list(updater.shape)} "
                                    "in the model")
-
-
-def _updater(updaters, var: str, prefix: str) -> _VariableUpdater:
-    try:
-        return updaters[var]
-    except KeyError:
-        raise VersionLoadError(f"delta {prefix}: variable '{var}' is not in the model") from None
 
 
 def _first_line(exc: BaseException) -> str:
