@@ -224,11 +224,12 @@ def _ev_nodes(spec: EVSpec, release: str, overrides: dict) -> list[node_def_pb2.
     out = []
     key_np = np.int64 if spec.key_dtype == types_pb2.DT_INT64 else np.int32
     settings = {"filter_freq": spec.filter_freq, "default_value_dim": spec.default_value_dim,
-                "default_value_no_permission": spec.no_permission, **overrides}
+                "default_value_no_permission": spec.no_permission, "storage_type": 0,
+                "block_num": 1, **overrides}
     common = {"Tkeys": _type(spec.key_dtype), "dtype": _type(types_pb2.DT_FLOAT),
               "shape": _shape([spec.dim]), "counter_type": _type(types_pb2.DT_INT64),
               "initial_num_buckets": 131072, "steps_to_live": 0, "ht_partition_num": 1000,
-              "storage_type": 0, "layout": "", "block_num": 1, "slot_num": 0}
+              "layout": "", "slot_num": 0}
     for k, part in enumerate(spec.part_names()):
         out.append(_node(part, "KvVarHandleOp", Tkeys=_type(spec.key_dtype), shape=_shape([spec.dim]),
                          dtype=_type(types_pb2.DT_FLOAT), shared_name=part, container=""))
@@ -392,7 +393,7 @@ def build_export(path: str, release: str = "new", strip_defaults: bool = True,
         for node in nodes:
             if node.op == "KvVarHandleOp":
                 for k, v in (handle_overrides or {}).get(spec.name, {}).items():
-                    node.attr[k].CopyFrom(_attr(v))
+                    node.attr[k].CopyFrom(_type(v) if k in ("Tkeys", "dtype") else _attr(v))
         gd.node.extend(nodes)
     _save_restore(gd, specs, release)
     incr = _incremental(gd, specs)

@@ -6,6 +6,7 @@ independently of TensorFlow (`predict`)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -94,11 +95,16 @@ def _dense(state: ModelState) -> tuple[dict, dict]:
             "dnn/b/Adagrad": np.ones(1, np.float32)}, slices
 
 
-def write_full(prefix: str, state: ModelState, seed: int = 0) -> str:
-    """A DeepRec full checkpoint of `state` at `prefix` (e.g. .../model.ckpt-100)."""
+def write_full(prefix: str, state: ModelState, seed: int = 0, parts: dict[str, int] | None = None,
+               drop: tuple[str, ...] = ()) -> str:
+    """A DeepRec full checkpoint of `state` at `prefix` (e.g. .../model.ckpt-100). `parts`
+    writes an EV in another number of parts than the graph has (training repartitioned);
+    `drop` leaves tensors out (a broken checkpoint)."""
     rng = np.random.default_rng(seed)
     tensors, slices = _dense(state)
     for name, spec in SPECS.items():
+        if parts and name in parts:
+            spec = dataclasses.replace(spec, parts=parts[name])
         st = state.evs[name]
         for k, part in enumerate(spec.part_names()):
             keys, offsets = _bucketed([x for x in st.rows if spec.part_of(x) == k], rng)
@@ -119,6 +125,8 @@ def write_full(prefix: str, state: ModelState, seed: int = 0) -> str:
     # An optimizer slot EV, which serving must ignore.
     tensors["user_emb/Adagrad-keys"] = np.array([1, 2], np.int64)
     tensors["user_emb/Adagrad-values"] = np.ones([2, SPECS["user_emb"].dim], np.float32)
+    for name in drop:
+        del tensors[name]
     _save(prefix, tensors, slices)
     return prefix
 

@@ -156,7 +156,7 @@ class EVTable:
         """Prepares a delta's rows without changing any answer: finds which keys exist, grows
         the values variable if needed and writes the new keys' rows at fresh indices."""
         ops = self.ops
-        at = self._fn("find", (ops.find[0],), ops.find[1], None)(keys)
+        (at,) = self._fn("find", (ops.find[0],), ops.find[1], None)(keys)
         new = at < 0
         new_keys = keys[new]
         new_at = np.arange(self.size, self.size + new_keys.shape[0], dtype=np.int64)
@@ -189,7 +189,8 @@ class EVTable:
 
     def count(self) -> int:
         """Keys in the index (as TensorFlow counts them)."""
-        return int(self._fn("size", (), self.ops.size, None)())
+        (size,) = self._fn("size", (), self.ops.size, None)()
+        return int(size)
 
     def bytes_estimate(self) -> int:
         """Bytes held: the values variable plus the index's buckets (16 bytes each, a power of
