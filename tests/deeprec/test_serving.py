@@ -14,7 +14,8 @@ from tensorflow_serving.apis import predict_pb2 as tfs_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from . import state as S
-from .conftest import OLD_NO_PERMISSION, EVModel, make_ev_model
+from .conftest import OLD_NO_PERMISSION
+from .layout import EVModel, make_ev_model
 
 OUTPUTS = ("probability", "user_vec", "item_vec", "tag_vec", "ctx_vec")
 
