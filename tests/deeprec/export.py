@@ -4,7 +4,8 @@ releases, save / restore / incremental-save subgraphs, a stripped op list carryi
 `incr_saver_def` as MetaGraphDef field 8, `is_embedding_var` as VariableDef field 91).
 
 The model (`build_export`): four EmbeddingVariables and a small dense layer.
-- `user_emb` dim 4, int64 keys, no filter, default_value_dim 5: `KvResourceGather` on the ids.
+- `user_emb` dim 4, int64 keys, no filter, default_value_dim 5: `KvResourceGather` on the ids
+  as a [batch, 1] matrix.
 - `item_emb` dim 6, 3 parts, filter_freq 3, default_value_no_permission 0.5: DeepRec's
   `embedding_lookup_sparse` (UniqueWithCounts, `ids % 1000 % 3` DynamicPartition, one
   `KvResourceGatherV1` per part with the counts, ParallelDynamicStitch, SparseSegmentMean over
@@ -151,7 +152,7 @@ class _Stock:
             self._build(specs)
 
     def standin(self, name: str, spec: EVSpec, part: str, op: str, ids, default, counts=None):
-        t = tf1.placeholder(tf.float32, [None, spec.dim], name=name)
+        t = tf1.placeholder(tf.float32, [None] * ids.shape.rank + [spec.dim], name=name)
         assert t.op.name == name, t.op.name
         inputs = [part, ids.name, default.name] + ([counts.name] if counts is not None else [])
         attrs = {"dtype": _type(types_pb2.DT_FLOAT), "Tkeys": _type(spec.key_dtype),
@@ -170,9 +171,10 @@ class _Stock:
 
         one = tf.constant(1.0, name="user_lookup/default")
         user = specs["user_emb"]
+        # ids of shape [batch, 1], as DeepRec's sparse_read receives unflattened ids.
         user_rows = self.standin("user_lookup/Gather", user, "user_emb", "KvResourceGather",
-                                 user_ids, one)
-        tf.identity(user_rows, name="user_vec")
+                                 tf.expand_dims(user_ids, 1, name="user_lookup/ids"), one)
+        tf.reshape(user_rows, [-1, user.dim], name="user_vec")
 
         item = specs["item_emb"]
         flat = tf.reshape(item_ids, [-1], name="item_lookup/flat")

@@ -66,9 +66,16 @@ def test_rewritten_graph_has_only_stock_ops_and_keeps_the_gather_names(tmp_path)
     done = rewrite(load_exported(path), OUTPUTS)
     names = {n.name: n for n in done.graph_def.node}
     assert all(op_def_registry.get(n.op) is not None for n in done.graph_def.node)
+    # Older releases answer default_value_no_permission even where the gather has a default
+    # tensor (ctx): every lookup is a find + a gather, under the gather's own name.
     for gather in ("user_lookup/Gather", "item_lookup/part_0/Gather", "tag_lookup/Gather",
                    "ctx_lookup/Gather"):
-        assert names[gather].op == "Identity"
+        assert names[gather].op == "ResourceGather"
+        assert names[names[gather].input[1]].op == "LookupTableFindV2"
+    newer = str(tmp_path / "newer")
+    build_export(newer)
+    newer_nodes = {n.name: n for n in rewrite(load_exported(newer), OUTPUTS).graph_def.node}
+    assert newer_nodes["ctx_lookup/Gather"].op == "SelectV2"  # the default tensor per position
     assert not any(n.startswith(("save/", "incr_save/")) for n in names)
     assert "user_emb" not in names and "item_emb/part_2" not in names
     # The three parts of item_emb share one table; dense variables keep their defs.
@@ -88,9 +95,17 @@ def test_import_gives_a_graph_with_signature_tensors_and_ev_ops(tmp_path):
     for name in ("user_ids:0", "item_ids:0", "dense:0", "probability:0", "item_vec:0"):
         graph.get_tensor_by_name(name)
     assert sorted(t.base for t in ev.tables) == ["ctx_emb", "item_emb", "tag_emb", "user_emb"]
-    # Default matrices only where unseen ids take initial-value rows (not item_emb: filtered;
-    # not ctx_emb: its gather's default tensor).
-    assert sorted(d.part_name for d in ev.defaults) == ["tag_emb", "user_emb"]
+    # Default rows at the head of each EV's values: initial values where unseen ids take them,
+    # one no-permission row per filtered part, none where the gather's own default tensor is
+    # used (ctx_emb).
+    blocks = {t.base: [(b.part.name, b.offset, b.rows, b.initial_value is not None)
+                       for b in t.blocks] for t in ev.tables}
+    assert blocks == {
+        "user_emb": [("user_emb", 0, 5, True)],
+        "tag_emb": [("tag_emb", 0, 4096, True)],
+        "item_emb": [("item_emb/part_0", 0, 1, False), ("item_emb/part_1", 1, 1, False),
+                     ("item_emb/part_2", 2, 1, False)],
+        "ctx_emb": []}
     assert ev.dense["dnn/w/part_1"].key == "dnn/w"
     assert ev.dense["dnn/w/part_1"].slice_spec.startswith("17 1 9,8")
     assert sorted(v.op.name for v in variables) == ["dnn/b", "dnn/w/part_0", "dnn/w/part_1"]

@@ -52,6 +52,7 @@ def test_storage_grows_by_a_quarter_and_keeps_every_row(loaded):
     model, servable = loaded
     table = servable.ev.tables["user_emb"]
     assert table.capacity == table.size == 40  # a full load is exact
+    assert table.base == 5  # user_emb's default rows (default_value_dim 5) come first
     expected = {k: v for k, v in model.state.evs["user_emb"].rows.items()}
     rng = np.random.default_rng(0)
     capacities = []

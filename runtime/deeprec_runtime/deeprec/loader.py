@@ -27,7 +27,7 @@ from tensorflow.python.framework import ops
 from deeprec_runtime.deeprec import ckpt, evs
 from deeprec_runtime.deeprec.rewrite import rewrite
 from deeprec_runtime.deeprec.savedmodel import load_exported
-from deeprec_runtime.deeprec.tables import DefaultOps, EVTable, TableOps
+from deeprec_runtime.deeprec.tables import EVTable, TableOps
 from deeprec_runtime.errors import VersionLoadError
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ class EVGraph:
     """What a DeepRec export's graph holds beyond a stock SavedModel graph."""
 
     tables: tuple[TableOps, ...]
-    defaults: tuple[DefaultOps, ...]
     dense: dict[str, DenseSource]
     main_op: str | None
     num_lookups: int
@@ -97,8 +96,7 @@ def import_ev_graph(savedmodel_dir: str, place: Callable[[tf.Graph], None] | Non
         from_proto = ops.get_from_proto_function(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
         variables = [from_proto(vd) for vd in done.dense]
         tables = tuple(TableOps.build(graph, t) for t in done.tables.values())
-        defaults = tuple(DefaultOps.build(graph, d) for d in done.defaults)
-    ev = EVGraph(tables, defaults, {evs.clean_input(vd.variable_name): _dense_source(vd)
+    ev = EVGraph(tables, {evs.clean_input(vd.variable_name): _dense_source(vd)
                                     for vd in done.dense}, done.main_op, len(done.lookups))
     log.info("DeepRec SavedModel %s: %s; %d DeepRec-only node(s) not served; rewritten in %.2fs",
              savedmodel_dir, ev.describe(), len(done.removed), time.monotonic() - started)
@@ -147,11 +145,10 @@ class EVVersion:
             # One variable per read keeps at most one dense value in flight.
             value = _read_dense(index, [(name, self.ev.dense[name])])[name]
             updater.apply(updater.check_whole(value))
-        for d in self.ev.defaults:
-            d.run(self.session, restore_options)
         for table in self.tables.values():
             rows = ckpt.read_full(index, table.name, table.ops.dim)
-            table.load(rows.keys, rows.values)
+            table.load(table.ops.default_values(self.session, restore_options), rows.keys,
+                       rows.values)
             log.info("EmbeddingVariable %s: %d rows from %s (%d filtered keys not admitted)",
                      table.name, rows.keys.shape[0], prefix, rows.filtered)
         if self.ev.main_op:

@@ -43,8 +43,8 @@ def variable(name: str, value_dtype: int, dims) -> node_def_pb2.NodeDef:
                 shared_name=attr_value_pb2.AttrValue(s=name.encode()))
 
 
-def dense_hash_table(name: str, empty_key: str, deleted_key: str) -> node_def_pb2.NodeDef:
-    """int64 key -> int64 row index, open addressing (MutableDenseHashTableV2)."""
-    return node(name, "MutableDenseHashTableV2", [empty_key, deleted_key],
-                key_dtype=dtype(INT64), value_dtype=dtype(INT64),
+def hash_table(name: str) -> node_def_pb2.NodeDef:
+    """int64 key -> int64 row (MutableHashTableV2: no reserved keys, and a lookup takes a
+    default per key)."""
+    return node(name, "MutableHashTableV2", key_dtype=dtype(INT64), value_dtype=dtype(INT64),
                 shared_name=attr_value_pb2.AttrValue(s=name.encode()))

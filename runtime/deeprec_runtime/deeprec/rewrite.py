@@ -1,22 +1,25 @@
 """Rewrites a DeepRec serving graph into one stock TensorFlow runs, lookups still in the graph.
 
-Each `KvResourceGather(V1)` node G becomes a small stock subgraph whose last op is an Identity
-named G (consumers are untouched):
+Each `KvResourceGather(V1)` node G becomes a lookup on storage the runtime owns, under G's name
+(consumers are untouched):
 
-    row     = LookupTableFind(index[EV], max(ids, -1), default -1)    # int64 key -> row, or -1
-    rows    = ResourceGather(values[EV], max(row, 0))
-    default = const row of default_value_no_permission              # filter, or older releases
-            | ResourceGather(initial_value[part], floormod(ids, default_value_dim))
-            | the gather's default_value input                      # is_use_default_value_tensor
-    G       = SelectV2(row >= 0, rows, default)
+    row = LookupTableFind(index[EV], ids, default = fallback)    # per id: its row, or fallback
+          fallback = offset[part] + floormod(ids, default_value_dim)   # initial-value rows
+                   | offset[part]                   # one row of default_value_no_permission
+    G   = ResourceGather(values[EV], row)
 
-`index` (a MutableDenseHashTable) and `values` (a [rows, dim] resource variable) are one per EV
-(the parts of a partitioned EV share them: a key lives in one part, and the graph's partitioning
-routes it there); the runtime fills them from checkpoints (tables.py). Negative ids map to -1,
-which is never a key, so they always get the default. Everything else DeepRec-only (handles,
-initialisers, save / restore / incremental-save subgraphs) is cut away by keeping only what the
-signature outputs, the dense variables and the main op need; any op left that stock TensorFlow
-does not know refuses the model, naming op and node.
+`index` (a MutableHashTable, int64 key -> row) and `values` (a float [rows, dim] resource
+variable) are one per EV: the parts of a partitioned EV share them (a key lives in one part, and
+the graph's partitioning routes it there). `values` starts with each part's default rows (its
+initial value, or one no-permission row) and continues with the keys' rows, so a lookup is one
+find and one gather whatever the id. The runtime fills both from checkpoints (tables.py).
+Negative ids are never keys, so they always get the default. A gather with
+`is_use_default_value_tensor` (and no filter) keeps DeepRec's per-position default instead:
+`G = SelectV2(row >= 0, gathered rows, default_value input)`.
+
+Everything else DeepRec-only (handles, initialisers, save / restore / incremental-save subgraphs)
+is cut away by keeping only what the signature outputs, the dense variables and the main op
+need; any op left that stock TensorFlow does not know refuses the model, naming op and node.
 """
 
 from __future__ import annotations
@@ -34,38 +37,54 @@ from deeprec_runtime.deeprec.savedmodel import ExportedModel
 from deeprec_runtime.errors import VersionLoadError
 
 PREFIX = "deeprec_ev"
-EMPTY_KEY = np.iinfo(np.int64).min
-DELETED_KEY = EMPTY_KEY + 1
 _VARIABLE_OPS = ("VariableV2", "VarHandleOp", "Variable")
 
 
 @dataclass(frozen=True)
+class DefaultBlock:
+    """Rows of `values` that unseen ids of one EV part read."""
+
+    part: evs.EVPart
+    offset: int
+    rows: int
+    initial_value: str | None
+    """Tensor name of the part's initial value ([rows, dim]); None: one row filled with
+    `part.default_value_no_permission`."""
+
+
+@dataclass
 class TableNodes:
     """The graph nodes that hold one EV's rows."""
 
     base: str
     dim: int
     index: str
-    """MutableDenseHashTableV2 node: key -> row."""
+    """MutableHashTableV2 node: key -> row of `values`."""
     values: str
-    """VarHandleOp node: float [rows, dim]."""
-    parts: tuple[evs.EVPart, ...]
+    """VarHandleOp node: float [default rows + key rows, dim]."""
+    parts: list[evs.EVPart] = field(default_factory=list)
+    blocks: dict[tuple[str, str], DefaultBlock] = field(default_factory=dict)
 
+    @property
+    def default_rows(self) -> int:
+        return sum(b.rows for b in self.blocks.values())
 
-@dataclass(frozen=True)
-class DefaultNodes:
-    """An EV part whose unseen ids take rows of its initial value."""
-
-    part: evs.EVPart
-    variable: str
-    """VarHandleOp node: float [default_value_dim, dim], assigned from `part.initial_value`."""
+    def block(self, part: evs.EVPart) -> DefaultBlock:
+        key = (part.node, part.default_rule)
+        b = self.blocks.get(key)
+        if b is None:
+            if part.default_rule == evs.INITIALIZER:
+                b = DefaultBlock(part, self.default_rows, part.default_value_dim, part.initial_value)
+            else:
+                b = DefaultBlock(part, self.default_rows, 1, None)
+            self.blocks[key] = b
+        return b
 
 
 @dataclass
 class Rewritten:
     graph_def: graph_pb2.GraphDef
     tables: dict[str, TableNodes]
-    defaults: list[DefaultNodes]
     lookups: list[evs.EVLookup]
     dense: list[variable_pb2.VariableDef]
     """VariableDefs of the dense variables the serving graph reads."""
@@ -89,7 +108,6 @@ class _Builder:
         self.taken = {n.name for n in model.graph_def.node}
         self.added: list[node_def_pb2.NodeDef] = []
         self.tables: dict[str, TableNodes] = {}
-        self.defaults: dict[str, DefaultNodes] = {}
         self.shared: dict[str, str] = {}
 
     def add(self, node: node_def_pb2.NodeDef) -> str:
@@ -107,71 +125,59 @@ class _Builder:
     def table(self, part: evs.EVPart) -> TableNodes:
         t = self.tables.get(part.base)
         if t is None:
-            empty = self.constant("empty_key", EMPTY_KEY, np.int64)
-            deleted = self.constant("deleted_key", DELETED_KEY, np.int64)
-            index = self.add(nodes.dense_hash_table(f"{PREFIX}/{part.base}/index", empty, deleted))
+            index = self.add(nodes.hash_table(f"{PREFIX}/{part.base}/index"))
             values = self.add(nodes.variable(f"{PREFIX}/{part.base}/values", nodes.FLOAT,
                                              [-1, part.dim]))
-            t = self.tables[part.base] = TableNodes(part.base, part.dim, index, values, (part,))
-        elif part not in t.parts:
-            t = self.tables[part.base] = TableNodes(t.base, t.dim, t.index, t.values,
-                                                    (*t.parts, part))
+            t = self.tables[part.base] = TableNodes(part.base, part.dim, index, values)
+        if part not in t.parts:
+            t.parts.append(part)
         return t
 
-    def default_variable(self, part: evs.EVPart) -> str:
-        d = self.defaults.get(part.node)
-        if d is None:
-            var = self.add(nodes.variable(f"{PREFIX}/{part.name}/default", nodes.FLOAT,
-                                          [part.default_value_dim, part.dim]))
-            d = self.defaults[part.node] = DefaultNodes(part, var)
-        return d.variable
+    def op(self, name: str, op: str, inputs, **attrs) -> str:
+        return self.add(nodes.node(name, op, inputs, **attrs))
 
     def lookup(self, lk: evs.EVLookup) -> None:
         part, g = lk.part, lk.node
         t = self.table(part)
         scope = f"{g}/{PREFIX}"
+        i64, f32 = nodes.dtype(nodes.INT64), nodes.dtype(nodes.FLOAT)
         keys = lk.ids
         if part.key_dtype != nodes.INT64:
-            keys = self.add(nodes.node(f"{scope}/keys", "Cast", [lk.ids], SrcT=nodes.dtype(
-                part.key_dtype), DstT=nodes.dtype(nodes.INT64)))
-        minus_one = self.constant("minus_one", -1, np.int64)
-        zero = self.constant("zero", 0, np.int64)
-        safe = self.add(nodes.node(f"{scope}/safe_keys", "Maximum", [keys, minus_one],
-                                   T=nodes.dtype(nodes.INT64)))
-        row = self.add(nodes.node(f"{scope}/row", "LookupTableFindV2", [t.index, safe, minus_one],
-                                  Tin=nodes.dtype(nodes.INT64), Tout=nodes.dtype(nodes.INT64)))
-        found = self.add(nodes.node(f"{scope}/found", "GreaterEqual", [row, zero],
-                                    T=nodes.dtype(nodes.INT64)))
-        safe_row = self.add(nodes.node(f"{scope}/safe_row", "Maximum", [row, zero],
-                                       T=nodes.dtype(nodes.INT64)))
-        rows = self.add(nodes.node(f"{scope}/rows", "ResourceGather", [t.values, safe_row],
-                                   dtype=nodes.dtype(nodes.FLOAT),
-                                   Tindices=nodes.dtype(nodes.INT64)))
-        if part.default_rule == evs.NO_PERMISSION:
-            default = self.constant(f"no_permission_{part.dim}_{part.default_value_no_permission!r}",
-                                    np.full([part.dim], part.default_value_no_permission), np.float32)
-        elif lk.default_tensor is not None:
-            shape = self.add(nodes.node(f"{scope}/rows_shape", "Shape", [rows],
-                                        T=nodes.dtype(nodes.FLOAT), out_type=nodes.dtype(nodes.INT64)))
-            default = self.add(nodes.node(f"{scope}/default", "Reshape", [lk.default_tensor, shape],
-                                          T=nodes.dtype(nodes.FLOAT),
-                                          Tshape=nodes.dtype(nodes.INT64)))
+            keys = self.op(f"{scope}/keys", "Cast", [lk.ids], SrcT=nodes.dtype(part.key_dtype),
+                           DstT=i64)
+        # The last op takes the gather's own name, so its consumers read the lookup unchanged.
+        self.taken.discard(g)
+        if part.default_rule == evs.INITIALIZER and lk.default_tensor is not None:
+            # DeepRec's per-position default rows: any valid row is gathered for a miss, then
+            # replaced by the gather's default_value input.
+            minus_one = self.constant("minus_one", -1, np.int64)
+            zero = self.constant("zero", 0, np.int64)
+            row = self.op(f"{scope}/row", "LookupTableFindV2", [t.index, keys, minus_one],
+                          Tin=i64, Tout=i64)
+            found = self.op(f"{scope}/found", "GreaterEqual", [row, zero], T=i64)
+            safe_row = self.op(f"{scope}/safe_row", "Maximum", [row, zero], T=i64)
+            rows = self.op(f"{scope}/rows", "ResourceGather", [t.values, safe_row], dtype=f32,
+                           Tindices=i64)
+            shape = self.op(f"{scope}/rows_shape", "Shape", [rows], T=f32, out_type=i64)
+            default = self.op(f"{scope}/default", "Reshape", [lk.default_tensor, shape], T=f32,
+                              Tshape=i64)
+            axis = self.constant("last_axis", -1, np.int32)
+            cond = self.op(f"{scope}/found_rows", "ExpandDims", [found, axis],
+                           T=nodes.dtype(nodes.BOOL), Tdim=nodes.dtype(nodes.INT32))
+            self.op(g, "SelectV2", [cond, rows, default], T=f32)
+            return
+        block = t.block(part)
+        offset = self.constant(f"int64_{block.offset}", block.offset, np.int64)
+        if block.initial_value is not None:
+            dim = self.constant(f"int64_{part.default_value_dim}", part.default_value_dim, np.int64)
+            fallback = self.op(f"{scope}/default_slot", "FloorMod", [keys, dim], T=i64)
+            if block.offset:
+                fallback = self.op(f"{scope}/default_row", "AddV2", [fallback, offset], T=i64)
         else:
-            dim = self.constant(f"default_value_dim_{part.default_value_dim}",
-                                part.default_value_dim, np.int64)
-            slot = self.add(nodes.node(f"{scope}/default_row", "FloorMod", [keys, dim],
-                                       T=nodes.dtype(nodes.INT64)))
-            default = self.add(nodes.node(f"{scope}/default", "ResourceGather",
-                                          [self.default_variable(part), slot],
-                                          dtype=nodes.dtype(nodes.FLOAT),
-                                          Tindices=nodes.dtype(nodes.INT64)))
-        axis = self.constant("last_axis", -1, np.int32)
-        cond = self.add(nodes.node(f"{scope}/found_rows", "ExpandDims", [found, axis],
-                                   T=nodes.dtype(nodes.BOOL), Tdim=nodes.dtype(nodes.INT32)))
-        select = self.add(nodes.node(f"{scope}/select", "SelectV2", [cond, rows, default],
-                                     T=nodes.dtype(nodes.FLOAT)))
-        # The gather's own name, so its consumers read the lookup unchanged.
-        self.added.append(nodes.node(g, "Identity", [select], T=nodes.dtype(nodes.FLOAT)))
+            fallback = offset
+        row = self.op(f"{scope}/row", "LookupTableFindV2", [t.index, keys, fallback], Tin=i64,
+                      Tout=i64)
+        self.op(g, "ResourceGather", [t.values, row], dtype=f32, Tindices=i64)
 
 
 def _dropped(node: node_def_pb2.NodeDef) -> bool:
@@ -238,7 +244,8 @@ def rewrite(model: ExportedModel, outputs: Sequence[str], inputs: Sequence[str] 
     _strip_edges(graph_def)
 
     out_nodes = [evs.clean_input(o) for o in (*outputs, *inputs)]
-    initial_values = [evs.clean_input(d.part.initial_value) for d in builder.defaults.values()]
+    initial_values = [evs.clean_input(b.initial_value) for t in builder.tables.values()
+                      for b in t.blocks.values() if b.initial_value]
     first = _extract(graph_def, out_nodes + initial_values)
     _check_stock(first, "the serving graph")
 
@@ -246,8 +253,7 @@ def rewrite(model: ExportedModel, outputs: Sequence[str], inputs: Sequence[str] 
     # snapshot), so that they can be rebuilt as variables, assigned and restored.
     by_var = {evs.clean_input(vd.variable_name): vd for vd, is_ev in model.variable_defs()
               if not is_ev}
-    internal = {t.values for t in builder.tables.values()} | {
-        d.variable for d in builder.defaults.values()}
+    internal = {t.values for t in builder.tables.values()}
     dense: list[variable_pb2.VariableDef] = []
     extra: list[str] = []
     for n in first.node:
@@ -265,5 +271,5 @@ def rewrite(model: ExportedModel, outputs: Sequence[str], inputs: Sequence[str] 
     _check_stock(final, "the serving graph (with its dense variables and main op)")
     kept = {n.name for n in final.node}
     removed = sorted({n.name for n in model.graph_def.node} - kept)
-    return Rewritten(final, builder.tables, list(builder.defaults.values()), lookups, dense,
-                     main_op if main_op in kept else None, removed)
+    return Rewritten(final, builder.tables, lookups, dense, main_op if main_op in kept else None,
+                     removed)

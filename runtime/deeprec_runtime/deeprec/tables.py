@@ -2,13 +2,15 @@
 version's TensorFlow session, so lookups run in the graph (and in the C++ fast path) with no
 Python per request.
 
-Storage per EV: a MutableDenseHashTable int64 key -> row (open addressing, 16 bytes a bucket,
-at most 80% full) and a float32 [capacity, dim] resource variable. A full checkpoint fills both
-exactly (capacity = rows). A delta's new keys are appended: their rows are written at fresh
-indices *before* the servable's write gate is taken (no request can reach an index no key points
-to yet; growing the variable copies it, which readers do not notice), then, under the gate, the
-new keys are inserted and changed rows of existing keys overwritten, so a request sees the whole
-delta or none of it. Capacity grows by 25% at a time (amortised copies, little slack).
+Storage per EV: a MutableHashTable int64 key -> row (a flat open-addressing map: 16 bytes and a
+control byte a slot, at most 7/8 full) and a float32 resource variable holding first the default
+rows unseen ids read (each part's initial value, or one row of default_value_no_permission; see
+rewrite.py), then one row per key. A full checkpoint fills both exactly. A delta's new keys are
+appended: their rows are written at fresh indices *before* the servable's write gate is taken
+(no request can reach an index no key points to yet; growing the variable copies it, which
+readers do not notice), then, under the gate, the new keys are inserted and changed rows of
+existing keys overwritten, so a request sees the whole delta or none of it. Capacity grows by
+25% at a time (amortised copies, little slack).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-from deeprec_runtime.deeprec.rewrite import DefaultNodes, TableNodes
+from deeprec_runtime.deeprec.rewrite import DefaultBlock, TableNodes
 from deeprec_runtime.errors import VersionLoadError
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,17 @@ class TableOps:
 
     base: str
     dim: int
+    blocks: tuple[DefaultBlock, ...]
     insert: tuple[tuple[str, str], str]
     find: tuple[str, str]
     size: str
     assign: tuple[str, str]
     grow: tuple[str, str]
     scatter: tuple[tuple[str, str], str]
+
+    @property
+    def default_rows(self) -> int:
+        return sum(b.rows for b in self.blocks)
 
     @classmethod
     def build(cls, graph: tf.Graph, nodes: TableNodes) -> TableOps:
@@ -68,38 +75,27 @@ class TableOps:
             new_rows = tf1.placeholder(tf.float32, [None, nodes.dim], name="new_rows")
             scatter = tf.raw_ops.ResourceScatterUpdate(resource=values, indices=at,
                                                        updates=new_rows)
-        return cls(nodes.base, nodes.dim, ((keys.name, rows.name), insert.name),
+        blocks = tuple(sorted(nodes.blocks.values(), key=lambda b: b.offset))
+        return cls(nodes.base, nodes.dim, blocks, ((keys.name, rows.name), insert.name),
                    (find_keys.name, find.name), size.name, (value.name, assign.name),
                    (extra.name, grow.name), ((at.name, new_rows.name), scatter.name))
 
-
-@dataclass(frozen=True)
-class DefaultOps:
-    """Assigns one EV part's default matrix from its initial-value subgraph."""
-
-    part_name: str
-    expected: tuple[int, int]
-    initial_value: str
-    assign: tuple[str, str]
-
-    @classmethod
-    def build(cls, graph: tf.Graph, nodes: DefaultNodes) -> DefaultOps:
-        var = graph.get_tensor_by_name(nodes.variable + ":0")
-        with tf.compat.v1.name_scope(None), tf.compat.v1.name_scope(
-                f"deeprec_ev_update/{nodes.part.name}/default"):
-            value = tf.compat.v1.placeholder(tf.float32, [None, nodes.part.dim], name="value")
-            assign = tf.raw_ops.AssignVariableOp(resource=var, value=value)
-        return cls(nodes.part.name, (nodes.part.default_value_dim, nodes.part.dim),
-                   nodes.part.initial_value, (value.name, assign.name))
-
-    def run(self, session, run_options: config_pb2.RunOptions) -> None:
-        value = session.run(self.initial_value, options=run_options)
-        if value.shape != self.expected:
-            raise VersionLoadError(
-                f"EmbeddingVariable '{self.part_name}': its initial value has shape "
-                f"{list(value.shape)}, expected [default_value_dim, dim] = {list(self.expected)}")
-        session.run(self.assign[1], {self.assign[0]: value.astype(np.float32, copy=False)},
-                    options=run_options)
+    def default_values(self, session, run_options: config_pb2.RunOptions) -> np.ndarray:
+        """The default rows, [default_rows, dim]: initial values are evaluated (once per version,
+        as DeepRec draws them once per process), no-permission rows filled."""
+        out = []
+        for b in self.blocks:
+            if b.initial_value is None:
+                out.append(np.full((1, self.dim), b.part.default_value_no_permission, np.float32))
+                continue
+            value = session.run(b.initial_value, options=run_options)
+            if value.shape != (b.rows, self.dim):
+                raise VersionLoadError(
+                    f"EmbeddingVariable '{b.part.name}': its initial value has shape "
+                    f"{list(value.shape)}, expected [default_value_dim, dim] = "
+                    f"{[b.rows, self.dim]}")
+            out.append(value.astype(np.float32, copy=False))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
 @dataclass
@@ -124,8 +120,12 @@ class EVTable:
         self._run_options = run_options
         self._callables: dict[str, Callable] = {}
         self._lock = threading.Lock()
+        self.base = 0
+        """Default rows before the keys' rows."""
         self.size = 0
+        """Keys stored."""
         self.capacity = 0
+        """Key rows the values variable has room for."""
 
     def _fn(self, key: str, feeds: tuple[str, ...], fetch: str | None, target: str | None):
         fn = self._callables.get(key)
@@ -139,17 +139,20 @@ class EVTable:
                     fn = self._callables[key] = self._session._make_callable_from_options(opts)
         return fn
 
-    def load(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Fills the empty storage with a full checkpoint's rows (row i = keys[i])."""
+    def load(self, defaults: np.ndarray, keys: np.ndarray, values: np.ndarray) -> None:
+        """Fills the empty storage: the default rows, then a full checkpoint's rows (key i at
+        row len(defaults) + i)."""
         ops = self.ops
-        capacity = max(1, keys.shape[0])  # one row at least: a miss gathers row 0
-        if capacity != values.shape[0]:
-            values = np.concatenate([values, np.zeros((capacity - values.shape[0], ops.dim),
-                                                      np.float32)])
-        self._fn("assign", (ops.assign[0],), None, ops.assign[1])(values)
+        self.base = defaults.shape[0]
+        # A miss must always find a row to gather, even in an empty table.
+        capacity = keys.shape[0] if self.base else max(1, keys.shape[0])
+        parts = [defaults, values]
+        if capacity > values.shape[0]:
+            parts.append(np.zeros((capacity - values.shape[0], ops.dim), np.float32))
+        self._fn("assign", (ops.assign[0],), None, ops.assign[1])(np.concatenate(parts))
         if keys.size:
             self._fn("insert", ops.insert[0], None, ops.insert[1])(
-                keys, np.arange(keys.shape[0], dtype=np.int64))
+                keys, np.arange(self.base, self.base + keys.shape[0], dtype=np.int64))
         self.size, self.capacity = int(keys.shape[0]), capacity
 
     def stage(self, keys: np.ndarray, values: np.ndarray) -> StagedRows:
@@ -159,7 +162,8 @@ class EVTable:
         (at,) = self._fn("find", (ops.find[0],), ops.find[1], None)(keys)
         new = at < 0
         new_keys = keys[new]
-        new_at = np.arange(self.size, self.size + new_keys.shape[0], dtype=np.int64)
+        first = self.base + self.size
+        new_at = np.arange(first, first + new_keys.shape[0], dtype=np.int64)
         needed = self.size + new_keys.shape[0]
         if needed > self.capacity:
             capacity = max(needed, int(self.capacity * GROWTH) + 1)
@@ -193,9 +197,9 @@ class EVTable:
         return int(size)
 
     def bytes_estimate(self) -> int:
-        """Bytes held: the values variable plus the index's buckets (16 bytes each, a power of
-        two from 2^17, doubled whenever they would be more than 80% full)."""
-        buckets = 1 << 17
-        while self.size > buckets * 0.8:
-            buckets <<= 1
-        return self.capacity * self.ops.dim * 4 + buckets * 16
+        """Bytes held: the values variable plus the index's slots (17 bytes each, 2^k - 1 of
+        them, at most 7/8 full)."""
+        slots = 15
+        while self.size > slots * 7 // 8:
+            slots = slots * 2 + 1
+        return (self.base + self.capacity) * self.ops.dim * 4 + slots * 17
