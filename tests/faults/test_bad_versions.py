@@ -115,3 +115,21 @@ def test_delta_with_rows_of_the_wrong_dim_is_refused_and_the_next_full_version_s
     assert client.info().last_update_error == ""
     np.testing.assert_allclose(output(client.predict(feed), "probability"),
                                demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+
+
+def test_a_delta_in_the_retired_private_format_is_refused_not_half_applied(demo, serving):
+    runtime, client, feed, answer = serving
+    step_before = client.info().delta_step
+    last_delta = [p for _, kind, p in demo.written if kind == "delta"][-1]
+    dense = demo.model.dense_variables[0]
+    zeros = np.zeros(dense.shape.as_list(), np.float32)
+    # The former format: changed table rows under V/delta_ids, dense variables whole. Applying
+    # only its dense part would serve stale rows with new weights.
+    tf.raw_ops.SaveV2(prefix=f"{last_delta.rsplit('-', 1)[0]}-{demo.step + 200}",
+                      tensor_names=["embedding/delta_ids", "embedding/delta_values", dense.op.name],
+                      shape_and_slices=["", "", ""],
+                      tensors=[np.array([1], np.int64), np.ones((1, 8), np.float32), zeros])
+    wait_for(lambda: "retired private format" in client.info().last_update_error,
+             message="old-format delta refused")
+    assert client.info().delta_step == step_before
+    np.testing.assert_allclose(output(client.predict(feed), "probability"), answer, rtol=1e-6)

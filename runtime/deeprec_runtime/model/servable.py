@@ -399,6 +399,11 @@ class _VariableUpdater:
         self.prepare(args[0])(*args[1:])
 
 
+#: Entries of the writer's former delta format (changes since the previous save, not cumulative):
+#: applying only their dense part would serve stale table rows, so such a delta is refused.
+_RETIRED_SUFFIXES = ("/delta_ids", "/delta_values")
+
+
 def read_delta(prefix: str, updaters: dict[str, _VariableUpdater]) -> list[tuple[_VariableUpdater, tuple]]:
     """Reads and validates a delta in DeepRec's incremental format (docs/checkpoint-format.md):
     `V-sparse_incr_keys` / `V-sparse_incr_values` are changed rows of table V, other entries
@@ -412,6 +417,12 @@ def read_delta(prefix: str, updaters: dict[str, _VariableUpdater]) -> list[tuple
         raise VersionLoadError(f"cannot read delta {prefix}: {_first_line(exc)}") from None
     # Names are checked against the model from the index alone, before any data is read.
     wanted: list[tuple[_VariableUpdater, tuple[str, ...]]] = []
+    retired = sorted(k for k in keys if k.endswith(_RETIRED_SUFFIXES))
+    if retired:
+        raise VersionLoadError(
+            f"delta {prefix} is in the retired private format ('{retired[0]}'); deltas are "
+            "DeepRec's incremental checkpoints (V-sparse_incr_keys / V-sparse_incr_values): "
+            "write them with the current CheckpointWriter")
     for key in sorted(keys):
         if key.endswith(names.DELTA_KEYS):
             var = key[: -len(names.DELTA_KEYS)]
