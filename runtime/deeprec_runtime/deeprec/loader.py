@@ -125,10 +125,13 @@ def _read_dense(index: ckpt.CheckpointIndex, sources: list[tuple[str, DenseSourc
 class EVVersion:
     """One version's EV storage and restore / delta logic, in the version's session."""
 
-    def __init__(self, ev: EVGraph, session, run_options: config_pb2.RunOptions):
+    def __init__(self, ev: EVGraph, session, run_options: config_pb2.RunOptions,
+                 byte_budget: int = 0):
         self.ev = ev
         self.session = session
         self.run_options = run_options
+        #: `ev_storage_size[0]` with ev_storage_type 1: the EVs must fit (0: no bound).
+        self.byte_budget = byte_budget
         self.tables = {t.base: EVTable(session, t, run_options) for t in ev.tables}
 
     def restore(self, prefix: str, updaters: Mapping, restore_options: config_pb2.RunOptions) -> None:
@@ -151,6 +154,11 @@ class EVVersion:
                        rows.values)
             log.info("EmbeddingVariable %s: %d rows from %s (%d filtered keys not admitted)",
                      table.name, rows.keys.shape[0], prefix, rows.filtered)
+        held = sum(t.bytes_estimate() for t in self.tables.values())
+        if self.byte_budget and held > self.byte_budget:
+            raise VersionLoadError(
+                f"the EmbeddingVariables of {prefix} take about {held} bytes in DRAM, more than "
+                f"ev_storage_size[0] = {self.byte_budget}")
         if self.ev.main_op:
             self.session.run(self.ev.main_op, options=restore_options)
 

@@ -522,10 +522,14 @@ def import_graph(savedmodel_dir: str, options: SessionOptions, features=None) ->
 
 
 def _import_ev_graph(savedmodel_dir: str, options: SessionOptions, features) -> ImportedGraph:
-    """A DeepRec EmbeddingVariable export, rewritten for stock TensorFlow (deeprec/)."""
-    if features is not None:
-        raise VersionLoadError("DeepRec EmbeddingVariables are served from the in-process store "
-                               "only: set feature_store_type 'memory' and ev_storage_type 0")
+    """A DeepRec EmbeddingVariable export, rewritten for stock TensorFlow (deeprec/). Its EVs live
+    in the session's own tables: DeepRec's DRAM storage, so `ev_storage_type` 1 serves them there
+    too (within its byte budget); other stores are refused rather than silently bypassed."""
+    if features is not None and getattr(features, "storage_type", None) != 1:
+        raise VersionLoadError(
+            "DeepRec EmbeddingVariables are served from the in-process store only (DRAM): set "
+            "feature_store_type 'memory' and ev_storage_type 0 or 1; Redis and the DRAM+SSD tier "
+            "do not serve EVs yet")
 
     def place(graph: tf.Graph) -> None:
         if options.plan is not None and options.plan.uses_gpu:
@@ -578,7 +582,8 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
             updaters = {name: _VariableUpdater(session, ops, options.update_run_options)
                         for name, ops in imported.update_ops.items()}
         prefix = restore_op = filename_tensor = ""
-        ev = EVVersion(imported.ev, session, options.update_run_options) if imported.ev else None
+        ev = (EVVersion(imported.ev, session, options.update_run_options,
+                        getattr(features, "dram_bytes", 0)) if imported.ev else None)
         if ev is not None or tables:
             prefix = (localize(version.full_prefix) if version is not None
                       else os.path.join(savedmodel_dir, "variables", "variables"))
