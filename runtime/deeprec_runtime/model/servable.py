@@ -549,7 +549,7 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                   imported: ImportedGraph | None = None,
                   background: Callable[[Callable[[], None]], None] | None = None) -> Servable:
     """Builds a servable: SavedModel graph + the version's full checkpoint (the manager applies
-    the deltas, one by one, so that a bad delta does not discard a good full checkpoint).
+    the latest delta afterwards, so that a bad delta does not discard a good full checkpoint).
 
     `imported`, the graph of a version loaded earlier, is used when its fingerprint is still the
     SavedModel's; otherwise the SavedModel is imported. `Servable.imported` is the one used.
