@@ -99,9 +99,14 @@ def same_answers(dense_server, ev_server, art, keys) -> None:
 def cpu_per_request(workdir, art, ev, keys, duration: float) -> None:
     print("\n1. server CPU per request, concurrency 8 (same model, dense tables vs DeepRec EVs):",
           flush=True)
-    dense_server = start_runtime(workdir, art, warmup_iterations=1)
-    ev_server = start_runtime(workdir, ev, warmup_iterations=1)
+    info = ("--log-level", "INFO")  # for the execution mode each version chose at warmup
+    dense_server = start_runtime(workdir, art, info, warmup_iterations=1)
+    ev_server = start_runtime(workdir, ev, info, warmup_iterations=1)
     try:
+        for name, server in (("dense", dense_server), ("EV", ev_server)):
+            chosen = [line.split(" runs ", 1)[1].strip() for line in server.lines
+                      if " runs " in line and "CPU/run" in line]
+            print(f"  {name} model runs {chosen[-1] if chosen else '(mode not logged)'}", flush=True)
         same_answers(dense_server, ev_server, art, keys)
         print(f"  RSS: dense server {rss_mib(dense_server.proc.pid):.0f} MiB, EV server "
               f"{rss_mib(ev_server.proc.pid):.0f} MiB ({art.model.num_ids} rows of [16] + [1])",

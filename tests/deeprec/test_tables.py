@@ -51,7 +51,7 @@ def test_staged_rows_change_no_answer_until_committed(loaded):
 def test_storage_grows_by_a_quarter_and_keeps_every_row(loaded):
     model, servable = loaded
     table = servable.ev.tables["user_emb"]
-    assert table.capacity == table.size == 40  # a full load is exact
+    assert (table.size, table.capacity) == (40, 40 + 64)  # a full load leaves some room
     assert table.base == 5  # user_emb's default rows (default_value_dim 5) come first
     expected = {k: v for k, v in model.state.evs["user_emb"].rows.items()}
     rng = np.random.default_rng(0)
@@ -63,9 +63,8 @@ def test_storage_grows_by_a_quarter_and_keeps_every_row(loaded):
         expected.update({int(k): r for k, r in zip(keys, rows, strict=True)})
         capacities.append(table.capacity)
     assert table.size == 40 + 84
-    assert capacities[0] == 51 and all(c >= 40 + 7 * (i + 1) for i, c in enumerate(capacities))
-    assert len(set(capacities)) < len(capacities)  # not a copy per delta
-    assert table.capacity < 1.3 * table.size + 2
+    # The room left at load takes 9 deltas; the 10th grows the storage by a quarter, once.
+    assert capacities == [104] * 9 + [131] * 3
     keys = sorted(expected)
     np.testing.assert_array_equal(_user_vec(servable, keys), np.stack([expected[k] for k in keys]))
 

@@ -10,7 +10,7 @@ appended: their rows are written at fresh indices *before* the servable's write 
 (no request can reach an index no key points to yet; growing the variable copies it, which
 readers do not notice), then, under the gate, the new keys are inserted and changed rows of
 existing keys overwritten, so a request sees the whole delta or none of it. Capacity grows by
-25% at a time (amortised copies, little slack).
+25% at a time (amortised copies, little slack); a full load leaves room for 1/32 more keys.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 GROWTH = 1.25
 """Capacity factor when a delta needs more rows than the values variable holds."""
+HEADROOM_FRACTION = 32
+HEADROOM_MIN = 64
+"""A full load leaves room for 1/32 more keys (at least 64) for the deltas' new keys."""
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,9 @@ class EVTable:
         row len(defaults) + i)."""
         ops = self.ops
         self.base = defaults.shape[0]
-        # A miss must always find a row to gather, even in an empty table.
-        capacity = keys.shape[0] if self.base else max(1, keys.shape[0])
+        # Room for 1/32 more keys: the first deltas' new keys fit without copying the whole
+        # variable. A miss must always find a row to gather, even in an empty table.
+        capacity = keys.shape[0] + max(HEADROOM_MIN, keys.shape[0] // HEADROOM_FRACTION)
         parts = [defaults, values]
         if capacity > values.shape[0]:
             parts.append(np.zeros((capacity - values.shape[0], ops.dim), np.float32))
@@ -154,6 +158,10 @@ class EVTable:
             self._fn("insert", ops.insert[0], None, ops.insert[1])(
                 keys, np.arange(self.base, self.base + keys.shape[0], dtype=np.int64))
         self.size, self.capacity = int(keys.shape[0]), capacity
+        # Prepared now, on the loading thread: the first delta then pays only for its rows.
+        self._fn("find", (ops.find[0],), ops.find[1], None)
+        self._fn("scatter", ops.scatter[0], None, ops.scatter[1])
+        self._fn("grow", (ops.grow[0],), None, ops.grow[1])
 
     def stage(self, keys: np.ndarray, values: np.ndarray) -> StagedRows:
         """Prepares a delta's rows without changing any answer: finds which keys exist, grows
