@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-# The runtime fixtures of tests/runtime (re-exported for pytest).
+# The runtime fixtures of tests/runtime and a real redis-server (re-exported for pytest).
+from features.conftest import redis_server  # noqa: F401
 from runtime.conftest import Client, serve, serve_process  # noqa: F401
 
 from . import state as S

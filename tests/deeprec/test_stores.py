@@ -1,15 +1,15 @@
 """Where EV rows may live: DeepRec's DRAM storage (ev_storage_type 0 or 1) is the in-process
-store, within ev_storage_size; the stores that do not serve EVs refuse the model by name."""
+store, within ev_storage_size; the DRAM + SSD tier (12) keeps them on SSD behind a key index.
+(Redis: test_redis.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from runtime.conftest import plan_of, wait_for
 
 from . import state as S
 from .layout import make_ev_model
-from .test_serving import check
+from .test_serving import _train, check, mixed_feed
 
 
 def test_ev_storage_type_1_serves_evs_in_dram_from_the_cpp_plan(ev_model, serve):
@@ -31,15 +31,27 @@ def test_evs_larger_than_ev_storage_size_fail_the_load_naming_the_field(tmp_path
     assert client.info().version == ""
 
 
-@pytest.mark.parametrize("fields", [
-    {"feature_store_type": "redis", "redis_url": "127.0.0.1:1"},
-    {"ev_storage_type": 12, "ev_storage_path": "SSD"},
-], ids=["redis", "dram+ssd"])
-def test_stores_that_do_not_serve_evs_refuse_the_model_with_a_message(tmp_path, serve, fields):
-    model = make_ev_model(str(tmp_path / "m"))
-    if "ev_storage_path" in fields:
-        fields = {**fields, "ev_storage_path": str(tmp_path / "ssd")}
-    runtime, client = serve(model.saved_model_dir, model.checkpoint_dir, wait=False, **fields)
-    wait_for(lambda: "served from the in-process store only" in client.info().last_update_error,
-             message="refusal")
-    assert client.info().version == ""
+def test_the_dram_ssd_tier_serves_evs_with_deeprecs_answers_and_grows_with_deltas(
+        tmp_path, ev_model, serve):
+    runtime, client = serve(ev_model.saved_model_dir, ev_model.checkpoint_dir, ev_storage_type=12,
+                            ev_storage_path=str(tmp_path / "ssd"), ev_storage_size=[6000])
+    assert plan_of(runtime) is None  # rows come from the tier: Python looks them up
+    for n, batch in enumerate((1, 9, 40)):
+        check(client, ev_model, mixed_feed(ev_model, batch, n))
+    # More new keys than the room left at load: the SSD file grows, rows stay where they were.
+    rng = np.random.default_rng(8)
+    new_users = list(range(600000, 600000 + 150))
+    state1, changed = _train(ev_model.state, rng, {"user_emb": new_users}, {}, admit=2)
+    ev_model.write_delta(state1, {k: sorted(v) for k, v in changed.items()}, 110)
+    wait_for(lambda: client.info().delta_step == 110, message="delta applied")
+    feed = mixed_feed(ev_model, 40, 7)
+    feed["user_ids"][:19] = new_users[::8]
+    check(client, ev_model, feed)
+    servable = runtime.manager.acquire()
+    try:
+        stats = servable.tables.rows.cache_stats()
+        table = servable.tables.rows._tables["user_emb"]
+    finally:
+        runtime.manager.release(servable)
+    assert table.table.rows >= 40 + 150 and table.size == 40 + 150
+    assert sum(misses for _, _, misses in stats.values()) > 0  # rows were read from SSD

@@ -122,6 +122,17 @@ def read_full(index: CheckpointIndex, base: str, dim: int) -> Rows:
     return rows
 
 
+def iter_full_parts(index: CheckpointIndex, base: str, dim: int):
+    """Yields the rows of EV `base` part by part (a store importing them holds one part at a
+    time); VersionLoadError when it is not there or does not match the graph."""
+    parts = index.parts(base, FULL_KEYS)
+    if not parts:
+        raise VersionLoadError(f"checkpoint {index.prefix} has no EmbeddingVariable '{base}' "
+                               f"(no {base}{FULL_KEYS} or {base}/part_0{FULL_KEYS})")
+    for part in parts:
+        yield _collect(index, base, dim, [part], FULL_KEYS, FULL_VALUES)
+
+
 def read_delta(index: CheckpointIndex, base: str, dim: int) -> Rows | None:
     """The rows of EV `base` changed since the full save, or None when the delta has none."""
     parts = index.parts(base, DELTA_KEYS)

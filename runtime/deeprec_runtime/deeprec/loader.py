@@ -25,6 +25,7 @@ from tensorflow.python.eager import context
 from tensorflow.python.framework import ops
 
 from deeprec_runtime.deeprec import ckpt, evs
+from deeprec_runtime.deeprec.keyed import evaluate_initial_values, initial_values
 from deeprec_runtime.deeprec.rewrite import rewrite
 from deeprec_runtime.deeprec.savedmodel import load_exported
 from deeprec_runtime.deeprec.tables import EVTable, TableOps
@@ -50,11 +51,11 @@ class EVGraph:
     tables: tuple[TableOps, ...]
     dense: dict[str, DenseSource]
     main_op: str | None
-    num_lookups: int
+    lookups: tuple[evs.EVLookup, ...]
 
     def describe(self) -> str:
         return (f"{len(self.tables)} EmbeddingVariable(s) ({', '.join(t.base for t in self.tables)})"
-                f" in {self.num_lookups} lookup(s), {len(self.dense)} dense variable(s)")
+                f" in {len(self.lookups)} lookup(s), {len(self.dense)} dense variable(s)")
 
 
 def _dense_source(vd: variable_pb2.VariableDef) -> DenseSource:
@@ -97,7 +98,7 @@ def import_ev_graph(savedmodel_dir: str, place: Callable[[tf.Graph], None] | Non
         variables = [from_proto(vd) for vd in done.dense]
         tables = tuple(TableOps.build(graph, t) for t in done.tables.values())
     ev = EVGraph(tables, {evs.clean_input(vd.variable_name): _dense_source(vd)
-                                    for vd in done.dense}, done.main_op, len(done.lookups))
+                          for vd in done.dense}, done.main_op, tuple(done.lookups))
     log.info("DeepRec SavedModel %s: %s; %d DeepRec-only node(s) not served; rewritten in %.2fs",
              savedmodel_dir, ev.describe(), len(done.removed), time.monotonic() - started)
     return graph, meta, variables, ev
@@ -122,32 +123,47 @@ def _read_dense(index: ckpt.CheckpointIndex, sources: list[tuple[str, DenseSourc
     return {name: t.numpy() for (name, _), t in zip(sources, out, strict=True)}
 
 
+@dataclass(frozen=True)
+class _KeyedTable:
+    """A keyed feature-store table as a delta plan entry (the store writes its rows)."""
+
+    name: str
+
+
 class EVVersion:
-    """One version's EV storage and restore / delta logic, in the version's session."""
+    """One version's EV storage and restore / delta logic, in the version's session. `keyed`:
+    the EVs' rows live in a feature store (deeprec/keyed.py), which imports them itself; this
+    then restores the dense variables, draws the initial values the fallbacks read, and turns
+    deltas into rows for the store."""
 
     def __init__(self, ev: EVGraph, session, run_options: config_pb2.RunOptions,
-                 byte_budget: int = 0):
+                 byte_budget: int = 0, keyed: bool = False):
         self.ev = ev
         self.session = session
         self.run_options = run_options
         #: `ev_storage_size[0]` with ev_storage_type 1: the EVs must fit (0: no bound).
         self.byte_budget = byte_budget
-        self.tables = {t.base: EVTable(session, t, run_options) for t in ev.tables}
+        self.keyed = keyed
+        self.tables = {} if keyed else {t.base: EVTable(session, t, run_options) for t in ev.tables}
+        #: Keyed mode: EV part -> its initial value, the default rows its lookups fall back to.
+        self.defaults: dict[str, np.ndarray] = {}
 
     def restore(self, prefix: str, updaters: Mapping, restore_options: config_pb2.RunOptions) -> None:
         """Restores a full checkpoint: dense variables, EV default matrices, EV rows, then the
         main op. Raises VersionLoadError when anything is missing or does not match."""
         index = ckpt.CheckpointIndex(prefix)
         # Check every EV is there before the expensive reads.
-        for table in self.tables.values():
-            if not index.parts(table.name, ckpt.FULL_KEYS):
+        for name in {t.base for t in self.ev.tables}:
+            if not index.parts(name, ckpt.FULL_KEYS):
                 raise VersionLoadError(f"checkpoint {prefix} has no EmbeddingVariable "
-                                       f"'{table.name}' (no {table.name}-keys or "
-                                       f"{table.name}/part_0-keys)")
+                                       f"'{name}' (no {name}-keys or {name}/part_0-keys)")
         for name, updater in updaters.items():
             # One variable per read keeps at most one dense value in flight.
             value = _read_dense(index, [(name, self.ev.dense[name])])[name]
             updater.apply(updater.check_whole(value))
+        if self.keyed:
+            self.defaults = evaluate_initial_values(
+                self.session, initial_values(list(self.ev.lookups)), restore_options)
         for table in self.tables.values():
             rows = ckpt.read_full(index, table.name, table.ops.dim)
             table.load(table.ops.default_values(self.session, restore_options), rows.keys,
@@ -183,9 +199,13 @@ class EVVersion:
                 whole.append((name, src))
         values = _read_dense(index, whole)
         plan += [(updaters[name], updaters[name].check_whole(values[name])) for name, _ in whole]
-        rows = {name: ckpt.read_delta(index, name, t.ops.dim) for name, t in self.tables.items()}
+        rows = {t.base: ckpt.read_delta(index, t.base, t.dim) for t in self.ev.tables}
         for name, r in rows.items():
-            if r is not None and r.keys.size:
+            if r is None or not r.keys.size:
+                continue
+            if self.keyed:
+                plan.append((_KeyedTable(name), ("scatter", r.keys, r.values)))
+            else:
                 table = self.tables[name]
                 plan.append((table, ("ev", table.stage(r.keys, r.values))))
         return plan

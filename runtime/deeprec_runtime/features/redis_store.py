@@ -39,6 +39,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from deeprec_runtime.deeprec import ckpt
 from deeprec_runtime.errors import Unavailable
 from deeprec_runtime.features import redis_wire as wire
 from deeprec_runtime.features.base import (
@@ -70,6 +71,28 @@ while i <= n do
 end
 return table.concat(out)
 """
+READ_KEYS_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('STALE') end
+local found, out = {}, {}
+local n = #KEYS
+local i = 2
+while i <= n do
+  local j = math.min(i + 3999, n)
+  local rows = redis.call('MGET', unpack(KEYS, i, j))
+  for k = 1, #rows do
+    if rows[k] then
+      found[#found + 1] = '1'
+      out[#out + 1] = rows[k]
+    else
+      found[#found + 1] = '0'
+    end
+  end
+  i = j + 1
+end
+return {table.concat(found), table.concat(out)}
+"""
+"""Reads rows of keyed tables (DeepRec EVs): an absent row is an id the EV never stored (its
+lookup falls back to DeepRec's default), so the reply says which keys were found."""
 RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -153,6 +176,9 @@ class _Lease:
 
 
 class RedisFeatureStore(FeatureStore):
+    #: DeepRec EmbeddingVariables' rows are stored by EV key (deeprec/keyed.py).
+    serves_keyed_tables = True
+
     def __init__(self, url: str, password: str = "", read_connections: int = 4,  # nosec B107  # '' means no AUTH
                  update_connections: int = 2, namespace: str = "deeprec:default",
                  wait_timeout_s: float = 600.0):
@@ -171,7 +197,8 @@ class RedisFeatureStore(FeatureStore):
             socket_timeout=UPDATE_TIMEOUT_S, **common)
         self.client = redis.Redis(connection_pool=self.update_pool)
         # EVALSHA names a script by its SHA-1 (Redis's protocol), not a security use.
-        self._read_sha = hashlib.sha1(READ_LUA.encode(), usedforsecurity=False).hexdigest()
+        self._shas = {script: hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+                      for script in (READ_LUA, READ_KEYS_LUA)}
         self._renew = self.client.register_script(RENEW_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
         self.meta_key = f"{self.ns}:meta"
@@ -243,6 +270,13 @@ class RedisFeatureStore(FeatureStore):
         self._clear_slot(slot)
         rows = 0
         for table in tables.values():
+            if table.keyed:  # an EV: its rows by key, one checkpoint part at a time
+                index = ckpt.CheckpointIndex(prefix)
+                for part in ckpt.iter_full_parts(index, table.name, table.row_shape[0]):
+                    lease.check()
+                    self._write_rows(slot, table, part.keys, part.values)
+                    rows += part.keys.shape[0]
+                continue
             for start, values in iter_table_rows(prefix, table, chunk_rows_for(table)):
                 lease.check()
                 ids = np.arange(start, start + values.shape[0], dtype=np.int64)
@@ -340,9 +374,9 @@ class RedisFeatureStore(FeatureStore):
         return int(state.get("delta_step", 0)) >= step
 
     # --- reads --------------------------------------------------------------------------------
-    def read(self, tag_key: str, tag: bytes, records: list[np.ndarray]) -> bytes:
+    def read(self, tag_key: str, tag: bytes, records: list[np.ndarray], script: str = READ_LUA):
         """One atomic round trip: checks the slot's tag and MGETs every row key."""
-        packed = wire.evalsha_with_keys(self._read_sha, [tag_key.encode()], records, [tag])
+        packed = wire.evalsha_with_keys(self._shas[script], [tag_key.encode()], records, [tag])
         try:
             conn = self.read_pool.get_connection()
         except RedisError as exc:
@@ -356,7 +390,7 @@ class RedisFeatureStore(FeatureStore):
                     if attempt:
                         raise
                     # First use, or Redis restarted / SCRIPT FLUSH: load the script, retry once.
-                    conn.send_packed_command([wire.command(b"SCRIPT", b"LOAD", READ_LUA.encode())])
+                    conn.send_packed_command([wire.command(b"SCRIPT", b"LOAD", script.encode())])
                     conn.read_response()
                     continue
                 if isinstance(reply, ResponseError):
@@ -391,7 +425,37 @@ class RedisTableRows(TableRows):
         self._prefixes = {name: store.row_prefix(slot, name) for name in tables}
         self._lost = False
 
-    def lookup(self, requests: Sequence[tuple[Table, np.ndarray]]) -> list[np.ndarray]:
+    def lookup(self, requests: Sequence[tuple[Table, np.ndarray]]) -> list:
+        dense = [(t, ids) for t, ids in requests if not t.keyed]
+        keyed = [(t, ids) for t, ids in requests if t.keyed]
+        found = iter(self._lookup_dense(dense) if dense else [])
+        rows = iter(self._lookup_keyed(keyed) if keyed else [])
+        return [next(rows) if t.keyed else next(found) for t, _ in requests]
+
+    def _lookup_keyed(self, requests: Sequence[tuple[Table, np.ndarray]]) -> list:
+        records = [wire.row_keys_records(self._prefixes[t.name], ids) for t, ids in requests]
+        try:
+            mask, reply = self.store.read(self.tag_key, self.tag, records, READ_KEYS_LUA)
+        except ResponseError as exc:
+            raise self._explain(exc, requests) from None
+        found_all = np.frombuffer(mask, np.uint8) == ord("1")
+        out, at, key_at = [], 0, 0
+        view = memoryview(reply)
+        for table, ids in requests:
+            found = found_all[key_at:key_at + ids.shape[0]]
+            key_at += ids.shape[0]
+            size = int(found.sum()) * table.row_bytes
+            chunk = np.frombuffer(view[at:at + size], dtype=table.dtype.newbyteorder("<"))
+            at += size
+            rows = np.zeros((ids.shape[0], *table.row_shape), table.dtype)
+            rows[found] = chunk.reshape(-1, *table.row_shape)
+            out.append((rows, found))
+        if at != len(reply) or key_at != found_all.shape[0]:
+            raise Unavailable(f"Redis returned {len(reply)} bytes of rows for {self.key}, expected "
+                              f"{at}: rows were written with another shape or dtype")
+        return out
+
+    def _lookup_dense(self, requests: Sequence[tuple[Table, np.ndarray]]) -> list[np.ndarray]:
         records = [wire.row_keys_records(self._prefixes[t.name], ids) for t, ids in requests]
         try:
             reply = self.store.read(self.tag_key, self.tag, records)

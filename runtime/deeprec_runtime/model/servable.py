@@ -25,6 +25,7 @@ from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from deeprec_runtime.deeprec import names
+from deeprec_runtime.deeprec.keyed import keyed_tables
 from deeprec_runtime.deeprec.loader import EVGraph, EVVersion, import_ev_graph
 from deeprec_runtime.deeprec.savedmodel import has_embedding_variables
 from deeprec_runtime.errors import InvalidArgument, ServingError, Unavailable, VersionLoadError
@@ -523,13 +524,13 @@ def import_graph(savedmodel_dir: str, options: SessionOptions, features=None) ->
 
 def _import_ev_graph(savedmodel_dir: str, options: SessionOptions, features) -> ImportedGraph:
     """A DeepRec EmbeddingVariable export, rewritten for stock TensorFlow (deeprec/). Its EVs live
-    in the session's own tables: DeepRec's DRAM storage, so `ev_storage_type` 1 serves them there
-    too (within its byte budget); other stores are refused rather than silently bypassed."""
-    if features is not None and getattr(features, "storage_type", None) != 1:
-        raise VersionLoadError(
-            "DeepRec EmbeddingVariables are served from the in-process store only (DRAM): set "
-            "feature_store_type 'memory' and ev_storage_type 0 or 1; Redis and the DRAM+SSD tier "
-            "do not serve EVs yet")
+    in the session's own tables (DeepRec's DRAM storage, so `ev_storage_type` 1 serves them there
+    too, within its byte budget), or in a feature store that keeps rows by key (Redis, the
+    DRAM + SSD tier); a store that cannot is refused rather than silently bypassed."""
+    keyed = features is not None and getattr(features, "serves_keyed_tables", False)
+    if features is not None and not keyed and getattr(features, "storage_type", None) != 1:
+        raise VersionLoadError(f"the feature store {type(features).__name__} cannot hold DeepRec "
+                               "EmbeddingVariables (rows by key)")
 
     def place(graph: tf.Graph) -> None:
         if options.plan is not None and options.plan.uses_gpu:
@@ -539,8 +540,9 @@ def _import_ev_graph(savedmodel_dir: str, options: SessionOptions, features) -> 
     with graph.as_default():
         update_ops = {v.op.name: _UpdateOps.build(v) for v in variables}
     graph.finalize()
+    tables = keyed_tables(list(ev.lookups)) if keyed else {}
     return ImportedGraph(graph_fingerprint(savedmodel_dir), graph, None, None, meta,
-                         parse_signatures(meta), update_ops, {}, ev)
+                         parse_signatures(meta), update_ops, tables, ev)
 
 
 def load_servable(savedmodel_dir: str, version: VersionInfo | None,
@@ -583,7 +585,8 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                         for name, ops in imported.update_ops.items()}
         prefix = restore_op = filename_tensor = ""
         ev = (EVVersion(imported.ev, session, options.update_run_options,
-                        getattr(features, "dram_bytes", 0)) if imported.ev else None)
+                        getattr(features, "dram_bytes", 0), keyed=bool(tables))
+              if imported.ev else None)
         if ev is not None or tables:
             prefix = (localize(version.full_prefix) if version is not None
                       else os.path.join(savedmodel_dir, "variables", "variables"))
@@ -617,7 +620,8 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
         if tables:  # outside the graph context: the store reads checkpoint slices eagerly
             key = VersionKey(version.name if version else SAVEDMODEL_VERSION,
                              version.full_step if version else 0)
-            external = ExternalTables(tables, features.open_version(key, tables, prefix))
+            external = ExternalTables(tables, features.open_version(key, tables, prefix),
+                                      ev.defaults if ev is not None else {})
         servable = Servable(version.name if version else SAVEDMODEL_VERSION, graph, session,
                             imported.signatures, options, updaters, version, group)
         servable.tables = external
