@@ -584,7 +584,7 @@ def delta_vs_full(workdir, art) -> None:
             touched.update(np.unique(art.model.train_step(256, rng, art.writer)).tolist())
         art.step += 1
         prefix = art.writer.save_delta(art.step)
-        rows = tf.train.load_checkpoint(prefix).get_tensor("embedding/delta_ids").shape[0]
+        rows = tf.train.load_checkpoint(prefix).get_tensor("embedding-sparse_incr_keys").shape[0]
         manager.poll_once()
         delta = [e for e in events if e.kind == "delta" and e.ok][-1]
         print(f"  {which} of {rows} rows ({rows / art.model.num_ids:.1%}) {delta.seconds * 1e3:6.0f} ms"

@@ -362,7 +362,10 @@ class Manager:
         if servable is None:
             return
         state = "SERVING" if servable is self._current else "LOADING"
-        for delta in version.deltas_after(servable.delta_step):
+        # Deltas are cumulative since the full checkpoint (DeepRec's incremental checkpoints):
+        # the latest one holds every change, so a backlog is one apply, and a delta that
+        # failed is superseded by the next one written.
+        for delta in version.deltas_after(servable.delta_step)[-1:]:
             if self._stop.is_set():  # a backlog of deltas must not hold up shutdown
                 return
             started = time.monotonic()
