@@ -113,6 +113,8 @@ class Manager:
     def stop_updates(self) -> None:
         """Asks the update thread to finish the step it is in and take no other; the serving
         version keeps answering requests (a pod draining after SIGTERM loads nothing new)."""
+        if not self._stop.is_set():
+            log.info("updates stopped: no delta or version is taken from now on")
         self._stop.set()
         self._wake.set()
 
