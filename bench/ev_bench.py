@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 import types
 
@@ -28,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ev_models  # noqa: E402
 from loadgen import run_load  # noqa: E402
-from proctree import cpu_seconds, rss_mib  # noqa: E402
+from proctree import CpuWindow, rss_mib  # noqa: E402
 from serving_bench import grpc_payload, pct, start_runtime  # noqa: E402
 
 
@@ -36,24 +35,12 @@ def measure(label: str, server, payload: bytes, duration: float, concurrency: in
     """Server CPU per request over the load's own window: the server's CPU is sampled every
     50 ms and read at the first call's start and the last call's end, so the load generator's
     start-up (tens of seconds on a busy host) is not averaged in. Returns us per request."""
-    samples: list[tuple[float, float]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            samples.append((time.time(), cpu_seconds(server.proc.pid)))
-            done.wait(0.05)
-
     target = f"127.0.0.1:{server.port}"
     run_load("grpc", target, payload, concurrency, 1.0)  # warm up
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    records, errors = run_load("grpc", target, payload, concurrency, duration)
-    done.set()
-    sampler.join()
-    times, cpus = np.array(samples).T
+    with CpuWindow(server.proc.pid) as window:
+        records, errors = run_load("grpc", target, payload, concurrency, duration)
     start, end = records[:, 0].min(), (records[:, 0] + records[:, 1]).max()
-    cpu = float(np.interp(end, times, cpus) - np.interp(start, times, cpus))
+    cpu = window.between(start, end)
     per = cpu / len(records) * 1e6
     print(f"  {label:<24} {len(records) / (end - start):8.0f} req/s   p50 {pct(records[:, 1], 50):6.2f} ms"
           f"   p99 {pct(records[:, 1], 99):6.2f} ms   server CPU {per:6.0f} us/req"
