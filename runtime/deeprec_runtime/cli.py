@@ -106,6 +106,14 @@ def _demo_parser(sub) -> None:
     p.add_argument("--log-level", default="WARNING")
 
 
+def _say(line: str) -> None:
+    """One line on stdout in one write: print() writes the text and its newline separately when
+    stdout is unbuffered (PYTHONUNBUFFERED, as in containers), and a log line from another
+    thread can land between them, breaking the line that scripts and tests read the ports from."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up banners (oneDNN, CPU features) are noise in a server's log; an
     # explicit TF_CPP_MIN_LOG_LEVEL still wins. Must be set before TensorFlow is imported.
@@ -216,10 +224,10 @@ def serve(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     runtime.start()
-    print(f"deeprec-runtime: gRPC on port {runtime.grpc_port}"
-          + (f", HTTP on port {runtime.http_port}" if runtime.http else ""), flush=True)
+    _say(f"deeprec-runtime: gRPC on port {runtime.grpc_port}"
+         + (f", HTTP on port {runtime.http_port}" if runtime.http else ""))
     if runtime.health:
-        print(f"deeprec-runtime: plaintext health on port {runtime.health.port}", flush=True)
+        _say(f"deeprec-runtime: plaintext health on port {runtime.health.port}")
     # A timed wait: the kernel may deliver SIGTERM to any of TensorFlow's or gRPC's threads, and
     # Python runs its handler only when the main thread wakes up to look.
     while not stop.wait(0.2):

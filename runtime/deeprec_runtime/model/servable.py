@@ -603,7 +603,8 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                 if ev is not None:
                     ev.restore(prefix, updaters, options.restore_run_options)
                     return
-                assert loader is not None  # only EV exports have none
+                if loader is None:  # only EV exports have none, and they returned above
+                    raise VersionLoadError("internal: a plain export without its loader")
                 if tables:
                     restore_dense(prefix, updaters, tables)
                 elif version is None:
