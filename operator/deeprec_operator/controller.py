@@ -51,6 +51,8 @@ class Controller:
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sync")
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        #: Set once kopf's indexes hold their initial listing (see indexes_ready).
+        self._indexed = threading.Event()
         # Touched only from the event loop: no lock.
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
@@ -80,8 +82,15 @@ class Controller:
 
     # --- callers -----------------------------------------------------------------------------------
 
+    def indexes_ready(self) -> None:
+        """Opens the resync. kopf calls no handler before every index holds its initial listing,
+        so the handlers call this; a resync before would see a model with some of its pods, and
+        write a status (and make annotation decisions) from that."""
+        self._indexed.set()
+
     def sync_now(self, key: Key, body: Mapping[str, Any]) -> Result:
         """From a kopf handler (in one of kopf's threads): syncs at once, failures re-tried now."""
+        self.indexes_ready()
         latest = self.model(key) or body
         state = self.state(key, latest["metadata"]["uid"])
         with state.lock:
@@ -94,6 +103,7 @@ class Controller:
     def pod_event(self, key: Key, name: str, view: PodView | None) -> None:
         """From the pod event handler (on the event loop): queues the model's sync when the event
         tells it something new (`view` None: the pod is gone)."""
+        self.indexes_ready()
         if key not in self._models:
             return
         state = self._states.get(key)
@@ -117,7 +127,8 @@ class Controller:
         try:
             while True:
                 await asyncio.sleep(tick)
-                self.resync()
+                if self._indexed.is_set():
+                    self.resync()
         finally:
             for worker in workers:
                 worker.cancel()

@@ -91,8 +91,10 @@ class Harness:
         await asyncio.sleep(seconds)
 
 
-def _run(harness: Harness, scenario) -> None:
+def _run(harness: Harness, scenario, *, indexed: bool = True) -> None:
     async def main() -> None:
+        if indexed:
+            harness.controller.indexes_ready()
         task = asyncio.create_task(harness.controller.run())
         try:
             await scenario(harness)
@@ -116,6 +118,17 @@ def test_every_model_is_resynced_once_nothing_else_synced_it_for_the_interval():
         await h.quiet()
         assert len(h.syncs.calls) == 4
     _run(Harness(Syncs(), interval=0.2), scenario)
+
+
+def test_nothing_is_resynced_before_kopf_has_indexed_every_pod():
+    """kopf calls its first handler once the indexes are complete; until then a resync would see
+    a model with only some of its pods."""
+    async def scenario(h: Harness) -> None:
+        await h.quiet(1.2)
+        assert h.syncs.calls == []
+        h.controller.pod_event(B, "b-1", PodView("b-1", "ns"))  # the first handler: indexes complete
+        await h.until(lambda: len(h.syncs.calls) == 2)
+    _run(Harness(Syncs()), scenario, indexed=False)
 
 
 def test_a_pod_event_queues_a_sync_only_when_it_tells_something_new():
