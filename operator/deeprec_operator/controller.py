@@ -16,7 +16,6 @@ failed patch of its own).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Collection, Mapping
@@ -177,5 +176,5 @@ class Controller:
                 state.next_sync = self.ctx.clock() + self.interval
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.ctx.fan_out.shutdown(wait=False, cancel_futures=True)

@@ -3,7 +3,8 @@
 `sync` reads what is (the model, its pods as the pod index holds them, what each runtime says it
 serves) and makes what should be (the children, every pod's target-version annotation, the
 status), the same way whatever triggered it and however often it runs: a second sync with nothing
-changed makes no API call. It is the only code that decides pod annotations.
+changed makes no API call (a secured model's probe re-reads its Secrets every 30 s). It is the
+only code that decides pod annotations.
 
 Everything it uses comes in as arguments (an API client, the prober, an Events sink, clocks),
 so tests drive it with fakes and assert on the calls it made; the controller (controller.py) and
