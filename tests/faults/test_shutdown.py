@@ -98,6 +98,15 @@ def test_sigterm_with_a_backlog_of_deltas_stops_between_deltas_and_exits_zero(tm
                         failures.append(repr(exc))
                     return
 
+        def watch_health() -> None:  # the clients leave once the pod is not ready, as in k8s
+            while not stop.is_set():
+                try:
+                    if server.health_status() == NOT_SERVING:
+                        stop.set()
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.02)
+
         threads = [threading.Thread(target=client) for _ in range(2)]
         for t in threads:
             t.start()
@@ -107,10 +116,13 @@ def test_sigterm_with_a_backlog_of_deltas_stops_between_deltas_and_exits_zero(tm
         while _applied(server) == 0 and time.monotonic() < deadline:
             time.sleep(0.005)
         assert _applied(server) > 0, "no delta was applied"
+        prober = threading.Thread(target=watch_health)
+        prober.start()
         server.proc.send_signal(signal.SIGTERM)
         signalled_at = _applied(server)
         assert server.proc.wait(timeout=60) == 0
         stop.set()
+        prober.join(timeout=30)
         for t in threads:
             t.join(timeout=30)
         log = "".join(server.lines)
