@@ -8,6 +8,7 @@
 #   scripts/images.sh load SOCKET   stream pause, operator and runtime into the containerd that
 #                                   listens on SOCKET (namespace k8s.io, where the kubelet looks)
 #   scripts/images.sh files IMAGE   every path in IMAGE's file system, one a line (type, mode, path)
+#   scripts/images.sh config IMAGE  IMAGE's OCI configuration (user, entrypoint, env), JSON
 #   scripts/images.sh list          the images with their IDs and sizes
 #   scripts/images.sh names         NAME=IMAGE lines: base, pause, operator, runtime
 #
@@ -154,13 +155,20 @@ build_base() { # sets BASE_KEY
   if [[ ! -f $tar ]]; then
     command -v debootstrap >/dev/null || die "debootstrap not found (apt-get install debootstrap)"
     local work=$IMG_CACHE/base/work-$key
-    rm -rf "$work" "$work.debootstrap.log"
+    rm -rf "$work" "$work.debootstrap.log" "$work.log"
     mkdir -p "$IMG_CACHE/base"
     log "base: debootstrap $DEBIAN_SUITE + python3 into $work"
-    base_rootfs "$work" >&2
+    # Not `base_rootfs ... || die`: bash ignores set -e inside a function called that way.
+    local rc
+    set +e
+    (set -e; base_rootfs "$work") >"$work.log" 2>&1
+    rc=$?
+    set -e
+    ((rc == 0)) || die "building the base root file system failed; last lines of $work.log:
+$(tail -n 30 "$work.log")"
     tar --numeric-owner -C "$work" -cf "$tar.tmp" .
     mv "$tar.tmp" "$tar"
-    rm -rf "$work" "$work.debootstrap.log"
+    rm -rf "$work" "$work.debootstrap.log" "$work.log"
     # Older keys' tars are of no further use.
     find "$IMG_CACHE/base" -maxdepth 1 -name 'rootfs-*.tar' ! -name "rootfs-$key.tar" -delete
     log "base: root file system cached as $tar ($(du -h "$tar" | cut -f1), $((SECONDS - t))s)"
@@ -346,12 +354,20 @@ cmd_files() { # cmd_files IMAGE
   bh rm "$ctr" >/dev/null
 }
 
+cmd_config() { # cmd_config IMAGE
+  local img=${1:-}
+  [[ -n $img ]] || die "usage: images.sh config IMAGE"
+  image_exists "$img" || die "$img is not built"
+  bh inspect --type image "$img" | python3 -c 'import json, sys; print(json.dumps(json.load(sys.stdin)["OCIv1"]["config"]))'
+}
+
 usage() { sed -n '2,/^set /{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 case ${1:-} in
   build) cmd_build ;;
   load) shift; cmd_load "$@" ;;
   files) shift; cmd_files "$@" ;;
+  config) shift; cmd_config "$@" ;;
   list) cmd_list ;;
   names) cmd_names ;;
   -h|--help|help|"") usage ;;

@@ -307,13 +307,14 @@ node_up_kubelet() {
   ((rc == 0)) || die "loading the images into containerd failed:
 $(tail -n 20 "$PLANE_DIR/logs/images-load.log")"
   log "images in containerd ($(grep -c 'loaded ' "$PLANE_DIR/logs/images-load.log") images, waited $((SECONDS - t))s)"
+  t=$SECONDS
   start_daemon kubelet "$K8S_BIN/kubelet" --config "$PLANE_DIR/node/kubelet.yaml" \
     --kubeconfig "$PLANE_DIR/kubeconfigs/kubelet.kubeconfig" --hostname-override "$NODE_NAME" \
-    --node-ip "$NODE_IP" --root-dir "$PLANE_DIR/kubelet" --cert-dir "$PLANE_DIR/kubelet/pki" --v=1
+    --node-ip "$NODE_IP" --root-dir "$PLANE_DIR/kubelet" --cert-dir "$PLANE_DIR/kubelet/pki" --v=2
   start_daemon kube-proxy "$K8S_BIN/kube-proxy" --config "$PLANE_DIR/node/kube-proxy.yaml" --v=1
   wait_for 120 "node $NODE_NAME Ready" kubelet plane_kubectl wait --for=condition=Ready "node/$NODE_NAME" --timeout=2s
   wait_for 60 "kube-proxy's first sync" kube-proxy in_netns curl -sf --max-time 2 http://127.0.0.1:10256/healthz
-  log "node $NODE_NAME Ready ($((SECONDS - t))s after the images were in)"
+  log "node $NODE_NAME Ready, kube-proxy synced ($((SECONDS - t))s after the kubelet started)"
 }
 
 # Stops every container of the node (through containerd: the kubelet is already stopped), the
