@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real node for `k8s-plane.sh up DIR --real-node`: containerd + runc + a CNI bridge, the kubelet
 # and kube-proxy, with the whole control plane, inside a network namespace made for the plane.
-# Sourced by scripts/k8s/plane.sh (which sets PLANE_DIR, K8S_BIN, log, die, ...); not run directly.
+# Sourced by scripts/k8s-plane.sh after scripts/k8s/plane.sh (PLANE_DIR, K8S_BIN, log, die,
+# wait_for, is_ours, stop_pid, ...); not run directly.
 #
 # Why a network namespace: pods need routable addresses, a Service VIP needs kube-proxy's
 # iptables rules, and the kubelet refuses a loopback node IP. Inside the namespace all of that is

@@ -385,7 +385,7 @@ plane_down() { # plane_down DIR
     # rule syncs, then every container, while containerd still runs.
     f=$PLANE_DIR/pids/images-load.pid
     if [[ -f $f ]]; then
-      is_ours "$(cat "$f")" && kill -TERM -- "-$(cat "$f")" 2>/dev/null
+      if is_ours "$(cat "$f")"; then kill -TERM -- "-$(cat "$f")" 2>/dev/null || true; fi
       rm -f "$f"
     fi
     for c in kubelet kube-proxy; do
