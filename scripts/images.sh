@@ -286,14 +286,33 @@ $(tail -n 40 "$IMG_CACHE/$name.build.log")"
   log "$name $image built in $((SECONDS - t))s ($(image_size "$image"))"
 }
 
-# Untag older keys of NAME and let buildah delete what no tag holds any more.
+# Untag NAME's other keys (older builds) and let buildah delete what no tag holds any more.
 drop_other_keys() { # drop_other_keys NAME KEY
   local ref
   while read -r ref; do
-    [[ $ref == "localhost/deeprec-inputs/$1:$2" ]] && continue
-    bh rmi "$ref" >/dev/null 2>&1 || true
-  done < <(bh images --noheading --format '{{.Name}}:{{.Tag}}' "localhost/deeprec-inputs/$1" 2>/dev/null || true)
+    # The filter lists every name of a matching image, the chart's tag included: only ours go.
+    [[ $ref == "localhost/deeprec-inputs/$1:"* && $ref != "localhost/deeprec-inputs/$1:$2" ]] || continue
+    bh rmi "$ref" >/dev/null 2>&1 || log "could not remove $ref"
+  done < <(bh images --noheading --format '{{.Name}}:{{.Tag}}' \
+             --filter "reference=localhost/deeprec-inputs/$1" 2>/dev/null || true)
   bh rmi --prune >/dev/null 2>&1 || true
+}
+
+# After a build: the key each image is tagged with now is the one to keep.
+prune_stale() {
+  local name img id ref
+  for name in base pause operator runtime; do
+    case $name in
+      base) img=$BASE_IMAGE ;; pause) img=$PAUSE_IMAGE ;;
+      operator) img=$OPERATOR_IMAGE ;; runtime) img=$RUNTIME_IMAGE ;;
+    esac
+    id=$(image_id "$img")
+    ref=$(bh images --noheading --format '{{.ID}} {{.Name}}:{{.Tag}}' \
+            --filter "reference=localhost/deeprec-inputs/$name" 2>/dev/null \
+          | awk -v id="$id" -v p="localhost/deeprec-inputs/$name:" 'index(id, $1) == 1 && index($2, p) == 1 {print $2; exit}')
+    [[ -n $ref ]] && drop_other_keys "$name" "${ref##*:}"
+  done
+  return 0
 }
 
 cmd_build() {
@@ -306,6 +325,7 @@ cmd_build() {
   build_pause
   build_app operator Dockerfile.operator "$OPERATOR_IMAGE" "$BASE_KEY"
   build_app runtime Dockerfile.runtime "$RUNTIME_IMAGE" "$BASE_KEY"
+  prune_stale
   log "images ready in $((SECONDS - t0))s"
   cmd_list
 }
