@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +25,21 @@ class _QuietRoutine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.getMessage() not in self._ROUTINE
+
+
+def ensure_identity() -> None:
+    """Gives kopf a name for this operator when the process has no login name.
+
+    kopf names itself after getpass.getuser() unless POD_ID is set, and a uid without a passwd
+    entry (the image runs as 10001, which has none) makes that raise KeyError: the operator pod
+    crash-loops on a real node. POD_ID is kopf's own setting for this name.
+    """
+    if os.environ.get("POD_ID"):
+        return
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        os.environ["POD_ID"] = f"deeprec-operator-uid{os.getuid()}@{socket.gethostname()}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +82,7 @@ def main(argv: Sequence[str] | None = None, *, wrap_client: Callable[[Any], Any]
     if wrap_client is not None:
         kube = wrap_client(kube)
     memo = kopf.Memo(kube=kube, prober=Prober(), default_image=args.runtime_image)
+    ensure_identity()
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     logging.getLogger(__name__).info("watching %s", ", ".join(args.namespaces) or "all namespaces")
     asyncio.run(kopf.operator(
