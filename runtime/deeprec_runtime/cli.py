@@ -28,6 +28,8 @@ def _positive_float(text: str) -> float:
 
 
 def _serve_parser(sub) -> None:
+    from deeprec_runtime.server.grpc_server import MAX_CONNECTION_AGE_SECONDS  # noqa: PLC0415
+
     p = sub.add_parser("serve", help="serve the model a DeepRec model_config JSON describes")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--config", help="path of the model_config JSON file (one model, named "
@@ -39,6 +41,10 @@ def _serve_parser(sub) -> None:
     p.add_argument("--http-port", type=int, default=0,
                    help="REST (TF Serving and Simple TensorFlow Serving) and /metrics port; "
                         "0 disables HTTP")
+    p.add_argument("--max-connection-age-seconds", type=float, default=MAX_CONNECTION_AGE_SECONDS,
+                   help="close each gRPC connection gracefully after this long (its calls finish, "
+                        "the client reconnects): behind a Service ClusterIP that is how clients "
+                        "leave a draining pod and reach new ones; 0: never")
     p.add_argument("--health-port", type=int, default=None,
                    help="also answer grpc.health.v1.Health, and nothing else, in plaintext on "
                         "this port: for kubelet gRPC probes when the gRPC port needs TLS")
@@ -209,7 +215,8 @@ def serve(args) -> int:
                           max_message_bytes=args.max_message_bytes, grpc_server=args.grpc_server,
                           fast_predict=args.fast_predict == "on", health_port=args.health_port,
                           max_inflight_bytes=args.max_inflight_bytes,
-                          http_read_timeout=args.http_read_timeout)
+                          http_read_timeout=args.http_read_timeout,
+                          max_connection_age=args.max_connection_age_seconds)
     except (ConfigError, SecurityConfigError) as exc:  # e.g. custom_op_paths, --tls-key
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2

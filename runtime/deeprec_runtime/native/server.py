@@ -104,7 +104,8 @@ class NativeGrpcServer:
                  max_workers: int = 16, authenticator: Any = None,
                  open_methods: frozenset[str] = frozenset(), max_concurrent: int | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, pollers: int = 1,
-                 tls: tuple[str, str, str] | None = None, max_inflight_bytes: int = 0):
+                 tls: tuple[str, str, str] | None = None, max_inflight_bytes: int = 0,
+                 max_connection_age: float = MAX_CONNECTION_AGE_SECONDS):
         import cffi  # noqa: PLC0415
 
 
@@ -130,7 +131,7 @@ class NativeGrpcServer:
         key, cert, client_ca = (p.encode() for p in tls or ("", "", ""))
         self._frontend = self.lib.dr_frontend_start(
             f"{host}:{port}".encode(), pollers, max_workers, max_concurrent or 0,
-            max_message_bytes, max_inflight_bytes, int(MAX_CONNECTION_AGE_SECONDS * 1000), key,
+            max_message_bytes, max_inflight_bytes, int(max(max_connection_age, 0) * 1000), key,
             cert, client_ca, TLS_REFRESH_SECONDS,
             self._callback, bound, error, 512)
         if self._frontend == ffi.NULL:

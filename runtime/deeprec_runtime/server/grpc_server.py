@@ -31,7 +31,7 @@ REQUESTS_PER_WORKER = 4
 #: picked when it opened, even once that pod is terminating: only a new connection leaves it. So a
 #: draining pod gets quiet within this age (plus --drain-seconds), well inside --grace-seconds,
 #: instead of being stopped with calls still arriving; and new pods get their share of old
-#: clients. Measured on a real node: docs/operator.md.
+#: clients. Measured on a real node: docs/operator.md. Default of --max-connection-age-seconds.
 MAX_CONNECTION_AGE_SECONDS = 10.0
 
 
@@ -134,7 +134,8 @@ class GrpcServer:
     def __init__(self, handlers: list[grpc.GenericRpcHandler], port: int, host: str = "[::]",
                  max_workers: int = 16, credentials: grpc.ServerCredentials | None = None,
                  interceptors: list[grpc.ServerInterceptor] | None = None,
-                 max_concurrent: int | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES):
+                 max_concurrent: int | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 max_connection_age: float = MAX_CONNECTION_AGE_SECONDS):
         self.health = health.HealthServicer()
         if max_concurrent is None:
             max_concurrent = REQUESTS_PER_WORKER * max_workers
@@ -145,7 +146,8 @@ class GrpcServer:
             options=[("grpc.max_receive_message_length", max_message_bytes),
                      ("grpc.max_send_message_length", max_message_bytes),
                      ("grpc.so_reuseport", 0),
-                     ("grpc.max_connection_age_ms", int(MAX_CONNECTION_AGE_SECONDS * 1000))],
+                     *([("grpc.max_connection_age_ms", int(max_connection_age * 1000))]
+                       if max_connection_age > 0 else [])],
             maximum_concurrent_rpcs=max_concurrent or None,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
