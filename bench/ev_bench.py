@@ -116,8 +116,9 @@ def cpu_per_request(workdir, art, ev, keys, duration: float) -> None:
 
 def _load(saved_model_dir: str, checkpoint_dir: str, prefix: str):
     from deeprec_runtime.config import parse_model_config  # noqa: PLC0415
-    from deeprec_runtime.model.servable import load_servable, session_options_from  # noqa: PLC0415
+    from deeprec_runtime.model.servable import session_options_from  # noqa: PLC0415
     from deeprec_runtime.model.source import VersionInfo  # noqa: PLC0415
+    from deeprec_runtime.model.tf_loader import load_servable  # noqa: PLC0415
 
     cfg = parse_model_config({"savedmodel_dir": saved_model_dir, "checkpoint_dir": checkpoint_dir})
     step = int(prefix.rsplit("-", 1)[1])

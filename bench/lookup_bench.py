@@ -62,16 +62,14 @@ def request_for(feed: dict[str, np.ndarray]) -> pb.PredictRequest:
 
 
 def time_predict(manager: Manager, requests: list[pb.PredictRequest]) -> float:
-    servable = manager.acquire()
-    try:
+    with manager.hold() as handle:
+        servable = handle.servable
         for r in requests[:20]:
             predict(servable, r, "serving_default")
         started = time.perf_counter()
         for r in requests:
             predict(servable, r, "serving_default")
         return (time.perf_counter() - started) / len(requests) * 1e6
-    finally:
-        manager.release(servable)
 
 
 def lookup_latency(art, port: int, workdir: str, n: int) -> None:

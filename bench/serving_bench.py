@@ -64,44 +64,44 @@ def in_process(art, batch: int, duration: float, concurrency: int = 8) -> None:
                                           "checkpoint_dir": art.checkpoint_dir,
                                           "warmup_iterations": 1}), "/nonexistent")
     manager.poll_once()
-    servable = manager.acquire()
-    feed = art.model.make_feed(batch, np.random.default_rng(0))
-    graph = servable.graph
-    sig = servable.signature("serving_default")
-    names = tuple(sorted(sig.input(k).name for k in feed))
-    arrays = [feed[next(k for k in feed if sig.input(k).name == n)] for n in names]
-    fetch = (sig.output("probability").name,)
-    feed_dict = {graph.get_tensor_by_name(sig.input(k).name): v for k, v in feed.items()}
-    fetch_t = graph.get_tensor_by_name(fetch[0])
+    with manager.hold() as handle:
+        servable = handle.servable
+        feed = art.model.make_feed(batch, np.random.default_rng(0))
+        graph = servable.graph
+        sig = servable.signature("serving_default")
+        names = tuple(sorted(sig.input(k).name for k in feed))
+        arrays = [feed[next(k for k in feed if sig.input(k).name == n)] for n in names]
+        fetch = (sig.output("probability").name,)
+        feed_dict = {graph.get_tensor_by_name(sig.input(k).name): v for k, v in feed.items()}
+        fetch_t = graph.get_tensor_by_name(fetch[0])
 
-    def session_run():
-        servable.session.run(fetch_t, feed_dict)
+        def session_run():
+            servable.session.run(fetch_t, feed_dict)
 
-    def prepared():
-        servable.run(names, fetch, arrays)
+        def prepared():
+            servable.run(names, fetch, arrays)
 
-    for label, fn in (("session.run(feed_dict)", session_run), ("prepared callable", prepared)):
-        fn()
-        lat_all: list[list[float]] = [[] for _ in range(concurrency)]
-        end = time.monotonic() + duration
+        for label, fn in (("session.run(feed_dict)", session_run), ("prepared callable", prepared)):
+            fn()
+            lat_all: list[list[float]] = [[] for _ in range(concurrency)]
+            end = time.monotonic() + duration
 
-        def loop(i, fn=fn, lat_all=lat_all, end=end):
-            mine = lat_all[i]
-            while time.monotonic() < end:
-                t0 = time.perf_counter()
-                fn()
-                mine.append(time.perf_counter() - t0)
+            def loop(i, fn=fn, lat_all=lat_all, end=end):
+                mine = lat_all[i]
+                while time.monotonic() < end:
+                    t0 = time.perf_counter()
+                    fn()
+                    mine.append(time.perf_counter() - t0)
 
-        cpu0, t0 = time.process_time(), time.monotonic()
-        threads = [threading.Thread(target=loop, args=(i,)) for i in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
-        lat = np.array([x for part in lat_all for x in part])
-        row(f"(a) in-process {label}", lat.size, elapsed, lat, cpu)
-    servable.gate.release_read()
+            cpu0, t0 = time.process_time(), time.monotonic()
+            threads = [threading.Thread(target=loop, args=(i,)) for i in range(concurrency)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+            lat = np.array([x for part in lat_all for x in part])
+            row(f"(a) in-process {label}", lat.size, elapsed, lat, cpu)
     manager.stop()
 
 

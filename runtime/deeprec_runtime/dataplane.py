@@ -45,16 +45,19 @@ class DataPlane:
         `expired` (the caller's deadline, when it has one) is asked once the version is held,
         just before the model runs: a request that waited past its deadline (behind a delta
         apply, say) is not run."""
-        servable = self.manager.acquire(version)
-        try:
+        return self.predict_versioned(request, version, expired)[0]
+
+    def predict_versioned(self, request: pb.PredictRequest, version: str | None = None,
+                          expired: Callable[[], bool] | None = None
+                          ) -> tuple[pb.PredictResponse, str]:
+        """predict(), and the name of the version that answered."""
+        with self.manager.hold(version) as handle:
             if expired is not None and expired():
                 raise DeadlineExceeded("deadline expired before the model ran")
             if self.observer is not None:
-                self.observer(servable.name, request)
-            return predict(servable, request, self.config.signature_name, self.batcher,
-                           self.max_decoded_bytes)
-        finally:
-            servable.gate.release_read()
+                self.observer(handle.version, request)
+            return predict(handle.servable, request, self.config.signature_name, self.batcher,
+                           self.max_decoded_bytes), handle.version
 
     def model_info(self) -> pb.ServingModelInfo:
         return self.manager.info()

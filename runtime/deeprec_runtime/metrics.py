@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from deeprec_runtime.model.manager import UpdateEvent
+from deeprec_runtime.core.states import UpdateEvent
 from deeprec_runtime.protos import predict_pb2 as pb
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ class Metrics:
         for model in models:
             self._models.append(model)
             model.on_request = self.observe_request
-            model.manager.listeners.append(self._update_listener(model.name))
+            model.manager.updates.subscribe(self._update_listener(model.name))
 
     def _update_listener(self, model: str) -> Callable[[UpdateEvent], None]:
         def on_update(event: UpdateEvent) -> None:

@@ -19,10 +19,8 @@ version's folder name ("checkpoint_2").
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +28,13 @@ from typing import Any
 import yaml
 
 from deeprec_runtime.config import ModelConfig, load_model_config, parse_model_config
+from deeprec_runtime.core import SAVEDMODEL_VERSION
+from deeprec_runtime.core import VersionState as State
 from deeprec_runtime.dataplane import DataPlane
 from deeprec_runtime.errors import ConfigError, InvalidArgument, NotFound
 from deeprec_runtime.model.annotations import TARGET_VERSION_ANNOTATION, target_version_annotation
 from deeprec_runtime.model.manager import Manager
-from deeprec_runtime.model.servable import SAVEDMODEL_VERSION, Servable
+from deeprec_runtime.model.servable import Servable
 from deeprec_runtime.model.signature import Signature
 from deeprec_runtime.protos import predict_pb2 as pb
 
@@ -42,8 +42,9 @@ DEFAULT_MODEL_NAME = "default"
 SAVEDMODEL_VERSION_NUMBER = 1
 
 # Our version states -> TF Serving's ModelVersionStatus.State names.
-TFS_STATES = {"NEW": "START", "LOADING": "LOADING", "AVAILABLE": "AVAILABLE",
-              "SERVING": "AVAILABLE", "UNLOADING": "UNLOADING", "END": "END", "ERROR": "END"}
+TFS_STATES = {State.NEW.value: "START", State.LOADING.value: "LOADING",
+              State.AVAILABLE.value: "AVAILABLE", State.SERVING.value: "AVAILABLE",
+              State.UNLOADING.value: "UNLOADING", State.END.value: "END", State.ERROR.value: "END"}
 
 
 def version_number(name: str, full_step: int) -> int:
@@ -131,10 +132,8 @@ class ServedModel:
         self.dataplane.observer = self._observe
         #: Extra per-request observer (metrics): (model name, version name, request).
         self.on_request: Callable[[str, str, pb.PredictRequest], None] | None = None
-        self._served = threading.local()
 
     def _observe(self, version: str, request: pb.PredictRequest) -> None:
-        self._served.version = version
         if self.on_request is not None:
             self.on_request(self.name, version, request)
 
@@ -142,9 +141,7 @@ class ServedModel:
         self, request: pb.PredictRequest, version: str | None = None
     ) -> tuple[pb.PredictResponse, str]:
         """Runs the request; returns the response and the name of the version that served it."""
-        self._served.version = ""
-        response = self.dataplane.predict(request, version)
-        return response, self._served.version
+        return self.dataplane.predict_versioned(request, version)
 
     # --- versions -----------------------------------------------------------------------------
     def resolve(self, number: int | None = None, label: str | None = None) -> str | None:
@@ -206,20 +203,12 @@ class ServedModel:
     # --- signatures ---------------------------------------------------------------------------
     def signatures(self, version: str | None = None) -> tuple[dict[str, Signature], str]:
         """The signatures of the serving (or named) version and that version's name."""
-        with self._hold(version) as servable:
-            return servable.signatures, servable.name
+        with self.manager.hold(version) as handle:
+            return handle.servable.signatures, handle.version
 
     def signature(self, name: str, version: str | None = None) -> Signature:
-        with self._hold(version) as servable:
-            return servable.signature(name or self.config.signature_name)
-
-    @contextlib.contextmanager
-    def _hold(self, version: str | None) -> Iterator[Servable]:
-        servable = self.manager.acquire(version)
-        try:
-            yield servable
-        finally:
-            self.manager.release(servable)
+        with self.manager.hold(version) as handle:
+            return handle.servable.signature(name or self.config.signature_name)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:

@@ -47,11 +47,9 @@ def test_the_dram_ssd_tier_serves_evs_with_deeprecs_answers_and_grows_with_delta
     feed = mixed_feed(ev_model, 40, 7)
     feed["user_ids"][:19] = new_users[::8]
     check(client, ev_model, feed)
-    servable = runtime.manager.acquire()
-    try:
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
         stats = servable.tables.rows.cache_stats()
         table = servable.tables.rows._tables["user_emb"]
-    finally:
-        runtime.manager.release(servable)
     assert table.table.rows >= 40 + 150 and table.size == 40 + 150
     assert sum(misses for _, _, misses in stats.values()) > 0  # rows were read from SSD

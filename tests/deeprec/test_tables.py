@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from deeprec_runtime.config import parse_model_config
-from deeprec_runtime.model.servable import load_servable, session_options_from
+from deeprec_runtime.model.servable import session_options_from
 from deeprec_runtime.model.source import VersionInfo
+from deeprec_runtime.model.tf_loader import load_servable
 
 from . import state as S
 from .layout import make_ev_model

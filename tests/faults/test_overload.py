@@ -56,8 +56,8 @@ class HeldModel:
     the model wait until release()."""
 
     def __init__(self, runtime: Runtime):
-        self.servable = runtime.manager.acquire()
-        runtime.manager.release(self.servable)
+        with runtime.manager.hold() as handle:
+            self.servable = handle.servable
         self.servable.begin_update()
         self.runs = 0
         inner = self.servable.run

@@ -38,13 +38,11 @@ def test_two_replicas_share_rows_and_a_delta_is_written_once(demo, serve, redis_
         np.testing.assert_allclose(_predict(client, feed), demo.model.predict(feed), rtol=1e-5, atol=1e-6)
     # The rows are not in the processes: the sessions never restored the tables.
     for runtime in (r1, r2):
-        servable = runtime.manager.acquire()
-        try:
+        with runtime.manager.hold() as handle:
+            servable = handle.servable
             assert set(servable.tables.tables) == {"embedding", "wide_embedding"}
             with pytest.raises(Exception, match="uninitialized|not initialized"):
                 servable.session.run("embedding/Read/ReadVariableOp:0")
-        finally:
-            runtime.manager.release(servable)
     stats = _stats(redis_server)
     assert stats["full:checkpoint_1@1"] == 1, stats  # imported by one replica only
 

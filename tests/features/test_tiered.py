@@ -23,16 +23,14 @@ def test_a_table_four_times_the_dram_budget_serves_exact_predictions(demo, serve
     for feed in feeds:
         np.testing.assert_allclose(output(client.predict(feed), KEY), demo.model.predict(feed),
                                    rtol=1e-5, atol=1e-6)
-    servable = runtime.manager.acquire()
-    try:
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
         stats = servable.tables.rows.cache_stats()
         cached, hits, misses = stats["embedding"]
         assert 0 < cached < 2000 // 4 and hits > 0 and misses > 0, stats
         assert servable.tables.rows.dram_bytes() <= table_bytes // 4
         files = sorted(p.name for p in ssd.rglob("*.rows"))
         assert files == ["embedding.rows", "wide_embedding.rows"]
-    finally:
-        runtime.manager.release(servable)
 
     demo.write_delta(steps=4)  # changes cached and uncached rows: both tiers must follow
     step = demo.step

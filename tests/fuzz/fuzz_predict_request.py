@@ -23,6 +23,7 @@ from history_model import export_history_model  # noqa: E402
 from seed_model import export_seed_model  # noqa: E402
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
+    from deeprec_runtime.core.handle import ServableHandle
     from deeprec_runtime.errors import InvalidArgument
     from deeprec_runtime.predict import predict
     from deeprec_runtime.server.grpc_server import parse
@@ -38,7 +39,8 @@ SMALL_BOUND = 4096
 def load(model_dir: str):
     """A SavedModel loaded by the runtime's own loader."""
     from deeprec_runtime.config import parse_model_config
-    from deeprec_runtime.model.servable import load_servable, session_options_from
+    from deeprec_runtime.model.servable import session_options_from
+    from deeprec_runtime.model.tf_loader import load_servable
 
     config = parse_model_config({"savedmodel_dir": model_dir}, env={})
     return load_servable(model_dir, None, lambda p: p, session_options_from(config))
@@ -59,11 +61,8 @@ def main() -> None:
                 bound = 64 << 20
             names = {k.split(":")[0] for k in request.inputs}
             servable = history if names & set(HISTORY_INPUTS) else seed
-            servable.gate.acquire_read()
-            try:
+            with ServableHandle.of(servable):
                 predict(servable, request, "serving_default", max_decoded_bytes=bound)
-            finally:
-                servable.gate.release_read()
         except InvalidArgument as exc:
             assert str(exc), "an InvalidArgument must carry a message"
 

@@ -121,11 +121,9 @@ def serve(tmp_path) -> Callable[..., tuple[Runtime, Client]]:
 
 def plan_of(runtime):
     """The serving version's fast-predict plan (None when it has none)."""
-    servable = runtime.manager.acquire()
-    try:
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
         return servable.fast_plan
-    finally:
-        runtime.manager.release(servable)
 
 
 def wait_for(predicate, timeout=30.0, interval=0.05, message="condition"):

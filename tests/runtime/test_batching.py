@@ -221,8 +221,8 @@ def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):
 # --- max_batch_bytes: padding never multiplies a request's size (Python batcher) -------------
 def record_runs(runtime) -> list[int]:
     """The rows of every model run from now on (merged or not)."""
-    servable = runtime.manager.acquire()
-    runtime.manager.release(servable)
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
     rows: list[int] = []
     inner = servable.run
 

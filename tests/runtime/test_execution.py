@@ -55,8 +55,8 @@ def test_measure_keeps_the_cheaper_mode_set(monkeypatch, pool_cost, inline_cost,
 
 def test_a_version_is_measured_and_answers_alike_in_both_modes(demo, serve):
     runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
-    servable = runtime.manager.acquire()
-    servable.gate.release_read()
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
     assert servable.can_choose_inline
     chosen = servable.inline
     assert isinstance(chosen, bool)
@@ -73,8 +73,8 @@ def test_a_version_is_measured_and_answers_alike_in_both_modes(demo, serve):
 
 def test_explicit_inline_and_bound_lanes_are_not_second_guessed(demo, serve):
     runtime, _ = serve(demo.saved_model_dir, demo.checkpoint_dir, enable_inline_execute=True)
-    servable = runtime.manager.acquire()
-    servable.gate.release_read()
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
     assert not servable.can_choose_inline  # its lanes already run inline, always
     assert servable.inline is False
     assert {key[1] for key in servable._callables} == {False}  # noqa: SLF001
@@ -82,15 +82,15 @@ def test_explicit_inline_and_bound_lanes_are_not_second_guessed(demo, serve):
 
 def test_a_new_full_version_of_the_same_graph_reuses_the_choice(demo, serve, monkeypatch):
     runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
-    first = runtime.manager.acquire()
-    first.gate.release_read()
+    with runtime.manager.hold() as handle:
+        first = handle.servable
     measured = []
     real_measure = execution.measure
     monkeypatch.setattr(execution, "measure", lambda *a: measured.append(1) or real_measure(*a))
     demo.write_full("checkpoint_2", steps=2)
     wait_for(lambda: runtime.manager.info().version == "checkpoint_2", message="checkpoint_2")
-    second = runtime.manager.acquire()
-    second.gate.release_read()
+    with runtime.manager.hold() as handle:
+        second = handle.servable
     assert second is not first and second.inline == first.inline
     assert measured == []  # same saved_model.pb: nothing measured while the first one served
     feed = demo.model.make_feed(3, np.random.default_rng(4))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from deeprec_runtime.model.policy import (
+from deeprec_runtime.core.policy import (
     ApplyDeltas,
     Idle,
     Load,

@@ -13,6 +13,7 @@ import pytest
 
 from deeprec_runtime import cpus
 from deeprec_runtime.config import parse_model_config
+from deeprec_runtime.core.handle import ServableHandle
 from deeprec_runtime.errors import ConfigError
 from deeprec_runtime.model.session_group import (
     INLINE,
@@ -159,19 +160,16 @@ def cpu_ticks(tid: int) -> tuple[int, int]:
 def run_on_lane(servable, lane: int, request, n: int) -> None:
     with SessionGroup.using(lane):
         for _ in range(n):
-            servable.gate.acquire_read()
-            try:
+            with ServableHandle.of(servable):
                 predict(servable, request, "serving_default")
-            finally:
-                servable.gate.release_read()
 
 
 def test_each_lane_runs_only_on_its_cpuset(demo, serve):
     a, b = two_cpus()
     runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir, session_num=2,
                             cpusets=f"{a};{b}")
-    servable = runtime.manager.acquire()
-    servable.gate.release_read()
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
     group = servable.group
     assert len(group.lanes) == 2
     for lane, cpu in zip(group.lanes, (a, b), strict=True):
@@ -200,8 +198,8 @@ def test_inline_lanes_pin_the_calling_thread(demo, serve):
     a, b = two_cpus()
     runtime, _ = serve(demo.saved_model_dir, demo.checkpoint_dir, session_num=2,
                        cpusets=f"{a};{b}", enable_inline_execute=True)
-    servable = runtime.manager.acquire()
-    servable.gate.release_read()
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
     request = make_request(demo.model.make_feed(4, np.random.default_rng(0)))
     seen = {}
 
@@ -239,8 +237,8 @@ def test_parameters_are_shared_by_all_lanes(demo, serve):
     runtime, _ = serve(demo.saved_model_dir, demo.checkpoint_dir, session_num=2,
                        select_session_policy="RR", model_update_inter_threads=1,
                        model_update_intra_threads=2)
-    servable = runtime.manager.acquire()
-    servable.gate.release_read()
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
     assert servable.num_lanes == 2
     step = servable.delta_step
     demo.write_delta(steps=3)

@@ -14,14 +14,15 @@ import numpy as np
 from deeprec_runtime import cpus
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.model.load_thread import LOAD_NICE
-from deeprec_runtime.model.servable import graph_fingerprint, load_servable, session_options_from
+from deeprec_runtime.model.servable import session_options_from
+from deeprec_runtime.model.tf_loader import graph_fingerprint, load_servable
 
 from .conftest import make_request, output, wait_for
 
 
 def serving(runtime):
-    servable = runtime.manager.acquire()
-    servable.gate.release_read()
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
     return servable
 
 

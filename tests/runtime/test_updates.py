@@ -42,8 +42,8 @@ class Traffic:
 
 
 def _serving_variable(runtime, name):
-    servable = runtime.manager.acquire()
-    try:
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
         import tensorflow as tf
 
         variables = servable.graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
@@ -51,8 +51,6 @@ def _serving_variable(runtime, name):
         # finalized, so no read op can be added).
         (variable,) = [v for v in variables if v.op.name == name]
         return servable.session.run(variable._graph_element)
-    finally:
-        runtime.manager.release(servable)
 
 
 def test_new_full_version_is_served_within_5s_with_no_failed_request(demo, serve):
@@ -181,8 +179,8 @@ def test_broken_delta_is_reported_and_retried_until_repaired(demo, serve):
 def test_old_version_is_closed_after_swap_when_not_retained(demo, serve):
     runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir,
                             retain_previous_version=False)
-    first = runtime.manager.acquire()
-    runtime.manager.release(first)
+    with runtime.manager.hold() as handle:
+        first = handle.servable
     demo.write_full("checkpoint_2", steps=1)
     wait_for(lambda: client.info().version == "checkpoint_2", message="swap")
     wait_for(lambda: first.closed, message="old version closed")
@@ -193,18 +191,18 @@ def test_old_version_is_closed_after_swap_when_not_retained(demo, serve):
 def test_in_flight_request_keeps_old_version_alive_across_swap(demo, serve):
     runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir,
                             retain_previous_version=False)
-    held = runtime.manager.acquire()  # a request that is still running
-    demo.write_full("checkpoint_2", steps=1)
-    wait_for(lambda: client.info().version == "checkpoint_2", message="swap")
-    time.sleep(0.5)
-    assert not held.closed  # never freed under a live request
-    feed = demo.model.make_feed(2, np.random.default_rng(0))
-    from deeprec_runtime.predict import predict
+    with runtime.manager.hold() as handle:  # a request that is still running
+        held = handle.servable
+        demo.write_full("checkpoint_2", steps=1)
+        wait_for(lambda: client.info().version == "checkpoint_2", message="swap")
+        time.sleep(0.5)
+        assert not held.closed  # never freed under a live request
+        feed = demo.model.make_feed(2, np.random.default_rng(0))
+        from deeprec_runtime.predict import predict
 
-    from .conftest import make_request
+        from .conftest import make_request
 
-    predict(held, make_request(feed), "serving_default")  # still usable
-    runtime.manager.release(held)
+        predict(held, make_request(feed), "serving_default")  # still usable
     wait_for(lambda: held.closed, message="freed after the last request")
 
 
@@ -212,8 +210,6 @@ def test_stop_never_closes_a_version_under_a_delta_still_running(demo, serve, mo
     """A delta that hangs (a stuck store, a huge tensor) must not have its session closed under
     it when the runtime stops: stop() waits for the update thread, and past its limit leaves the
     versions open rather than freeing what the thread still uses."""
-    from deeprec_runtime.model import manager as manager_module
-
     runtime, _client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     serving = runtime.manager._current
     entered, release = threading.Event(), threading.Event()
@@ -225,7 +221,7 @@ def test_stop_never_closes_a_version_under_a_delta_still_running(demo, serve, mo
         return original(*args, **kwargs)
 
     monkeypatch.setattr(serving, "apply_delta", stuck_delta)
-    monkeypatch.setattr(manager_module, "STOP_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(runtime.manager, "stop_wait_seconds", 0.5)
     demo.write_delta()
     assert entered.wait(30), "the delta was never started"
     runtime.manager.stop()

@@ -71,7 +71,8 @@ class ProcessorModel:
         lines = [f"model_path: {self.manager.info().model_path}",
                  f"default signature: {self.config.signature_name}"]
         try:
-            with self.manager.serving() as servable:
+            with self.manager.hold() as handle:
+                servable = handle.servable
                 lines.append(f"version: {servable.name}")
                 for sig in servable.signatures.values():
                     lines.append(f"signature {sig.name}:")

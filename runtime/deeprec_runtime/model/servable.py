@@ -1,17 +1,14 @@
-"""Loader and servable: one loaded version of the model (graph + session + parameters).
+"""Servable: one loaded version of the model (graph + session + parameters).
 
-`load_servable` does the heavy work (import the SavedModel graph, restore a full checkpoint, apply
-its deltas). A Servable runs requests through prepared callables (no per-call graph lookups or
-feed_dict handling) and applies later deltas in place. Its read/write gate makes a delta atomic
-for requests (none sees half the rows of an update) and lets the manager free the version only
-once its last in-flight request has finished.
+The TensorFlow loader (tf_loader.py) builds it. A Servable runs requests through prepared
+callables (no per-call graph lookups or feed_dict handling) and applies later deltas in place. Its
+read/write gate (core/gate.py) makes a delta atomic for requests (none sees half the rows of an
+update) and lets the manager free the version only once its last request handle is released.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,28 +19,24 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
-from tensorflow.python.saved_model import loader_impl
 
+from deeprec_runtime.core.gate import ReadWriteGate
+from deeprec_runtime.core.versions import Delta, VersionInfo
 from deeprec_runtime.deeprec import names
-from deeprec_runtime.deeprec.keyed import keyed_tables
-from deeprec_runtime.deeprec.loader import EVGraph, EVVersion, import_ev_graph
-from deeprec_runtime.deeprec.savedmodel import has_embedding_variables
-from deeprec_runtime.errors import InvalidArgument, ServingError, Unavailable, VersionLoadError
-from deeprec_runtime.features import ExternalTables, VersionKey
-from deeprec_runtime.features.binding import restore_dense, serving_tables
+from deeprec_runtime.deeprec.loader import EVVersion
+from deeprec_runtime.errors import InvalidArgument, Unavailable, VersionLoadError
+from deeprec_runtime.features import ExternalTables
 from deeprec_runtime.model.checkpoint_read import read_tensors
 from deeprec_runtime.model.session_group import (
     INLINE,
     GroupPlan,
     SessionGroup,
-    create_session,
-    place_graph,
     plan_group,
 )
-from deeprec_runtime.model.signature import Signature, parse_signatures
-from deeprec_runtime.model.source import Delta, VersionInfo
+from deeprec_runtime.model.signature import Signature
 
 if TYPE_CHECKING:
+    from deeprec_runtime.model.tf_loader import ImportedGraph
     from deeprec_runtime.timeline import TimelineRecorder
 
 log = logging.getLogger(__name__)
@@ -58,48 +51,6 @@ class FastPlan(Protocol):
 
 
 SERVE_TAGS = ["serve"]
-SAVEDMODEL_VERSION = "savedmodel"
-"""Version name used when no checkpoint_dir is configured: the SavedModel's own variables."""
-
-
-class ReadWriteGate:
-    """Many readers (requests) or one writer (delta apply, unload); writers go first once waiting,
-    so an update is never starved by steady traffic."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    def acquire_read(self) -> None:
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-
-    def release_read(self) -> None:
-        with self._cond:
-            self._readers -= 1
-            if self._readers == 0:
-                self._cond.notify_all()
-
-    def acquire_write(self) -> None:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-
-    def release_write(self) -> None:
-        with self._cond:
-            self._writing = False
-            self._cond.notify_all()
-
-    @property
-    def readers(self) -> int:
-        return self._readers
 
 
 @dataclass(frozen=True)
@@ -206,7 +157,7 @@ class Servable:
     def _run(self, feed_names: tuple[str, ...], fetch_names: tuple[str, ...],
              arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Runs the graph on the lane the group's policy picks; the caller holds the gate for
-        reading (see Manager.acquire). TensorFlow releases the GIL while it runs."""
+        reading (a ServableHandle, see core/handle.py). TensorFlow releases the GIL while it runs."""
         lane = self.group.select() if self.group is not None else None
         index = lane.index if lane is not None else 0
         inline = self.inline
@@ -461,187 +412,3 @@ def _check_shapes(prefix: str, updaters: dict[str, _VariableUpdater], version: s
 def _first_line(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc)
     return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
-
-
-@dataclass(frozen=True)
-class ImportedGraph:
-    """A SavedModel's graph: imported, placed and given its update ops once, then finalized.
-
-    Each version of the same SavedModel gets its own session on it (sessions share no variables,
-    so versions share no parameters) and skips the import: ~60 ms of mostly GIL-holding work that
-    the serving version's requests would otherwise queue behind during every swap."""
-
-    fingerprint: str
-    """Digest of saved_model.pb (see graph_fingerprint); versions with the same one share this."""
-    graph: tf.Graph
-    loader: loader_impl.SavedModelLoader | None
-    """None for a DeepRec EV export (its graph is rewritten, see `ev`)."""
-    saver: tf.compat.v1.train.Saver | None
-    meta: object
-    """The MetaGraphDef of the serving tags."""
-    signatures: dict[str, Signature]
-    update_ops: dict[str, _UpdateOps]
-    tables: dict
-    """Embedding tables a feature store serves (empty without one)."""
-    ev: EVGraph | None = None
-    """A DeepRec export's EmbeddingVariables (deeprec/), served from tables in the session."""
-
-
-def graph_fingerprint(savedmodel_dir: str) -> str:
-    """Identifies the SavedModel's graph (its saved_model.pb): full versions of one model share
-    it and differ only in their parameters. "" when there is no graph file to read."""
-    digest = hashlib.sha256()
-    found = False
-    for name in ("saved_model.pb", "saved_model.pbtxt"):
-        try:
-            with open(os.path.join(savedmodel_dir, name), "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            found = True
-        except OSError:
-            continue
-    return digest.hexdigest() if found else ""
-
-
-def import_graph(savedmodel_dir: str, options: SessionOptions, features=None) -> ImportedGraph:
-    """Imports the SavedModel's serving graph (see ImportedGraph)."""
-    if has_embedding_variables(savedmodel_dir):
-        return _import_ev_graph(savedmodel_dir, options, features)
-    graph = tf.Graph()
-    loader = loader_impl.SavedModelLoader(savedmodel_dir)
-    with graph.as_default():
-        saver, _ = loader.load_graph(graph, SERVE_TAGS)
-        if options.plan is not None and options.plan.uses_gpu:
-            place_graph(graph, options.plan.lanes[0].device, options.plan.embeddings_on_cpu)
-        meta = loader.get_meta_graph_def_from_tags(SERVE_TAGS)
-        variables = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
-        update_ops = {v.op.name: _UpdateOps.build(v) for v in variables}
-        tables = serving_tables(graph, meta) if features is not None else {}
-    graph.finalize()
-    return ImportedGraph(graph_fingerprint(savedmodel_dir), graph, loader, saver, meta,
-                         parse_signatures(meta), update_ops, tables)
-
-
-def _import_ev_graph(savedmodel_dir: str, options: SessionOptions, features) -> ImportedGraph:
-    """A DeepRec EmbeddingVariable export, rewritten for stock TensorFlow (deeprec/). Its EVs live
-    in the session's own tables (DeepRec's DRAM storage, so `ev_storage_type` 1 serves them there
-    too, within its byte budget), or in a feature store that keeps rows by key (Redis, the
-    DRAM + SSD tier); a store that cannot is refused rather than silently bypassed."""
-    keyed = features is not None and getattr(features, "serves_keyed_tables", False)
-    if features is not None and not keyed and getattr(features, "storage_type", None) != 1:
-        raise VersionLoadError(f"the feature store {type(features).__name__} cannot hold DeepRec "
-                               "EmbeddingVariables (rows by key)")
-
-    def place(graph: tf.Graph) -> None:
-        if options.plan is not None and options.plan.uses_gpu:
-            place_graph(graph, options.plan.lanes[0].device, options.plan.embeddings_on_cpu)
-
-    graph, meta, variables, ev = import_ev_graph(savedmodel_dir, place)
-    with graph.as_default():
-        update_ops = {v.op.name: _UpdateOps.build(v) for v in variables}
-    graph.finalize()
-    tables = keyed_tables(list(ev.lookups)) if keyed else {}
-    return ImportedGraph(graph_fingerprint(savedmodel_dir), graph, None, None, meta,
-                         parse_signatures(meta), update_ops, tables, ev)
-
-
-def load_servable(savedmodel_dir: str, version: VersionInfo | None,
-                  localize: Callable[[str], str],
-                  options: SessionOptions, features=None,
-                  imported: ImportedGraph | None = None,
-                  background: Callable[[Callable[[], None]], None] | None = None) -> Servable:
-    """Builds a servable: SavedModel graph + the version's full checkpoint (the manager applies
-    the latest delta afterwards, so that a bad delta does not discard a good full checkpoint).
-
-    `imported`, the graph of a version loaded earlier, is used when its fingerprint is still the
-    SavedModel's; otherwise the SavedModel is imported. `Servable.imported` is the one used.
-
-    With a feature store (`features`, see deeprec_runtime.features) the graph's embedding tables
-    are not restored: the store makes the version's rows available and requests feed them.
-
-    `localize` turns a checkpoint prefix on the store into a local one (remote stores fetch).
-    `background`, when given, runs the restore (the manager's low-priority loading thread); the
-    session is created here, by the caller's thread. Raises VersionLoadError with the reason when
-    anything is missing or inconsistent.
-    """
-    started = time.monotonic()
-    session = None
-    external = None
-    try:
-        shared = imported is not None and imported.fingerprint != "" and \
-            imported.fingerprint == graph_fingerprint(savedmodel_dir)
-        if imported is None or not shared:
-            imported = import_graph(savedmodel_dir, options, features)
-        graph, loader, saver, tables = (imported.graph, imported.loader, imported.saver,
-                                        imported.tables)
-        group = None
-        with graph.as_default():
-            if options.plan is not None:
-                group = create_session(graph, options.plan)
-                session = group.session
-            else:
-                session = tf.compat.v1.Session(graph=graph, config=options.config_proto)
-            updaters = {name: _VariableUpdater(session, ops, options.update_run_options)
-                        for name, ops in imported.update_ops.items()}
-        prefix = restore_op = filename_tensor = ""
-        ev = (EVVersion(imported.ev, session, options.update_run_options,
-                        getattr(features, "dram_bytes", 0), keyed=bool(tables))
-              if imported.ev else None)
-        if ev is not None or tables:
-            prefix = (localize(version.full_prefix) if version is not None
-                      else os.path.join(savedmodel_dir, "variables", "variables"))
-        elif version is not None:
-            if saver is None:
-                raise VersionLoadError("the SavedModel has no saver; cannot restore checkpoints")
-            prefix = localize(version.full_prefix)
-            _check_shapes(prefix, updaters, version.name)
-            restore_op = saver.saver_def.restore_op_name
-            filename_tensor = saver.saver_def.filename_tensor_name
-
-        def restore() -> None:  # the bulk of a load's CPU: on `background` when given
-            with graph.as_default():
-                if ev is not None:
-                    ev.restore(prefix, updaters, options.restore_run_options)
-                    return
-                if loader is None:  # only EV exports have none, and they returned above
-                    raise VersionLoadError("internal: a plain export without its loader")
-                if tables:
-                    restore_dense(prefix, updaters, tables)
-                elif version is None:
-                    loader.restore_variables(session, saver)
-                else:
-                    session.run(restore_op, {filename_tensor: prefix},
-                                options=options.restore_run_options)
-                loader.run_init_ops(session, SERVE_TAGS)
-
-        if background is not None:
-            background(restore)
-        else:
-            restore()
-        if tables:  # outside the graph context: the store reads checkpoint slices eagerly
-            key = VersionKey(version.name if version else SAVEDMODEL_VERSION,
-                             version.full_step if version else 0)
-            external = ExternalTables(tables, features.open_version(key, tables, prefix),
-                                      ev.defaults if ev is not None else {})
-        servable = Servable(version.name if version else SAVEDMODEL_VERSION, graph, session,
-                            imported.signatures, options, updaters, version, group)
-        servable.tables = external
-        servable.ev = ev
-        servable.imported = imported
-    except VersionLoadError:
-        if session is not None:
-            session.close()
-        if external is not None:
-            external.close()
-        raise
-    except (tf.errors.OpError, OSError, ValueError, RuntimeError, IndexError, ServingError) as exc:
-        if session is not None:
-            session.close()
-        if external is not None:
-            external.close()
-        what = version.name if version else savedmodel_dir
-        raise VersionLoadError(f"loading {what} failed: {_first_line(exc)}") from None
-    log.info("loaded version %s (full step %d, delta step %d) in %.2fs%s", servable.name,
-             servable.full_step, servable.delta_step, time.monotonic() - started,
-             " on the graph of the previous version" if shared else "")
-    return servable

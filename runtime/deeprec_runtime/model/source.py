@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 
 from google.protobuf import text_format
 
+from deeprec_runtime.core.versions import BadVersion, Delta, VersionInfo
 from deeprec_runtime.store.base import FileInfo, ModelStore
 
 log = logging.getLogger(__name__)
@@ -28,40 +28,7 @@ STATE_FILE = "checkpoint"
 _INDEX = re.compile(r"^(?P<base>.+)-(?P<step>\d+)\.index$")
 _SHARD = re.compile(r"^(?P<base>.+-\d+)\.data-(?P<i>\d{5})-of-(?P<n>\d{5})$")
 
-
-@dataclass(frozen=True)
-class Delta:
-    step: int
-    prefix: str
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """One version folder as found on the store."""
-
-    name: str
-    path: str
-    full_step: int
-    full_prefix: str
-    deltas: tuple[Delta, ...] = ()
-    mtime: float = 0.0
-    problems: tuple[str, ...] = field(default=(), compare=False)
-    """Why parts of the folder were ignored (incomplete or bad files); shown to operators."""
-
-    @property
-    def delta_step(self) -> int:
-        return self.deltas[-1].step if self.deltas else 0
-
-    def deltas_after(self, step: int) -> tuple[Delta, ...]:
-        return tuple(d for d in self.deltas if d.step > step)
-
-
-@dataclass(frozen=True)
-class BadVersion:
-    """A folder that looks like a version but cannot be served."""
-
-    name: str
-    reason: str
+__all__ = ["BadVersion", "Delta", "VersionInfo", "VersionSource"]
 
 
 def _complete_checkpoints(entries: list[FileInfo]) -> tuple[dict[int, str], list[str]]:

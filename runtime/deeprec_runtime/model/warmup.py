@@ -12,6 +12,7 @@ import logging
 import numpy as np
 
 from deeprec_runtime.codec import encode_array
+from deeprec_runtime.core.handle import ServableHandle
 from deeprec_runtime.errors import ServingError, VersionLoadError
 from deeprec_runtime.model import execution
 from deeprec_runtime.model.servable import Servable
@@ -68,9 +69,8 @@ def warm_up(servable: Servable, signature_name: str, request: pb.PredictRequest 
     # prepared callables and thread pool.
     for lane in range(servable.num_lanes):
         for _ in range(iterations):
-            servable.gate.acquire_read()
             try:
-                with SessionGroup.using(lane):
+                with ServableHandle.of(servable), SessionGroup.using(lane):
                     predict(servable, request, signature_name)
             except ServingError as exc:
                 if explicit:
@@ -78,8 +78,6 @@ def warm_up(servable: Servable, signature_name: str, request: pb.PredictRequest 
                 log.warning("generated warmup request failed on %s (%s); serving without warmup",
                             servable.name, exc)
                 return None
-            finally:
-                servable.gate.release_read()
     if not (iterations and servable.can_choose_inline):
         return None
     if known_inline is not None:
@@ -100,12 +98,8 @@ def choose_execution(servable: Servable, signature_name: str, request: pb.Predic
         servable.inline = inline
 
     def run() -> None:
-        servable.gate.acquire_read()
-        try:
-            with SessionGroup.using(0):
-                predict(servable, request, signature_name)
-        finally:
-            servable.gate.release_read()
+        with ServableHandle.of(servable), SessionGroup.using(0):
+            predict(servable, request, signature_name)
 
     choice = execution.measure(set_inline, run)
     log.info("version %s runs %s", servable.name, choice.describe())

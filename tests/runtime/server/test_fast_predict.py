@@ -218,8 +218,8 @@ def test_deltas_swaps_and_rollback_are_followed(tmp_path, demo, serve):
                            demo.model.predict(feed), rtol=1e-5, atol=1e-6)
 
     assert served_matches_trainer()
-    step = fast.manager.acquire()
-    fast.manager.release(step)
+    with fast.manager.hold() as handle:
+        step = handle.servable
     old_delta = step.delta_step
     demo.write_delta(steps=3)
     wait_for(lambda: client.info().delta_step > old_delta, message="delta applied")
@@ -261,8 +261,8 @@ def test_a_new_versions_plan_is_ready_before_it_serves(demo, serve):
 
 def test_a_version_freed_after_a_swap_closes_its_plan(demo, serve):
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir, retain_previous_version=False)
-    servable = fast.manager.acquire()
-    fast.manager.release(servable)
+    with fast.manager.hold() as handle:
+        servable = handle.servable
     plan = servable.fast_plan
     assert plan is not None
     demo.write_full("checkpoint_2", steps=1)

@@ -48,8 +48,8 @@ def own_plan(runtime, **options) -> Iterator[FastPlan]:
     """A checked plan of the serving version, made by a FastPredict with `options` (limits,
     batching), not published; closed afterwards."""
     fast = FastPredict("default", "serving_default", tfs=True, **options)
-    servable = runtime.manager.acquire()
-    try:
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
         plan = fast.plan_for(servable)
         assert plan is not None
         try:
@@ -57,8 +57,6 @@ def own_plan(runtime, **options) -> Iterator[FastPlan]:
         finally:
             plan.close()
             servable.fast_plan = None
-    finally:
-        runtime.manager.release(servable)
 
 
 def rows_seen(answer: bytes | None) -> list[int]:
@@ -252,8 +250,8 @@ def test_a_delta_ending_after_shutdown_closed_its_version_never_touches_the_free
     write_sequence_model(path)
     runtime, client = serve(path)
     guard = guard_library(runtime.fast_predict)
-    servable = runtime.manager.acquire()
-    runtime.manager.release(servable)
+    with runtime.manager.hold() as handle:
+        servable = handle.servable
     plan = servable.fast_plan
     assert plan is not None
     servable.begin_update()  # a delta: the plan blocked, the version's gate held

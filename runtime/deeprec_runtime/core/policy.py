@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from deeprec_runtime.model.source import VersionInfo
+from deeprec_runtime.core.versions import VersionInfo
 
 LATEST = "latest"
 
