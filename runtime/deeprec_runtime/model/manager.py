@@ -14,7 +14,6 @@ from deeprec_runtime.core.manager import STOP_WAIT_SECONDS
 from deeprec_runtime.core.manager import Manager as CoreManager
 from deeprec_runtime.core.states import UpdateEvent, VersionState
 from deeprec_runtime.errors import NotFound, Unavailable
-from deeprec_runtime.features import open_feature_store
 from deeprec_runtime.model.annotations import TARGET_VERSION_ANNOTATION, read_target_version
 from deeprec_runtime.model.custom_ops import load_custom_ops
 from deeprec_runtime.model.servable import Servable
@@ -38,7 +37,7 @@ class Manager(CoreManager[Servable]):
         self.store = store or open_store(config)
         source = (VersionSource(self.store, config.checkpoint_dir) if config.checkpoint_dir
                   else None)
-        self.tf_loader = TFLoader(config, self.store, open_feature_store(config))
+        self.tf_loader = TFLoader(config, self.store)
         self._hooks: dict[str, Callable] = {}
         super().__init__(self.tf_loader, source, self._target, config.update_poll_seconds,
                          config.retain_previous_version, config.checkpoint_dir)

@@ -29,7 +29,13 @@ from deeprec_runtime.deeprec.keyed import keyed_tables
 from deeprec_runtime.deeprec.loader import EVGraph, EVVersion, import_ev_graph
 from deeprec_runtime.deeprec.savedmodel import has_embedding_variables
 from deeprec_runtime.errors import ServingError, VersionLoadError
-from deeprec_runtime.features import ExternalTables, FeatureStore, StoreUnavailable, VersionKey
+from deeprec_runtime.features import (
+    ExternalTables,
+    FeatureStore,
+    StoreUnavailable,
+    VersionKey,
+    open_feature_store,
+)
 from deeprec_runtime.features.binding import restore_dense, serving_tables
 from deeprec_runtime.model.load_thread import LoadThread
 from deeprec_runtime.model.servable import (
@@ -54,13 +60,12 @@ log = logging.getLogger(__name__)
 class TFLoader:
     """Loads the versions of one model (its ModelConfig) from `store`."""
 
-    def __init__(self, config: ModelConfig, store: ModelStore,
-                 features: FeatureStore | None = None):
+    def __init__(self, config: ModelConfig, store: ModelStore):
         self.config = config
         self.store = store
-        self.options = session_options_from(config)
+        self.options = session_options_from(config)  # first: a bad cpuset opens no connection
         #: Where embedding rows live when not in the session (Redis, DRAM+SSD tiers), or None.
-        self.features = features
+        self.features: FeatureStore | None = open_feature_store(config)
         #: Restores and warmups of new versions run here, at a lower CPU priority than requests.
         self.load_thread = LoadThread()
         self.tracer = TimelineRecorder.from_config(config, getattr(store, "write_bytes", None))
