@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import threading
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -127,7 +128,8 @@ def _declined_requests(demo) -> dict[str, bytes]:
     feed = demo.model.make_feed(4, np.random.default_rng(2))
     ok = make_request(feed)
     cases: dict[str, pb.PredictRequest] = {}
-    cases["output_filter"] = make_request(feed, output_filter=["probability"])
+    cases["output_filter_unknown"] = make_request(feed, output_filter=["probability", "nope"])
+    cases["output_filter_twice"] = make_request(feed, output_filter=["probability"] * 2)
     cases["tensor_names"] = make_request({f"{k}:0": v for k, v in feed.items()})
     cases["unknown_signature"] = make_request(feed, signature_name="nope")
     cases["unknown_input"] = make_request({**feed, "extra": np.ones(4, np.float32)})
@@ -162,7 +164,7 @@ def test_what_the_plan_declines_is_answered_by_python_exactly(demo, pair):
         got = raw_call(fast_client.channel, data)
         assert got == raw_call(slow_client.channel, data), name
         assert plan.answered == before, f"{name} was answered by the fast path"
-        if name not in ("output_filter", "tensor_names"):
+        if name != "tensor_names":
             assert got[0] == grpc.StatusCode.INVALID_ARGUMENT, (name, got)
     # still serving, still fast
     before = plan.answered
@@ -338,32 +340,44 @@ def test_versions_that_need_python_per_request_get_no_plan(demo, serve, tmp_path
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
 
 
-def test_the_session_pointer_is_checked_before_cpp_uses_it():
-    from deeprec_runtime.native import tf_handles
+def test_the_session_is_reached_through_pybind11s_conduit_and_nothing_else():
+    """The conduit gives the TF_Session only to the right ABI and only for a TF_Session handle."""
+    from tensorflow.python.client import pywrap_tf_session
 
+    from deeprec_runtime.native import fast_predict, tf_handles
+
+    ffi, lib = fast_predict._load()
     session = tf.compat.v1.Session(graph=tf.Graph())
     try:
-        pointer = tf_handles.session_pointer(session)
-        assert pointer and tf_handles._is_tf_session(pointer)
-        # other words of the handle are what a moved pointer would read: never taken for one
-        for offset in (0, 8, 24, 32):
-            word = tf_handles._read_word(id(session._session) + offset)
-            assert not tf_handles._is_tf_session(word), offset
-        assert tf_handles._read_word(8) is None  # unmapped: refused, no fault
-        # one level off (the tensorflow::Session itself: its first word is a vtable too)
-        assert not tf_handles._is_tf_session(tf_handles._read_word(pointer))
+        pointer = tf_handles.session_pointer(session, ffi, lib)
+        assert pointer and lib.drf_session_ok(ffi.cast("void *", pointer))
+        assert tf_handles.session_pointer(session, ffi, lib) == pointer  # the same object
+        with pytest.raises(tf_handles.SessionHandleError, match="pybind11 ABI _gcc"):
+            tf_handles.session_pointer(session, ffi, lib, abi=b"_gcc_libstdcpp_cxxabi1017")
+        # another pybind11 type of TensorFlow's, asked for as a TF_Session: refused by its type
+        buffer = pywrap_tf_session.TF_NewBuffer()
+        try:
+            with pytest.raises(tf_handles.SessionHandleError, match="TF_Buffer"):
+                tf_handles.session_pointer(SimpleNamespace(_session=buffer), ffi, lib)
+        finally:
+            pywrap_tf_session.TF_DeleteBuffer(buffer)
+        with pytest.raises(tf_handles.SessionHandleError, match="no _pybind11_conduit_v1_"):
+            tf_handles.session_pointer(SimpleNamespace(_session=object()), ffi, lib)
     finally:
         session.close()
+    fast_predict.check_session_handle()  # what `deeprec-runtime native-path` checks
 
 
-def test_a_session_handle_of_unknown_layout_leaves_the_version_to_python(
+def test_a_tensorflow_whose_handle_refuses_the_conduit_is_reported_and_served_by_python(
         demo, serve, monkeypatch, caplog):
     from deeprec_runtime.native import tf_handles
 
-    monkeypatch.setattr(tf_handles, "_PYBIND_VALUE_OFFSET", 8)  # as if an upgrade moved it
+    monkeypatch.setattr(tf_handles, "TENSORFLOW_PYBIND11_ABI", b"_gcc_libstdcpp_cxxabi1017")
     runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     assert runtime.fast_predict is not None and plan_of(runtime) is None
-    assert "layout is not the one this runtime knows" in caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("the fast path cannot reach the session" in m and "_gcc_libstdcpp" in m
+               for m in errors), errors
     feed = demo.model.make_feed(3, np.random.default_rng(0))
     np.testing.assert_allclose(output(client.predict(feed), "probability"),  # Python answers
                                demo.model.predict(feed), rtol=1e-5, atol=1e-6)
@@ -450,8 +464,8 @@ def test_tf_serving_requests_the_plan_declines_get_the_python_answer(demo, pair)
     del short.inputs["dense"].float_val[1:]
     cases["last_value_fills"] = short
     filtered = tfs_request(feed)
-    filtered.output_filter.append("probability")
-    cases["output_filter"] = filtered
+    filtered.output_filter.append("nope")
+    cases["output_filter_unknown"] = filtered
     unknown_rank = tfs_request(feed)
     unknown_rank.inputs["dense"].tensor_shape.unknown_rank = True
     cases["unknown_rank"] = unknown_rank
@@ -488,8 +502,8 @@ def test_a_plan_whose_tf_serving_check_fails_leaves_tf_serving_calls_to_python(
 
     real = fast_predict.FastPlan.predict
     monkeypatch.setattr(fast_predict.FastPlan, "predict",
-                        lambda self, data, api=fast_predict.DEEPREC:
-                        None if api == fast_predict.TFS else real(self, data, api))
+                        lambda self, data, api=fast_predict.DEEPREC, lane=-1:
+                        None if api == fast_predict.TFS else real(self, data, api, lane))
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     plan = plan_of(fast)
     assert plan is not None  # DeepRec calls keep their plan
