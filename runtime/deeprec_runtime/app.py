@@ -180,6 +180,12 @@ class Runtime:
         #: The C++ path for DeepRec Predict calls (native/fast_predict.py), or None.
         self.fast_predict = (self._start_fast_predict()
                              if fast_predict and self.grpc_server == "native" else None)
+        if not fast_predict:
+            log.info("fast predict: off (--fast-predict off): Predict calls are answered by the "
+                     "Python handlers")
+        elif self.grpc_server != "native":
+            log.info("fast predict: off, it needs the native gRPC front end (the server is %s)",
+                     self.grpc_server)
         self.http = (RestServer(self.models, http_port, host, self.metrics,
                                 max_body_bytes=max_message_bytes, security=self.security,
                                 max_concurrent=max_concurrent_requests,

@@ -329,14 +329,22 @@ def test_requests_answered_in_cpp_are_in_the_metrics(demo, serve):
     assert 'deeprec_batch_size_bucket{le="8",model="default"} 1.0' in text
 
 
-def test_versions_that_need_python_per_request_get_no_plan(demo, serve, tmp_path):
+def test_versions_that_need_python_per_request_get_no_plan_and_say_why(demo, serve, tmp_path,
+                                                                       caplog):
+    def refusals() -> list[str]:  # a warning at load, naming the version and the reason
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                and "is served by the Python handler only" in r.getMessage()]
+
     timeline, client = serve(demo.saved_model_dir, demo.checkpoint_dir, timeline_start_step=1000,
                              timeline_interval_step=1, timeline_trace_count=1,
                              timeline_path=str(tmp_path / "t"))
     assert timeline.fast_predict is not None and plan_of(timeline) is None
+    assert refusals() == ["version checkpoint_1 is served by the Python handler only: timelines "
+                          "are recorded (traced in Python per request)"]
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))  # Python answers
     tiered, client = serve(demo.saved_model_dir, demo.checkpoint_dir, ev_storage_type=1)
     assert plan_of(tiered) is None
+    assert "embedding rows come from a feature store" in refusals()[-1]
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
 
 
@@ -673,3 +681,108 @@ def test_wire_mutants_on_two_unknown_dims_get_the_python_answer(sequence_pair, a
     before = answered()  # still serving, and still from C++
     assert call(fast_client.channel, _wire_mutants(api)["valid"][0])[0] == grpc.StatusCode.OK
     assert answered() == before + 1
+
+
+# --- output_filter ----------------------------------------------------------------------------
+#: Filters on sequence_model's outputs `rows` (rows:0) and `score` (score:0): aliases, tensor
+#: names, several, both orders, an output under both of its names.
+FILTERS = [["score"], ["rows"], ["score:0"], ["rows:0"], ["rows", "score"], ["score", "rows"],
+           ["score", "score:0"], ["rows:0", "score"], ["score:0", "rows:0", "rows"]]
+
+
+def filtered(api: str, values: dict[str, np.ndarray], names: list[str]) -> bytes:
+    """A valid request for sequence_model with `names` as its output_filter (field 3)."""
+    return request(api, valid_arrays(api, values)) + b"".join(
+        bytes_field(3, n.encode()) for n in names)
+
+
+@pytest.mark.parametrize("api", [DEEPREC, TFS])
+def test_output_filters_are_answered_in_cpp_as_python_answers_them(sequence_pair, api):
+    fast, fast_client, slow, slow_client = sequence_pair
+    call = deeprec_call if api == DEEPREC else tfs_call
+    plan = plan_of(fast)
+    answered = (lambda: plan.answered) if api == DEEPREC else (lambda: plan.tfs_answered)
+    values = sequence_feed(3, 4, seed=1)
+    for names in FILTERS:
+        data = filtered(api, values, names)
+        before = answered()
+        got = call(fast_client.channel, data)
+        assert got == call(slow_client.channel, data), names
+        assert got[0] == grpc.StatusCode.OK and sorted(got[1].outputs) == sorted(names), got
+        assert answered() == before + 1, f"{names} was not answered by the fast path"
+        if api == DEEPREC and len(names) == 1:  # one entry: the same bytes
+            assert raw_call(fast_client.channel, data) == raw_call(slow_client.channel, data)
+    # ["score"] and ["rows"] each got a callable of their own (their tensor names share it);
+    # both outputs together are what the lane's own callable fetches
+    assert plan.subset_callables(0) == 2
+    # and a filtered answer holds what the unfiltered one holds for those outputs
+    whole = call(fast_client.channel, request(api, valid_arrays(api, values)))[1]
+    assert got[1].outputs["rows"] == whole.outputs["rows"]
+
+
+@pytest.mark.parametrize("api", [DEEPREC, TFS])
+def test_output_filters_the_plan_declines_get_the_python_answer(sequence_pair, api):
+    fast, fast_client, slow, slow_client = sequence_pair
+    call = deeprec_call if api == DEEPREC else tfs_call
+    plan = plan_of(fast)
+    answered = (lambda: plan.answered) if api == DEEPREC else (lambda: plan.tfs_answered)
+    values = sequence_feed(2, 3, seed=2)
+    cases = {"unknown": ["nope"], "unknown after a known one": ["score", "nope"],
+             "empty name": [""], "an input's name": ["history"], "twice": ["rows", "rows"],
+             "tensor name twice": ["score:0", "rows", "score:0"], "wrong case": ["Score"],
+             "many": ["score", "rows", "score:0", "rows:0", "score"]}
+    for name, names in cases.items():
+        data = filtered(api, values, names)
+        before = answered()
+        got = call(fast_client.channel, data)
+        assert got == call(slow_client.channel, data), name
+        assert got[0] == grpc.StatusCode.INVALID_ARGUMENT, (name, got)
+        assert answered() == before, f"{name} was answered by the fast path"
+    assert "unknown output 'nope' in output_filter" in call(
+        fast_client.channel, filtered(api, values, ["score", "nope"]))[1]
+    assert "output 'rows' is named twice" in call(
+        fast_client.channel, filtered(api, values, ["rows", "rows"]))[1]
+
+
+def write_many_outputs_model(path: str, outputs: int) -> None:
+    """x float [-1, 2] -> out<i> = sum(x) * i, for i < `outputs`."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
+        total = tf.reduce_sum(x, axis=1)
+        named = {f"out{i}": tf.identity(total * float(i), name=f"out{i}") for i in range(outputs)}
+        session = tf.compat.v1.Session(graph=graph)
+        builder = tf.compat.v1.saved_model.Builder(path)
+        signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
+            {"x": x}, named)
+        builder.add_meta_graph_and_variables(session, ["serve"],
+                                             signature_def_map={"serving_default": signature})
+        builder.save()
+        session.close()
+
+
+def test_callables_for_output_subsets_are_bounded_per_lane(tmp_path, serve):
+    """Each new subset of outputs is a callable (an executor); past the bound (fast_predict.cc's
+    kMaxSubsetCallables) the request is Python's, answered the same; subsets made before keep
+    being answered in C++."""
+    path = str(tmp_path / "many")
+    write_many_outputs_model(path, 6)
+    fast, fast_client = serve(path)
+    _, slow_client = serve(path, fast_predict=False)
+    plan = plan_of(fast)
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    subsets = [[f"out{i}"] for i in range(6)] + [
+        [f"out{i}", f"out{j}"] for i in range(6) for j in range(i + 1, 6)]  # 21 subsets
+    bound = 16
+    for k, names in enumerate(subsets):
+        data = make_request({"x": x}, output_filter=names).SerializeToString()
+        before = plan.answered
+        got = deeprec_call(fast_client.channel, data)
+        assert got == deeprec_call(slow_client.channel, data), names
+        np.testing.assert_allclose(output(got[1], names[0]), x.sum(axis=1) * int(names[0][3:]))
+        assert plan.answered == before + (1 if k < bound else 0), (k, names)
+    assert plan.subset_callables(0) == bound
+    before = plan.answered
+    deeprec_call(fast_client.channel, make_request({"x": x}, output_filter=["out3"])
+                 .SerializeToString())
+    assert plan.answered == before + 1
