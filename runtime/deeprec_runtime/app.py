@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from deeprec_runtime.admission import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes
 from deeprec_runtime.config import BatchingConfig, ModelConfig
+from deeprec_runtime.cpus import format_cpu_list
 from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
 from deeprec_runtime.security import Security, SecurityConfigError
@@ -223,6 +224,14 @@ class Runtime:
             self.grpc.set_fast(TFS_PREDICT_METHOD, fast.tfs_entry)  # type: ignore[union-attr]
         log.info("fast predict: on (DeepRec%s Predict calls are answered in C++ when they can be)",
                  " and TF Serving" if self._tfs else "")
+        plan = self.manager.group_plan
+        if plan is not None and not plan.uses_gpu and all(lane.cpus for lane in plan.lanes):
+            # Lanes bound to cpusets: each worker serves one lane, pinned to its CPUs, so the fast
+            # path runs the lane's model inline in the worker (no hand-off to the lane's pool).
+            cpusets = [sorted(lane.cpus or ()) for lane in plan.lanes]
+            self.grpc.set_lanes(cpusets, plan.select_policy == "RR")  # type: ignore[union-attr]
+            log.info("gRPC workers serve %d lane(s) on cpusets %s (%s)", len(cpusets),
+                     "; ".join(format_cpu_list(c) for c in cpusets), plan.select_policy)
         return fast
 
     def start(self) -> None:

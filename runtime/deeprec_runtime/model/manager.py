@@ -66,6 +66,8 @@ class Manager:
         self.store = store or open_store(config)
         self.source = VersionSource(self.store, config.checkpoint_dir) if config.checkpoint_dir else None
         self._options = session_options_from(config)
+        #: The session group every version runs on (lanes, pools, cpusets), from the config.
+        self.group_plan = self._options.plan
         #: (graph fingerprint, inline?) of the last version whose execution mode was chosen.
         self._execution_choice: tuple[str, bool] | None = None
         #: The graph of the last version loaded: the next one reuses it if the SavedModel is the

@@ -21,10 +21,17 @@
 // same inline-or-pool choice), a callable per output subset that requests named in an
 // output_filter (made here on first use, with the same CallableOptions the Python path would
 // build, at most kMaxSubsetCallables per lane; past that the request goes to Python), and, with
-// batching on, its own batcher. A request's lane is chosen as DeepRec's select_session_policy
-// says: MOD, the calling thread's sticky id (given once per thread, in order) modulo the number of
-// lanes; RR, a counter per plan. A lane that runs inline on its own cpuset moves the calling
-// thread onto that cpuset first, as the Python path does.
+// batching on, its own batcher. A request's lane is the one the front end's worker serves when
+// the front end serves lanes (grpc_frontend.cc: its workers are pinned to the lanes' cpusets and
+// apply the policy), else it is chosen here as DeepRec's select_session_policy says: MOD, the
+// calling thread's sticky id (given once per thread, in order) modulo the number of lanes; RR, a
+// counter per plan. Where it runs: a lane bound to a cpuset runs inline in the calling thread
+// when that thread is on the lane's CPUs (a worker pinned there; or a thread that happens to be
+// there, held on the cpuset for the run), and on its pool, whose threads are pinned there,
+// otherwise. Either way its kernels run on its CPUs; inline, a small graph costs no hand-off to
+// another thread (on the 2-core bench machine a hand-off cost about as much CPU as the model). A
+// lane that runs inline by configuration (enable_inline_execute) on a cpuset moves the calling
+// thread onto it first, as the Python path does.
 //
 // Plans are created by runtime/deeprec_runtime/native/fast_predict.py for one version each. Lifetime rules, so a
 // request never touches a session that is gone: a request counts itself active on the plan and
@@ -98,8 +105,9 @@ static_assert(std::is_same<decltype(TF_Session::session), tensorflow::Session*>:
               "TF_Session::session must be the tensorflow::Session*");
 
 // Output subsets a lane makes callables for (each is an executor of the graph's pruned
-// subgraph); requests naming yet another subset go to Python. DeepRec clients send the same
-// output_filter with every request, so a lane sees one or a few.
+// subgraph; a bound lane makes an inline twin of each too); requests naming yet another subset
+// go to Python. DeepRec clients send the same output_filter with every request, so a lane sees
+// one or a few.
 constexpr size_t kMaxSubsetCallables = 16;
 
 struct OutputSpec {
@@ -127,20 +135,31 @@ struct Histogram {
 
 struct Batcher;
 
-// A callable made here for the requests whose output_filter names exactly these fetches.
+// A callable made here: for the requests whose output_filter names exactly these fetches, or
+// (in_place) the inline twin of a bound lane's callable.
 struct SubsetCallable {
   std::vector<int> fetches;  // ascending positions in the plan's fetches
+  bool in_place = false;
   int64_t handle = 0;
+};
+
+// How a lane runs its requests (drf_plan_lane's `mode`).
+enum LaneMode {
+  kUnbound = 0,   // its callables as Python made them: its pool, or inline where Python chose it
+  kPinCaller = 1, // inline on its cpuset (enable_inline_execute): the caller moves there first
+  kBound = 2,     // inline in a caller on its cpuset (see InPlace), else on its own pool,
+                  // pinned to that cpuset
 };
 
 // One lane of the session group.
 struct Lane {
   int64_t callable = 0;  // every fetch; made by Python (the handle its requests use)
   tensorflow::RunOptions run_options;  // the Python path's, for the callables made here
-  bool pin = false;      // runs inline: the calling thread moves onto `cpus` first
+  LaneMode mode = kUnbound;
   cpu_set_t cpus;
   std::unique_ptr<Batcher> batcher;  // set when server-side batching is on
   std::atomic<uint64_t> runs{0};     // requests this lane answered
+  mutable std::atomic<uint64_t> in_place_runs{0};  // runs of a bound lane inline in the caller
   std::mutex mu;                     // guards subsets
   std::mutex make_mu;                // one callable made at a time: a burst asking for a new
                                      // subset makes it once
@@ -201,10 +220,56 @@ struct Task {
   Outputs result;
 };
 
-// What one run is: a callable and how many fetches it returns.
+// TensorFlow's callable handles count from 0: this is none.
+constexpr int64_t kNoCallable = -1;
+
+// What one run is: a callable, its inline twin on a bound lane (or none), how many fetches they
+// return, and the lane.
 struct Run {
-  int64_t handle = 0;
+  int64_t handle = kNoCallable;
+  int64_t in_place = kNoCallable;
   size_t fetches = 0;
+  const Lane* lane = nullptr;
+};
+
+// How a run is placed (drf_predict_on's `how`): by where the caller is, or forced (the plan's
+// check and the tests run each callable of a lane); kDispatched: the front end chose the lane
+// and runs the call on a worker pinned to it (grpc_frontend.cc's lanes).
+enum How { kAuto = 0, kPooled = 1, kInPlace = 2, kDispatched = 3 };
+thread_local How t_how = kAuto;
+
+// Runs a bound lane's request in the calling thread when the thread is on the lane's cpuset:
+// already confined to it (a front end worker of that lane), or on one of its CPUs now (then it
+// is held on the cpuset for the run and gets its own affinity back; setting the mask moves
+// nothing). Either way the run needs no hand-off to the lane's pool. Forced (kInPlace), the
+// thread is moved there for the run.
+class InPlace {
+ public:
+  explicit InPlace(const Run& run) {
+    if (run.in_place == kNoCallable || t_how == kPooled) return;
+    const cpu_set_t& cpus = run.lane->cpus;
+    if (pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) != 0) return;
+    cpu_set_t within;
+    CPU_AND(&within, &saved_, &cpus);
+    if (CPU_EQUAL(&within, &saved_)) {  // confined to the lane's CPUs already
+      in_place_ = true;
+      return;
+    }
+    if (t_how != kInPlace) {
+      int cpu = sched_getcpu();
+      if (cpu < 0 || !CPU_ISSET(cpu, &cpus)) return;
+    }
+    held_ = in_place_ = pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus) == 0;
+  }
+  ~InPlace() {
+    if (held_) pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
+  }
+  bool runs_here() const { return in_place_; }
+
+ private:
+  cpu_set_t saved_;
+  bool in_place_ = false;  // runs inline here
+  bool held_ = false;      // on the lane's cpuset for this run only
 };
 
 struct Batch {
@@ -270,7 +335,11 @@ bool MergedTensor(const Tensor& first, int64_t rows, Tensor* out) {
 
 bool RunAlone(Plan* plan, const Run& run, const std::vector<Tensor>& feeds, Outputs* result) {
   auto fetches = std::make_shared<std::vector<Tensor>>();
-  if (!plan->session->RunCallable(run.handle, feeds, fetches.get(), nullptr).ok()) return false;
+  InPlace in_place(run);
+  if (!in_place.runs_here() && t_how == kInPlace && run.in_place != kNoCallable) return false;
+  int64_t handle = in_place.runs_here() ? run.in_place : run.handle;
+  if (in_place.runs_here()) run.lane->in_place_runs.fetch_add(1);
+  if (!plan->session->RunCallable(handle, feeds, fetches.get(), nullptr).ok()) return false;
   if (fetches->size() != run.fetches) return false;
   result->tensors = std::move(fetches);
   result->rows = -1;
@@ -424,46 +493,58 @@ bool PinCaller(const Lane& lane) {
   return pthread_setaffinity_np(pthread_self(), sizeof lane.cpus, &lane.cpus) == 0;
 }
 
-// The run for `fetches` (ascending positions in the plan's fetches) on `lane`: the lane's own
-// callable for all of them, else one made here on first use; false when the lane has made
-// kMaxSubsetCallables already or TensorFlow refuses (the request goes to Python).
-bool RunFor(Plan* plan, Lane* lane, const std::vector<int>& fetches, Run* run) {
-  run->fetches = fetches.size();
-  if (fetches.size() == static_cast<size_t>(plan->num_fetches)) {
-    run->handle = lane->callable;
-    return true;
-  }
+// A callable of `lane` for `fetches` (ascending positions in the plan's fetches), inline or on
+// the lane's pool: made here on first use, with the CallableOptions Servable._make_callable builds
+// (inline: with inter_op_thread_pool -1); kNoCallable when the lane has made kMaxSubsetCallables
+// already or TensorFlow refuses (the request goes to Python).
+int64_t MadeCallable(Plan* plan, Lane* lane, const std::vector<int>& fetches, bool in_place) {
+  int64_t handle = kNoCallable;
   auto find = [&]() -> int {  // under lane->mu: 1 found, 0 room for one more, -1 full
+    size_t made = 0;
     for (const SubsetCallable& s : lane->subsets) {
+      if (s.in_place != in_place) continue;
       if (s.fetches == fetches) {
-        run->handle = s.handle;
+        handle = s.handle;
         return 1;
       }
+      ++made;
     }
-    return lane->subsets.size() < kMaxSubsetCallables ? 0 : -1;
+    // A bound lane's inline twins: one per subset, and one of the full set.
+    return made < kMaxSubsetCallables + (in_place ? 1 : 0) ? 0 : -1;
   };
   {
     std::lock_guard<std::mutex> lock(lane->mu);
-    int found = find();
-    if (found != 0) return found > 0;
+    if (find() != 0) return handle;
   }
   std::lock_guard<std::mutex> making(lane->make_mu);
   {
     std::lock_guard<std::mutex> lock(lane->mu);  // made while this thread waited?
-    int found = find();
-    if (found != 0) return found > 0;
+    if (find() != 0) return handle;
   }
-  // What Servable._make_callable builds for these fetches on this lane.
   tensorflow::CallableOptions options;
   for (const std::string& feed : plan->feed_names) options.add_feed(feed);
   for (int f : fetches) options.add_fetch(plan->fetch_names[f]);
   *options.mutable_run_options() = lane->run_options;
-  tensorflow::Session::CallableHandle handle;
-  if (!plan->session->MakeCallable(options, &handle).ok()) return false;
+  if (in_place) options.mutable_run_options()->set_inter_op_thread_pool(-1);
+  tensorflow::Session::CallableHandle made;
+  if (!plan->session->MakeCallable(options, &made).ok()) return kNoCallable;
   std::lock_guard<std::mutex> lock(lane->mu);
-  lane->subsets.push_back({fetches, handle});
-  run->handle = handle;
-  return true;
+  lane->subsets.push_back({fetches, in_place, made});
+  return made;
+}
+
+// The run for `fetches` on `lane`: the lane's own callable for all of them, else one made here;
+// on a bound lane also its inline twin. False when a callable cannot be had (see MadeCallable).
+bool RunFor(Plan* plan, Lane* lane, const std::vector<int>& fetches, Run* run) {
+  run->fetches = fetches.size();
+  run->lane = lane;
+  run->handle = fetches.size() == static_cast<size_t>(plan->num_fetches)
+                    ? lane->callable
+                    : MadeCallable(plan, lane, fetches, false);
+  if (run->handle == kNoCallable) return false;
+  if (lane->mode != kBound) return true;
+  run->in_place = MadeCallable(plan, lane, fetches, true);
+  return run->in_place != kNoCallable;
 }
 
 // Releases the callables made here (at close, once no request uses the plan).
@@ -588,7 +669,8 @@ void WaitIdle(Plan* plan) {
 
 // -1: not handled (the caller asks Python); 0: *out holds the serialized PredictResponse;
 // kResourceExhausted: the batching queue is full and *out holds the message. `forced_lane` >= 0
-// runs on that lane without moving the calling thread (the plan's check); -1 follows the policy.
+// runs on that lane (the front end's choice, or the plan's check, which moves no caller for an
+// inline lane); -1 follows the policy.
 int Predict(Plan* plan, Api api, int forced_lane, const char* data, size_t size, double timeout_s,
             std::string* out) {
   auto started = std::chrono::steady_clock::now();
@@ -614,7 +696,8 @@ int Predict(Plan* plan, Api api, int forced_lane, const char* data, size_t size,
     fetches.erase(std::unique(fetches.begin(), fetches.end()), fetches.end());
   }
   Lane* lane = SelectLane(plan, forced_lane);
-  if (lane->pin && forced_lane < 0 && !PinCaller(*lane)) return -1;
+  bool serving = forced_lane < 0 || t_how == kDispatched;  // not the check: callers may move
+  if (lane->mode == kPinCaller && serving && !PinCaller(*lane)) return -1;
   Run run;
   if (!RunFor(plan, lane, fetches, &run)) return -1;
   if (timeout_s >= 0 &&
@@ -747,30 +830,39 @@ void* drf_plan_new(const void* tf_session, const char* signature, int num_inputs
 
 // Adds the plan's next lane (before it is published): `callable`, the handle of the Python path's
 // callable for every fetch on this lane; `run_options`, the serialized RunOptions of its
-// callables; `cpus` (num_cpus > 0), the cpuset a lane that runs inline moves its callers onto.
-// Returns the lane's index, or -1 when the RunOptions do not parse or a CPU is out of range.
+// callables; `mode` a LaneMode and `cpus` its cpuset (kPinCaller, kBound). A bound lane's inline
+// callable for every fetch is made here, so a TensorFlow that refuses it refuses the plan, not a
+// request. Returns the lane's index, or -1 when the RunOptions do not parse, a CPU is out of
+// range or that callable cannot be made.
 int drf_plan_lane(void* handle, int64_t callable, const char* run_options, size_t run_options_size,
-                  const int* cpus, int num_cpus) {
+                  int mode, const int* cpus, int num_cpus) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
   auto lane = std::make_unique<Lane>();
   lane->callable = callable;
   if (!lane->run_options.ParseFromArray(run_options, static_cast<int>(run_options_size))) return -1;
+  if (mode != kUnbound && mode != kPinCaller && mode != kBound) return -1;
+  lane->mode = static_cast<LaneMode>(mode);
   CPU_ZERO(&lane->cpus);
   for (int i = 0; i < num_cpus; ++i) {
     if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return -1;
     CPU_SET(cpus[i], &lane->cpus);
   }
-  lane->pin = num_cpus > 0;
+  if (lane->mode != kUnbound && num_cpus == 0) return -1;
+  if (lane->mode == kBound &&
+      MadeCallable(plan, lane.get(), plan->all_fetches, true) == kNoCallable)
+    return -1;
   plan->lanes.push_back(std::move(lane));
   return static_cast<int>(plan->lanes.size()) - 1;
 }
 
-// Requests lane `lane` answered, and the callables it made for output subsets.
-uint64_t drf_lane_runs(void* handle, int lane) {
+// Requests lane `lane` answered (which = 0), or the TensorFlow runs of a bound lane that ran
+// inline in their caller (which = 1); and the callables it made for output subsets (their
+// inline twins on a bound lane not counted).
+uint64_t drf_lane_runs(void* handle, int lane, int which) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
-  return lane >= 0 && static_cast<size_t>(lane) < plan->lanes.size()
-             ? plan->lanes[static_cast<size_t>(lane)]->runs.load()
-             : 0;
+  if (lane < 0 || static_cast<size_t>(lane) >= plan->lanes.size()) return 0;
+  const Lane& l = *plan->lanes[static_cast<size_t>(lane)];
+  return which == 1 ? l.in_place_runs.load() : l.runs.load();
 }
 
 int drf_lane_subsets(void* handle, int lane) {
@@ -778,7 +870,8 @@ int drf_lane_subsets(void* handle, int lane) {
   if (lane < 0 || static_cast<size_t>(lane) >= plan->lanes.size()) return 0;
   Lane* l = plan->lanes[static_cast<size_t>(lane)].get();
   std::lock_guard<std::mutex> lock(l->mu);
-  return static_cast<int>(l->subsets.size());
+  return static_cast<int>(std::count_if(l->subsets.begin(), l->subsets.end(),
+                                        [](const SubsetCallable& s) { return !s.in_place; }));
 }
 
 // Makes `handle` (or nothing, with NULL) the plan that Predict calls use.
@@ -900,11 +993,18 @@ void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* 
 }
 
 // One Predict call on `handle`'s plan (the published one when NULL), on lane `lane` (-1: the
-// lane the plan's policy picks). Returns -1 when not handled, else a gRPC status code with *out
-// pointing at the response (0) or the error message, valid until this thread's next call.
-int drf_predict_on(void* handle, int api, int lane, const char* data, size_t size,
+// lane the plan's policy picks), placed as `how` says (a How: on a bound lane, 1 runs it on the
+// lane's pool, 2 inline with the caller held on the lane's cpuset, 0 as the caller's CPU allows).
+// Returns -1 when not handled, else a gRPC status code with *out pointing at the response (0) or
+// the error message, valid until this thread's next call.
+int drf_predict_on(void* handle, int api, int lane, int how, const char* data, size_t size,
                    double timeout_s, const char** out, size_t* out_size) {
   if (api != kDeepRec && api != kTfs) return -1;
+  if (how != kAuto && how != kPooled && how != kInPlace && how != kDispatched) return -1;
+  struct Placing {  // this call's placement, for RunAlone (a merged batch's leader places it)
+    explicit Placing(int how) { t_how = static_cast<How>(how); }
+    ~Placing() { t_how = kAuto; }
+  } placing(how);
   std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle)
                                       : std::atomic_load(&g_current);
   if (!plan || plan->lanes.empty()) return -1;
@@ -919,14 +1019,18 @@ int drf_predict_on(void* handle, int api, int lane, const char* data, size_t siz
 }
 
 // The front end's entry points (grpc_frontend.cc's dr_fast_fn) for DeepRec's and TF Serving's
-// Predict: the published plan.
-int drf_predict(const char* data, size_t size, double timeout_s, const char** out, size_t* out_size) {
-  return drf_predict_on(nullptr, kDeepRec, -1, data, size, timeout_s, out, out_size);
+// Predict: the published plan, on the lane the front end's worker serves (-1: the plan's
+// policy picks one).
+int drf_predict(const char* data, size_t size, double timeout_s, int lane, const char** out,
+                size_t* out_size) {
+  return drf_predict_on(nullptr, kDeepRec, lane, lane >= 0 ? kDispatched : kAuto, data, size,
+                        timeout_s, out, out_size);
 }
 
-int drf_predict_tfs(const char* data, size_t size, double timeout_s, const char** out,
+int drf_predict_tfs(const char* data, size_t size, double timeout_s, int lane, const char** out,
                     size_t* out_size) {
-  return drf_predict_on(nullptr, kTfs, -1, data, size, timeout_s, out, out_size);
+  return drf_predict_on(nullptr, kTfs, lane, lane >= 0 ? kDispatched : kAuto, data, size,
+                        timeout_s, out, out_size);
 }
 
 }  // extern "C"

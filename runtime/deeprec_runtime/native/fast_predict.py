@@ -9,14 +9,16 @@ Python handler as before, so errors keep their codes and messages.
 
 A version gets a plan only when nothing else has to happen per request: the in-process feature
 store (no Redis / tiered lookups fed in place of gathers), no timeline, CPU lanes, numeric inputs
-and outputs only. Session groups are served lane by lane: the plan chooses each call's lane by
-`select_session_policy` (MOD or RR, as DeepRec defines them), runs it on that lane's callable and
-pool, moves the caller onto the lane's cpuset when the lane runs inline on one, and batches per
-lane. Before a plan is published it answers the warmup request (or a generated one) on every lane
-and must give the same response as the Python path; otherwise the version is served by Python
-alone and the reason is logged (a warning naming it, for every version refused). With
-server-side batching on, a plan merges the calls it answers itself (fast_predict.cc, by the rules
-of runtime/deeprec_runtime/batching.py, which merges the calls the Python handlers answer).
+and outputs only. Session groups are served lane by lane, each call on one lane chosen by
+`select_session_policy` (MOD or RR, as DeepRec defines them), with that lane's callables, on its
+CPUs, batched per lane. When the lanes are bound to cpusets, the front end's workers are pinned
+to them (app.py, grpc_frontend.cc), apply the policy, and run each call inline on their own
+lane: no hand-off to the lane's pool. Before a plan is published it answers the warmup request
+(or a generated one) on every lane, each way the lane runs, and must give the same response as
+the Python path; otherwise the version is served by Python alone and the reason is logged (a
+warning naming it, for every version refused). With server-side batching on, a plan merges the
+calls it answers itself (fast_predict.cc, by the rules of runtime/deeprec_runtime/batching.py,
+which merges the calls the Python handlers answer).
 
 Lifetime: Manager has a new version's plan made (and checked) just before the swap and publishes
 the serving version's plan (or none) right after every swap and swap-back; a delta blocks
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from deeprec_runtime.config import BatchingConfig
     from deeprec_runtime.metrics import Metrics
     from deeprec_runtime.model.servable import Servable
+    from deeprec_runtime.model.session_group import Lane
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,8 @@ void *drf_plan_new(const void *tf_session, const char *signature, int num_inputs
                    const double *latency_bounds, int num_latency_bounds, const double *row_bounds,
                    int num_row_bounds, uint64_t max_decoded_bytes);
 int drf_plan_lane(void *plan, int64_t callable, const char *run_options, size_t run_options_size,
-                  const int *cpus, int num_cpus);
-uint64_t drf_lane_runs(void *plan, int lane);
+                  int mode, const int *cpus, int num_cpus);
+uint64_t drf_lane_runs(void *plan, int lane, int which);
 int drf_lane_subsets(void *plan, int lane);
 void drf_publish(void *plan);
 void drf_block(void *plan);
@@ -85,11 +88,11 @@ int drf_active(void *plan, int api);
 void drf_plan_tfs(void *plan, const char *name, int64_t number);
 void drf_free(void *plan);
 void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
-int drf_predict_on(void *plan, int api, int lane, const char *data, size_t size, double timeout_s,
-                   const char **out, size_t *out_size);
-int drf_predict(const char *data, size_t size, double timeout_s, const char **out,
+int drf_predict_on(void *plan, int api, int lane, int how, const char *data, size_t size,
+                   double timeout_s, const char **out, size_t *out_size);
+int drf_predict(const char *data, size_t size, double timeout_s, int lane, const char **out,
                 size_t *out_size);
-int drf_predict_tfs(const char *data, size_t size, double timeout_s, const char **out,
+int drf_predict_tfs(const char *data, size_t size, double timeout_s, int lane, const char **out,
                     size_t *out_size);
 """
 
@@ -224,12 +227,11 @@ class FastPredict:
                 callable_ = servable._make_callable(index, feed_names, fetch_names,  # noqa: SLF001
                                                     servable.inline)
                 options = servable.callable_options(index, feed_names, fetch_names, servable.inline)
-                lane = group.lanes[index] if group is not None else None
-                cpus = sorted(lane.plan.cpus or ()) if lane is not None and lane.pins_caller else []
+                mode, cpus = _lane_mode(group.lanes[index] if group is not None else None)
                 run_options = options.run_options.SerializeToString()
                 made = lib.drf_plan_lane(handle,
                                          callable_._handle,  # type: ignore[attr-defined]  # noqa: SLF001
-                                         run_options, len(run_options),
+                                         run_options, len(run_options), mode,
                                          ffi.new("int[]", cpus or [0]), len(cpus))
                 if made != index:
                     raise _Ineligible(f"lane {index}: its run options or cpuset are refused")
@@ -255,8 +257,9 @@ class FastPredict:
         except ServingError as exc:
             plan.close()
             raise _Ineligible(f"the check request fails on the Python path ({exc})") from None
-        # On every lane: each has callables of its own.
-        answers = [plan.predict(data, lane=lane) for lane in range(servable.num_lanes)]
+        # On every lane and each way it runs: each has callables of its own.
+        answers = [plan.predict(data, lane=lane, how=how) for lane in range(servable.num_lanes)
+                   for how in _hows(servable, lane)]
         plan.flush(count=False)  # the check is not a request anyone sent
         if any(a is None or pb.PredictResponse.FromString(a) != expected for a in answers):
             plan.close()
@@ -352,6 +355,28 @@ class _Ineligible(Exception):
     pass
 
 
+#: fast_predict.cc's LaneMode and How.
+UNBOUND, PIN_CALLER, BOUND = 0, 1, 2
+AUTO, POOLED, IN_PLACE = 0, 1, 2
+
+
+def _lane_mode(lane: Lane | None) -> tuple[int, list[int]]:
+    """How C++ runs a lane, and its cpuset: a lane without one as Python does; an inline lane on
+    a cpuset moves its caller there (as Lane.pin_caller); a pooled lane on a cpuset runs on its
+    pinned pool, or inline when the caller is on one of its CPUs already (no hand-off)."""
+    if lane is None or lane.plan.cpus is None:
+        return UNBOUND, []
+    return (PIN_CALLER if lane.pins_caller else BOUND), sorted(lane.plan.cpus)
+
+
+def _hows(servable: Servable, lane: int) -> tuple[int, ...]:
+    """The ways lane `lane` runs requests in C++ (each is a callable of its own)."""
+    group = servable.group
+    if group is not None and _lane_mode(group.lanes[lane])[0] == BOUND:
+        return POOLED, IN_PLACE
+    return (AUTO,)
+
+
 def _ineligible(servable: Servable, signature_name: str) -> str:
     """Why `servable` cannot have a plan ('' when it can)."""
     if servable.tables is not None:
@@ -407,16 +432,20 @@ class FastPlan:
             if self._users == 0:
                 self._lock.notify_all()
 
-    def predict(self, data: bytes, api: int = DEEPREC, lane: int = -1) -> bytes | None:
+    def predict(self, data: bytes, api: int = DEEPREC, lane: int = -1,
+                how: int = AUTO) -> bytes | None:
         """One call on this plan (published or not), on `lane` (-1: the one its policy picks for
-        this thread): the response, or None when not handled (a closed plan handles nothing)."""
+        this thread), placed as `how` says (on a bound lane: POOLED on its pool, IN_PLACE inline
+        with this thread held on its cpuset; AUTO as this thread's CPU allows): the response, or
+        None when not handled (a closed plan handles nothing)."""
         if not self._enter():
             return None
         try:
             ffi, lib = self._owner.ffi, self._owner.lib
             out = ffi.new("const char **")
             size = ffi.new("size_t *")
-            if lib.drf_predict_on(self.handle, api, lane, data, len(data), -1.0, out, size) != 0:
+            if lib.drf_predict_on(self.handle, api, lane, how, data, len(data), -1.0, out,
+                                  size) != 0:
                 return None
             return ffi.unpack(out[0], size[0])  # this thread's answer buffer: read before leaving
         finally:
@@ -462,10 +491,12 @@ class FastPlan:
         with self._lock:
             return 0 if self._closed else int(self._owner.lib.drf_active(self.handle, api))
 
-    def lane_runs(self, lane: int) -> int:
-        """Requests lane `lane` of this plan answered (0 once closed)."""
+    def lane_runs(self, lane: int, in_place: bool = False) -> int:
+        """Requests lane `lane` of this plan answered, or with `in_place` the runs of a bound lane
+        that ran inline in their caller (0 once closed)."""
         with self._lock:
-            return 0 if self._closed else int(self._owner.lib.drf_lane_runs(self.handle, lane))
+            return 0 if self._closed else int(
+                self._owner.lib.drf_lane_runs(self.handle, lane, int(in_place)))
 
     def subset_callables(self, lane: int) -> int:
         """Callables lane `lane` made for output_filter subsets (0 once closed)."""

@@ -510,8 +510,8 @@ def test_a_plan_whose_tf_serving_check_fails_leaves_tf_serving_calls_to_python(
 
     real = fast_predict.FastPlan.predict
     monkeypatch.setattr(fast_predict.FastPlan, "predict",
-                        lambda self, data, api=fast_predict.DEEPREC, lane=-1:
-                        None if api == fast_predict.TFS else real(self, data, api, lane))
+                        lambda self, data, api=fast_predict.DEEPREC, lane=-1, how=0:
+                        None if api == fast_predict.TFS else real(self, data, api, lane, how))
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     plan = plan_of(fast)
     assert plan is not None  # DeepRec calls keep their plan
