@@ -202,6 +202,14 @@ def print_ratios(batch: int) -> None:
     f = FIGURES
     runtime, run, floor = (f.get(DEFAULT_ROW), f.get("(a) in-process session.run(feed_dict)"),
                            f.get("(a) in-process prepared callable"))
+    groups = {label: f[label] for label, *_ in GROUP_ROWS if label in f}
+    if groups and run:
+        best = min(cpu for _, cpu in groups.values())
+        print("  (d) against in-process session.run and the best (d) cell (targets: <= 0.8x and "
+              "<= 1.2x):", flush=True)
+        for label, (_, cpu) in groups.items():
+            print(f"    {label:<40} {cpu:5.0f} us/req  {cpu / run[1]:.2f}x session.run  "
+                  f"{cpu / best:.2f}x the best", flush=True)
     if not (runtime and run and floor):
         return
     parts = [f"server CPU/request {runtime[1] / run[1]:.2f}x in-process session.run (target <= 1)",
@@ -219,14 +227,6 @@ def print_ratios(batch: int) -> None:
         parts.append(f"throughput {runtime[0] / stfs[0]:.1f}x simple-tensorflow-serving "
                      "(target >= 2.5)")
     print("  ratios: " + "; ".join(parts), flush=True)
-    groups = {label: f[label] for label, *_ in GROUP_ROWS if label in f}
-    if groups and run:
-        best = min(cpu for _, cpu in groups.values())
-        print("  DeepRec requests on session groups (target: each <= 0.8x session.run and <= 1.2x "
-              "the best):", flush=True)
-        for label, (_, cpu) in groups.items():
-            print(f"    {label:<46} {cpu:5.0f} us/req  {cpu / run[1]:.2f}x session.run  "
-                  f"{cpu / best:.2f}x the best", flush=True)
 
 
 def measure_server(label, server: Server, kind, payload, duration, concurrency=8, rate=0.0,
