@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-unit test-e2e k8s-plane lint protos bench fuzz
+.PHONY: setup demo test test-unit test-e2e k8s-plane images lint protos bench fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,8 +20,9 @@ demo: setup
 	$(BIN)/deeprec-runtime demo
 
 # The whole suite: unit, integration (real TensorFlow, gRPC, redis-server) and end-to-end (a real
-# Kubernetes control plane built by scripts/k8s-plane.sh into a cache folder).
-test: setup k8s-plane
+# Kubernetes control plane built by scripts/k8s-plane.sh into a cache folder, and a real node
+# running the images of scripts/images.sh: needs root).
+test: setup k8s-plane images
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: setup
@@ -29,6 +30,11 @@ test-unit: setup
 
 k8s-plane:
 	bash scripts/k8s-plane.sh build
+
+# Both images from the Dockerfiles (buildah, root), cached by their inputs; the pause image's
+# source comes with the Kubernetes module the plane build downloads.
+images: k8s-plane
+	bash scripts/images.sh build
 
 # ruff and mypy, configured in pyproject.toml (tests/test_lint.py runs both in the suite).
 lint: setup

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+
+import numpy as np
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -45,3 +49,40 @@ def rss_mib(pid: int) -> float:
         except OSError:
             continue
     return total / 1024
+
+
+class CpuWindow:
+    """The CPU a process tree spent between two wall-clock times, from samples taken every
+    `interval` seconds while a load runs: a load generator's start-up (seconds of spawning and
+    importing on a busy host, while the server idles) stays out of a figure per request.
+
+        with CpuWindow(pid) as window:
+            records = run_load(...)             # (wall start, latency) per call
+        cpu = window.between(first_start, last_end)
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append((time.time(), cpu_seconds(self.pid)))
+            if self._done.wait(self.interval):
+                self.samples.append((time.time(), cpu_seconds(self.pid)))
+                return
+
+    def __enter__(self) -> CpuWindow:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def between(self, start: float, end: float) -> float:
+        times = [t for t, _ in self.samples]
+        cpus = [c for _, c in self.samples]
+        return float(np.interp(end, times, cpus) - np.interp(start, times, cpus))

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from loadgen import run_load  # noqa: E402
-from proctree import cpu_seconds, rss_mib  # noqa: E402
+from proctree import CpuWindow, rss_mib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -233,11 +233,13 @@ def measure_server(label, server: Server, kind, payload, duration, concurrency=8
                    token=""):
     target = f"127.0.0.1:{server.port}"
     run_load(kind, target, payload, concurrency, 1.0, rate=rate, token=token)  # warm up
-    cpu0, t0 = cpu_seconds(server.proc.pid), time.monotonic()
-    records, errors = run_load(kind, target, payload, concurrency, duration, rate=rate, token=token)
-    elapsed, cpu = time.monotonic() - t0, cpu_seconds(server.proc.pid) - cpu0
-    # the load generator's start-up is in `elapsed`; requests/s uses the measured window
-    row(label, len(records), duration, records[:, 1], cpu * duration / elapsed, errors)
+    with CpuWindow(server.proc.pid) as window:
+        records, errors = run_load(kind, target, payload, concurrency, duration, rate=rate,
+                                   token=token)
+    # Over the calls' own window: the load generator's start-up, while the server idles, is
+    # neither in the CPU nor in the time.
+    start, end = records[:, 0].min(), (records[:, 0] + records[:, 1]).max()
+    row(label, len(records), end - start, records[:, 1], window.between(start, end), errors)
     return records
 
 
@@ -613,7 +615,7 @@ def delta_vs_full(workdir, art) -> None:
             touched.update(np.unique(art.model.train_step(256, rng, art.writer)).tolist())
         art.step += 1
         prefix = art.writer.save_delta(art.step)
-        rows = tf.train.load_checkpoint(prefix).get_tensor("embedding/delta_ids").shape[0]
+        rows = tf.train.load_checkpoint(prefix).get_tensor("embedding-sparse_incr_keys").shape[0]
         manager.poll_once()
         delta = [e for e in events if e.kind == "delta" and e.ok][-1]
         print(f"  {which} of {rows} rows ({rows / art.model.num_ids:.1%}) {delta.seconds * 1e3:6.0f} ms"

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deeprec_operator.kube import ApiError, Kube, object_path
-from deeprec_operator.spec import SecretKeyRef, SecuritySpec
+from deeprec_operator.kube import ApiError, KubeClient, object_path
+from deeprec_operator.spec import SecretKeyRef, SecuritySpec, SpecError, parse_security
 
 #: Seconds a Secret read for the probe is reused: a poll every few seconds per model must not
 #: become a GET per Secret per poll. The kubelet takes about a minute to bring a rotated Secret
@@ -90,7 +90,7 @@ def probe_credentials(security: SecuritySpec, read: SecretReader) -> ProbeCreden
         if tls.client_auth is not None:
             cert = _value(read, tls.client_auth.operator_certificate)
             key = _value(read, tls.client_auth.operator_key)
-    token = ""
+    token = ""  # nosec B105  # no token yet: filled from the Secret below
     if token_spec is not None:
         token = first_token(_value(read, token_spec.secret))
         if not token:
@@ -112,7 +112,7 @@ def decode_secret_data(secret: Mapping[str, Any]) -> dict[str, bytes]:
 class SecretCache:
     """Secrets the probe reads, kept SECRET_TTL_SECONDS (data only, never logged)."""
 
-    def __init__(self, kube: Kube, ttl: float = SECRET_TTL_SECONDS,
+    def __init__(self, kube: KubeClient, ttl: float = SECRET_TTL_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._kube, self._ttl, self._clock = kube, ttl, clock
         self._entries: dict[tuple[str, str], tuple[float, dict[str, bytes] | None]] = {}
@@ -143,3 +143,21 @@ class SecretCache:
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             self._entries.pop((namespace, name), None)
+
+
+def credentials_for(cache: SecretCache, name: str, namespace: str,
+                    spec: Mapping[str, Any]) -> ProbeCredentials | CredentialError:
+    """What the status probe needs for a model's runtimes (TLS trust, client certificate, token),
+    or why it cannot have it (a missing Secret or key, a forbidden or failed get)."""
+    try:
+        security = parse_security(name, namespace, spec.get("security"))
+    except SpecError:
+        return PLAINTEXT  # Degraded by the sync already; no pod runs with this spec
+    if security.tls is None and security.token is None:
+        return PLAINTEXT
+    try:
+        return probe_credentials(security, cache.reader(namespace))
+    except CredentialError as e:
+        return e
+    except ApiError as e:
+        return CredentialError(f"reading a Secret failed: {e.status} {e.reason}")

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 _PLURALS = {"ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments",
             "Pod": "pods", "Secret": "secrets", "Event": "events",  # nosec B105  # resource plural
-            "NetworkPolicy": "networkpolicies"}
+            "NetworkPolicy": "networkpolicies", "DeepRecModel": "deeprecmodels"}
 
 
 class ApiError(Exception):
@@ -73,6 +73,21 @@ def path_of(obj: Mapping[str, Any]) -> str:
 
 def collection_of(obj: Mapping[str, Any]) -> str:
     return collection_path(obj["apiVersion"], _PLURALS[obj["kind"]], obj["metadata"].get("namespace"))
+
+
+class KubeClient(Protocol):
+    """The calls the operator makes: Kube implements them; tests pass a fake that records them,
+    or a wrapper that injects faults at chosen calls (tests/operator/faulty_kube.py)."""
+
+    def get(self, path: str) -> Any: ...
+
+    def apply(self, obj: Mapping[str, Any]) -> Any: ...
+
+    def create(self, obj: Mapping[str, Any]) -> Any: ...
+
+    def delete(self, path: str, *, uid: str | None = None) -> Any: ...
+
+    def merge_patch(self, path: str, patch: Mapping[str, Any], *, subresource: str | None = None) -> Any: ...
 
 
 class Kube:

@@ -4,24 +4,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import kopf
 
 
 class _QuietRoutine(logging.Filter):
-    """Drops kopf's per-run success lines of the poll timer and the pod watcher.
+    """Drops kopf's per-run success line of the pod watcher.
 
-    They fire every few seconds per model and per pod event; failures still get through.
+    It fires on every pod event; failures still get through.
     """
 
-    _ROUTINE = ("Timer 'poll' succeeded.", "Handler 'pod_event' succeeded.")
+    _ROUTINE = ("Handler 'pod_event' succeeded.",)
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.getMessage() not in self._ROUTINE
+
+
+def ensure_identity() -> None:
+    """Gives kopf a name for this operator when the process has no login name.
+
+    kopf names itself after getpass.getuser() unless POD_ID is set, and a uid without a passwd
+    entry (the image runs as 10001, which has none) makes that raise KeyError: the operator pod
+    crash-loops on a real node. POD_ID is kopf's own setting for this name.
+    """
+    if os.environ.get("POD_ID"):
+        return
+    try:
+        getpass.getuser()
+    except (KeyError, OSError):
+        os.environ["POD_ID"] = f"deeprec-operator-uid{os.getuid()}@{socket.gethostname()}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, wrap_client: Callable[[Any], Any] | None = None) -> int:
+    """`wrap_client` wraps the API client the operator writes with (tests inject faults there)."""
     from deeprec_runtime import redact
 
     # Before anything logs: a URL with a password in it is masked in every line, kopf's included.
@@ -60,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # no kubeconfig and not in a cluster: say so instead of a traceback
         print(f"deeprec-operator: no Kubernetes credentials: {e}", file=sys.stderr)
         return 2
+    if wrap_client is not None:
+        kube = wrap_client(kube)
     memo = kopf.Memo(kube=kube, prober=Prober(), default_image=args.runtime_image)
+    ensure_identity()
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     logging.getLogger(__name__).info("watching %s", ", ".join(args.namespaces) or "all namespaces")
     asyncio.run(kopf.operator(

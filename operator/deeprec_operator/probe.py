@@ -14,6 +14,7 @@ operator presents its client certificate; with tokens it sends `authorization: B
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -25,6 +26,8 @@ from typing import Any
 import grpc
 
 from deeprec_operator.credentials import PLAINTEXT, ProbeCredentials
+from deeprec_operator.pods import PodView
+from deeprec_operator.status import PodReport
 from deeprec_runtime.protos import predict_pb2
 
 ADDRESS_TEMPLATE_ENV = "DEEPREC_OPERATOR_POD_ADDRESS_TEMPLATE"
@@ -43,14 +46,19 @@ class ProbeError(Exception):
     """The runtime did not answer; the message is safe for status (a gRPC code and detail)."""
 
 
-def pod_address(pod: Mapping[str, Any], port: int, template: str | None = None) -> str | None:
+def address(ip: str, name: str, namespace: str, port: int, template: str | None = None) -> str | None:
+    """Where to dial a pod, from the address template; None while the template needs an IP the
+    pod does not have yet."""
     template = template or os.environ.get(ADDRESS_TEMPLATE_ENV) or DEFAULT_ADDRESS_TEMPLATE
-    meta = pod.get("metadata") or {}
-    pod_ip = (pod.get("status") or {}).get("podIP") or ""
-    if "{pod_ip}" in template and not pod_ip:
+    if "{pod_ip}" in template and not ip:
         return None
-    return template.format(pod_ip=pod_ip, port=port, pod_name=meta.get("name", ""),
-                           namespace=meta.get("namespace", ""))
+    return template.format(pod_ip=ip, port=port, pod_name=name, namespace=namespace)
+
+
+def pod_address(pod: Mapping[str, Any], port: int, template: str | None = None) -> str | None:
+    meta = pod.get("metadata") or {}
+    return address((pod.get("status") or {}).get("podIP") or "", meta.get("name", ""),
+                   meta.get("namespace", ""), port, template)
 
 
 #: A channel nobody used for this long is closed: its pod went away, or its credentials rotated.
@@ -113,6 +121,32 @@ class Prober:
     def close(self) -> None:
         self.sweep(idle_seconds=-1.0)
         self._pool.shutdown(wait=False)
+
+
+def report_pods(prober: Prober, pods: Sequence[PodView], port: int,
+                credentials: ProbeCredentials | ProbeError = PLAINTEXT) -> list[PodReport]:
+    """Each pod as status needs it: ready pods are asked GetServingModelInfo (all at once); a
+    ProbeError for `credentials` (a Secret the probe cannot read) stands for every answer."""
+    ready = [p for p in pods if p.ready]
+    addresses = [address(p.ip, p.name, p.namespace, port) for p in ready]
+    answers: list[ServingInfo | ProbeError] = (
+        [credentials] * len(ready) if isinstance(credentials, ProbeError)
+        else prober.info_many(addresses, credentials))
+    by_name = {p.name: a for p, a in zip(ready, answers, strict=True)}
+    prober.sweep()
+    reports = []
+    for pod in pods:
+        answer = by_name.get(pod.name)
+        base = PodReport(name=pod.name, ready=pod.name in by_name, annotated_target=pod.target)
+        if answer is None:
+            reports.append(base)
+        elif isinstance(answer, ProbeError):
+            reports.append(dataclasses.replace(base, probe_error=str(answer)))
+        else:
+            reports.append(dataclasses.replace(
+                base, reachable=True, served_version=answer.version, runtime_target=answer.target_version,
+                last_update_error=answer.last_update_error))
+    return reports
 
 
 def _open_channel(address: str, credentials: ProbeCredentials) -> grpc.Channel:

@@ -177,3 +177,20 @@ def condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
         if cond.get("type") == kind:
             return cond
     return None
+
+
+def next_status(*, target: str, desired_replicas: int, reports: Sequence[PodReport], failure: Failure | None,
+                old: Mapping[str, Any], now: str, generation: int | None, selector: str) -> dict[str, Any]:
+    """The whole status to write: aggregate's body, conditions stamped against `old`, the
+    generation acted on and the pods' selector (for the scale subresource)."""
+    new = aggregate(target=target, desired_replicas=desired_replicas, reports=reports, failure=failure)
+    new["conditions"] = stamp_conditions(new["conditions"], old.get("conditions"), now, generation)
+    new["selector"] = selector
+    if generation is not None:
+        new["observedGeneration"] = generation
+    return new
+
+
+def differs(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether writing `new` changes anything (fields the operator does not own are ignored)."""
+    return any(old.get(k) != v for k, v in new.items())

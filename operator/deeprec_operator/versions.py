@@ -9,7 +9,7 @@ functions leaves room for canaries.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from deeprec_operator.spec import LATEST
 
@@ -32,16 +32,25 @@ def pod_target(pod: Mapping[str, Any]) -> str | None:
     return None if value is None else str(value)
 
 
-def desired_targets(pods: Iterable[Mapping[str, Any]], target: str) -> dict[str, str]:
-    """Pod name -> target for every pod whose annotation differs from the decision."""
-    out = {}
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        if meta.get("deletionTimestamp"):
-            continue
-        if pod_target(pod) != target:
-            out[str(meta["name"])] = target
-    return out
+class Annotated(Protocol):
+    """A pod as decide_targets reads it (pods.PodView)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def target(self) -> str | None: ...
+
+    @property
+    def deleting(self) -> bool: ...
+
+
+def decide_targets(pods: Iterable[Annotated], target: str) -> dict[str, str]:
+    """Pod name -> target for every pod whose annotation differs from the decision.
+
+    The one place the operator decides pod annotations; a pod being deleted is left alone.
+    """
+    return {pod.name: target for pod in pods if not pod.deleting and pod.target != target}
 
 
 def annotation_patch(target: str) -> dict[str, Any]:

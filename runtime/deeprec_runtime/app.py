@@ -13,6 +13,7 @@ from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
 from deeprec_runtime.security import Security, SecurityConfigError
 from deeprec_runtime.server.grpc_server import (
+    MAX_CONNECTION_AGE_SECONDS,
     MAX_MESSAGE_BYTES,
     REQUESTS_PER_WORKER,
     GrpcServer,
@@ -96,7 +97,8 @@ def choose_grpc_server(choice: str, security: Security) -> str:
 
 def _native_grpc_server(services: list, port: int, host: str, workers: int, security: Security,
                         max_concurrent: int, max_message_bytes: int,
-                        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> NativeGrpcServer:
+                        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+                        max_connection_age: float = MAX_CONNECTION_AGE_SECONDS) -> NativeGrpcServer:
     """The gRPC C++ front end (runtime/deeprec_runtime/native), after refusing what it does not carry."""
     from deeprec_runtime.native.server import NativeGrpcServer  # noqa: PLC0415
 
@@ -109,7 +111,8 @@ def _native_grpc_server(services: list, port: int, host: str, workers: int, secu
     return NativeGrpcServer(services, port, host, workers, authenticator=security.authenticator,
                             open_methods=security.grpc_open_methods(), tls=tls,
                             max_concurrent=max_concurrent, max_message_bytes=max_message_bytes,
-                            max_inflight_bytes=max_inflight_bytes)
+                            max_inflight_bytes=max_inflight_bytes,
+                            max_connection_age=max_connection_age)
 
 
 class Runtime:
@@ -132,7 +135,8 @@ class Runtime:
                  fast_predict: bool = True, health_port: int | None = None,
                  max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
                  max_decoded_bytes: int | None = None, max_batch_bytes: int | None = None,
-                 http_read_timeout: float = READ_TIMEOUT_SECONDS):
+                 http_read_timeout: float = READ_TIMEOUT_SECONDS,
+                 max_connection_age: float = MAX_CONNECTION_AGE_SECONDS):
         self.config = config
         #: TLS + authentication for both ports (deeprec_runtime.security); default: plaintext, open.
         self.security = security or Security()
@@ -167,13 +171,14 @@ class Runtime:
         if self.grpc_server == "native":
             self.grpc = _native_grpc_server(services, grpc_port, host, workers, self.security,
                                             max_concurrent_requests, max_message_bytes,
-                                            max_inflight_bytes)
+                                            max_inflight_bytes, max_connection_age)
         else:
             self.grpc = GrpcServer(services, grpc_port, host, workers,
                                    credentials=self.security.grpc_credentials(),
                                    interceptors=self.security.grpc_interceptors(),
                                    max_concurrent=max_concurrent_requests,
-                                   max_message_bytes=max_message_bytes)
+                                   max_message_bytes=max_message_bytes,
+                                   max_connection_age=max_connection_age)
         self.grpc_port = self.grpc.port
         if self.grpc_server == "native":
             # One budget for the whole process: REST takes its bytes from the front end's counter.

@@ -28,6 +28,8 @@ def _positive_float(text: str) -> float:
 
 
 def _serve_parser(sub) -> None:
+    from deeprec_runtime.server.grpc_server import MAX_CONNECTION_AGE_SECONDS  # noqa: PLC0415
+
     p = sub.add_parser("serve", help="serve the model a DeepRec model_config JSON describes")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--config", help="path of the model_config JSON file (one model, named "
@@ -39,6 +41,10 @@ def _serve_parser(sub) -> None:
     p.add_argument("--http-port", type=int, default=0,
                    help="REST (TF Serving and Simple TensorFlow Serving) and /metrics port; "
                         "0 disables HTTP")
+    p.add_argument("--max-connection-age-seconds", type=float, default=MAX_CONNECTION_AGE_SECONDS,
+                   help="close each gRPC connection gracefully after this long (its calls finish, "
+                        "the client reconnects): behind a Service ClusterIP that is how clients "
+                        "leave a draining pod and reach new ones; 0: never")
     p.add_argument("--health-port", type=int, default=None,
                    help="also answer grpc.health.v1.Health, and nothing else, in plaintext on "
                         "this port: for kubelet gRPC probes when the gRPC port needs TLS")
@@ -104,6 +110,14 @@ def _demo_parser(sub) -> None:
     p.add_argument("--grpc-port", type=int, default=0, help="port (0 = any free port)")
     p.add_argument("--num-ids", type=int, default=100_000)
     p.add_argument("--log-level", default="WARNING")
+
+
+def _say(line: str) -> None:
+    """One line on stdout in one write: print() writes the text and its newline separately when
+    stdout is unbuffered (PYTHONUNBUFFERED, as in containers), and a log line from another
+    thread can land between them, breaking the line that scripts and tests read the ports from."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +227,8 @@ def serve(args) -> int:
                           max_message_bytes=args.max_message_bytes, grpc_server=args.grpc_server,
                           fast_predict=args.fast_predict == "on", health_port=args.health_port,
                           max_inflight_bytes=args.max_inflight_bytes,
-                          http_read_timeout=args.http_read_timeout)
+                          http_read_timeout=args.http_read_timeout,
+                          max_connection_age=args.max_connection_age_seconds)
     except (ConfigError, SecurityConfigError) as exc:  # e.g. custom_op_paths, --tls-key
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -228,10 +243,10 @@ def serve(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     runtime.start()
-    print(f"deeprec-runtime: gRPC on port {runtime.grpc_port}"
-          + (f", HTTP on port {runtime.http_port}" if runtime.http else ""), flush=True)
+    _say(f"deeprec-runtime: gRPC on port {runtime.grpc_port}"
+         + (f", HTTP on port {runtime.http_port}" if runtime.http else ""))
     if runtime.health:
-        print(f"deeprec-runtime: plaintext health on port {runtime.health.port}", flush=True)
+        _say(f"deeprec-runtime: plaintext health on port {runtime.health.port}")
     # A timed wait: the kernel may deliver SIGTERM to any of TensorFlow's or gRPC's threads, and
     # Python runs its handler only when the main thread wakes up to look.
     while not stop.wait(0.2):

@@ -54,9 +54,10 @@ k8s_build() {
   kflags+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor"
   t=$SECONDS
   (cd "$kwork" && GOFLAGS=-mod=mod "$go" build -trimpath -ldflags "$kflags" -o "$K8S_BIN/" \
-      ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubectl) \
+      ./cmd/kube-apiserver ./cmd/kube-controller-manager ./cmd/kube-scheduler ./cmd/kubectl \
+      ./cmd/kubelet ./cmd/kube-proxy) \
     || die "building Kubernetes binaries failed"
-  log "built kube-apiserver, kube-controller-manager, kube-scheduler, kubectl in $((SECONDS - t))s"
+  log "built kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy in $((SECONDS - t))s"
 
   # --- etcd: the server module has no installable main; scripts/k8s/etcd is a one-line main
   # calling etcdmain.Main, with go.mod/go.sum pinning etcd and its dependencies.

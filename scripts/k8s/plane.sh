@@ -12,6 +12,8 @@
 #   logs/NAME.log     each component's output
 #   pids/NAME.pid     each component's process id (used by `down`)
 #   etcd/             etcd data (no fsync)
+#   components        the components started, in start order (used by `down`)
+# With --real-node, also node/, containerd/, kubelet/ and bin/ (scripts/k8s/node.sh).
 
 K8S_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 K8S_NODES=(kwok-node-1 kwok-node-2)
@@ -30,8 +32,8 @@ PY
 
 b64() { base64 -w0 <"$1"; }
 
-make_pki() { # make_pki PKI_DIR
-  local pki=$1
+make_pki() { # make_pki PKI_DIR [EXTRA_SANS]: EXTRA_SANS e.g. "IP:10.201.0.1"
+  local pki=$1 extra_san=${2:-}
   mkdir -p "$pki"
   (
     cd "$pki"
@@ -55,7 +57,7 @@ extendedKeyUsage=clientAuth"
     cert apiserver "/CN=kube-apiserver" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local${extra_san:+,$extra_san}"
     cert admin "/O=system:masters/CN=deeprec-e2e-admin" "$client"
     cert controller-manager "/CN=system:kube-controller-manager" "$client"
     cert scheduler "/CN=system:kube-scheduler" "$client"
@@ -93,10 +95,14 @@ YAML
 
 start_component() { # start_component NAME ARGS...; records DIR/pids/NAME.pid
   local name=$1; shift
+  local netns=()
+  # A real node's plane lives in its network namespace; nsenter execs, so the pid stays.
+  [[ -n ${PLANE_NETNS:-} ]] && netns=(nsenter --net="/run/netns/$PLANE_NETNS")
   # A session of its own: a Ctrl-C aimed at the caller's terminal does not reach the plane;
   # `down` (or the owner watch) stops it.
-  setsid "$K8S_BIN/$name" "$@" >"$PLANE_DIR/logs/$name.log" 2>&1 </dev/null &
+  setsid "${netns[@]}" "$K8S_BIN/$name" "$@" >"$PLANE_DIR/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$PLANE_DIR/pids/$name.pid"
+  grep -qx "$name" "$PLANE_DIR/components" 2>/dev/null || echo "$name" >>"$PLANE_DIR/components"
 }
 
 # is_ours PID: the process is alive and was started for this plane folder (one of its arguments
@@ -152,10 +158,10 @@ $(tail -n 25 "$PLANE_DIR/logs/$comp.log" 2>/dev/null)}"
   done
 }
 
-plane_kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$PLANE_DIR/kubeconfig" "$@"; }
+plane_kubectl() { in_netns "$K8S_BIN/kubectl" --kubeconfig "$PLANE_DIR/kubeconfig" "$@"; }
 
 healthz() { # healthz URL: an HTTPS health endpoint answers "ok"
-  [[ "$(curl -sk --max-time 2 "$1")" == ok ]]
+  [[ "$(in_netns curl -sk --max-time 2 "$1")" == ok ]]
 }
 
 node_manifest() { # node_manifest NAME POD_CIDR
@@ -182,14 +188,15 @@ status:
 YAML
 }
 
-plane_up() { # plane_up DIR [--owner-pid PID]
+plane_up() { # plane_up DIR [--owner-pid PID] [--real-node]
   local dir=${1:-}
-  [[ -n $dir ]] || die "usage: k8s-plane.sh up DIR [--owner-pid PID]"
+  [[ -n $dir ]] || die "usage: k8s-plane.sh up DIR [--owner-pid PID] [--real-node]"
   shift
-  local owner=""
+  local owner="" real=0
   while (($#)); do
     case $1 in
       --owner-pid) owner=${2:?--owner-pid needs a pid}; shift 2 ;;
+      --real-node) real=1; shift ;;
       *) die "unknown option for up: $1" ;;
     esac
   done
@@ -199,46 +206,72 @@ plane_up() { # plane_up DIR [--owner-pid PID]
   command -v python3 >/dev/null || die "python3 not found"
   mkdir -p "$dir"
   PLANE_DIR=$(cd "$dir" && pwd)
-  local c
-  for c in "${K8S_COMPONENTS[@]}"; do
+  local c comps=("${K8S_COMPONENTS[@]}")
+  [[ -f $PLANE_DIR/components ]] && mapfile -t comps <"$PLANE_DIR/components"
+  for c in "${comps[@]}"; do
     component_alive "$c" && die "a plane is already running in $PLANE_DIR ($c is alive); run down first"
   done
-  rm -rf "$PLANE_DIR/etcd" "$PLANE_DIR/pids" "$PLANE_DIR/logs" "$PLANE_DIR/pki" "$PLANE_DIR/kubeconfigs"
+  # What a killed real node left behind (mounts, its network namespace, cgroups).
+  node_down
+  rm -rf "$PLANE_DIR/etcd" "$PLANE_DIR/pids" "$PLANE_DIR/logs" "$PLANE_DIR/pki" "$PLANE_DIR/kubeconfigs" \
+    "$PLANE_DIR/components" "$PLANE_DIR/node" "${PLANE_DIR:?}/bin"
   mkdir -p "$PLANE_DIR/pids" "$PLANE_DIR/logs" "$PLANE_DIR/kubeconfigs"
   # If anything below fails, stop what was started.
   trap 'rc=$?; if ((rc != 0)); then log "up failed; stopping what was started"; plane_down "$PLANE_DIR" || true; fi' EXIT
 
   local t0=$SECONDS
-  local ports
-  mapfile -t ports < <(free_ports 5)
-  local etcd_client=${ports[0]} etcd_peer=${ports[1]} api_port=${ports[2]} kcm_port=${ports[3]} sched_port=${ports[4]}
-  local server=https://127.0.0.1:$api_port
+  local ports etcd_client etcd_peer api_port kcm_port sched_port server
+  if ((real)); then
+    # Its own network namespace: fixed ports, and an API server on the node's address, which
+    # the `kubernetes` Service (pods' in-cluster configuration) then points at.
+    etcd_client=2379 etcd_peer=2380 api_port=$NODE_API_PORT kcm_port=10257 sched_port=10259
+    server=https://$NODE_IP:$api_port
+  else
+    mapfile -t ports < <(free_ports 5)
+    etcd_client=${ports[0]} etcd_peer=${ports[1]} api_port=${ports[2]} kcm_port=${ports[3]} sched_port=${ports[4]}
+    server=https://127.0.0.1:$api_port
+  fi
   # Pod IPs come from loopback /24s (all of 127.0.0.0/8 reaches this machine), so a local process
   # bound to a pod's IP can stand in for that pod. A random second octet keeps planes that run at
   # the same time apart; K8S_PLANE_POD_NET pins it.
   local net=${K8S_PLANE_POD_NET:-$((100 + RANDOM % 100))}
   local cidr1=127.$net.1.0/24 cidr2=127.$net.2.0/24 cidr_default=127.$net.250.0/24
 
-  make_pki "$PLANE_DIR/pki"
+  if ((real)); then make_pki "$PLANE_DIR/pki" "IP:$NODE_IP"; else make_pki "$PLANE_DIR/pki"; fi
   local pki=$PLANE_DIR/pki kc=$PLANE_DIR/kubeconfigs
   write_kubeconfig "$PLANE_DIR/kubeconfig" "$server" "$pki" admin
   write_kubeconfig "$kc/controller-manager.kubeconfig" "$server" "$pki" controller-manager
   write_kubeconfig "$kc/scheduler.kubeconfig" "$server" "$pki" scheduler
   write_kubeconfig "$kc/kwok.kubeconfig" "$server" "$pki" kwok
+  # A real node: its namespace, containerd and the image load first (the load overlaps etcd and
+  # the API server's start).
+  ((real)) && node_up_runtime
 
   start_component etcd --name deeprec-e2e --data-dir "$PLANE_DIR/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_client" --advertise-client-urls "http://127.0.0.1:$etcd_client" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
     --initial-cluster "deeprec-e2e=http://127.0.0.1:$etcd_peer" --initial-cluster-state new \
     --unsafe-no-fsync --log-level warn
-  wait_for 30 "etcd health" etcd bash -c "curl -s --max-time 2 http://127.0.0.1:$etcd_client/health | grep -q '\"health\":\"true\"'"
+  wait_for 30 "etcd health" etcd in_netns bash -c "curl -s --max-time 2 http://127.0.0.1:$etcd_client/health | grep -q '\"health\":\"true\"'"
   log "etcd ready on 127.0.0.1:$etcd_client ($((SECONDS - t0))s)"
 
-  # --endpoint-reconciler-type none: the API refuses 127.0.0.1 as an endpoint address, so the
-  # `kubernetes` Service's endpoints could never be written (nothing here runs in-cluster).
+  local api_net=()
+  if ((real)); then
+    # The node's address: pods reach it through the `kubernetes` Service; kubelets are
+    # reached (logs, exec) with a client certificate and their serving certificate is checked.
+    api_net=(--bind-address 0.0.0.0 --advertise-address "$NODE_IP"
+             --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt"
+             --kubelet-client-key "$pki/apiserver-kubelet-client.key"
+             --kubelet-certificate-authority "$pki/ca.crt"
+             --kubelet-preferred-address-types InternalIP)
+  else
+    # --endpoint-reconciler-type none: the API refuses 127.0.0.1 as an endpoint address, so the
+    # `kubernetes` Service's endpoints could never be written (nothing here runs in-cluster).
+    api_net=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none)
+  fi
   start_component kube-apiserver \
     --etcd-servers "http://127.0.0.1:$etcd_client" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    "${api_net[@]}" --secure-port "$api_port" \
     --cert-dir "$PLANE_DIR/pki/apiserver-generated" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
@@ -246,10 +279,9 @@ plane_up() { # plane_up DIR [--owner-pid PID]
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
-    --endpoint-reconciler-type none \
     --allow-privileged=true --profiling=false --v=1
   wait_for 90 "kube-apiserver /readyz" kube-apiserver \
-    curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$server/readyz"
+    in_netns curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$server/readyz"
   log "kube-apiserver ready at $server ($((SECONDS - t0))s)"
 
   start_component kube-controller-manager \
@@ -267,26 +299,49 @@ plane_up() { # plane_up DIR [--owner-pid PID]
     --authorization-kubeconfig "$kc/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$sched_port" --cert-dir "$PLANE_DIR/pki/scheduler-generated" \
     --leader-elect=false --profiling=false --v=1
-  start_component kwok \
-    --kubeconfig "$kc/kwok.kubeconfig" --config "$K8S_CACHE/kwok-stages.yaml" \
-    --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-    --node-lease-duration-seconds 40 --node-ip 127.0.0.1 --cidr "$cidr_default"
+  if ((real)); then
+    wait_for 60 "kube-controller-manager /healthz" kube-controller-manager healthz "https://127.0.0.1:$kcm_port/healthz"
+    wait_for 60 "kube-scheduler /healthz" kube-scheduler healthz "https://127.0.0.1:$sched_port/healthz"
+    node_up_kubelet
+  else
+    start_component kwok \
+      --kubeconfig "$kc/kwok.kubeconfig" --config "$K8S_CACHE/kwok-stages.yaml" \
+      --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+      --node-lease-duration-seconds 40 --node-ip 127.0.0.1 --cidr "$cidr_default"
 
-  # Nodes: created by us (a kubelet registers itself; kwok does not), made Ready by kwok.
-  local n i=0 cidrs=("$cidr1" "$cidr2")
-  for n in "${K8S_NODES[@]}"; do
-    node_manifest "$n" "${cidrs[i]}" | plane_kubectl apply -f - >/dev/null || die "creating node $n failed"
-    i=$((i + 1))
-  done
-  wait_for 60 "kube-controller-manager /healthz" kube-controller-manager healthz "https://127.0.0.1:$kcm_port/healthz"
-  wait_for 60 "kube-scheduler /healthz" kube-scheduler healthz "https://127.0.0.1:$sched_port/healthz"
-  wait_for 60 "kwok nodes Ready" kwok plane_kubectl wait --for=condition=Ready node "${K8S_NODES[@]}" --timeout=2s
+    # Nodes: created by us (a kubelet registers itself; kwok does not), made Ready by kwok.
+    local n i=0 cidrs=("$cidr1" "$cidr2")
+    for n in "${K8S_NODES[@]}"; do
+      node_manifest "$n" "${cidrs[i]}" | plane_kubectl apply -f - >/dev/null || die "creating node $n failed"
+      i=$((i + 1))
+    done
+    wait_for 60 "kube-controller-manager /healthz" kube-controller-manager healthz "https://127.0.0.1:$kcm_port/healthz"
+    wait_for 60 "kube-scheduler /healthz" kube-scheduler healthz "https://127.0.0.1:$sched_port/healthz"
+    wait_for 60 "kwok nodes Ready" kwok plane_kubectl wait --for=condition=Ready node "${K8S_NODES[@]}" --timeout=2s
+  fi
   # Pods are refused until the namespace's default ServiceAccount exists (made by the controller
   # manager), so wait for it to keep the first test deterministic.
   wait_for 60 "the default ServiceAccount" kube-controller-manager plane_kubectl -n default get serviceaccount default
-  for c in "${K8S_COMPONENTS[@]}"; do component_alive "$c" || die "$c exited during start-up (see $PLANE_DIR/logs/$c.log)"; done
+  mapfile -t comps <"$PLANE_DIR/components"
+  for c in "${comps[@]}"; do component_alive "$c" || die "$c exited during start-up (see $PLANE_DIR/logs/$c.log)"; done
 
-  cat >"$PLANE_DIR/env" <<ENV
+  if ((real)); then
+    # bin/ holds kubectl and helm wrappers that enter the namespace: callers use them as usual.
+    cat >"$PLANE_DIR/env" <<ENV
+export KUBECONFIG=$PLANE_DIR/kubeconfig
+export PATH=$PLANE_DIR/bin:$K8S_BIN:\$PATH
+export K8S_PLANE_DIR=$PLANE_DIR
+export K8S_PLANE_BIN=$PLANE_DIR/bin
+export K8S_PLANE_SERVER=$server
+export K8S_PLANE_POD_CIDRS=$NODE_POD_CIDR
+export K8S_PLANE_NODES=$NODE_NAME
+export K8S_PLANE_NETNS=$PLANE_NETNS
+export K8S_PLANE_NODE_IP=$NODE_IP
+export K8S_PLANE_KUBELET_DIR=$PLANE_DIR/kubelet
+export KUBECACHEDIR=$PLANE_DIR/kube-cache
+ENV
+  else
+    cat >"$PLANE_DIR/env" <<ENV
 export KUBECONFIG=$PLANE_DIR/kubeconfig
 export PATH=$K8S_BIN:\$PATH
 export K8S_PLANE_DIR=$PLANE_DIR
@@ -296,6 +351,7 @@ export K8S_PLANE_POD_CIDRS=$cidr1,$cidr2
 export K8S_PLANE_NODES=$(IFS=,; echo "${K8S_NODES[*]}")
 export KUBECACHEDIR=$PLANE_DIR/kube-cache
 ENV
+  fi
   if [[ -n $owner ]]; then
     # Stops the plane if its owner dies without calling down (a killed test run).
     setsid "$SCRIPT_DIR/k8s-plane.sh" _watch "$PLANE_DIR" "$owner" >"$PLANE_DIR/logs/watch.log" 2>&1 </dev/null &
@@ -322,15 +378,32 @@ plane_down() { # plane_down DIR
   [[ -n $dir ]] || die "usage: k8s-plane.sh down DIR"
   [[ -d $dir ]] || { log "no plane folder $dir; nothing to stop"; return 0; }
   PLANE_DIR=$(cd "$dir" && pwd)
-  local c f idx
-  # Reverse start order: kwok first, etcd last.
-  for ((idx = ${#K8S_COMPONENTS[@]} - 1; idx >= 0; idx--)); do
-    c=${K8S_COMPONENTS[idx]}
+  local c f idx comps=("${K8S_COMPONENTS[@]}")
+  [[ -f $PLANE_DIR/components ]] && mapfile -t comps <"$PLANE_DIR/components"
+  if [[ -f $PLANE_DIR/node/netns ]]; then
+    # A real node: no new containers (kubelet, and an image load still running) and no more
+    # rule syncs, then every container, while containerd still runs.
+    f=$PLANE_DIR/pids/images-load.pid
+    if [[ -f $f ]]; then
+      if is_ours "$(cat "$f")"; then kill -TERM -- "-$(cat "$f")" 2>/dev/null || true; fi
+      rm -f "$f"
+    fi
+    for c in kubelet kube-proxy; do
+      f=$PLANE_DIR/pids/$c.pid
+      [[ -f $f ]] && stop_pid "$c" "$(cat "$f")"
+      rm -f "$f"
+    done
+    node_down_containers
+  fi
+  # Reverse start order: kwok (or containerd) first, etcd last.
+  for ((idx = ${#comps[@]} - 1; idx >= 0; idx--)); do
+    c=${comps[idx]}
     f=$PLANE_DIR/pids/$c.pid
     [[ -f $f ]] || continue
     stop_pid "$c" "$(cat "$f")"
     rm -f "$f"
   done
+  node_down
   f=$PLANE_DIR/pids/watch.pid
   if [[ -f $f ]]; then
     # When the watch itself runs down, it is our parent: leave it to exit on its own.
@@ -364,6 +437,7 @@ plane_restart_apiserver() { # plane_restart_apiserver DIR [--down-seconds N] [--
     esac
   done
   PLANE_DIR=$(cd "$dir" && pwd)
+  [[ -f $PLANE_DIR/node/netns ]] && PLANE_NETNS=$(cat "$PLANE_DIR/node/netns")
   local f=$PLANE_DIR/pids/kube-apiserver.pid pid argv=()
   [[ -f $f ]] && is_ours "$(cat "$f")" || die "no kube-apiserver of this plane is running in $PLANE_DIR"
   pid=$(cat "$f")
@@ -381,6 +455,6 @@ plane_restart_apiserver() { # plane_restart_apiserver DIR [--down-seconds N] [--
   local server pki=$PLANE_DIR/pki
   server=$(sed -n 's/^export K8S_PLANE_SERVER=//p' "$PLANE_DIR/env")
   wait_for 90 "kube-apiserver /readyz" kube-apiserver \
-    curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$server/readyz"
+    in_netns curl -sf --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "$server/readyz"
   log "kube-apiserver restarted at $server ($((SECONDS - t0))s, ${down}s down)"
 }

@@ -95,7 +95,8 @@ def test_delta_with_rows_of_the_wrong_dim_is_refused_and_the_next_full_version_s
     last_delta = [p for _, kind, p in demo.written if kind == "delta"][-1]
     base = last_delta.rsplit("-", 1)[0]
     bad = f"{base}-{demo.step + 100}"
-    tf.raw_ops.SaveV2(prefix=bad, tensor_names=["embedding/delta_ids", "embedding/delta_values"],
+    tf.raw_ops.SaveV2(prefix=bad, tensor_names=["embedding-sparse_incr_keys",
+                                                "embedding-sparse_incr_values"],
                       shape_and_slices=["", ""],
                       tensors=[np.array([1, 2], np.int64), np.ones((2, 7), np.float32)])
     wait_for(lambda: "delta rows have shape [2, 7]" in client.info().last_update_error,
@@ -105,11 +106,30 @@ def test_delta_with_rows_of_the_wrong_dim_is_refused_and_the_next_full_version_s
     assert any("delta rows have shape" in r.getMessage() for r in caplog.records
                if r.levelno >= logging.WARNING)
     np.testing.assert_allclose(output(client.predict(feed), "probability"), answer, rtol=1e-6)
-    # Later deltas of this version build on the refused one, so the version stays where it is
-    # until training writes a new full version; that one is served.
+    # The refused delta is this version's latest (deltas are cumulative: only the latest is
+    # applied), so the version stays where it is until training writes a later delta or a new
+    # full version; the new full version is served.
     demo.write_full("checkpoint_2", steps=1)
     touch_newer(_state_file(demo, "checkpoint_2"))
     wait_for(lambda: client.info().version == "checkpoint_2", message="next full version served")
     assert client.info().last_update_error == ""
     np.testing.assert_allclose(output(client.predict(feed), "probability"),
                                demo.model.predict(feed), rtol=1e-5, atol=1e-6)
+
+
+def test_a_delta_in_the_retired_private_format_is_refused_not_half_applied(demo, serving):
+    runtime, client, feed, answer = serving
+    step_before = client.info().delta_step
+    last_delta = [p for _, kind, p in demo.written if kind == "delta"][-1]
+    dense = demo.model.dense_variables[0]
+    zeros = np.zeros(dense.shape.as_list(), np.float32)
+    # The former format: changed table rows under V/delta_ids, dense variables whole. Applying
+    # only its dense part would serve stale rows with new weights.
+    tf.raw_ops.SaveV2(prefix=f"{last_delta.rsplit('-', 1)[0]}-{demo.step + 200}",
+                      tensor_names=["embedding/delta_ids", "embedding/delta_values", dense.op.name],
+                      shape_and_slices=["", "", ""],
+                      tensors=[np.array([1], np.int64), np.ones((1, 8), np.float32), zeros])
+    wait_for(lambda: "retired private format" in client.info().last_update_error,
+             message="old-format delta refused")
+    assert client.info().delta_step == step_before
+    np.testing.assert_allclose(output(client.predict(feed), "probability"), answer, rtol=1e-6)

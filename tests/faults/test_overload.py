@@ -373,3 +373,27 @@ def test_a_client_waiting_for_100_continue_is_refused_before_it_sends_its_body(d
         assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue")
         s.sendall(body)
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_connections_age_out_without_failing_a_call(demo, runtime_with):
+    """--max-connection-age-seconds: the server closes each connection gracefully after that
+    long, so a client pinned to a pod behind a ClusterIP reconnects (through kube-proxy, to any
+    pod). The client sees its channel reconnect several times and no call fails."""
+    runtime, _ = runtime_with(max_connection_age=0.5)
+    feed = demo.model.make_feed(2, np.random.default_rng(0))
+    states: list[grpc.ChannelConnectivity] = []
+    channel = grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
+    channel.subscribe(states.append, try_to_connect=True)
+    try:
+        client = Client(channel)
+        deadline = time.monotonic() + 3.0
+        calls = 0
+        while time.monotonic() < deadline:
+            assert output(client.predict(feed), "probability").shape == (2, 1)
+            calls += 1
+        ready = states.count(grpc.ChannelConnectivity.READY)
+        assert ready >= 3, f"{ready} connections in 3 s of calls at a 0.5 s age ({states})"
+        assert calls > ready
+    finally:
+        channel.unsubscribe(states.append)
+        channel.close()

@@ -15,8 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import BASE_SPEC
+from fakes import RecordedEvents
 
-from deeprec_operator import handlers
+from deeprec_operator import children
 from deeprec_operator import kube as kube_module
 from deeprec_operator import resources as r
 from deeprec_operator.kube import Kube
@@ -93,11 +94,8 @@ def api(monkeypatch):
 
 
 @pytest.fixture
-def events(monkeypatch):
-    """kopf posts Events from inside a running operator only; here they are recorded."""
-    seen: list[dict] = []
-    monkeypatch.setattr(handlers.kopf, "event", lambda body, **kw: seen.append(kw))
-    return seen
+def events():
+    return RecordedEvents()
 
 
 def _model(**security):
@@ -126,8 +124,8 @@ def test_children_that_do_not_exist_or_are_ours_pass(api, events):
     model = _model()
     manifests = r.children(model)
     server.objects[CM_PATH] = _owned(manifests[0])
-    assert handlers.ensure_owned_children(kube, SimpleNamespace(), BODY, model, manifests) is None
-    assert [m for m, _ in server.calls] == ["GET", "GET", "GET"] and not events
+    assert children.ensure_owned_children(kube, events, BODY, model, manifests) is None
+    assert [m for m, _ in server.calls] == ["GET", "GET", "GET"] and not events.posted
 
 
 @pytest.mark.parametrize("owner_uid", [None, "another-models-uid"])
@@ -138,7 +136,7 @@ def test_a_child_name_held_by_someone_else_is_a_conflict_and_nothing_is_written(
     users = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "wd-config", "namespace": "ns"},
              "data": {"mine": "yes"}}
     server.objects[CM_PATH] = _owned(users, owner_uid) if owner_uid else users
-    failure = handlers.ensure_owned_children(kube, SimpleNamespace(), BODY, model, manifests)
+    failure = children.ensure_owned_children(kube, events, BODY, model, manifests)
     assert failure.reason == "ChildConflict"
     assert failure.message.startswith("ConfigMap wd-config already exists")
     # The check comes first: not even the token Secret was created.
@@ -149,24 +147,24 @@ def test_generated_token_secret_is_created_once_owned_by_the_model(api, events, 
     kube, server = api
     caplog.set_level(logging.DEBUG)
     model = _model(authentication={"bearerToken": {}})
-    assert handlers.ensure_owned_children(kube, SimpleNamespace(), BODY, model, r.children(model)) is None
+    assert children.ensure_owned_children(kube, events, BODY, model, r.children(model)) is None
     secret = server.objects[SECRET_PATH]
     token = secret["stringData"]["token"].strip()
     assert len(token) >= 40 and secret["type"] == "Opaque"
     (owner,) = secret["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["uid"], owner["controller"], owner["blockOwnerDeletion"]) == (
         "DeepRecModel", UID, True, True)
-    assert [e["reason"] for e in events] == ["TokenSecretCreated"]
-    assert token not in json.dumps(events) and token not in caplog.text
+    assert events.reasons() == ["TokenSecretCreated"]
+    assert token not in json.dumps(events.posted) and token not in caplog.text
 
     # The next reconcile finds it (ours) and leaves it: a token rotated in place is kept.
     server.objects[SECRET_PATH]["stringData"]["token"] = "rotated\n"
     server.calls.clear()
-    assert handlers.ensure_owned_children(kube, SimpleNamespace(), BODY, model, r.children(model)) is None
+    assert children.ensure_owned_children(kube, events, BODY, model, r.children(model)) is None
     assert ("POST", SECRET_PATH) not in server.calls
     assert server.objects[SECRET_PATH]["stringData"]["token"] == "rotated\n"
     # Each reconcile makes a new token value, but never writes it over the existing one.
-    assert handlers.create_token_secret(kube, BODY, model) is None  # 409: already there
+    assert children.create_token_secret(kube, events, BODY, model) is None  # 409: already there
     assert server.objects[SECRET_PATH]["stringData"]["token"] == "rotated\n"
 
 
@@ -174,7 +172,7 @@ def test_a_token_secret_of_someone_else_is_a_conflict(api, events):
     kube, server = api
     model = _model(authentication={"bearerToken": {}})
     server.objects[SECRET_PATH] = {"kind": "Secret", "metadata": {"name": "wd-auth-token"}, "data": {}}
-    failure = handlers.ensure_owned_children(kube, SimpleNamespace(), BODY, model, r.children(model))
+    failure = children.ensure_owned_children(kube, events, BODY, model, r.children(model))
     assert failure.reason == "ChildConflict" and "Secret wd-auth-token" in failure.message
 
 
@@ -182,10 +180,10 @@ def test_forbidden_secret_access_says_how_to_fix_it(api, events):
     kube, server = api
     model = _model(authentication={"bearerToken": {}})
     server.forbidden = {("GET", SECRET_PATH)}
-    failure = handlers.ensure_owned_children(kube, SimpleNamespace(), BODY, model, r.children(model))
+    failure = children.ensure_owned_children(kube, events, BODY, model, r.children(model))
     assert failure.reason == "ChildRejected" and "Secret wd-auth-token" in failure.message
     server.forbidden = {("POST", SECRET_PATH)}
-    failure = handlers.ensure_owned_children(kube, SimpleNamespace(), BODY, model, r.children(model))
+    failure = children.ensure_owned_children(kube, events, BODY, model, r.children(model))
     assert failure.reason == "SecretForbidden"
     assert "rbac.tokenSecrets" in failure.message and "bearerToken.secretName" in failure.message
 
@@ -195,11 +193,11 @@ def test_a_network_policy_no_longer_asked_for_is_deleted_only_if_ours(api):
     enabled = _model(networkPolicy={})
     policy = r.network_policy(enabled)
     server.objects[NP_PATH] = _owned(policy)
-    handlers.remove_disabled_network_policy(kube, enabled, BODY)  # still wanted: kept
+    children.remove_disabled_network_policy(kube, enabled, BODY)  # still wanted: kept
     assert NP_PATH in server.objects
     disabled = _model()
-    handlers.remove_disabled_network_policy(kube, disabled, BODY)
+    children.remove_disabled_network_policy(kube, disabled, BODY)
     assert NP_PATH not in server.objects
     server.objects[NP_PATH] = _owned(policy, "someone-else")
-    handlers.remove_disabled_network_policy(kube, disabled, BODY)
+    children.remove_disabled_network_policy(kube, disabled, BODY)
     assert NP_PATH in server.objects, "a policy this model does not control is never deleted"

@@ -8,11 +8,7 @@ against the real one through a fault-injecting proxy.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
@@ -100,34 +96,3 @@ def test_a_refused_connection_is_retried_then_raised():
         port = s.getsockname()[1]
     with pytest.raises(urllib3.exceptions.HTTPError):
         _client(port).get("/api/v1/namespaces/n/configmaps/x")
-
-
-def _hook_run(kill_at: str, calls: list[str]) -> subprocess.CompletedProcess:
-    code = ("from deeprec_operator import faults\n"
-            f"for step in {calls!r}:\n    faults.reached(step)\n    print('passed', step, flush=True)\n")
-    env = {"DEEPREC_OPERATOR_FAULT_KILL_AT": kill_at} if kill_at else {}
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**{k: v for k, v in os.environ.items() if k != "DEEPREC_OPERATOR_FAULT_KILL_AT"}, **env},
-    )
-
-
-def test_fault_hook_kills_at_the_nth_time_a_step_is_reached():
-    proc = _hook_run("pod-annotate@2", ["status-write", "pod-annotate", "pod-annotate", "pod-annotate"])
-    assert proc.returncode == -signal.SIGKILL
-    assert proc.stdout.split("\n")[:2] == ["passed status-write", "passed pod-annotate"]
-    assert "passed pod-annotate" in proc.stdout and proc.stdout.count("pod-annotate") == 1
-
-
-def test_fault_hook_is_off_without_the_variable():
-    proc = _hook_run("", ["configmap-applied", "status-written"])
-    assert proc.returncode == 0 and proc.stdout.count("passed") == 2
-
-
-def test_fault_hook_refuses_an_unknown_step():
-    proc = _hook_run("configmap-aplied", ["configmap-applied"])
-    assert proc.returncode != 0 and "unknown step" in proc.stderr

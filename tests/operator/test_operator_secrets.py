@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import BASE_SPEC
 
-from deeprec_operator import handlers
+from deeprec_operator import children
 from deeprec_operator.kube import ApiError, Kube
 from deeprec_operator.spec import parse
 
@@ -50,7 +50,6 @@ class _Api(BaseHTTPRequestHandler):
 @pytest.fixture
 def kube(monkeypatch):
     monkeypatch.setattr("deeprec_operator.kube.RETRY_BACKOFFS", (0.01,))
-    monkeypatch.setattr(handlers, "_SECRETS_FORBIDDEN", set())
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
     server.seen = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -71,9 +70,11 @@ def _model(namespace: str):
 
 def test_forbidden_secret_get_is_logged_once_and_not_a_failure(kube, caplog):
     client, server = kube
-    caplog.set_level(logging.WARNING, logger=handlers.log.name)
-    assert handlers.missing_secrets(client, _model("locked")) is None
-    assert handlers.missing_secrets(client, _model("locked")) is None
+    caplog.set_level(logging.WARNING, logger=children.log.name)
+    unverifiable: set[str] = set()
+    assert children.missing_secrets(client, _model("locked"), unverifiable) is None
+    assert children.missing_secrets(client, _model("locked"), unverifiable) is None
+    assert unverifiable == {"locked"}
     warnings = [r for r in caplog.records if "cannot verify Secrets" in r.getMessage()]
     assert len(warnings) == 1 and "'locked'" in warnings[0].getMessage()
     assert "rbac.secretCheck" in warnings[0].getMessage()
@@ -83,13 +84,13 @@ def test_forbidden_secret_get_is_logged_once_and_not_a_failure(kube, caplog):
 
 def test_missing_and_present_secrets_still_checked(kube):
     client, _ = kube
-    failure = handlers.missing_secrets(client, _model("empty"))
+    failure = children.missing_secrets(client, _model("empty"), set())
     assert failure is not None and failure.reason == "SecretNotFound" and "'oss'" in failure.message
-    assert handlers.missing_secrets(client, _model("full")) is None
+    assert children.missing_secrets(client, _model("full"), set()) is None
 
 
 def test_other_api_errors_still_raise(kube):
     client, _ = kube
     with pytest.raises(ApiError) as info:
-        handlers.missing_secrets(client, _model("broken"))
+        children.missing_secrets(client, _model("broken"), set())
     assert info.value.status == 500

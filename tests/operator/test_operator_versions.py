@@ -1,9 +1,10 @@
 """Target-version decisions per pod."""
 
+from deeprec_operator.pods import pod_view
 from deeprec_operator.versions import (
     TARGET_ANNOTATION,
     annotation_patch,
-    desired_targets,
+    decide_targets,
     is_pinned,
     pod_target,
     target_version,
@@ -28,7 +29,8 @@ def test_target_defaults_to_latest():
 
 def test_only_pods_with_another_or_no_target_are_patched():
     pods = [_pod("a", "checkpoint_2"), _pod("b", "latest"), _pod("c"), _pod("d", "latest", deleting=True)]
-    assert desired_targets(pods, "checkpoint_2") == {"b": "checkpoint_2", "c": "checkpoint_2"}
+    assert decide_targets([pod_view(p) for p in pods], "checkpoint_2") == {"b": "checkpoint_2",
+                                                                          "c": "checkpoint_2"}
     assert pod_target(pods[2]) is None
 
 

@@ -84,11 +84,11 @@ def test_delta_changes_exactly_the_rows_it_carries(demo, serve):
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(prefix)
-    ids = reader.get_tensor(table + "/delta_ids")
+    ids = reader.get_tensor(table + "-sparse_incr_keys")
     assert ids.size > 0
     changed = np.flatnonzero(np.any(before != after, axis=1))
     assert set(changed.tolist()) <= set(ids.tolist())
-    np.testing.assert_array_equal(after[ids], reader.get_tensor(table + "/delta_values"))
+    np.testing.assert_array_equal(after[ids], reader.get_tensor(table + "-sparse_incr_values"))
     untouched = np.setdiff1d(np.arange(before.shape[0]), ids)
     np.testing.assert_array_equal(after[untouched], before[untouched])
     np.testing.assert_array_equal(after, demo.model.variable_values()[table])

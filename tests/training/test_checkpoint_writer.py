@@ -107,15 +107,19 @@ def test_delta_holds_exactly_the_touched_rows_with_new_values_and_dense_variable
     assert "embedding" not in delta.dense and "wide_embedding" not in delta.dense
 
 
-def test_a_delta_holds_only_rows_changed_since_the_previous_delta(model, rng, tmp_path):
+def test_each_delta_holds_every_row_changed_since_the_full_save(model, rng, tmp_path):
     writer = _writer(model, tmp_path)
     model.writer = writer
     writer.save_full(1)
-    model.train_step(16, rng)
+    first = model.train_step(16, rng)
     writer.save_delta(2)
-    second = np.unique(model.train_step(16, rng))
+    second = model.train_step(16, rng)
     delta = read_delta(writer.save_delta(3))
-    np.testing.assert_array_equal(delta.embeddings["embedding"][0], second)
+    both = np.unique(np.concatenate([first.ravel(), second.ravel()]))
+    assert both.size > np.unique(second).size  # the test separates the two readings
+    np.testing.assert_array_equal(delta.embeddings["embedding"][0], both)
+    np.testing.assert_array_equal(delta.embeddings["embedding"][1],
+                                  model.variable_values()["embedding"][both])
 
 
 def test_applying_deltas_in_order_to_the_restored_full_equals_the_trainer(model, rng, tmp_path):
@@ -150,27 +154,26 @@ def test_applying_deltas_in_order_to_the_restored_full_equals_the_trainer(model,
     served.close()
 
 
-def test_skipping_a_delta_leaves_the_served_model_different(model, rng, tmp_path):
-    """Guards the test above: deltas are cumulative since the previous save, not the full."""
+def test_the_latest_delta_alone_brings_the_full_checkpoint_to_the_trainer(model, rng, tmp_path):
+    """Deltas are cumulative since the full save (DeepRec's incremental checkpoints), so a
+    server that missed the earlier ones applies the latest and is up to date."""
     writer = _writer(model, tmp_path)
     model.writer = writer
     export = _export(writer, model, tmp_path)
     full = writer.save_full(1)
     model.train_step(64, rng)
-    first = writer.save_delta(2)
+    writer.save_delta(2)
     model.train_step(64, rng)
     second = writer.save_delta(3)
     served = FreshServable(export)
     served.restore_full(full)
-    served.apply_delta(second)
     assert not np.array_equal(served.values()["embedding"], model.variable_values()["embedding"])
-    served.apply_delta(first)
     served.apply_delta(second)
     _assert_values_equal(served.values(), model.variable_values())
     served.close()
 
 
-def test_delta_without_recorded_ids_diffs_against_the_last_save(model, rng, tmp_path):
+def test_delta_without_recorded_ids_diffs_against_the_full_save(model, rng, tmp_path):
     writer = _writer(model, tmp_path)
     writer.save_full(1)
     before = model.variable_values()
@@ -184,13 +187,15 @@ def test_delta_without_recorded_ids_diffs_against_the_last_save(model, rng, tmp_
         ids, rows = delta.embeddings[name]
         np.testing.assert_array_equal(ids, changed)
         np.testing.assert_array_equal(rows, now[name][changed])
-    # The next diff is against what the delta wrote, not against the full.
+    # The next diff is against the full save too (cumulative), not against the delta.
     second_batch = np.unique(model.train_step(8, rng))
     delta2 = read_delta(writer.save_delta(3))
     after = model.variable_values()["embedding"]
-    changed2 = np.flatnonzero(np.any(after != now["embedding"], axis=1))
+    changed2 = np.flatnonzero(np.any(after != before["embedding"], axis=1))
     np.testing.assert_array_equal(delta2.embeddings["embedding"][0], changed2)
-    assert set(changed2) <= set(second_batch)
+    np.testing.assert_array_equal(delta2.embeddings["embedding"][1], after[changed2])
+    assert set(changed2) >= set(delta.embeddings["embedding"][0])
+    assert set(changed2) - set(delta.embeddings["embedding"][0]) <= set(second_batch)
 
 
 def test_recorded_and_unrecorded_tables_mix_in_one_delta(model, rng, tmp_path):
@@ -206,7 +211,7 @@ def test_recorded_and_unrecorded_tables_mix_in_one_delta(model, rng, tmp_path):
     )
 
 
-def test_unchanged_tables_are_left_out_of_the_delta(rng, tmp_path):
+def test_unchanged_tables_are_written_with_no_rows(rng, tmp_path):
     graph = tf.Graph()
     with graph.as_default():
         a = tf1.get_variable("a", [10, 2], initializer=tf1.zeros_initializer())
@@ -220,7 +225,8 @@ def test_unchanged_tables_are_left_out_of_the_delta(rng, tmp_path):
     assert writer.save_full(0).endswith("model.ckpt-0")
     sess.run(bump)
     delta = read_delta(writer.save_delta(1))
-    assert set(delta.embeddings) == {"a"}
+    assert set(delta.embeddings) == {"a", "b"}  # as DeepRec writes every recorded table
+    assert delta.embeddings["b"][0].shape == (0,) and delta.embeddings["b"][1].shape == (0, 2)
     np.testing.assert_array_equal(delta.embeddings["a"][0], [4])
     np.testing.assert_array_equal(delta.embeddings["a"][1], [[1.0, 2.0]])
     assert set(delta.dense) == {"w"}  # default dense = trainable non-embedding variables
@@ -276,9 +282,10 @@ def test_new_full_version_goes_to_its_own_folder_and_needs_a_full_first(model, r
     prefix = writer.save_full(3)
     assert prefix == str(tmp_path / "checkpoints" / "checkpoint_2" / "model.ckpt-3")
     assert not (tmp_path / "checkpoints" / "checkpoint_2" / ".incremental_checkpoint").exists()
-    # Touched ids were consumed by the full: the next delta is empty for the embeddings.
+    # Touched ids were consumed by the full: the next delta has no embedding rows.
     delta = read_delta(writer.save_delta(4))
-    assert delta.embeddings == {}
+    assert {name: ids.size for name, (ids, _) in delta.embeddings.items()} == {
+        "embedding": 0, "wide_embedding": 0}
 
 
 def test_invalid_calls_are_refused_with_the_reason(model, rng, tmp_path):

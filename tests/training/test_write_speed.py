@@ -42,10 +42,14 @@ def test_one_million_by_16_table_with_a_one_percent_delta(tmp_path):
     delta = read_delta(prefix)
     np.testing.assert_array_equal(delta.embeddings["embedding"][0], np.sort(ids))
 
+    # Deltas hold every row changed since the full save: a diff needs a version in which
+    # nothing was recorded.
+    writer.start_version("checkpoint_2")
+    writer.save_full(3)
     ids2 = rng.choice(ROWS, ROWS // 100, replace=False).astype(np.int64)
     sess.run(bump, {ids_ph: ids2})
     t0 = time.perf_counter()
-    prefix = writer.save_delta(3)  # nothing recorded: diff against the last save
+    prefix = writer.save_delta(4)  # nothing recorded: diff against the full save
     t_diff = time.perf_counter() - t0
     delta = read_delta(prefix)
     np.testing.assert_array_equal(delta.embeddings["embedding"][0], np.sort(ids2))

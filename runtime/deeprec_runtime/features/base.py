@@ -38,10 +38,12 @@ class VersionKey:
 class TableRows:
     """One version's embedding rows, as seen by one servable."""
 
-    def lookup(self, requests: Sequence[tuple[Table, np.ndarray]]) -> list[np.ndarray]:
+    def lookup(self, requests: Sequence[tuple[Table, np.ndarray]]) -> list:
         """Rows for each (table, ids) pair; ids are int64, 1-D, unique and in range. Returns
         arrays of shape [len(ids), *table.row_shape]. A row that should exist but does not raises
-        Unavailable: a missing row is never served as zeros."""
+        Unavailable: a missing row is never served as zeros. For a keyed table (a DeepRec
+        EmbeddingVariable) any id may be asked and the answer is (rows, found): the rows of ids
+        the store does not hold are zeros there, and `found` says which ids it holds."""
         raise NotImplementedError
 
     def apply_delta(self, step: int, rows: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -75,6 +77,8 @@ def check_checkpoint_tables(prefix: str, tables: Mapping[str, Table]) -> None:
     except (tf.errors.OpError, ValueError) as exc:
         raise VersionLoadError(f"cannot read checkpoint {prefix}: {exc}") from None
     for table in tables.values():
+        if table.keyed:  # an EV's rows are `<name>-keys` / `-values` per part (deeprec/ckpt.py)
+            continue
         if table.name not in shapes:
             raise VersionLoadError(f"checkpoint {prefix} has no embedding table '{table.name}'")
         if tuple(shapes[table.name]) != table.shape:

@@ -21,13 +21,21 @@ RunFn = Callable[[tuple[str, ...], tuple[str, ...], Sequence[np.ndarray]], list[
 
 
 class ExternalTables:
-    """A servable's embedding tables that live in a feature store rather than in its session."""
+    """A servable's embedding tables that live in a feature store rather than in its session.
 
-    def __init__(self, tables: Mapping[str, Table], rows: TableRows):
+    Keyed tables (DeepRec EmbeddingVariables, deeprec/keyed.py) take any int64 id; an id the store
+    does not hold gets its lookup's fallback: a fill value, a row of the EV part's initial value
+    (`defaults`, part -> matrix, drawn when the version loaded) or a row of a graph tensor."""
+
+    def __init__(self, tables: Mapping[str, Table], rows: TableRows,
+                 defaults: Mapping[str, np.ndarray] | None = None):
         self.tables = dict(tables)
         self.rows = rows
+        self.defaults = dict(defaults or {})
         self._lookups = [(t, lk) for t in self.tables.values() for lk in t.lookups]
         self._outputs = tuple(lk.output for _, lk in self._lookups)
+        self._fallback_tensors = {lk.fallback.tensor for _, lk in self._lookups
+                                  if lk.fallback is not None and lk.fallback.tensor}
 
     def owns(self, variable: str) -> bool:
         return variable in self.tables
@@ -36,15 +44,20 @@ class ExternalTables:
              arrays: Sequence[np.ndarray]) -> tuple[tuple[str, ...], list[np.ndarray]]:
         """Returns the feeds extended with the gathered rows of every lookup."""
         index = {name: i for i, name in enumerate(feed_names)}
-        derived = tuple(sorted({lk.ids for _, lk in self._lookups if lk.ids not in index}))
+        wanted = {lk.ids for _, lk in self._lookups} | self._fallback_tensors
+        derived = tuple(sorted(t for t in wanted if t not in index))
         computed = dict(zip(derived, run(feed_names, derived, arrays), strict=True)) if derived else {}
+
+        def value(name: str) -> np.ndarray:
+            return np.asarray(arrays[index[name]] if name in index else computed[name])
+
         ids_of = []
         for table, lk in self._lookups:
-            ids = np.asarray(arrays[index[lk.ids]] if lk.ids in index else computed[lk.ids])
+            ids = value(lk.ids)
             if ids.dtype.kind not in "iu":
                 raise InvalidArgument(f"ids for embedding table '{table.name}' ({lk.ids}) must be "
                                       f"integers, got {ids.dtype}")
-            if ids.size and (ids.min() < 0 or ids.max() >= table.rows):
+            if not table.keyed and ids.size and (ids.min() < 0 or ids.max() >= table.rows):
                 raise InvalidArgument(
                     f"ids for embedding table '{table.name}' ({lk.ids}) must be in "
                     f"[0, {table.rows}), got values in [{ids.min()}, {ids.max()}]")
@@ -63,12 +76,32 @@ class ExternalTables:
         fetched = dict(zip((t.name for t in order), self.rows.lookup(uniques), strict=True))
         offsets = dict.fromkeys(self.tables, 0)
         fed = []
-        for (table, _), ids in zip(self._lookups, ids_of, strict=True):
+        for (table, lk), ids in zip(self._lookups, ids_of, strict=True):
             start = offsets[table.name]
             offsets[table.name] = start + ids.size
-            picked = fetched[table.name][inverses[table.name][start:start + ids.size]]
+            at = inverses[table.name][start:start + ids.size]
+            if table.keyed:
+                rows, found = fetched[table.name]
+                picked = rows[at]
+                missing = ~found[at]
+                if missing.any():
+                    picked[missing] = self._fallback(table, lk, ids.reshape(-1), missing, value)
+            else:
+                picked = fetched[table.name][at]
             fed.append(picked.reshape(ids.shape + table.row_shape))
         return feed_names + self._outputs, [*arrays, *fed]
+
+    def _fallback(self, table: Table, lk, ids: np.ndarray, missing: np.ndarray,
+                  value: Callable[[str], np.ndarray]) -> np.ndarray:
+        """The rows of the ids a keyed table does not hold (DeepRec's defaults)."""
+        fb = lk.fallback
+        if fb is None or fb.fill is not None:
+            fill = fb.fill if fb is not None else 0.0
+            return np.full((int(missing.sum()), *table.row_shape), fill, table.dtype)
+        if fb.tensor:
+            rows = value(fb.tensor).reshape(ids.shape[0], *table.row_shape)
+            return rows[missing]
+        return self.defaults[fb.part][np.mod(ids[missing], fb.modulus)]
 
     def apply_delta(self, step: int, updates: list) -> list:
         """Writes the delta's rows of external tables to the store; returns the updates that stay

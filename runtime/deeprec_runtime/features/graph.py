@@ -23,6 +23,19 @@ _PASS_THROUGH = ("Identity", "ReadVariableOp")
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """What a DeepRec EmbeddingVariable lookup answers for an id with no row (deeprec/evs.py):
+    `fill` (every element, default_value_no_permission), row `floormod(id, modulus)` of the EV
+    part's initial value `part` (evaluated once per version), or row i of the tensor `tensor`
+    (the gather's default_value input)."""
+
+    fill: float | None = None
+    part: str = ""
+    modulus: int = 0
+    tensor: str = ""
+
+
+@dataclass(frozen=True)
 class Lookup:
     """One gather of a table: the ids it reads and the tensor of gathered rows."""
 
@@ -30,6 +43,8 @@ class Lookup:
     """Tensor name of the ids, e.g. "sparse_ids:0" (any integer dtype, any shape)."""
     output: str
     """Tensor name of the gathered rows, shape ids.shape + row_shape; fed with looked-up rows."""
+    fallback: Fallback | None = None
+    """For a keyed table: the row of an id the store does not hold."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,9 @@ class Table:
     row_shape: tuple[int, ...]
     dtype: np.dtype
     lookups: tuple[Lookup, ...]
+    keyed: bool = False
+    """A DeepRec EmbeddingVariable: rows are stored by key (any int64), `rows` is unknown (0),
+    and an id the store does not hold takes its lookup's fallback instead of failing."""
 
     @property
     def row_bytes(self) -> int:

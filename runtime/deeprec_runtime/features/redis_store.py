@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +39,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from deeprec_runtime.deeprec import ckpt
 from deeprec_runtime.errors import Unavailable
 from deeprec_runtime.features import redis_wire as wire
 from deeprec_runtime.features.base import (
@@ -51,25 +52,10 @@ from deeprec_runtime.features.base import (
     iter_table_rows,
 )
 from deeprec_runtime.features.graph import Table
+from deeprec_runtime.features.redis_rows import READ_KEYS_LUA, READ_LUA, RedisTableRows
 
 log = logging.getLogger(__name__)
 
-READ_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('STALE') end
-local out = {}
-local n = #KEYS
-local i = 2
-while i <= n do
-  local j = math.min(i + 3999, n)
-  local rows = redis.call('MGET', unpack(KEYS, i, j))
-  for k = 1, #rows do
-    if not rows[k] then return redis.error_reply('MISSING ' .. (i + k - 3)) end
-    out[#out + 1] = rows[k]
-  end
-  i = j + 1
-end
-return table.concat(out)
-"""
 RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -153,6 +139,9 @@ class _Lease:
 
 
 class RedisFeatureStore(FeatureStore):
+    #: DeepRec EmbeddingVariables' rows are stored by EV key (deeprec/keyed.py).
+    serves_keyed_tables = True
+
     def __init__(self, url: str, password: str = "", read_connections: int = 4,  # nosec B107  # '' means no AUTH
                  update_connections: int = 2, namespace: str = "deeprec:default",
                  wait_timeout_s: float = 600.0):
@@ -171,7 +160,8 @@ class RedisFeatureStore(FeatureStore):
             socket_timeout=UPDATE_TIMEOUT_S, **common)
         self.client = redis.Redis(connection_pool=self.update_pool)
         # EVALSHA names a script by its SHA-1 (Redis's protocol), not a security use.
-        self._read_sha = hashlib.sha1(READ_LUA.encode(), usedforsecurity=False).hexdigest()
+        self._shas = {script: hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+                      for script in (READ_LUA, READ_KEYS_LUA)}
         self._renew = self.client.register_script(RENEW_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
         self.meta_key = f"{self.ns}:meta"
@@ -243,6 +233,13 @@ class RedisFeatureStore(FeatureStore):
         self._clear_slot(slot)
         rows = 0
         for table in tables.values():
+            if table.keyed:  # an EV: its rows by key, one checkpoint part at a time
+                index = ckpt.CheckpointIndex(prefix)
+                for part in ckpt.iter_full_parts(index, table.name, table.row_shape[0]):
+                    lease.check()
+                    self._write_rows(slot, table, part.keys, part.values)
+                    rows += part.keys.shape[0]
+                continue
             for start, values in iter_table_rows(prefix, table, chunk_rows_for(table)):
                 lease.check()
                 ids = np.arange(start, start + values.shape[0], dtype=np.int64)
@@ -340,9 +337,9 @@ class RedisFeatureStore(FeatureStore):
         return int(state.get("delta_step", 0)) >= step
 
     # --- reads --------------------------------------------------------------------------------
-    def read(self, tag_key: str, tag: bytes, records: list[np.ndarray]) -> bytes:
+    def read(self, tag_key: str, tag: bytes, records: list[np.ndarray], script: str = READ_LUA):
         """One atomic round trip: checks the slot's tag and MGETs every row key."""
-        packed = wire.evalsha_with_keys(self._read_sha, [tag_key.encode()], records, [tag])
+        packed = wire.evalsha_with_keys(self._shas[script], [tag_key.encode()], records, [tag])
         try:
             conn = self.read_pool.get_connection()
         except RedisError as exc:
@@ -356,7 +353,7 @@ class RedisFeatureStore(FeatureStore):
                     if attempt:
                         raise
                     # First use, or Redis restarted / SCRIPT FLUSH: load the script, retry once.
-                    conn.send_packed_command([wire.command(b"SCRIPT", b"LOAD", READ_LUA.encode())])
+                    conn.send_packed_command([wire.command(b"SCRIPT", b"LOAD", script.encode())])
                     conn.read_response()
                     continue
                 if isinstance(reply, ResponseError):
@@ -377,62 +374,3 @@ class RedisFeatureStore(FeatureStore):
 
 def _table_shapes(tables: Mapping[str, Table]) -> dict[str, list]:
     return {t.name: [*t.shape, str(t.dtype)] for t in tables.values()}
-
-
-class RedisTableRows(TableRows):
-    """One version's rows in one Redis slot."""
-
-    def __init__(self, store: RedisFeatureStore, key: VersionKey, slot: int,
-                 tables: Mapping[str, Table]):
-        self.store, self.key, self.slot = store, key, slot
-        self.tables = dict(tables)
-        self.tag = str(key).encode()
-        self.tag_key = store.tag_key(slot)
-        self._prefixes = {name: store.row_prefix(slot, name) for name in tables}
-        self._lost = False
-
-    def lookup(self, requests: Sequence[tuple[Table, np.ndarray]]) -> list[np.ndarray]:
-        records = [wire.row_keys_records(self._prefixes[t.name], ids) for t, ids in requests]
-        try:
-            reply = self.store.read(self.tag_key, self.tag, records)
-        except ResponseError as exc:
-            raise self._explain(exc, requests) from None
-        out, at = [], 0
-        view = memoryview(reply)
-        for table, ids in requests:
-            size = ids.shape[0] * table.row_bytes
-            chunk = np.frombuffer(view[at:at + size], dtype=table.dtype.newbyteorder("<"))
-            out.append(chunk.reshape(ids.shape[0], *table.row_shape))
-            at += size
-        if at != len(reply):
-            raise Unavailable(f"Redis returned {len(reply)} bytes of rows for {self.key}, expected "
-                              f"{at}: rows were written with another shape or dtype")
-        return out
-
-    def _explain(self, exc: ResponseError, requests) -> Unavailable:
-        text = str(exc)
-        if text.startswith("STALE"):
-            self._lost = True
-            return Unavailable(f"the embedding rows of {self.key} are no longer in Redis at "
-                               f"{self.store.where} (restarted empty or replaced by a newer "
-                               "version); they are being imported again")
-        if text.startswith("MISSING"):
-            index = int(text.split()[1])
-            for table, ids in requests:
-                if index < ids.shape[0]:
-                    return Unavailable(f"embedding row {int(ids[index])} of table '{table.name}' "
-                                       f"({self.key}) is missing in Redis at {self.store.where}")
-                index -= ids.shape[0]
-        return Unavailable(f"reading embedding rows from Redis at {self.store.where} failed: {text}")
-
-    def apply_delta(self, step: int, rows: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        self.store.apply_delta(self.key, self.slot, step, self.tables, rows)
-
-    def lost(self) -> bool:
-        if self._lost:
-            return True
-        try:
-            self._lost = self.store.client.get(self.tag_key) != self.tag
-        except RedisError:
-            return False  # unreachable is not lost: requests fail fast until it is back
-        return self._lost

@@ -23,7 +23,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -150,15 +150,21 @@ class DramCache:
 class SsdTable:
     """A table's rows in one memory-mapped file (format in the module docstring)."""
 
-    def __init__(self, folder: str, table: Table, key: VersionKey, prefix: str):
+    def __init__(self, folder: str, table: Table, key: VersionKey, prefix: str,
+                 chunks: Iterable[tuple[int, np.ndarray]] | None = None):
+        """`chunks` (first row, rows) replace the checkpoint's table slices when given."""
         self.table = table
         base = os.path.join(folder, safe_name(table.name))
+        self.base = base
         self.path = base + ".rows"
         tmp = f"{base}.tmp-{uuid.uuid4().hex[:8]}"
         dtype = table.dtype.newbyteorder("<")
+        self.dtype = dtype
         mm = np.memmap(tmp, dtype=dtype, mode="w+", shape=table.shape)
         try:
-            for start, values in iter_table_rows(prefix, table, chunk_rows_for(table)):
+            if chunks is None:
+                chunks = iter_table_rows(prefix, table, chunk_rows_for(table))
+            for start, values in chunks:
                 mm[start:start + values.shape[0]] = values
             mm.flush()
         except BaseException:
@@ -178,6 +184,15 @@ class SsdTable:
 
     def write(self, ids: np.ndarray, values: np.ndarray) -> None:
         self.rows[ids] = values
+
+    def grow(self, rows: int) -> None:
+        """Extends the file to `rows` rows (the new ones zero); existing rows stay in place."""
+        self.rows.flush()
+        del self.rows
+        shape = (rows, *self.table.row_shape)
+        with open(self.path, "r+b") as fh:
+            fh.truncate(int(np.prod(shape)) * self.dtype.itemsize)
+        self.rows = np.memmap(self.path, dtype=self.dtype, mode="r+", shape=shape)
 
     def close(self) -> None:
         self.rows.flush()
@@ -272,6 +287,9 @@ class TieredFeatureStore(FeatureStore):
         self.policy = policy
         self._open: list[TieredRows] = []
         self._lock = threading.Lock()
+        #: DeepRec EmbeddingVariables (keyed tables) live in the DRAM + SSD tier behind a key
+        #: index (keyed_tier.py); with type 1 they stay in the session's own tables (DRAM).
+        self.serves_keyed_tables = storage_type == DRAM_SSD
         self.root = None
         if storage_type == DRAM_SSD:
             os.makedirs(path, exist_ok=True)
@@ -294,6 +312,19 @@ class TieredFeatureStore(FeatureStore):
                     whole[start:start + values.shape[0]] = values
                 built[t.name] = _TieredTable(t, None, None, whole)
             return self._register(TieredRows(key, built, None, self._closed))
+        # (imported here: keyed_tier builds on this module)
+        from deeprec_runtime.features.keyed_tier import (
+            KeyedTieredTable,
+            KeyIndex,
+            capacity_for,
+            stored_keys,
+        )
+
+        # An EV's rows are its checkpoint's keys plus room for new ones; its key index is DRAM.
+        keys_of = {t.name: stored_keys(full_prefix, t) for t in tables.values() if t.keyed}
+        rows_of = {t.name: capacity_for(keys_of[t.name]) if t.keyed else t.rows
+                   for t in tables.values()}
+        total = sum(rows_of[t.name] * t.row_bytes for t in tables.values())
         with self._lock:
             on_ssd = sum(sum(tt.table.rows * tt.table.row_bytes for tt in r._tables.values())
                          for r in self._open)
@@ -306,7 +337,8 @@ class TieredFeatureStore(FeatureStore):
         folder = os.path.join(self.root, safe_name(str(key)) + "-" + uuid.uuid4().hex[:6])
         os.makedirs(folder)
         # Each table's cache gets its id index plus a share of the rest in proportion to its size.
-        index = sum(t.rows * DramCache.ID_OVERHEAD for t in tables.values())
+        index = sum(rows_of[t.name] * DramCache.ID_OVERHEAD for t in tables.values()) + sum(
+            n * KeyIndex.BYTES_PER_KEY for n in keys_of.values())
         if index >= self.dram_bytes:
             raise VersionLoadError(
                 f"ev_storage_size[0] = {self.dram_bytes} bytes of DRAM cannot even hold the cache "
@@ -314,8 +346,13 @@ class TieredFeatureStore(FeatureStore):
         built = {}
         try:
             for t in tables.values():
-                share = t.rows * DramCache.ID_OVERHEAD + (self.dram_bytes - index) * (
-                    t.rows * t.row_bytes) // max(1, total)
+                n = rows_of[t.name]
+                own = n * DramCache.ID_OVERHEAD + keys_of.get(t.name, 0) * KeyIndex.BYTES_PER_KEY
+                share = own + (self.dram_bytes - index) * (n * t.row_bytes) // max(1, total)
+                if t.keyed:
+                    built[t.name] = KeyedTieredTable(t, folder, key, full_prefix, keys_of[t.name],
+                                                     share, self.policy)
+                    continue
                 built[t.name] = _TieredTable(t, DramCache(t, share, self.policy),
                                              SsdTable(folder, t, key, full_prefix), None)
         except BaseException:

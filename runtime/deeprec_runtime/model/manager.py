@@ -115,6 +115,8 @@ class Manager:
     def stop_updates(self) -> None:
         """Asks the update thread to finish the step it is in and take no other; the serving
         version keeps answering requests (a pod draining after SIGTERM loads nothing new)."""
+        if not self._stop.is_set():
+            log.info("updates stopped: no delta or version is taken from now on")
         self._stop.set()
         self._wake.set()
 
@@ -364,7 +366,10 @@ class Manager:
         if servable is None:
             return
         state = "SERVING" if servable is self._current else "LOADING"
-        for delta in version.deltas_after(servable.delta_step):
+        # Deltas are cumulative since the full checkpoint (DeepRec's incremental checkpoints):
+        # the latest one holds every change, so a backlog is one apply, and a delta that
+        # failed is superseded by the next one written.
+        for delta in version.deltas_after(servable.delta_step)[-1:]:
             if self._stop.is_set():  # a backlog of deltas must not hold up shutdown
                 return
             started = time.monotonic()

@@ -24,6 +24,10 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.saved_model import loader_impl
 
+from deeprec_runtime.deeprec import names
+from deeprec_runtime.deeprec.keyed import keyed_tables
+from deeprec_runtime.deeprec.loader import EVGraph, EVVersion, import_ev_graph
+from deeprec_runtime.deeprec.savedmodel import has_embedding_variables
 from deeprec_runtime.errors import InvalidArgument, ServingError, Unavailable, VersionLoadError
 from deeprec_runtime.features import ExternalTables, VersionKey
 from deeprec_runtime.features.binding import restore_dense, serving_tables
@@ -149,6 +153,8 @@ class Servable:
         self.closed = False
         #: Embedding tables served from a feature store (features.ExternalTables), or None.
         self.tables: ExternalTables | None = None
+        #: DeepRec EmbeddingVariables held in this version's session (deeprec.EVVersion), or None.
+        self.ev: EVVersion | None = None
         #: Timeline recorder (timeline.TimelineRecorder), set once the version is warmed up.
         self.tracer: TimelineRecorder | None = None
         #: The imported graph this version runs on (shared by versions of the same SavedModel).
@@ -256,7 +262,8 @@ class Servable:
     def apply_delta(self, delta: Delta, local_prefix: str) -> None:
         """Applies one incremental checkpoint in place. Everything is read and checked before the
         first variable changes, so a bad delta leaves the servable as it was."""
-        updates = read_delta(local_prefix, self._updaters)
+        updates = (self.ev.read_delta(local_prefix, self._updaters) if self.ev is not None
+                   else read_delta(local_prefix, self._updaters))
         if self.tables is not None:
             # Rows of external tables go to the feature store first (a failure there leaves the
             # session untouched, so the whole delta is retried); the rest is applied below.
@@ -401,12 +408,16 @@ class _VariableUpdater:
         self.prepare(args[0])(*args[1:])
 
 
-DELTA_IDS = "/delta_ids"
-DELTA_VALUES = "/delta_values"
+#: Entries of the writer's former delta format (changes since the previous save, not cumulative):
+#: applying only their dense part would serve stale table rows, so such a delta is refused.
+_RETIRED_SUFFIXES = ("/delta_ids", "/delta_values")
 
 
 def read_delta(prefix: str, updaters: dict[str, _VariableUpdater]) -> list[tuple[_VariableUpdater, tuple]]:
-    """Reads and validates a delta checkpoint (format: docs/checkpoint-format.md)."""
+    """Reads and validates a delta in DeepRec's incremental format (docs/checkpoint-format.md):
+    `V-sparse_incr_keys` / `V-sparse_incr_values` are changed rows of table V, other entries
+    whole variables. Entries the model does not have (optimizer slots, global_step, DeepRec's
+    per-EV side tensors) are skipped; a delta with none of the model's variables is refused."""
     try:
         reader = tf.train.load_checkpoint(prefix)
         keys = reader.get_variable_to_shape_map()
@@ -415,21 +426,25 @@ def read_delta(prefix: str, updaters: dict[str, _VariableUpdater]) -> list[tuple
         raise VersionLoadError(f"cannot read delta {prefix}: {_first_line(exc)}") from None
     # Names are checked against the model from the index alone, before any data is read.
     wanted: list[tuple[_VariableUpdater, tuple[str, ...]]] = []
+    retired = sorted(k for k in keys if k.endswith(_RETIRED_SUFFIXES))
+    if retired:
+        raise VersionLoadError(
+            f"delta {prefix} is in the retired private format ('{retired[0]}'); deltas are "
+            "DeepRec's incremental checkpoints (V-sparse_incr_keys / V-sparse_incr_values): "
+            "write them with the current CheckpointWriter")
     for key in sorted(keys):
-        if key.endswith(DELTA_VALUES):
-            continue
-        if key.endswith(DELTA_IDS):
-            var = key[: -len(DELTA_IDS)]
-            updater = _updater(updaters, var, prefix)
-            if var + DELTA_VALUES not in keys:
-                raise VersionLoadError(f"delta {prefix}: '{var}{DELTA_IDS}' has no '{var}{DELTA_VALUES}'")
-            wanted.append((updater, (key, var + DELTA_VALUES)))
-        elif key in updaters:
+        if key.endswith(names.DELTA_KEYS):
+            var = key[: -len(names.DELTA_KEYS)]
+            if var not in updaters:
+                continue
+            if var + names.DELTA_VALUES not in keys:
+                raise VersionLoadError(f"delta {prefix}: '{key}' has no '{var}{names.DELTA_VALUES}'")
+            wanted.append((updaters[var], (key, var + names.DELTA_VALUES)))
+        elif key in updaters and not names.is_ev_tensor(key):
             wanted.append((updaters[key], (key,)))
-        elif key == "global_step" or key.endswith("/global_step"):
-            continue
-        else:
-            raise VersionLoadError(f"delta {prefix}: variable '{key}' is not in the model")
+    if not wanted and keys and not any(names.is_ev_tensor(k) for k in keys):
+        raise VersionLoadError(f"delta {prefix} holds none of the model's variables "
+                               f"({', '.join(sorted(keys)[:5])}, ...)")
     try:
         tensors = read_tensors(prefix, [k for _, ks in wanted for k in ks], dtypes)
     except (tf.errors.OpError, ValueError) as exc:
@@ -451,13 +466,6 @@ def _check_shapes(prefix: str, updaters: dict[str, _VariableUpdater], version: s
                                    "in the model")
 
 
-def _updater(updaters, var: str, prefix: str) -> _VariableUpdater:
-    try:
-        return updaters[var]
-    except KeyError:
-        raise VersionLoadError(f"delta {prefix}: variable '{var}' is not in the model") from None
-
-
 def _first_line(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc)
     return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
@@ -474,7 +482,8 @@ class ImportedGraph:
     fingerprint: str
     """Digest of saved_model.pb (see graph_fingerprint); versions with the same one share this."""
     graph: tf.Graph
-    loader: loader_impl.SavedModelLoader
+    loader: loader_impl.SavedModelLoader | None
+    """None for a DeepRec EV export (its graph is rewritten, see `ev`)."""
     saver: tf.compat.v1.train.Saver | None
     meta: object
     """The MetaGraphDef of the serving tags."""
@@ -482,6 +491,8 @@ class ImportedGraph:
     update_ops: dict[str, _UpdateOps]
     tables: dict
     """Embedding tables a feature store serves (empty without one)."""
+    ev: EVGraph | None = None
+    """A DeepRec export's EmbeddingVariables (deeprec/), served from tables in the session."""
 
 
 def graph_fingerprint(savedmodel_dir: str) -> str:
@@ -502,6 +513,8 @@ def graph_fingerprint(savedmodel_dir: str) -> str:
 
 def import_graph(savedmodel_dir: str, options: SessionOptions, features=None) -> ImportedGraph:
     """Imports the SavedModel's serving graph (see ImportedGraph)."""
+    if has_embedding_variables(savedmodel_dir):
+        return _import_ev_graph(savedmodel_dir, options, features)
     graph = tf.Graph()
     loader = loader_impl.SavedModelLoader(savedmodel_dir)
     with graph.as_default():
@@ -517,13 +530,36 @@ def import_graph(savedmodel_dir: str, options: SessionOptions, features=None) ->
                          parse_signatures(meta), update_ops, tables)
 
 
+def _import_ev_graph(savedmodel_dir: str, options: SessionOptions, features) -> ImportedGraph:
+    """A DeepRec EmbeddingVariable export, rewritten for stock TensorFlow (deeprec/). Its EVs live
+    in the session's own tables (DeepRec's DRAM storage, so `ev_storage_type` 1 serves them there
+    too, within its byte budget), or in a feature store that keeps rows by key (Redis, the
+    DRAM + SSD tier); a store that cannot is refused rather than silently bypassed."""
+    keyed = features is not None and getattr(features, "serves_keyed_tables", False)
+    if features is not None and not keyed and getattr(features, "storage_type", None) != 1:
+        raise VersionLoadError(f"the feature store {type(features).__name__} cannot hold DeepRec "
+                               "EmbeddingVariables (rows by key)")
+
+    def place(graph: tf.Graph) -> None:
+        if options.plan is not None and options.plan.uses_gpu:
+            place_graph(graph, options.plan.lanes[0].device, options.plan.embeddings_on_cpu)
+
+    graph, meta, variables, ev = import_ev_graph(savedmodel_dir, place)
+    with graph.as_default():
+        update_ops = {v.op.name: _UpdateOps.build(v) for v in variables}
+    graph.finalize()
+    tables = keyed_tables(list(ev.lookups)) if keyed else {}
+    return ImportedGraph(graph_fingerprint(savedmodel_dir), graph, None, None, meta,
+                         parse_signatures(meta), update_ops, tables, ev)
+
+
 def load_servable(savedmodel_dir: str, version: VersionInfo | None,
                   localize: Callable[[str], str],
                   options: SessionOptions, features=None,
                   imported: ImportedGraph | None = None,
                   background: Callable[[Callable[[], None]], None] | None = None) -> Servable:
     """Builds a servable: SavedModel graph + the version's full checkpoint (the manager applies
-    the deltas, one by one, so that a bad delta does not discard a good full checkpoint).
+    the latest delta afterwards, so that a bad delta does not discard a good full checkpoint).
 
     `imported`, the graph of a version loaded earlier, is used when its fingerprint is still the
     SavedModel's; otherwise the SavedModel is imported. `Servable.imported` is the one used.
@@ -556,7 +592,10 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
             updaters = {name: _VariableUpdater(session, ops, options.update_run_options)
                         for name, ops in imported.update_ops.items()}
         prefix = restore_op = filename_tensor = ""
-        if tables:
+        ev = (EVVersion(imported.ev, session, options.update_run_options,
+                        getattr(features, "dram_bytes", 0), keyed=bool(tables))
+              if imported.ev else None)
+        if ev is not None or tables:
             prefix = (localize(version.full_prefix) if version is not None
                       else os.path.join(savedmodel_dir, "variables", "variables"))
         elif version is not None:
@@ -569,6 +608,11 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
 
         def restore() -> None:  # the bulk of a load's CPU: on `background` when given
             with graph.as_default():
+                if ev is not None:
+                    ev.restore(prefix, updaters, options.restore_run_options)
+                    return
+                if loader is None:  # only EV exports have none, and they returned above
+                    raise VersionLoadError("internal: a plain export without its loader")
                 if tables:
                     restore_dense(prefix, updaters, tables)
                 elif version is None:
@@ -585,10 +629,12 @@ def load_servable(savedmodel_dir: str, version: VersionInfo | None,
         if tables:  # outside the graph context: the store reads checkpoint slices eagerly
             key = VersionKey(version.name if version else SAVEDMODEL_VERSION,
                              version.full_step if version else 0)
-            external = ExternalTables(tables, features.open_version(key, tables, prefix))
+            external = ExternalTables(tables, features.open_version(key, tables, prefix),
+                                      ev.defaults if ev is not None else {})
         servable = Servable(version.name if version else SAVEDMODEL_VERSION, graph, session,
                             imported.signatures, options, updaters, version, group)
         servable.tables = external
+        servable.ev = ev
         servable.imported = imported
     except VersionLoadError:
         if session is not None:

@@ -3,8 +3,9 @@
 It knows nothing about TensorFlow. Discovery follows DeepRec's Processor: each sub-folder of
 `checkpoint_dir` with a `checkpoint` state file is a version, named by the folder
 ("checkpoint_2"); its full checkpoint is the highest step `*.ckpt-N.index`; its deltas are the
-`*.ckpt-M.index` files with M > N in `.incremental_checkpoint/` (or `.incremental_ckpt/`), applied
-in step order. The newest version is the one whose state file was written last.
+`*.ckpt-M.index` files with M > N in `.incremental_checkpoint/` (or `.incremental_ckpt/`), in step
+order (each is cumulative since the full checkpoint, so the manager applies the latest). The
+newest version is the one whose state file was written last.
 
 A checkpoint is complete only when its `.index` and every `.data-XXXXX-of-YYYYY` shard are
 present, so a half-copied checkpoint is never offered to the loader.

@@ -142,8 +142,8 @@ class Frontend {
         max_inflight_bytes_(max_inflight_bytes) {}
 
   bool Start(const std::string& address, int pollers, int max_message_bytes,
-             std::shared_ptr<grpc::ServerCredentials> credentials, int* bound_port,
-             std::string* error) {
+             int max_connection_age_ms, std::shared_ptr<grpc::ServerCredentials> credentials,
+             int* bound_port, std::string* error) {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder builder;
     builder.AddListeningPort(address, credentials, bound_port);
@@ -151,6 +151,11 @@ class Frontend {
     builder.SetMaxReceiveMessageSize(max_message_bytes);
     builder.SetMaxSendMessageSize(max_message_bytes);
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    // A connection is closed gracefully (GOAWAY; its calls finish) after this age: a client
+    // behind a Service ClusterIP reconnects through kube-proxy, which is how it leaves a pod
+    // that is draining and how it reaches pods added since it connected.
+    if (max_connection_age_ms > 0)
+      builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, max_connection_age_ms);
     for (int i = 0; i < pollers; ++i) queues_.push_back(builder.AddCompletionQueue());
     server_ = builder.BuildAndStart();
     if (!server_ || *bound_port == 0) {
@@ -204,6 +209,8 @@ class Frontend {
   }
 
   int InFlight() const { return in_flight_.load(); }
+  // Every call accepted so far, answered in C++ or in Python: a drain waits until it stops moving.
+  int64_t CallsAccepted() const { return calls_accepted_.load(); }
   int64_t InFlightBytes() const { return in_flight_bytes_.load(); }
 
   // Replaces the credentials that open the fast path (required = false: every call may use it).
@@ -277,6 +284,7 @@ class Frontend {
             break;
           }
           if (!stopped_) Accept(cq);
+          calls_accepted_.fetch_add(1);
           if (!TakeSlot(call)) {  // refused before its request is read into memory
             Reply(call, grpc::StatusCode::RESOURCE_EXHAUSTED, nullptr, 0,
                   ("server overloaded: " + std::to_string(max_concurrent_) +
@@ -426,7 +434,12 @@ class Frontend {
         data = reinterpret_cast<const char*>(slices[0].begin());
         size = slices[0].size();
       } else {
+        flat.reserve(call->request.Length());
         for (auto& s : slices) flat.append(reinterpret_cast<const char*>(s.begin()), s.size());
+        // A large request arrives in many slices: once copied, they are released at once, so
+        // it is held once, not twice, while it is decoded and run.
+        slices.clear();
+        call->request.Clear();
         data = flat.data();
         size = flat.size();
       }
@@ -511,6 +524,7 @@ class Frontend {
   bool closing_ = false;
   std::atomic<int> in_flight_{0};
   std::atomic<int64_t> in_flight_bytes_{0};
+  std::atomic<int64_t> calls_accepted_{0};
   std::atomic<bool> stopped_{false};
 };
 
@@ -541,7 +555,8 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const char* key, const char
 extern "C" {
 
 void* dr_frontend_start(const char* address, int pollers, int workers, int max_concurrent,
-                        int max_message_bytes, int64_t max_inflight_bytes, const char* tls_key,
+                        int max_message_bytes, int64_t max_inflight_bytes,
+                        int max_connection_age_ms, const char* tls_key,
                         const char* tls_cert, const char* tls_client_ca, int tls_refresh_seconds,
                         dr_handler_fn handler, int* bound_port, char* error, size_t error_size) {
   auto* frontend = new Frontend(handler, workers, max_concurrent, max_inflight_bytes);
@@ -550,7 +565,8 @@ void* dr_frontend_start(const char* address, int pollers, int workers, int max_c
   // what initialises gRPC: do it here (reference-counted, kept for the process).
   grpc_init();
   auto credentials = Credentials(tls_key, tls_cert, tls_client_ca, tls_refresh_seconds);
-  if (!frontend->Start(address, pollers, max_message_bytes, credentials, bound_port, &why)) {
+  if (!frontend->Start(address, pollers, max_message_bytes, max_connection_age_ms, credentials,
+                       bound_port, &why)) {
     snprintf(error, error_size, "%s", why.c_str());
     delete frontend;
     return nullptr;
@@ -583,6 +599,10 @@ int dr_frontend_set_lanes(void* frontend, int lanes, const int* cpus, const int*
 }
 
 int dr_frontend_in_flight(void* frontend) { return static_cast<Frontend*>(frontend)->InFlight(); }
+
+int64_t dr_frontend_calls_accepted(void* frontend) {
+  return static_cast<Frontend*>(frontend)->CallsAccepted();
+}
 
 int64_t dr_frontend_in_flight_bytes(void* frontend) {
   return static_cast<Frontend*>(frontend)->InFlightBytes();

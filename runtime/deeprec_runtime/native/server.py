@@ -24,7 +24,12 @@ from deeprec_runtime import security as security_settings
 from deeprec_runtime.admission import InflightBytes
 from deeprec_runtime.errors import Unauthenticated
 from deeprec_runtime.native.build import library_path
-from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES, SERVICE, wait_until_quiet
+from deeprec_runtime.server.grpc_server import (
+    MAX_CONNECTION_AGE_SECONDS,
+    MAX_MESSAGE_BYTES,
+    SERVICE,
+    wait_until_quiet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +38,13 @@ typedef int (*dr_handler_fn)(const char *method, size_t method_len, const char *
                              size_t size, double timeout_s, const char *authorization,
                              size_t authorization_len, const char **out, size_t *out_size);
 void *dr_frontend_start(const char *address, int pollers, int workers, int max_concurrent,
-                        int max_message_bytes, int64_t max_inflight_bytes, const char *tls_key,
+                        int max_message_bytes, int64_t max_inflight_bytes,
+                        int max_connection_age_ms, const char *tls_key,
                         const char *tls_cert, const char *tls_client_ca, int tls_refresh_seconds,
                         dr_handler_fn handler, int *bound_port, char *error, size_t error_size);
 void dr_frontend_set_serving(void *frontend, const char *service, int serving);
 int dr_frontend_in_flight(void *frontend);
+int64_t dr_frontend_calls_accepted(void *frontend);
 int64_t dr_frontend_in_flight_bytes(void *frontend);
 int dr_frontend_take_bytes(void *frontend, int64_t size);
 void dr_frontend_give_bytes(void *frontend, int64_t size);
@@ -100,7 +107,8 @@ class NativeGrpcServer:
                  max_workers: int = 16, authenticator: Any = None,
                  open_methods: frozenset[str] = frozenset(), max_concurrent: int | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, pollers: int = 1,
-                 tls: tuple[str, str, str] | None = None, max_inflight_bytes: int = 0):
+                 tls: tuple[str, str, str] | None = None, max_inflight_bytes: int = 0,
+                 max_connection_age: float = MAX_CONNECTION_AGE_SECONDS):
         import cffi  # noqa: PLC0415
 
 
@@ -126,7 +134,8 @@ class NativeGrpcServer:
         key, cert, client_ca = (p.encode() for p in tls or ("", "", ""))
         self._frontend = self.lib.dr_frontend_start(
             f"{host}:{port}".encode(), pollers, max_workers, max_concurrent or 0,
-            max_message_bytes, max_inflight_bytes, key, cert, client_ca, TLS_REFRESH_SECONDS,
+            max_message_bytes, max_inflight_bytes, int(max(max_connection_age, 0) * 1000), key,
+            cert, client_ca, TLS_REFRESH_SECONDS,
             self._callback, bound, error, 512)
         if self._frontend == ffi.NULL:
             raise OSError(ffi.string(error).decode(errors="replace"))
@@ -253,6 +262,12 @@ class NativeGrpcServer:
         return int(self.lib.dr_frontend_in_flight(self._frontend))
 
     @property
+    def calls_accepted(self) -> int:
+        """Calls accepted since start, including those answered in C++ (fast predict), which
+        Python never sees."""
+        return int(self.lib.dr_frontend_calls_accepted(self._frontend))
+
+    @property
     def in_flight_bytes(self) -> int:
         """Bytes of the requests read and not yet answered (bounded by max_inflight_bytes)."""
         return int(self.lib.dr_frontend_in_flight_bytes(self._frontend))
@@ -268,7 +283,8 @@ class NativeGrpcServer:
             return
         self.set_serving(False)
         deadline = time.monotonic() + grace
-        wait_until_quiet(deadline, quiet, queued=lambda: self.in_flight)
+        wait_until_quiet(deadline, quiet, queued=lambda: self.in_flight,
+                         accepted=lambda: self.calls_accepted)
         self._stopped = True
         self._stop_refresh.set()
         self.lib.dr_frontend_stop(self._frontend, max(deadline - time.monotonic(), 1.0))

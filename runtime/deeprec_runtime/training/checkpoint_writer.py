@@ -10,9 +10,11 @@ Example::
         if step % 100 == 0:
             writer.save_delta(step)          # seconds later the server serves it
 
-Format: docs/checkpoint-format.md. Stock TensorFlow has no incremental saver; this writer keeps
-what the server already has (the last save) and writes only the embedding rows changed since then,
-plus the dense variables whole.
+Format: docs/checkpoint-format.md, which is DeepRec's: stock TensorFlow has no incremental saver,
+so this writer produces what DeepRec's does for normal variables (`incremental_include_normal_var`):
+per embedding table the rows changed since the full checkpoint (`V-sparse_incr_keys`,
+`V-sparse_incr_values`), plus the dense variables whole. Each delta is cumulative, so a server
+needs only the latest one on top of the full checkpoint.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from . import bundle
 from .format import (
     DELTA_DIRNAME,
-    DELTA_IDS_SUFFIX,
     DELTA_INDEX_RE,
+    DELTA_KEYS_SUFFIX,
     DELTA_VALUES_SUFFIX,
     FULL_INDEX_RE,
     STATE_FILENAME,
@@ -105,8 +107,9 @@ class _Table:
             )
         self.rows = int(shape[0])
         self.dtype = var.dtype.base_dtype.as_numpy_dtype
+        #: Ids recorded since the full save (deltas are cumulative since then).
         self.touched: list[np.ndarray] = []
-        # The rows as of the last save = what a server that applied every save holds.
+        # The rows as of the full save: a delta holds every row that differs from them.
         self.snapshot: np.ndarray | None = None
         self.ids_ph = self.gather = None
         if not graph.finalized:
@@ -126,7 +129,7 @@ class CheckpointWriter:
     graph's trainable variables that are not embeddings. A full checkpoint holds every global
     variable of the graph (plus anything registered), so training can resume from it too.
 
-    ``diff_fallback`` (default True) keeps a copy of each embedding table as of the last save, so
+    ``diff_fallback`` (default True) keeps a copy of each embedding table as of the full save, so
     a table for which no ids were recorded is diffed instead; turn it off to save that memory
     when every change is recorded with :meth:`record_touched`.
 
@@ -271,9 +274,10 @@ class CheckpointWriter:
     def save_delta(self, step: int) -> str:
         """Writes ``<version>/.incremental_checkpoint/incremental_model.ckpt-<step>``.
 
-        Holds, per embedding table, the rows changed since the previous save (full or delta):
-        the recorded ids when any were recorded, else (with ``diff_fallback``) the rows that differ
-        from the last save; and every dense variable whole. Returns the prefix.
+        Holds, per embedding table, the rows changed since the full save (DeepRec's cumulative
+        deltas: the latest one alone brings a server from the full checkpoint to now): the ids
+        recorded since then when any were recorded, else (with ``diff_fallback``) the rows that
+        differ from the full save; and every dense variable whole. Returns the prefix.
         """
         with self._lock:
             if self._full_step is None:
@@ -283,42 +287,29 @@ class CheckpointWriter:
                 )
             step = self._check_step(step)
             tensors: dict[str, np.ndarray] = {}
-            updates: list[tuple[_Table, np.ndarray, np.ndarray]] = []
             for table in self._tables.values():
+                # Every table is written, with no rows when none changed, as DeepRec's
+                # incremental saver writes every sparse variable it records.
                 ids, rows = self._changed_rows(table)
-                if ids.size:
-                    tensors[table.name + DELTA_IDS_SUFFIX] = ids
-                    tensors[table.name + DELTA_VALUES_SUFFIX] = rows
-                    updates.append((table, ids, rows))
+                tensors[table.name + DELTA_KEYS_SUFFIX] = ids
+                tensors[table.name + DELTA_VALUES_SUFFIX] = rows
             if self._dense:
                 dnames = list(self._dense)
                 for n, v in zip(dnames, self.session.run([self._dense[n] for n in dnames]), strict=True):
                     tensors[n] = v
-            if not tensors:
-                # Nothing changed and no dense variables: an empty delta is still a valid
-                # checkpoint, so the server's version clock moves on. Written as an empty
-                # table so readers need no special case.
-                t = next(iter(self._tables.values()))
-                tensors[t.name + DELTA_IDS_SUFFIX] = np.zeros([0], np.int64)
-                tensors[t.name + DELTA_VALUES_SUFFIX] = np.zeros([0, t.var.shape[1]], t.dtype)
             tf.io.gfile.makedirs(self.delta_dir)
             prefix = os.path.join(self.delta_dir, delta_prefix_name(step))
             bundle.write_bundle(prefix, tensors)
             base = os.path.basename(prefix)
             self._deltas.append(base)
             _update_state(self.delta_dir, base, self._deltas)
-            for table, ids, rows in updates:
-                table.touched.clear()
-                if table.snapshot is not None:
-                    table.snapshot[ids] = rows
-            for table in self._tables.values():
-                table.touched.clear()
             self._last_step = step
             return prefix
 
     def _changed_rows(self, table: _Table) -> tuple[np.ndarray, np.ndarray]:
         if table.touched:
             ids = np.unique(np.concatenate(table.touched))
+            table.touched = [ids]  # kept (deduplicated) for the next cumulative delta
             if table.gather is not None:
                 rows = self.session.run(table.gather, {table.ids_ph: ids})
             else:

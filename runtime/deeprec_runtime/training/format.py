@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deeprec_runtime.deeprec.names import DELTA_KEYS, DELTA_VALUES, is_ev_tensor
+
 #: CheckpointState file, in the version folder and in the delta folder.
 STATE_FILENAME = "checkpoint"
 #: Full checkpoints: ``<version>/model.ckpt-<N>.index`` + ``.data-*``.
@@ -20,10 +22,11 @@ DELTA_DIRNAME = ".incremental_checkpoint"
 DELTA_DIRNAMES = (".incremental_checkpoint", ".incremental_ckpt")
 #: Deltas: ``<version>/.incremental_checkpoint/incremental_model.ckpt-<M>.index`` + ``.data-*``.
 DELTA_BASENAME = "incremental_model.ckpt"
-#: Per embedding variable ``V`` a delta holds ``V/delta_ids`` (int64 [k]) and
-#: ``V/delta_values`` (V.dtype [k, dim]).
-DELTA_IDS_SUFFIX = "/delta_ids"
-DELTA_VALUES_SUFFIX = "/delta_values"
+#: DeepRec's incremental format: per table ``V`` a delta holds ``V-sparse_incr_keys`` (int64 [k],
+#: the changed row ids, ascending) and ``V-sparse_incr_values`` (V.dtype [k, dim]): every row
+#: changed since the full checkpoint; other variables are written whole under their own names.
+DELTA_KEYS_SUFFIX = DELTA_KEYS
+DELTA_VALUES_SUFFIX = DELTA_VALUES
 #: Prefix of files being written; never matches the patterns below, so a reader that keys on
 #: ``*.index`` never picks up a checkpoint in progress.
 TEMP_PREFIX = ".tmp-write-"
@@ -45,17 +48,18 @@ class Delta:
     """The content of one delta checkpoint, as numpy arrays keyed by variable name."""
 
     step: int | None
-    #: embedding variable name -> (row ids int64 [k], rows [k, dim])
+    #: table name -> (row ids int64 [k], rows [k, dim])
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     #: dense variable name -> whole value
     dense: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def read_delta(prefix: str) -> Delta:
-    """Reads a delta checkpoint written in this format (any writer, not only ours).
+    """Reads a delta checkpoint in DeepRec's incremental format (any writer, not only ours).
 
-    Raises ValueError when a ``V/delta_ids`` has no matching ``V/delta_values`` (or the reverse)
-    or their shapes disagree, naming the variable.
+    Raises ValueError when a ``V-sparse_incr_keys`` has no matching ``V-sparse_incr_values`` (or
+    the reverse) or their shapes disagree, naming the variable. DeepRec's other per-table entries
+    (``-sparse_incr_freqs``, ``-incr_partition_offset``, ...) are not variables and are skipped.
     """
     import tensorflow as tf
 
@@ -64,8 +68,8 @@ def read_delta(prefix: str) -> Delta:
     m = re.search(r"-(\d+)$", prefix)
     delta = Delta(step=int(m.group(1)) if m else None)
     for name in sorted(names):
-        if name.endswith(DELTA_IDS_SUFFIX):
-            var = name[: -len(DELTA_IDS_SUFFIX)]
+        if name.endswith(DELTA_KEYS_SUFFIX):
+            var = name[: -len(DELTA_KEYS_SUFFIX)]
             values_name = var + DELTA_VALUES_SUFFIX
             if values_name not in names:
                 raise ValueError(f"delta {prefix}: '{name}' has no matching '{values_name}'")
@@ -78,9 +82,9 @@ def read_delta(prefix: str) -> Delta:
                 )
             delta.embeddings[var] = (ids, values)
         elif name.endswith(DELTA_VALUES_SUFFIX):
-            ids_name = name[: -len(DELTA_VALUES_SUFFIX)] + DELTA_IDS_SUFFIX
+            ids_name = name[: -len(DELTA_VALUES_SUFFIX)] + DELTA_KEYS_SUFFIX
             if ids_name not in names:
                 raise ValueError(f"delta {prefix}: '{name}' has no matching '{ids_name}'")
-        else:
+        elif not is_ev_tensor(name):
             delta.dense[name] = reader.get_tensor(name)
     return delta

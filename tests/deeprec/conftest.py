@@ -1,0 +1,29 @@
+"""Fixtures: DeepRec models on disk (layout.py) and the runtime fixtures of tests/runtime."""
+
+from __future__ import annotations
+
+import pytest
+
+# The runtime fixtures of tests/runtime and a real redis-server (re-exported for pytest).
+from features.conftest import redis_server  # noqa: F401
+from runtime.conftest import Client, serve, serve_process  # noqa: F401
+
+from . import state as S
+from .layout import EVModel, make_ev_model
+
+
+@pytest.fixture
+def ev_model(tmp_path) -> EVModel:
+    """Newer release (InitializeKvVariableV2Op, KvResourceImportV3), default attrs stripped."""
+    return make_ev_model(str(tmp_path / "model"))
+
+
+@pytest.fixture
+def old_ev_model(tmp_path) -> EVModel:
+    """Older release (InitializeKvVariableOp with attr_json_str, KvResourceImportV2), attrs kept.
+    Its user_emb answers unseen ids with default_value_no_permission -0.25 (set in the JSON)."""
+    return make_ev_model(str(tmp_path / "old"), release=S.OLD_RELEASE, strip_defaults=False,
+                         init_overrides={"user_emb": {"default_value_no_permission": -0.25}})
+
+
+OLD_NO_PERMISSION = {"user_emb": -0.25}
