@@ -5,6 +5,8 @@ plan declines."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -66,3 +68,29 @@ def test_what_the_plan_declines_gets_pythons_error_naming_it(processor):
     assert answered(proc) == before
     code, _ = proc.process(make_request(feed).SerializeToString())  # still serving, in C++
     assert code == OK and answered(proc) == before + 1
+
+
+HOST_AFTER_FAST_PATH = """
+import ctypes, sys
+import tensorflow as tf
+from deeprec_runtime.native.fast_predict import _load
+from deeprec_runtime.native.tf_handles import session_pointer
+ffi, lib = _load()
+graph = tf.Graph()
+with graph.as_default():
+    tf.constant(1.0)
+assert session_pointer(tf.compat.v1.Session(graph=graph), ffi, lib)
+so = ctypes.CDLL(sys.argv[1])
+so.process.argtypes = [ctypes.c_void_p] * 5
+print("process", so.process(None, None, 0, None, None), flush=True)
+"""
+
+
+def test_a_process_that_reached_a_session_can_still_start_the_c_api(capi_library):
+    """Reaching the TF_Session must leave the interpreter as it was: cffi's embedding (the C API
+    library) starts Python behind a spin lock on PyCapsule_Type's method-cache tag (Python
+    3.8-3.11), which a type attribute lookup on a capsule sets; its first call then spun forever."""
+    out = subprocess.run([sys.executable, "-c", HOST_AFTER_FAST_PATH, capi_library],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "process 500" in out.stdout, out.stdout

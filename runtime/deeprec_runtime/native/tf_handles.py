@@ -34,12 +34,15 @@ _CONDUIT = "_pybind11_conduit_v1_"
 _capsule_new = ctypes.pythonapi.PyCapsule_New
 _capsule_new.restype = ctypes.py_object
 _capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+# No argtypes for the two that take a capsule: the caller wraps it in ctypes.py_object itself.
+# With argtypes, ctypes looks `_as_parameter_` up on the capsule's type, which gives
+# PyCapsule_Type a method-cache version tag; on Python 3.8-3.11, cffi's embedding (the C API
+# library, libserving_processor.so) uses exactly that field as its start-up spin lock, and a
+# nonzero tag makes its first call in this process spin forever.
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = ctypes.c_void_p
-_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_void_p]
 _capsule_is_valid = ctypes.pythonapi.PyCapsule_IsValid
 _capsule_is_valid.restype = ctypes.c_int
-_capsule_is_valid.argtypes = [ctypes.py_object, ctypes.c_void_p]
 
 
 class SessionHandleError(RuntimeError):
@@ -63,12 +66,12 @@ def session_pointer(session: Any, ffi: Any, lib: Any, abi: bytes | None = None) 
     request = _capsule_new(type_info, _address(ffi, lib.drf_type_info_name()), None)
     answer = conduit(abi, request, b"raw_pointer_ephemeral")
     name = _address(ffi, lib.drf_tf_session_type_name())
-    if answer is None or not _capsule_is_valid(answer, name):
+    if answer is None or not _capsule_is_valid(ctypes.py_object(answer), ctypes.c_void_p(name)):
         raise SessionHandleError(
             f"TensorFlow's session handle ({type(handle).__name__}) does not give a TF_Session to "
             f"pybind11 ABI {abi.decode()} (TensorFlow built with another C++ toolchain, or its "
             "handle is another type now)")
-    pointer = _capsule_pointer(answer, name)
+    pointer = _capsule_pointer(ctypes.py_object(answer), ctypes.c_void_p(name))
     if not pointer or not lib.drf_session_ok(ffi.cast("void *", pointer)):
         raise SessionHandleError("the TF_Session holds no session (closed?)")
     return int(pointer)
