@@ -5,9 +5,11 @@
 1. batch 1 and 64 at concurrency 8: requests/s, p50/p99 latency, server CPU per request for
    (a) in-process session.run(feed_dict) and the prepared callable (8 threads, no RPC),
    (b) this runtime over gRPC, (c) simple-tensorflow-serving over HTTP/JSON (a separate venv,
-   STFS_VENV, default .cache/stfs-venv; skipped with a note when missing).
-   (b) and (c) get the same multi-process load generator on loopback; server CPU is the server's
-   whole process tree, from /proc.
+   STFS_VENV, default .cache/stfs-venv; skipped with a note when missing), and at batch 1
+   (d) the requests DeepRec clients send, with and without `output_filter: ["probability"]`, on
+   session groups of 1, 2 (RR) and 4 lanes, each against session.run and the best of them.
+   (b), (c) and (d) get the same multi-process load generator on loopback; server CPU is the
+   server's whole process tree, from /proc.
 2. RSS of the runtime with session_num 1 vs 4 (one copy of the parameters either way).
 3. p99 at half load while a new full version is loaded and swapped in vs in control windows
    interleaved with them under the same load, and the server's own answer times over the same
@@ -173,11 +175,11 @@ def model_version(target: str) -> str:
         return probe.version()
 
 
-def grpc_payload(feed, tensor_content: bool = False) -> bytes:
+def grpc_payload(feed, tensor_content: bool = False, output_filter: tuple[str, ...] = ()) -> bytes:
     from deeprec_runtime.codec import encode_array  # noqa: PLC0415
     from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
 
-    req = pb.PredictRequest(signature_name="serving_default")
+    req = pb.PredictRequest(signature_name="serving_default", output_filter=output_filter)
     for k, v in feed.items():
         encode_array(v, req.inputs[k], use_tensor_content=tensor_content)
     return req.SerializeToString()
@@ -200,6 +202,14 @@ def print_ratios(batch: int) -> None:
     f = FIGURES
     runtime, run, floor = (f.get(DEFAULT_ROW), f.get("(a) in-process session.run(feed_dict)"),
                            f.get("(a) in-process prepared callable"))
+    groups = {label: f[label] for label, *_ in GROUP_ROWS if label in f}
+    if groups and run:
+        best = min(cpu for _, cpu in groups.values())
+        print("  (d) against in-process session.run and the best (d) cell (targets: <= 0.8x and "
+              "<= 1.2x):", flush=True)
+        for label, (_, cpu) in groups.items():
+            print(f"    {label:<40} {cpu:5.0f} us/req  {cpu / run[1]:.2f}x session.run  "
+                  f"{cpu / best:.2f}x the best", flush=True)
     if not (runtime and run and floor):
         return
     parts = [f"server CPU/request {runtime[1] / run[1]:.2f}x in-process session.run (target <= 1)",
@@ -285,6 +295,18 @@ AUTH_ROW = "(b) ... bearer token (auth on)"
 #: The bench's bearer token (a file the auth rows' servers read; the load sends it).
 BENCH_TOKEN = "bench-token-0123456789abcdef"
 STFS_ROW = "(c) simple-tensorflow-serving HTTP"
+FILTER = ("probability",)
+#: (label, config fields, output_filter): what DeepRec clients send (output_filter is required by
+#: DeepRec's API) on DeepRec's session groups (2 and 4 lanes split the CPUs between them).
+GROUP_ROWS = [
+    ("(d) session_num 1", {}, ()),
+    ("(d) session_num 1, output_filter", {}, FILTER),
+    ("(d) session_num 2 RR", {"session_num": 2, "select_session_policy": "RR"}, ()),
+    ("(d) session_num 2 RR, output_filter", {"session_num": 2, "select_session_policy": "RR"},
+     FILTER),
+    ("(d) session_num 4 RR, output_filter", {"session_num": 4, "select_session_policy": "RR"},
+     FILTER),
+]
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -336,6 +358,9 @@ def main() -> int:
                 variants += [(BATCHING_ROW, (), batching, "packed"),
                              ("(b) ... batching, --fast-predict off", ("--fast-predict", "off"),
                               batching, "packed")]
+            if batch == 1:
+                variants += [(label, (), fields, ("packed", names))
+                             for label, fields, names in GROUP_ROWS]
             if args.rows:
                 words = args.rows.split(",")
                 variants = [v for v in variants if any(w in v[0] for w in words)]
@@ -344,6 +369,10 @@ def main() -> int:
                 try:
                     if payload == "tfs":
                         measure_server(label, server, "tfs", tfs_payload(feeds[batch]),
+                                       args.duration)
+                    elif isinstance(payload, tuple):  # (d): an output_filter
+                        measure_server(label, server, "grpc",
+                                       grpc_payload(feeds[batch], output_filter=payload[1]),
                                        args.duration)
                     else:
                         measure_server(label, server, "grpc",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from deeprec_runtime.admission import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes
 from deeprec_runtime.config import BatchingConfig, ModelConfig
+from deeprec_runtime.cpus import format_cpu_list
 from deeprec_runtime.metrics import Metrics
 from deeprec_runtime.models import ModelEntry, ModelRegistry
 from deeprec_runtime.security import Security, SecurityConfigError
@@ -185,6 +186,12 @@ class Runtime:
         #: The C++ path for DeepRec Predict calls (native/fast_predict.py), or None.
         self.fast_predict = (self._start_fast_predict()
                              if fast_predict and self.grpc_server == "native" else None)
+        if not fast_predict:
+            log.info("fast predict: off (--fast-predict off): Predict calls are answered by the "
+                     "Python handlers")
+        elif self.grpc_server != "native":
+            log.info("fast predict: off, it needs the native gRPC front end (the server is %s)",
+                     self.grpc_server)
         self.http = (RestServer(self.models, http_port, host, self.metrics,
                                 max_body_bytes=max_message_bytes, security=self.security,
                                 max_concurrent=max_concurrent_requests,
@@ -222,6 +229,14 @@ class Runtime:
             self.grpc.set_fast(TFS_PREDICT_METHOD, fast.tfs_entry)  # type: ignore[union-attr]
         log.info("fast predict: on (DeepRec%s Predict calls are answered in C++ when they can be)",
                  " and TF Serving" if self._tfs else "")
+        plan = self.manager.group_plan
+        if plan is not None and not plan.uses_gpu and all(lane.cpus for lane in plan.lanes):
+            # Lanes bound to cpusets: each worker serves one lane, pinned to its CPUs, so the fast
+            # path runs the lane's model inline in the worker (no hand-off to the lane's pool).
+            cpusets = [sorted(lane.cpus or ()) for lane in plan.lanes]
+            self.grpc.set_lanes(cpusets, plan.select_policy == "RR")  # type: ignore[union-attr]
+            log.info("gRPC workers serve %d lane(s) on cpusets %s (%s)", len(cpusets),
+                     "; ".join(format_cpu_list(c) for c in cpusets), plan.select_policy)
         return fast
 
     def start(self) -> None:

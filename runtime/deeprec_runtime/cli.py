@@ -175,8 +175,20 @@ def capi(command: str) -> int:
 def native_path() -> int:
     from deeprec_runtime.native.build import BuildError, fast_predict_path, library_path  # noqa: PLC0415
 
-    return (_print_built(library_path, BuildError, "the native gRPC front end")
-            or _print_built(fast_predict_path, BuildError, "the fast predict library"))
+    failed = (_print_built(library_path, BuildError, "the native gRPC front end")
+              or _print_built(fast_predict_path, BuildError, "the fast predict library"))
+    if failed:
+        return failed
+    from deeprec_runtime.native.fast_predict import check_session_handle  # noqa: PLC0415
+    from deeprec_runtime.native.tf_handles import SessionHandleError  # noqa: PLC0415
+
+    try:  # the fast path must reach this TensorFlow's sessions, or the build is wrong
+        check_session_handle()
+    except SessionHandleError as exc:
+        print(f"deeprec-runtime: the fast predict library cannot reach TensorFlow's sessions: "
+              f"{exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def serve(args) -> int:

@@ -54,6 +54,9 @@ def predict(servable: Servable, request: pb.PredictRequest, default_signature: s
     feed_names, feed_arrays = resolve_feeds(signature, arrays, dtypes)
     keys = list(request.output_filter) or sorted(signature.outputs)
     specs = [signature.output(k) for k in keys]
+    if len(set(keys)) != len(keys):  # the answer is a map: it holds each name once
+        twice = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise InvalidArgument(f"output '{twice}' is named twice in output_filter")
     fetch_names = tuple(sorted({s.name for s in specs}))
     if batcher is not None:
         results = batcher.run(servable, feed_names, fetch_names, feed_arrays)

@@ -88,6 +88,9 @@ def test_health_is_serving_only_once_a_version_is_loaded(tmp_path, seed_model, s
      grpc.StatusCode.INVALID_ARGUMENT, ["input1", "signature expects"]),
     ("unknown output", lambda r: r.output_filter.append("bogus"),
      grpc.StatusCode.INVALID_ARGUMENT, ["unknown output 'bogus'", "probabilities"]),
+    # the answer is a map: a name given twice used to get its array encoded twice over
+    ("output named twice", lambda r: r.output_filter.extend(["probabilities"] * 2),
+     grpc.StatusCode.INVALID_ARGUMENT, ["output 'probabilities' is named twice"]),
     ("unknown signature", lambda r: setattr(r, "signature_name", "nope"),
      grpc.StatusCode.INVALID_ARGUMENT, ["unknown signature 'nope'", "serving_default"]),
     ("unsupported dtype", lambda r: setattr(r.inputs["input1"], "dtype", pb.DT_QINT8),

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from deeprec_runtime.config import parse_model_config_json
+from deeprec_runtime.config import ModelConfig, parse_model_config_json
 from deeprec_runtime.dataplane import DataPlane
 from deeprec_runtime.errors import ConfigError, InvalidArgument, ServingError
 from deeprec_runtime.model.manager import Manager
 from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import parse
+
+if TYPE_CHECKING:
+    from deeprec_runtime.model.servable import Servable
+    from deeprec_runtime.native.fast_predict import FastPlan, FastPredict
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,9 @@ class ProcessorModel:
             raise InitError(f"invalid model_config: {exc}") from None
         self.model_entry = model_entry
         self.dataplane = DataPlane(self.config, self.manager)
+        #: The serving version's C++ plan: process() tries it first, as the gRPC front end does.
+        self._plan: FastPlan | None = None
+        self.fast = _native_predict(self.config, self.manager, self._serve_plan_of)
         self.manager.start()
         timeout = self.config.init_timeout_minutes * 60.0
         if not self.manager.wait_ready(timeout):
@@ -50,6 +59,13 @@ class ProcessorModel:
     def process(self, data: bytes) -> tuple[int, bytes]:
         if not data:
             return OK, self.describe().encode()
+        plan = self._plan
+        if plan is not None:
+            # None: declined (a closed or blocked plan, a request it does not take): Python
+            # answers it, with the same answer or the error naming what was wrong.
+            answer = plan.predict(data)
+            if answer is not None:
+                return OK, answer
         try:
             request = _parse_request(data)
             return OK, self.dataplane.predict(request).SerializeToString()
@@ -85,8 +101,33 @@ class ProcessorModel:
             lines.append(f"not serving: {exc}")
         return "\n".join(lines) + "\n"
 
+    def _serve_plan_of(self, servable: Servable | None) -> None:
+        """The manager's on_serving: the new serving version's plan (None: Python serves it).
+        Kept here rather than published in the library, which holds one plan per process while
+        a host may initialize() several models."""
+        self._plan = (self.fast.plan_for(servable) if self.fast is not None and servable is not None
+                      else None)
+
     def close(self) -> None:
         self.manager.stop()
+
+
+def _native_predict(config: ModelConfig, manager: Manager,
+                    on_serving: Callable[[Servable | None], None]) -> FastPredict | None:
+    """The C++ fast path for process(), as the servers use it; None (with a warning) where its
+    library cannot be built or loaded here."""
+    from deeprec_runtime.native.build import BuildError  # noqa: PLC0415 (TensorFlow's C++ side)
+    from deeprec_runtime.native.fast_predict import FastPredict  # noqa: PLC0415
+
+    try:
+        fast = FastPredict("default", config.signature_name, None, manager.warmup_request,
+                           config.batching)
+    except (BuildError, OSError) as exc:
+        log.warning("C API: fast predict off, its library cannot be built or loaded (%s)", exc)
+        return None
+    manager.before_serving = fast.plan_for
+    manager.on_serving = on_serving
+    return fast
 
 
 def _parse_request(data: bytes) -> pb.PredictRequest:

@@ -38,6 +38,8 @@ class Manager(CoreManager[Servable]):
         source = (VersionSource(self.store, config.checkpoint_dir) if config.checkpoint_dir
                   else None)
         self.tf_loader = TFLoader(config, self.store)
+        #: The session group every version runs on (lanes, pools, cpusets), from the config.
+        self.group_plan = self.tf_loader.options.plan
         self._hooks: dict[str, Callable] = {}
         super().__init__(self.tf_loader, source, self._target, config.update_poll_seconds,
                          config.retain_previous_version, config.checkpoint_dir)

@@ -3,29 +3,56 @@
 // The native gRPC front end (grpc_frontend.cc) offers every PredictionService/Predict call here
 // first. When the serving version has a published plan and the request is one the plan fully
 // understands (the plan's signature, every input by alias exactly once, with the signature's dtype
-// and a compatible shape, packed values or tensor_content, no output_filter), the request is
-// decoded straight into TensorFlow tensors, run through the version's own prepared callable
-// (`Session::RunCallable`, the same handle the Python path uses, so the same inline-or-pool
-// choice), and the response is encoded here. TF Serving's Predict (TensorProto inputs, a
-// model_spec naming no version) is answered the same way when the plan allows it. Anything else
-// -- and any failure, TensorFlow's included -- returns "not handled", and the Python handler
-// answers exactly as it always has, error messages and status codes included. So this path only ever answers successes, and the
-// Python data plane stays the single definition of what a request means.
+// and a compatible shape, packed values or tensor_content, an output_filter naming known outputs
+// by alias or tensor name, each once), the request is decoded straight into TensorFlow tensors,
+// run through a prepared callable of one of the version's lanes (`Session::RunCallable`), and the
+// response is encoded here. TF Serving's Predict (TensorProto inputs, a model_spec naming no
+// version) is answered the same way when the plan allows it. Anything else -- and any failure,
+// TensorFlow's included -- returns "not handled", and the Python handler answers exactly as it
+// always has, error messages and status codes included. So this path only ever answers
+// successes, and the Python data plane stays the single definition of what a request means.
 //
 // Why: at batch 64 the Python handler (protobuf objects, numpy conversions, metrics, the GIL)
 // cost more CPU than the model; this path holds no GIL at all.
+//
+// Lanes (the session group, model/session_group.py): one session, one inter-op pool per lane,
+// picked per run by the callable's RunOptions.inter_op_thread_pool. Each lane has the callable the
+// Python path uses for requests without output_filter (made by Python, so the same pool and the
+// same inline-or-pool choice), a callable per output subset that requests named in an
+// output_filter (made here on first use, with the same CallableOptions the Python path would
+// build, at most kMaxSubsetCallables per lane; past that the request goes to Python), and, with
+// batching on, its own batcher. A request's lane is the one the front end's worker serves when
+// the front end serves lanes (grpc_frontend.cc: its workers are pinned to the lanes' cpusets and
+// apply the policy), else it is chosen here as DeepRec's select_session_policy says: MOD, the
+// calling thread's sticky id (given once per thread, in order) modulo the number of lanes; RR, a
+// counter per plan. Where it runs: a lane bound to a cpuset runs inline in the calling thread
+// when that thread is on the lane's CPUs (a worker pinned there; or a thread that happens to be
+// there, held on the cpuset for the run), and on its pool, whose threads are pinned there,
+// otherwise. Either way its kernels run on its CPUs; inline, a small graph costs no hand-off to
+// another thread (on the 2-core bench machine a hand-off cost about as much CPU as the model). A
+// lane that runs inline by configuration (enable_inline_execute) on a cpuset moves the calling
+// thread onto it first, as the Python path does.
 //
 // Plans are created by runtime/deeprec_runtime/native/fast_predict.py for one version each. Lifetime rules, so a
 // request never touches a session that is gone: a request counts itself active on the plan and
 // then checks that the plan is neither closed nor blocked (sequentially consistent, paired with
 // Block/Close, which first set the flag and then wait for the active count to reach zero). Block
 // is how a delta gets exclusive access (requests arriving meanwhile take the Python path, which
-// waits on the version's gate); Close is called before the version's session is closed.
+// waits on the version's gate); Close is called before the version's session is closed, and
+// releases the callables made here.
 //
 // Request bytes are parsed and admitted by request_wire.cc, which knows no TensorFlow and is fuzzed
 // on its own: by the time this file builds a tensor, its shape, element count and size are
-// checked against the bytes sent and the plan's cap on decoded bytes, and shapes and tensors are
-// still built with TensorFlow's Status-returning APIs, so no request reaches a CHECK.
+// checked against the bytes sent and the plan's cap on decoded bytes, its output_filter resolved
+// to known outputs, and shapes and tensors are still built with TensorFlow's Status-returning
+// APIs, so no request reaches a CHECK.
+//
+// The session: fast_predict.py obtains the TF_Session* behind TensorFlow's Python handle through
+// pybind11's cpp_conduit (`_pybind11_conduit_v1_`, which hands out the pointer only for the
+// std::type_info of the type the object was registered with), passing drf_tf_session_type();
+// its `session` member is read with TF_Session's definition from TensorFlow's own header, so a
+// TensorFlow that changes either fails when this library is built or when a plan is made, never
+// on a request.
 //
 // Built against TensorFlow's own headers and libtensorflow_framework (the flags TensorFlow gives
 // custom ops), as a library of its own: gRPC C++ and TensorFlow each bundle protobuf and absl
@@ -41,10 +68,17 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <typeinfo>
 #include <vector>
 
+#include <pthread.h>
+#include <sched.h>
+
 #include "request_wire.h"
+#include "tensorflow/c/c_api_internal.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/protobuf/config.pb.h"
 #include "tensorflow/core/public/session.h"
 
 namespace {
@@ -65,10 +99,20 @@ using tensorflow::TensorShape;
 
 static_assert(request_wire::kMaxRank <= TensorShape::MaxDimensions(),
               "admitted shapes must be ones TensorShape can hold");
+// The one field of TensorFlow's TF_Session this library reads: a TensorFlow that renames or
+// retypes it fails here, at build time.
+static_assert(std::is_same<decltype(TF_Session::session), tensorflow::Session*>::value,
+              "TF_Session::session must be the tensorflow::Session*");
+
+// Output subsets a lane makes callables for (each is an executor of the graph's pruned
+// subgraph; a bound lane makes an inline twin of each too); requests naming yet another subset
+// go to Python. DeepRec clients send the same output_filter with every request, so a lane sees
+// one or a few.
+constexpr size_t kMaxSubsetCallables = 16;
 
 struct OutputSpec {
   std::string alias;
-  int fetch = 0;  // position in the callable's fetches
+  int fetch = 0;  // position in the plan's fetches (fetch_names)
   int wire = 0;
 };
 
@@ -91,16 +135,53 @@ struct Histogram {
 
 struct Batcher;
 
+// A callable made here: for the requests whose output_filter names exactly these fetches, or
+// (in_place) the inline twin of a bound lane's callable.
+struct SubsetCallable {
+  std::vector<int> fetches;  // ascending positions in the plan's fetches
+  bool in_place = false;
+  int64_t handle = 0;
+};
+
+// How a lane runs its requests (drf_plan_lane's `mode`).
+enum LaneMode {
+  kUnbound = 0,   // its callables as Python made them: its pool, or inline where Python chose it
+  kPinCaller = 1, // inline on its cpuset (enable_inline_execute): the caller moves there first
+  kBound = 2,     // inline in a caller on its cpuset (see InPlace), else on its own pool,
+                  // pinned to that cpuset
+};
+
+// One lane of the session group.
+struct Lane {
+  int64_t callable = 0;  // every fetch; made by Python (the handle its requests use)
+  tensorflow::RunOptions run_options;  // the Python path's, for the callables made here
+  LaneMode mode = kUnbound;
+  cpu_set_t cpus;
+  std::unique_ptr<Batcher> batcher;  // set when server-side batching is on
+  std::atomic<uint64_t> runs{0};     // requests this lane answered
+  mutable std::atomic<uint64_t> in_place_runs{0};  // runs of a bound lane inline in the caller
+  std::mutex mu;                     // guards subsets
+  std::mutex make_mu;                // one callable made at a time: a burst asking for a new
+                                     // subset makes it once
+  std::vector<SubsetCallable> subsets;
+  ~Lane();
+};
+
 struct Plan {
   tensorflow::Session* session = nullptr;
-  int64_t callable = 0;
-  // What requests it admits: signature, inputs, TF Serving's model, the cap on decoded bytes.
-  // TF Serving's Predict is answered only when spec.tfs_on (drf_plan_tfs), for requests naming
-  // no model or this one.
+  // What requests it admits: signature, inputs, outputs, TF Serving's model, the cap on decoded
+  // bytes. TF Serving's Predict is answered only when spec.tfs_on (drf_plan_tfs), for requests
+  // naming no model or this one.
   request_wire::RequestSpec spec;
   std::vector<OutputSpec> outputs;  // sorted by alias, as the Python path answers
+  std::vector<std::string> feed_names;   // the callables' feeds, in order
+  std::vector<std::string> fetch_names;  // every output tensor, ascending (as Python sorts them)
   int num_feeds = 0;
   int num_fetches = 0;
+  std::vector<int> all_fetches;  // 0 .. num_fetches - 1
+  std::vector<std::unique_ptr<Lane>> lanes;
+  bool round_robin = false;      // select_session_policy RR; else MOD
+  std::atomic<uint64_t> next_lane{0};
   std::atomic<int> active{0};
   std::atomic<int> blocked{0};
   std::atomic<bool> closed{false};
@@ -109,22 +190,22 @@ struct Plan {
   std::unique_ptr<Histogram> rows;
   std::unique_ptr<Histogram> refused[kNumApis];  // calls refused with RESOURCE_EXHAUSTED
   std::atomic<int> api_active[kNumApis] = {};
-  std::unique_ptr<Batcher> batcher;  // set when server-side batching is on
   ~Plan();
 };
 
 // --- server-side batching ----------------------------------------------------------------------
 // The same rules as runtime/deeprec_runtime/batching.py (TensorFlow Serving's BasicBatchScheduler), without a
-// thread of its own: the request that opens a batch leads it. It waits until the batch is full
-// or `timeout` has passed since it opened, takes one of `num_threads` run slots, runs the merged
-// rows once and wakes the others, each of which encodes its own rows from the shared outputs on
-// its own thread. Batches (open or waiting for a slot) are bounded by `max_enqueued`; past it a
-// request is refused with RESOURCE_EXHAUSTED at once. Only requests whose inputs have the same
-// per-row shapes share a batch; a merged run that fails, or whose outputs do not carry the batch
-// on axis 0, is rerun request by request so that only the request at fault falls back to Python.
-// Memory is bounded as rows are: a batch's feed bytes, padding included, stay within
-// max_batch_bytes (request_wire.h's BatchLimits): a request that would pass it starts a new batch,
-// and a batch whose padding would pass it runs its requests one by one, unpadded.
+// thread of its own, per lane: the request that opens a batch leads it. It waits until the batch
+// is full or `timeout` has passed since it opened, takes one of `num_threads` run slots, runs the
+// merged rows once and wakes the others, each of which encodes its own rows from the shared
+// outputs on its own thread. Batches (open or waiting for a slot) are bounded by `max_enqueued`;
+// past it a request is refused with RESOURCE_EXHAUSTED at once. Only requests whose inputs have
+// the same per-row shapes and that ask for the same outputs share a batch; a merged run that
+// fails, or whose outputs do not carry the batch on axis 0, is rerun request by request so that
+// only the request at fault falls back to Python. Memory is bounded as rows are: a batch's feed
+// bytes, padding included, stay within max_batch_bytes (request_wire.h's BatchLimits): a request
+// that would pass it starts a new batch, and a batch whose padding would pass it runs its
+// requests one by one, unpadded.
 struct Outputs {
   std::shared_ptr<std::vector<Tensor>> tensors;
   int64_t start = 0;
@@ -139,8 +220,61 @@ struct Task {
   Outputs result;
 };
 
+// TensorFlow's callable handles count from 0: this is none.
+constexpr int64_t kNoCallable = -1;
+
+// What one run is: a callable, its inline twin on a bound lane (or none), how many fetches they
+// return, and the lane.
+struct Run {
+  int64_t handle = kNoCallable;
+  int64_t in_place = kNoCallable;
+  size_t fetches = 0;
+  const Lane* lane = nullptr;
+};
+
+// How a run is placed (drf_predict_on's `how`): by where the caller is, or forced (the plan's
+// check and the tests run each callable of a lane); kDispatched: the front end chose the lane
+// and runs the call on a worker pinned to it (grpc_frontend.cc's lanes).
+enum How { kAuto = 0, kPooled = 1, kInPlace = 2, kDispatched = 3 };
+thread_local How t_how = kAuto;
+
+// Runs a bound lane's request in the calling thread when the thread is on the lane's cpuset:
+// already confined to it (a front end worker of that lane), or on one of its CPUs now (then it
+// is held on the cpuset for the run and gets its own affinity back; setting the mask moves
+// nothing). Either way the run needs no hand-off to the lane's pool. Forced (kInPlace), the
+// thread is moved there for the run.
+class InPlace {
+ public:
+  explicit InPlace(const Run& run) {
+    if (run.in_place == kNoCallable || t_how == kPooled) return;
+    const cpu_set_t& cpus = run.lane->cpus;
+    if (pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) != 0) return;
+    cpu_set_t within;
+    CPU_AND(&within, &saved_, &cpus);
+    if (CPU_EQUAL(&within, &saved_)) {  // confined to the lane's CPUs already
+      in_place_ = true;
+      return;
+    }
+    if (t_how != kInPlace) {
+      int cpu = sched_getcpu();
+      if (cpu < 0 || !CPU_ISSET(cpu, &cpus)) return;
+    }
+    held_ = in_place_ = pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus) == 0;
+  }
+  ~InPlace() {
+    if (held_) pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
+  }
+  bool runs_here() const { return in_place_; }
+
+ private:
+  cpu_set_t saved_;
+  bool in_place_ = false;  // runs inline here
+  bool held_ = false;      // on the lane's cpuset for this run only
+};
+
 struct Batch {
   std::string key;
+  Run run;
   std::vector<Task*> tasks;
   int64_t rows = 0;
   uint64_t bytes = 0;
@@ -185,6 +319,7 @@ struct Batcher {
   }
 };
 
+Lane::~Lane() = default;
 Plan::~Plan() = default;
 
 // A tensor of `first`'s dtype and per-row shape with `rows` rows; false if TensorFlow refuses
@@ -198,10 +333,14 @@ bool MergedTensor(const Tensor& first, int64_t rows, Tensor* out) {
   return Tensor::BuildTensor(first.dtype(), shape, out).ok() && out->IsInitialized();
 }
 
-bool RunAlone(Plan* plan, const std::vector<Tensor>& feeds, Outputs* result) {
+bool RunAlone(Plan* plan, const Run& run, const std::vector<Tensor>& feeds, Outputs* result) {
   auto fetches = std::make_shared<std::vector<Tensor>>();
-  if (!plan->session->RunCallable(plan->callable, feeds, fetches.get(), nullptr).ok()) return false;
-  if (static_cast<int>(fetches->size()) != plan->num_fetches) return false;
+  InPlace in_place(run);
+  if (!in_place.runs_here() && t_how == kInPlace && run.in_place != kNoCallable) return false;
+  int64_t handle = in_place.runs_here() ? run.in_place : run.handle;
+  if (in_place.runs_here()) run.lane->in_place_runs.fetch_add(1);
+  if (!plan->session->RunCallable(handle, feeds, fetches.get(), nullptr).ok()) return false;
+  if (fetches->size() != run.fetches) return false;
   result->tensors = std::move(fetches);
   result->rows = -1;
   return true;
@@ -211,7 +350,7 @@ bool RunAlone(Plan* plan, const std::vector<Tensor>& feeds, Outputs* result) {
 void RunBatch(Plan* plan, Batcher* batcher, Batch* batch) {
   auto& tasks = batch->tasks;
   auto alone = [&] {
-    for (Task* t : tasks) t->ok = RunAlone(plan, *t->feeds, &t->result);
+    for (Task* t : tasks) t->ok = RunAlone(plan, batch->run, *t->feeds, &t->result);
   };
   if (tasks.size() == 1 || !batcher->limits.MayPad(batch->rows, batch->bytes)) {
     alone();
@@ -238,7 +377,7 @@ void RunBatch(Plan* plan, Batcher* batcher, Batch* batch) {
     merged[f] = std::move(m);
   }
   Outputs all;
-  if (!RunAlone(plan, merged, &all)) {
+  if (!RunAlone(plan, batch->run, merged, &all)) {
     alone();  // one request may be what the model rejects: only its caller must see that
     return;
   }
@@ -260,12 +399,12 @@ void RunBatch(Plan* plan, Batcher* batcher, Batch* batch) {
 
 constexpr int kResourceExhausted = 8;
 
-// Runs `feeds` (`rows` rows each, `bytes` in all) in a merged batch. Returns 0 with *result set,
-// -1 when the request must go to Python, or kResourceExhausted with *message set.
-int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, uint64_t bytes,
-               Outputs* result, std::string* message) {
-  Batcher* b = plan->batcher.get();
-  std::string key;
+// Runs `feeds` (`rows` rows each, `bytes` in all) with `run` in a merged batch of `b`. Returns 0
+// with *result set, -1 when the request must go to Python, or kResourceExhausted with *message
+// set.
+int RunBatched(Plan* plan, Batcher* b, const Run& run, std::vector<Tensor>* feeds, int64_t rows,
+               uint64_t bytes, Outputs* result, std::string* message) {
+  std::string key = std::to_string(run.handle) + ":";
   for (const Tensor& t : *feeds) {
     for (int d = 1; d < t.dims(); ++d) key += std::to_string(t.dim_size(d)) + ",";
     key += ";";
@@ -288,6 +427,7 @@ int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, uint64_t by
     }
     batch = std::make_shared<Batch>();
     batch->key = std::move(key);
+    batch->run = run;
     batch->deadline = std::chrono::steady_clock::now() + b->timeout;
     b->open.push_back(batch);
     leader = true;
@@ -321,6 +461,101 @@ int RunBatched(Plan* plan, std::vector<Tensor>* feeds, int64_t rows, uint64_t by
   if (!task.ok) return -1;
   *result = std::move(task.result);
   return 0;
+}
+
+// --- lanes -------------------------------------------------------------------------------------
+std::atomic<uint64_t> g_next_sticky{0};
+thread_local int64_t t_sticky = -1;
+
+// DeepRec's MOD policy: each calling thread gets the next id once, for its lifetime.
+uint64_t StickyId() {
+  if (t_sticky < 0) t_sticky = static_cast<int64_t>(g_next_sticky.fetch_add(1));
+  return static_cast<uint64_t>(t_sticky);
+}
+
+// The lane for this request: `forced` when >= 0 (the plan's check, tests), else the policy.
+Lane* SelectLane(Plan* plan, int forced) {
+  size_t n = plan->lanes.size();
+  if (forced >= 0) return plan->lanes[static_cast<size_t>(forced) % n].get();
+  if (n == 1) return plan->lanes[0].get();
+  uint64_t i = plan->round_robin ? plan->next_lane.fetch_add(1) : StickyId();
+  return plan->lanes[i % n].get();
+}
+
+// Moves the calling thread onto the lane's cpuset unless it is there already (with MOD a
+// thread keeps its lane, so this is one system call per request; the Python path may have moved
+// the thread meanwhile, so the current affinity is asked, not remembered).
+bool PinCaller(const Lane& lane) {
+  cpu_set_t now;
+  CPU_ZERO(&now);
+  if (pthread_getaffinity_np(pthread_self(), sizeof now, &now) == 0 && CPU_EQUAL(&now, &lane.cpus))
+    return true;
+  return pthread_setaffinity_np(pthread_self(), sizeof lane.cpus, &lane.cpus) == 0;
+}
+
+// A callable of `lane` for `fetches` (ascending positions in the plan's fetches), inline or on
+// the lane's pool: made here on first use, with the CallableOptions Servable._make_callable builds
+// (inline: with inter_op_thread_pool -1); kNoCallable when the lane has made kMaxSubsetCallables
+// already or TensorFlow refuses (the request goes to Python).
+int64_t MadeCallable(Plan* plan, Lane* lane, const std::vector<int>& fetches, bool in_place) {
+  int64_t handle = kNoCallable;
+  auto find = [&]() -> int {  // under lane->mu: 1 found, 0 room for one more, -1 full
+    size_t made = 0;
+    for (const SubsetCallable& s : lane->subsets) {
+      if (s.in_place != in_place) continue;
+      if (s.fetches == fetches) {
+        handle = s.handle;
+        return 1;
+      }
+      ++made;
+    }
+    // A bound lane's inline twins: one per subset, and one of the full set.
+    return made < kMaxSubsetCallables + (in_place ? 1 : 0) ? 0 : -1;
+  };
+  {
+    std::lock_guard<std::mutex> lock(lane->mu);
+    if (find() != 0) return handle;
+  }
+  std::lock_guard<std::mutex> making(lane->make_mu);
+  {
+    std::lock_guard<std::mutex> lock(lane->mu);  // made while this thread waited?
+    if (find() != 0) return handle;
+  }
+  tensorflow::CallableOptions options;
+  for (const std::string& feed : plan->feed_names) options.add_feed(feed);
+  for (int f : fetches) options.add_fetch(plan->fetch_names[f]);
+  *options.mutable_run_options() = lane->run_options;
+  if (in_place) options.mutable_run_options()->set_inter_op_thread_pool(-1);
+  tensorflow::Session::CallableHandle made;
+  if (!plan->session->MakeCallable(options, &made).ok()) return kNoCallable;
+  std::lock_guard<std::mutex> lock(lane->mu);
+  lane->subsets.push_back({fetches, in_place, made});
+  return made;
+}
+
+// The run for `fetches` on `lane`: the lane's own callable for all of them, else one made here;
+// on a bound lane also its inline twin. False when a callable cannot be had (see MadeCallable).
+bool RunFor(Plan* plan, Lane* lane, const std::vector<int>& fetches, Run* run) {
+  run->fetches = fetches.size();
+  run->lane = lane;
+  run->handle = fetches.size() == static_cast<size_t>(plan->num_fetches)
+                    ? lane->callable
+                    : MadeCallable(plan, lane, fetches, false);
+  if (run->handle == kNoCallable) return false;
+  if (lane->mode != kBound) return true;
+  run->in_place = MadeCallable(plan, lane, fetches, true);
+  return run->in_place != kNoCallable;
+}
+
+// Releases the callables made here (at close, once no request uses the plan).
+void ReleaseSubsets(Plan* plan) {
+  for (auto& lane : plan->lanes) {
+    std::lock_guard<std::mutex> lock(lane->mu);
+    // A release that fails leaves an executor behind until the session closes, just after.
+    for (const SubsetCallable& s : lane->subsets)
+      plan->session->ReleaseCallable(s.handle).IgnoreError();
+    lane->subsets.clear();
+  }
 }
 
 std::mutex g_mu;
@@ -433,8 +668,11 @@ void WaitIdle(Plan* plan) {
 }
 
 // -1: not handled (the caller asks Python); 0: *out holds the serialized PredictResponse;
-// kResourceExhausted: the batching queue is full and *out holds the message.
-int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s, std::string* out) {
+// kResourceExhausted: the batching queue is full and *out holds the message. `forced_lane` >= 0
+// runs on that lane (the front end's choice, or the plan's check, which moves no caller for an
+// inline lane); -1 follows the policy.
+int Predict(Plan* plan, Api api, int forced_lane, const char* data, size_t size, double timeout_s,
+            std::string* out) {
   auto started = std::chrono::steady_clock::now();
   request_wire::Decoded request;
   if (!request_wire::DecodeRequest(plan->spec, api, reinterpret_cast<const uint8_t*>(data), size,
@@ -445,25 +683,48 @@ int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s
     const request_wire::InputSpec& spec = plan->spec.inputs[i];
     if (!BuildFeed(spec, request.arrays[i], &feeds[spec.feed])) return -1;
   }
+  // The fetches the answer needs (ascending, each once) and, per answered output, its key and
+  // its spec: every output under its alias, sorted, without output_filter; else the filter's
+  // names in the request's order (the Python path answers the same map).
+  std::vector<int> fetches;
+  if (request.filter.empty()) {
+    fetches = plan->all_fetches;
+  } else {
+    for (const request_wire::FilterKey& key : request.filter)
+      fetches.push_back(plan->outputs[key.output].fetch);
+    std::sort(fetches.begin(), fetches.end());
+    fetches.erase(std::unique(fetches.begin(), fetches.end()), fetches.end());
+  }
+  Lane* lane = SelectLane(plan, forced_lane);
+  bool serving = forced_lane < 0 || t_how == kDispatched;  // not the check: callers may move
+  if (lane->mode == kPinCaller && serving && !PinCaller(*lane)) return -1;
+  Run run;
+  if (!RunFor(plan, lane, fetches, &run)) return -1;
   if (timeout_s >= 0 &&
       std::chrono::steady_clock::now() - started >= std::chrono::duration<double>(timeout_s))
     return -1;  // expired: Python answers DEADLINE_EXCEEDED
   Outputs result;
   int64_t batch = request.batch;
-  if (plan->batcher && request.rows_shared && plan->batcher->limits.Admits(batch, request.bytes)) {
-    int code = RunBatched(plan, &feeds, batch, request.bytes, &result, out);
+  Batcher* batcher = lane->batcher.get();
+  if (batcher && request.rows_shared && batcher->limits.Admits(batch, request.bytes)) {
+    int code = RunBatched(plan, batcher, run, &feeds, batch, request.bytes, &result, out);
     if (code == kResourceExhausted) {
       plan->refused[api]->Observe(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     }
     if (code != 0) return code;
-  } else if (!RunAlone(plan, feeds, &result)) {
+  } else if (!RunAlone(plan, run, feeds, &result)) {
     return -1;
   }
   out->clear();
   std::string array;
-  for (const OutputSpec& spec : plan->outputs) {
-    const Tensor& whole = (*result.tensors)[spec.fetch];
+  size_t entries = request.filter.empty() ? plan->outputs.size() : request.filter.size();
+  for (size_t e = 0; e < entries; ++e) {
+    const OutputSpec& spec =
+        plan->outputs[request.filter.empty() ? e : static_cast<size_t>(request.filter[e].output)];
+    size_t at = static_cast<size_t>(
+        std::lower_bound(fetches.begin(), fetches.end(), spec.fetch) - fetches.begin());
+    const Tensor& whole = (*result.tensors)[at];
     // A merged run's outputs are shared: this request encodes only its rows (a view, no copy).
     const Tensor t = result.rows < 0 ? whole : whole.Slice(result.start, result.start + result.rows);
     if (static_cast<int>(t.dtype()) != spec.wire) return -1;
@@ -474,7 +735,12 @@ int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s
       EncodeArray(t, spec.wire, request.raw, &array);
     }
     std::string entry;
-    PutBytes(&entry, 1, spec.alias.data(), spec.alias.size());
+    if (request.filter.empty()) {
+      PutBytes(&entry, 1, spec.alias.data(), spec.alias.size());
+    } else {
+      const request_wire::FilterKey& key = request.filter[e];
+      PutBytes(&entry, 1, reinterpret_cast<const char*>(key.key), key.size);
+    }
     PutBytes(&entry, 2, array.data(), array.size());
     PutBytes(out, 1, entry.data(), entry.size());  // outputs is field 1 in both responses
   }
@@ -490,6 +756,7 @@ int Predict(Plan* plan, Api api, const char* data, size_t size, double timeout_s
     if (!signature.empty()) PutBytes(&spec, 3, signature.data(), signature.size());
     PutBytes(out, 2, spec.data(), spec.size());
   }
+  lane->runs.fetch_add(1);
   if (batch >= 0) plan->rows->Observe(static_cast<double>(batch));
   plan->latency[api]->Observe(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
@@ -502,21 +769,34 @@ thread_local std::string t_answer;
 
 extern "C" {
 
-// `tf_session` is the TF_Session* of a tf.compat.v1.Session (its first member is the
-// tensorflow::Session*); `callable` a handle that session made (Session::MakeCallable).
-// Inputs are listed in signature order with their wire dtype, rank (-1 unknown) and dims
-// (flattened, -1 unknown); outputs sorted by alias. A request whose inputs decode to more than
-// `max_decoded_bytes` is left to Python. Returns an owned handle for drf_* calls.
-void* drf_plan_new(void* tf_session, int64_t callable, const char* signature, int num_inputs,
+// The type pybind11's cpp_conduit is asked for (fast_predict.py, tf_handles.py): TensorFlow's
+// TF_Session, as its own header defines it, and the names the conduit's capsules carry.
+const void* drf_tf_session_type() { return &typeid(TF_Session); }
+const char* drf_tf_session_type_name() { return typeid(TF_Session).name(); }
+const char* drf_type_info_name() { return typeid(std::type_info).name(); }
+
+// Whether a TF_Session* the conduit gave holds a session (a closed one holds none).
+int drf_session_ok(const void* tf_session) {
+  return tf_session != nullptr && static_cast<const TF_Session*>(tf_session)->session != nullptr;
+}
+
+// A plan for one version. `tf_session` is the TF_Session* of its tf.compat.v1.Session (from the
+// conduit). Inputs are listed in signature order with their wire dtype, rank (-1 unknown) and dims
+// (flattened, -1 unknown) and their position in `feed_names`; outputs sorted by alias, with their
+// tensor name, wire dtype and position in `fetch_names` (every output tensor, ascending). Lanes
+// are added with drf_plan_lane, in the group's order; `round_robin` selects RR, else MOD. A
+// request whose inputs decode to more than `max_decoded_bytes` is left to Python. Returns an owned
+// handle for drf_* calls.
+void* drf_plan_new(const void* tf_session, const char* signature, int num_inputs,
                    const char** input_aliases, const int* input_wire, const int* input_rank,
                    const int64_t* input_dims, const int* input_feed, int num_outputs,
-                   const char** output_aliases, const int* output_wire, const int* output_fetch,
-                   int num_feeds, int num_fetches, const double* latency_bounds,
-                   int num_latency_bounds, const double* row_bounds, int num_row_bounds,
-                   uint64_t max_decoded_bytes) {
+                   const char** output_aliases, const char** output_names, const int* output_wire,
+                   const int* output_fetch, int num_feeds, const char** feed_names,
+                   int num_fetches, const char** fetch_names, int round_robin,
+                   const double* latency_bounds, int num_latency_bounds, const double* row_bounds,
+                   int num_row_bounds, uint64_t max_decoded_bytes) {
   auto plan = std::make_shared<Plan>();
-  plan->session = *static_cast<tensorflow::Session**>(tf_session);
-  plan->callable = callable;
+  plan->session = static_cast<const TF_Session*>(tf_session)->session;
   plan->spec.signature = signature;
   plan->spec.max_decoded_bytes = max_decoded_bytes;
   const int64_t* dims = input_dims;
@@ -529,10 +809,16 @@ void* drf_plan_new(void* tf_session, int64_t callable, const char* signature, in
     spec.feed = input_feed[i];
     plan->spec.inputs.push_back(std::move(spec));
   }
-  for (int i = 0; i < num_outputs; ++i)
+  for (int i = 0; i < num_outputs; ++i) {
     plan->outputs.push_back({output_aliases[i], output_fetch[i], output_wire[i]});
+    plan->spec.outputs.push_back({output_aliases[i], output_names[i]});
+  }
   plan->num_feeds = num_feeds;
+  plan->feed_names.assign(feed_names, feed_names + num_feeds);
   plan->num_fetches = num_fetches;
+  plan->fetch_names.assign(fetch_names, fetch_names + num_fetches);
+  for (int f = 0; f < num_fetches; ++f) plan->all_fetches.push_back(f);
+  plan->round_robin = round_robin != 0;
   std::vector<double> bounds(latency_bounds, latency_bounds + num_latency_bounds);
   for (int api = 0; api < kNumApis; ++api) {
     plan->latency[api] = std::make_unique<Histogram>(bounds);
@@ -542,11 +828,62 @@ void* drf_plan_new(void* tf_session, int64_t callable, const char* signature, in
   return new std::shared_ptr<Plan>(std::move(plan));
 }
 
+// Adds the plan's next lane (before it is published): `callable`, the handle of the Python path's
+// callable for every fetch on this lane; `run_options`, the serialized RunOptions of its
+// callables; `mode` a LaneMode and `cpus` its cpuset (kPinCaller, kBound). A bound lane's inline
+// callable for every fetch is made here, so a TensorFlow that refuses it refuses the plan, not a
+// request. Returns the lane's index, or -1 when the RunOptions do not parse, a CPU is out of
+// range or that callable cannot be made.
+int drf_plan_lane(void* handle, int64_t callable, const char* run_options, size_t run_options_size,
+                  int mode, const int* cpus, int num_cpus) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  auto lane = std::make_unique<Lane>();
+  lane->callable = callable;
+  if (!lane->run_options.ParseFromArray(run_options, static_cast<int>(run_options_size))) return -1;
+  if (mode != kUnbound && mode != kPinCaller && mode != kBound) return -1;
+  lane->mode = static_cast<LaneMode>(mode);
+  CPU_ZERO(&lane->cpus);
+  for (int i = 0; i < num_cpus; ++i) {
+    if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return -1;
+    CPU_SET(cpus[i], &lane->cpus);
+  }
+  if (lane->mode != kUnbound && num_cpus == 0) return -1;
+  if (lane->mode == kBound &&
+      MadeCallable(plan, lane.get(), plan->all_fetches, true) == kNoCallable)
+    return -1;
+  plan->lanes.push_back(std::move(lane));
+  return static_cast<int>(plan->lanes.size()) - 1;
+}
+
+// Requests lane `lane` answered (which = 0), or the TensorFlow runs of a bound lane that ran
+// inline in their caller (which = 1); and the callables it made for output subsets (their
+// inline twins on a bound lane not counted).
+uint64_t drf_lane_runs(void* handle, int lane, int which) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  if (lane < 0 || static_cast<size_t>(lane) >= plan->lanes.size()) return 0;
+  const Lane& l = *plan->lanes[static_cast<size_t>(lane)];
+  return which == 1 ? l.in_place_runs.load() : l.runs.load();
+}
+
+int drf_lane_subsets(void* handle, int lane) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  if (lane < 0 || static_cast<size_t>(lane) >= plan->lanes.size()) return 0;
+  Lane* l = plan->lanes[static_cast<size_t>(lane)].get();
+  std::lock_guard<std::mutex> lock(l->mu);
+  return static_cast<int>(std::count_if(l->subsets.begin(), l->subsets.end(),
+                                        [](const SubsetCallable& s) { return !s.in_place; }));
+}
+
 // Makes `handle` (or nothing, with NULL) the plan that Predict calls use.
 void drf_publish(void* handle) {
   std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle) : nullptr;
   std::lock_guard<std::mutex> lock(g_mu);
   std::atomic_store(&g_current, plan);
+}
+
+void CloseBatches(Plan* plan) {
+  for (auto& lane : plan->lanes)
+    if (lane->batcher) lane->batcher->CloseAll();  // calls waiting for company run now
 }
 
 // Requests stop using the plan until drf_unblock; returns once none is using it. On a closed
@@ -555,7 +892,7 @@ void drf_block(void* handle) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
   if (plan->closed.load()) return;
   plan->blocked.fetch_add(1);
-  if (plan->batcher) plan->batcher->CloseAll();  // calls waiting for company run now
+  CloseBatches(plan);
   WaitIdle(plan);
 }
 
@@ -565,40 +902,48 @@ void drf_unblock(void* handle) {
   plan->blocked.fetch_sub(1);
 }
 
-// No request uses the plan after this returns (it is unpublished if it was the current one).
+// No request uses the plan after this returns (it is unpublished if it was the current one), and
+// the callables made here are released: the session may be closed next.
 void drf_close(void* handle) {
   auto& plan = *static_cast<std::shared_ptr<Plan>*>(handle);
   {
     std::lock_guard<std::mutex> lock(g_mu);
     if (std::atomic_load(&g_current) == plan) std::atomic_store(&g_current, std::shared_ptr<Plan>());
   }
-  plan->closed.store(true);
-  if (plan->batcher) plan->batcher->CloseAll();
+  if (plan->closed.exchange(true)) return;
+  CloseBatches(plan.get());
   WaitIdle(plan.get());
+  ReleaseSubsets(plan.get());
 }
 
-// Turns on server-side batching for the plan (before it is published): merged batches of at most
-// `max_batch_size` rows and `max_batch_bytes` feed bytes (padding included), `timeout_us` for the
-// first request to wait, `num_threads` merged runs at once, at most `max_enqueued` batches;
-// merged runs padded up to the next of `allowed` (ascending).
+// Turns on server-side batching for the plan (after its lanes are added, before it is
+// published): each lane merges its calls into batches of at most `max_batch_size` rows and
+// `max_batch_bytes` feed bytes (padding included), `timeout_us` for the first request to wait,
+// `num_threads` merged runs at once, at most `max_enqueued` batches; merged runs padded up to the
+// next of `allowed` (ascending).
 void drf_plan_batching(void* handle, int64_t max_batch_size, int64_t timeout_us, int num_threads,
                        int max_enqueued, const int64_t* allowed, int num_allowed,
                        uint64_t max_batch_bytes) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
-  auto b = std::make_unique<Batcher>();
-  b->limits.max_batch_size = max_batch_size;
-  b->limits.max_batch_bytes = max_batch_bytes;
-  b->limits.allowed.assign(allowed, allowed + num_allowed);
-  b->timeout = std::chrono::microseconds(timeout_us);
-  b->num_threads = std::max(1, num_threads);
-  b->max_enqueued = std::max(1, max_enqueued);
-  plan->batcher = std::move(b);
+  for (auto& lane : plan->lanes) {
+    auto b = std::make_unique<Batcher>();
+    b->limits.max_batch_size = max_batch_size;
+    b->limits.max_batch_bytes = max_batch_bytes;
+    b->limits.allowed.assign(allowed, allowed + num_allowed);
+    b->timeout = std::chrono::microseconds(timeout_us);
+    b->num_threads = std::max(1, num_threads);
+    b->max_enqueued = std::max(1, max_enqueued);
+    lane->batcher = std::move(b);
+  }
 }
 
 // Requests waiting in the plan's open batches (0 without batching).
 int drf_queued(void* handle) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
-  return plan->batcher ? static_cast<int>(plan->batcher->Queued()) : 0;
+  size_t n = 0;
+  for (auto& lane : plan->lanes)
+    if (lane->batcher) n += lane->batcher->Queued();
+  return static_cast<int>(n);
 }
 
 // Calls of `api` (0 DeepRec, 1 TF Serving) using the plan now (answered in C++, or being decoded
@@ -619,8 +964,13 @@ void drf_plan_tfs(void* handle, const char* name, int64_t number) {
 // Merged runs of the plan so far and the rows they carried (padding excluded).
 void drf_merged(void* handle, uint64_t* runs, uint64_t* rows) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
-  *runs = plan->batcher ? plan->batcher->merged_runs.load() : 0;
-  *rows = plan->batcher ? plan->batcher->merged_rows.load() : 0;
+  *runs = 0;
+  *rows = 0;
+  for (auto& lane : plan->lanes) {
+    if (!lane->batcher) continue;
+    *runs += lane->batcher->merged_runs.load();
+    *rows += lane->batcher->merged_rows.load();
+  }
 }
 
 void drf_free(void* handle) { delete static_cast<std::shared_ptr<Plan>*>(handle); }
@@ -642,18 +992,25 @@ void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* 
   std::memcpy(buckets, h->counts.data(), h->counts.size() * sizeof(uint64_t));
 }
 
-// One Predict call on `handle`'s plan (the published one when NULL). Returns -1 when not handled,
-// else a gRPC status code with *out pointing at the response (0) or the error message, valid
-// until this thread's next call.
-int drf_predict_on(void* handle, int api, const char* data, size_t size, double timeout_s,
-                   const char** out, size_t* out_size) {
+// One Predict call on `handle`'s plan (the published one when NULL), on lane `lane` (-1: the
+// lane the plan's policy picks), placed as `how` says (a How: on a bound lane, 1 runs it on the
+// lane's pool, 2 inline with the caller held on the lane's cpuset, 0 as the caller's CPU allows).
+// Returns -1 when not handled, else a gRPC status code with *out pointing at the response (0) or
+// the error message, valid until this thread's next call.
+int drf_predict_on(void* handle, int api, int lane, int how, const char* data, size_t size,
+                   double timeout_s, const char** out, size_t* out_size) {
   if (api != kDeepRec && api != kTfs) return -1;
+  if (how != kAuto && how != kPooled && how != kInPlace && how != kDispatched) return -1;
+  struct Placing {  // this call's placement, for RunAlone (a merged batch's leader places it)
+    explicit Placing(int how) { t_how = static_cast<How>(how); }
+    ~Placing() { t_how = kAuto; }
+  } placing(how);
   std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle)
                                       : std::atomic_load(&g_current);
-  if (!plan) return -1;
+  if (!plan || plan->lanes.empty()) return -1;
   Use use(plan.get(), api);
   if (!use.open()) return -1;
-  int code = Predict(plan.get(), static_cast<Api>(api), data, size, timeout_s, &t_answer);
+  int code = Predict(plan.get(), static_cast<Api>(api), lane, data, size, timeout_s, &t_answer);
   if (code >= 0) {
     *out = t_answer.data();
     *out_size = t_answer.size();
@@ -662,14 +1019,18 @@ int drf_predict_on(void* handle, int api, const char* data, size_t size, double 
 }
 
 // The front end's entry points (grpc_frontend.cc's dr_fast_fn) for DeepRec's and TF Serving's
-// Predict: the published plan.
-int drf_predict(const char* data, size_t size, double timeout_s, const char** out, size_t* out_size) {
-  return drf_predict_on(nullptr, kDeepRec, data, size, timeout_s, out, out_size);
+// Predict: the published plan, on the lane the front end's worker serves (-1: the plan's
+// policy picks one).
+int drf_predict(const char* data, size_t size, double timeout_s, int lane, const char** out,
+                size_t* out_size) {
+  return drf_predict_on(nullptr, kDeepRec, lane, lane >= 0 ? kDispatched : kAuto, data, size,
+                        timeout_s, out, out_size);
 }
 
-int drf_predict_tfs(const char* data, size_t size, double timeout_s, const char** out,
+int drf_predict_tfs(const char* data, size_t size, double timeout_s, int lane, const char** out,
                     size_t* out_size) {
-  return drf_predict_on(nullptr, kTfs, data, size, timeout_s, out, out_size);
+  return drf_predict_on(nullptr, kTfs, lane, lane >= 0 ? kDispatched : kAuto, data, size,
+                        timeout_s, out, out_size);
 }
 
 }  // extern "C"

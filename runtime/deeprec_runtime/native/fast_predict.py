@@ -1,18 +1,24 @@
 """FastPredict: DeepRec Predict calls answered in C++ (fast_predict.cc), no Python on the way.
 
 The native gRPC front end offers each PredictionService/Predict call to the published plan
-first; a plan belongs to one version and names its prepared callable, its signature and the
-shapes and dtypes it accepts. Whatever a plan does not handle (other signatures, tensor names
-instead of aliases, output_filter, any invalid input, a TensorFlow error, a blocked or closed
-plan) goes to the Python handler as before, so errors keep their codes and messages.
+first; a plan belongs to one version and names its lanes' prepared callables, its signature, the
+shapes and dtypes it accepts and the outputs an output_filter may name. Whatever a plan does not
+handle (other signatures, tensor names instead of aliases for inputs, unknown or repeated
+output_filter names, any invalid input, a TensorFlow error, a blocked or closed plan) goes to the
+Python handler as before, so errors keep their codes and messages.
 
 A version gets a plan only when nothing else has to happen per request: the in-process feature
-store (no Redis / tiered lookups fed in place of gathers), no timeline, one CPU lane that does
-not pin its caller, numeric inputs and outputs only. Before a plan is published it answers the
-warmup request (or a generated one) and must give the same response as the Python path;
-otherwise the version is served by Python alone and the reason is logged. With server-side
-batching on, a plan merges the calls it answers itself (fast_predict.cc, by the rules of
-runtime/deeprec_runtime/batching.py, which merges the calls the Python handlers answer).
+store (no Redis / tiered lookups fed in place of gathers), no timeline, CPU lanes, numeric inputs
+and outputs only. Session groups are served lane by lane, each call on one lane chosen by
+`select_session_policy` (MOD or RR, as DeepRec defines them), with that lane's callables, on its
+CPUs, batched per lane. When the lanes are bound to cpusets, the front end's workers are pinned
+to them (app.py, grpc_frontend.cc), apply the policy, and run each call inline on their own
+lane: no hand-off to the lane's pool. Before a plan is published it answers the warmup request
+(or a generated one) on every lane, each way the lane runs, and must give the same response as
+the Python path; otherwise the version is served by Python alone and the reason is logged (a
+warning naming it, for every version refused). With server-side batching on, a plan merges the
+calls it answers itself (fast_predict.cc, by the rules of runtime/deeprec_runtime/batching.py,
+which merges the calls the Python handlers answer).
 
 Lifetime: Manager has a new version's plan made (and checked) just before the swap and publishes
 the serving version's plan (or none) right after every swap and swap-back; a delta blocks
@@ -30,10 +36,11 @@ import threading
 from typing import TYPE_CHECKING, Any, cast
 
 from deeprec_runtime import metrics as metrics_mod
+from deeprec_runtime.core.handle import ServableHandle
 from deeprec_runtime.errors import ServingError
 from deeprec_runtime.model import warmup
 from deeprec_runtime.native.build import fast_predict_path
-from deeprec_runtime.native.tf_handles import session_pointer
+from deeprec_runtime.native.tf_handles import SessionHandleError, session_pointer
 from deeprec_runtime.predict import predict
 from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
     from deeprec_runtime.config import BatchingConfig
     from deeprec_runtime.metrics import Metrics
     from deeprec_runtime.model.servable import Servable
+    from deeprec_runtime.model.session_group import Lane
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +60,22 @@ DEEPREC, TFS = 0, 1
 API = {DEEPREC: "deeprec_grpc", TFS: "tfs_grpc"}
 
 _CDEF = """
-void *drf_plan_new(void *tf_session, int64_t callable, const char *signature, int num_inputs,
+const void *drf_tf_session_type(void);
+const char *drf_tf_session_type_name(void);
+const char *drf_type_info_name(void);
+int drf_session_ok(const void *tf_session);
+void *drf_plan_new(const void *tf_session, const char *signature, int num_inputs,
                    const char **input_aliases, const int *input_wire, const int *input_rank,
                    const int64_t *input_dims, const int *input_feed, int num_outputs,
-                   const char **output_aliases, const int *output_wire, const int *output_fetch,
-                   int num_feeds, int num_fetches, const double *latency_bounds,
-                   int num_latency_bounds, const double *row_bounds, int num_row_bounds,
-                   uint64_t max_decoded_bytes);
+                   const char **output_aliases, const char **output_names, const int *output_wire,
+                   const int *output_fetch, int num_feeds, const char **feed_names,
+                   int num_fetches, const char **fetch_names, int round_robin,
+                   const double *latency_bounds, int num_latency_bounds, const double *row_bounds,
+                   int num_row_bounds, uint64_t max_decoded_bytes);
+int drf_plan_lane(void *plan, int64_t callable, const char *run_options, size_t run_options_size,
+                  int mode, const int *cpus, int num_cpus);
+uint64_t drf_lane_runs(void *plan, int lane, int which);
+int drf_lane_subsets(void *plan, int lane);
 void drf_publish(void *plan);
 void drf_block(void *plan);
 void drf_unblock(void *plan);
@@ -72,11 +89,11 @@ int drf_active(void *plan, int api);
 void drf_plan_tfs(void *plan, const char *name, int64_t number);
 void drf_free(void *plan);
 void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
-int drf_predict_on(void *plan, int api, const char *data, size_t size, double timeout_s,
-                   const char **out, size_t *out_size);
-int drf_predict(const char *data, size_t size, double timeout_s, const char **out,
+int drf_predict_on(void *plan, int api, int lane, int how, const char *data, size_t size,
+                   double timeout_s, const char **out, size_t *out_size);
+int drf_predict(const char *data, size_t size, double timeout_s, int lane, const char **out,
                 size_t *out_size);
-int drf_predict_tfs(const char *data, size_t size, double timeout_s, const char **out,
+int drf_predict_tfs(const char *data, size_t size, double timeout_s, int lane, const char **out,
                     size_t *out_size);
 """
 
@@ -91,11 +108,8 @@ class FastPredict:
                  check_request: pb.PredictRequest | None = None,
                  batching: BatchingConfig | None = None, tfs: bool = False,
                  max_decoded_bytes: int = MAX_MESSAGE_BYTES, max_batch_bytes: int = MAX_MESSAGE_BYTES):
-        import cffi  # noqa: PLC0415
-
-        self.ffi = ffi = cffi.FFI()
-        ffi.cdef(_CDEF)
-        self.lib = ffi.dlopen(fast_predict_path(), os.RTLD_NOW)
+        ffi, self.lib = _load()  # one library per process: the published plan lives there
+        self.ffi = ffi
         #: The C functions the front end calls (dr_fast_fn) for DeepRec's and TF Serving's Predict.
         self.entry = ffi.cast("void *", ffi.addressof(self.lib, "drf_predict"))
         self.tfs_entry = ffi.cast("void *", ffi.addressof(self.lib, "drf_predict_tfs"))
@@ -142,7 +156,7 @@ class FastPredict:
             self._check(plan, servable)
         except _Ineligible as exc:
             servable.fast_plan_refused = True
-            log.info("version %s is served by the Python handler only: %s", servable.name, exc)
+            log.warning("version %s is served by the Python handler only: %s", servable.name, exc)
             return None
         if self.tfs:
             try:
@@ -166,10 +180,11 @@ class FastPredict:
         why = _ineligible(servable, self.signature_name)
         if why:
             raise _Ineligible(why)
+        ffi, lib = self.ffi, self.lib
         try:
-            session = session_pointer(servable.session)
-        except TypeError as exc:  # served, only slower: worth a warning, not an error
-            log.warning("version %s: %s", servable.name, exc)
+            session = session_pointer(servable.session, ffi, lib)
+        except SessionHandleError as exc:  # a TensorFlow this runtime does not know: say so
+            log.error("version %s: the fast path cannot reach the session: %s", servable.name, exc)
             raise _Ineligible(str(exc)) from None
         signature = servable.signature(self.signature_name)
         inputs = sorted(signature.inputs.values(), key=lambda s: s.alias)
@@ -178,34 +193,53 @@ class FastPredict:
         fetch_names = tuple(sorted({s.name for s in outputs}))
         if len(feed_names) != len(inputs):
             raise _Ineligible("two inputs of the signature name the same tensor")
-        callable_ = servable._make_callable(0, feed_names, fetch_names, servable.inline)  # noqa: SLF001
-        ffi = self.ffi
         keep: list[Any] = []  # cffi buffers must outlive the call
 
-        def strings(values: list[str]) -> Any:
+        def strings(values: list[str] | tuple[str, ...]) -> Any:
             items = [ffi.new("char[]", v.encode()) for v in values]
             keep.extend(items)
             return ffi.new("const char *[]", items)
 
+        group = servable.group
         dims = [d for s in inputs if s.shape is not None for d in s.shape]
-        handle = self.lib.drf_plan_new(
-            ffi.cast("void *", session),
-            callable_._handle,  # type: ignore[attr-defined]  # noqa: SLF001  # TF's _Callable
-            self.signature_name.encode(), len(inputs), strings([s.alias for s in inputs]),
+        handle = lib.drf_plan_new(
+            ffi.cast("void *", session), self.signature_name.encode(), len(inputs),
+            strings([s.alias for s in inputs]),
             ffi.new("int[]", [s.wire_dtype for s in inputs]),
             ffi.new("int[]", [len(s.shape) if s.shape is not None else -1 for s in inputs]),
             ffi.new("int64_t[]", dims or [0]),
             ffi.new("int[]", [feed_names.index(s.name) for s in inputs]),
-            len(outputs), strings([s.alias for s in outputs]),
+            len(outputs), strings([s.alias for s in outputs]), strings([s.name for s in outputs]),
             ffi.new("int[]", [s.wire_dtype for s in outputs]),
             ffi.new("int[]", [fetch_names.index(s.name) for s in outputs]),
-            len(feed_names), len(fetch_names),
+            len(feed_names), strings(feed_names), len(fetch_names), strings(fetch_names),
+            int(group is not None and group.plan.select_policy == "RR"),
             ffi.new("double[]", list(metrics_mod.LATENCY_BUCKETS)), len(metrics_mod.LATENCY_BUCKETS),
             ffi.new("double[]", [float(b) for b in metrics_mod.BATCH_BUCKETS]),
             len(metrics_mod.BATCH_BUCKETS), self.max_decoded_bytes)
-        plan = FastPlan(self, handle, servable.name, callable_)
+        plan = FastPlan(self, handle, servable.name)
         with self._lock:
             self._plans.append(plan)
+        try:
+            for index in range(servable.num_lanes):
+                # The Python path's callable for requests without output_filter on this lane (the
+                # same pool, the same inline-or-pool choice), and the options C++ makes the
+                # callables for output subsets from.
+                callable_ = servable._make_callable(index, feed_names, fetch_names,  # noqa: SLF001
+                                                    servable.inline)
+                options = servable.callable_options(index, feed_names, fetch_names, servable.inline)
+                mode, cpus = _lane_mode(group.lanes[index] if group is not None else None)
+                run_options = options.run_options.SerializeToString()
+                made = lib.drf_plan_lane(handle,
+                                         callable_._handle,  # type: ignore[attr-defined]  # noqa: SLF001
+                                         run_options, len(run_options), mode,
+                                         ffi.new("int[]", cpus or [0]), len(cpus))
+                if made != index:
+                    raise _Ineligible(f"lane {index}: its run options or cpuset are refused")
+                plan.callables.append(callable_)
+        except BaseException:
+            plan.close()
+            raise
         return plan
 
     def _check(self, plan: FastPlan, servable: Servable) -> None:
@@ -216,17 +250,16 @@ class FastPredict:
             raise _Ineligible("no request to check the plan with")
         data = request.SerializeToString()
         try:
-            servable.gate.acquire_read()
-            try:
+            with ServableHandle.of(servable):  # not serving yet: the manager holds no handle
                 expected = predict(servable, request, self.signature_name)
-            finally:
-                servable.gate.release_read()
         except ServingError as exc:
             plan.close()
             raise _Ineligible(f"the check request fails on the Python path ({exc})") from None
-        answer = plan.predict(data)
+        # On every lane and each way it runs: each has callables of its own.
+        answers = [plan.predict(data, lane=lane, how=how) for lane in range(servable.num_lanes)
+                   for how in _hows(servable, lane)]
         plan.flush(count=False)  # the check is not a request anyone sent
-        if answer is None or pb.PredictResponse.FromString(answer) != expected:
+        if any(a is None or pb.PredictResponse.FromString(a) != expected for a in answers):
             plan.close()
             raise _Ineligible("the C++ answer to the check request differs from the Python one")
 
@@ -244,13 +277,12 @@ class FastPredict:
             why = "no request to check the plan with"
         else:
             tfs_request = tfs_grpc.tfs_request(request, self.model_name)
-            servable.gate.acquire_read()
             try:
-                result = predict(servable, tfs_grpc.inner_request(tfs_request), self.signature_name)
+                with ServableHandle.of(servable):
+                    result = predict(servable, tfs_grpc.inner_request(tfs_request),
+                                     self.signature_name)
             except ServingError as exc:
                 why = f"the check request fails on the Python path ({exc})"
-            finally:
-                servable.gate.release_read()
         if not why:
             expected = tfs_grpc.predict_response(result, self.model_name, number,
                                                  tfs_request.model_spec.signature_name
@@ -261,7 +293,7 @@ class FastPredict:
                 why = "the C++ answer to the check request differs from the Python one"
         if why:
             self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0)
-            log.info("version %s: TF Serving Predict calls are answered by Python only: %s",
+            log.warning("version %s: TF Serving Predict calls are answered by Python only: %s",
                      servable.name, why)
 
     # --- metrics ------------------------------------------------------------------------------
@@ -285,6 +317,30 @@ class FastPredict:
                 self._plans.remove(plan)
 
 
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[Any, Any]:
+    """cffi's FFI and the fast predict library (built on first use), once per process."""
+    import cffi  # noqa: PLC0415
+
+    ffi = cffi.FFI()
+    ffi.cdef(_CDEF)
+    return ffi, ffi.dlopen(fast_predict_path(), os.RTLD_NOW)
+
+
+def check_session_handle() -> None:
+    """Raises SessionHandleError unless this TensorFlow's session handle gives the fast path its
+    TF_Session (tf_handles.py). `deeprec-runtime native-path` runs it, so an image built with a
+    TensorFlow the fast path cannot reach fails to build instead of serving slower."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    ffi, lib = _load()
+    session = tf.compat.v1.Session(graph=tf.Graph())
+    try:
+        session_pointer(session, ffi, lib)
+    finally:
+        session.close()
+
+
 # The plan's histograms (drf_stats' `which`), and for latencies the API and code they count.
 _LATENCY, _ROWS, _REFUSED, _TFS_LATENCY, _TFS_REFUSED = 0, 1, 2, 3, 4
 _COUNTED = {_LATENCY: (API[DEEPREC], "OK"), _REFUSED: (API[DEEPREC], "RESOURCE_EXHAUSTED"),
@@ -296,16 +352,37 @@ class _Ineligible(Exception):
     pass
 
 
+#: fast_predict.cc's LaneMode and How.
+UNBOUND, PIN_CALLER, BOUND = 0, 1, 2
+AUTO, POOLED, IN_PLACE = 0, 1, 2
+
+
+def _lane_mode(lane: Lane | None) -> tuple[int, list[int]]:
+    """How C++ runs a lane, and its cpuset: a lane without one as Python does; an inline lane on
+    a cpuset moves its caller there (as Lane.pin_caller); a pooled lane on a cpuset runs on its
+    pinned pool, or inline when the caller is on one of its CPUs already (no hand-off)."""
+    if lane is None or lane.plan.cpus is None:
+        return UNBOUND, []
+    return (PIN_CALLER if lane.pins_caller else BOUND), sorted(lane.plan.cpus)
+
+
+def _hows(servable: Servable, lane: int) -> tuple[int, ...]:
+    """The ways lane `lane` runs requests in C++ (each is a callable of its own)."""
+    group = servable.group
+    if group is not None and _lane_mode(group.lanes[lane])[0] == BOUND:
+        return POOLED, IN_PLACE
+    return (AUTO,)
+
+
 def _ineligible(servable: Servable, signature_name: str) -> str:
     """Why `servable` cannot have a plan ('' when it can)."""
     if servable.tables is not None:
-        return "embedding rows come from a feature store"
+        return "embedding rows come from a feature store (looked up in Python per request)"
     if servable.tracer is not None:
-        return "timelines are recorded"
+        return "timelines are recorded (traced in Python per request)"
     group = servable.group
-    if group is not None and (len(group.lanes) != 1 or group.plan.uses_gpu
-                              or group.lanes[0].pins_caller):
-        return "the session group has several, pinned or GPU lanes"
+    if group is not None and group.plan.uses_gpu:
+        return "the session group runs on GPUs (the fast path is built and tested for CPU lanes)"
     signature = servable.signatures.get(signature_name)
     if signature is None:
         return f"no signature '{signature_name}'"
@@ -324,11 +401,12 @@ class FastPlan:
     block/unblock racing a version's close at shutdown never touches freed memory.
     """
 
-    def __init__(self, owner: FastPredict, handle: Any, version: str, callable_: Any):
+    def __init__(self, owner: FastPredict, handle: Any, version: str):
         self._owner = owner
         self.handle = handle
         self.version = version
-        self._callable = callable_  # keeps the callable handle alive as long as the plan
+        #: The lanes' callables (TensorFlow's _Callable objects): alive as long as the plan.
+        self.callables: list[Any] = []
         #: Figures already added to the metrics: which -> (count, sum, per-bucket counts).
         self._flushed: dict[int, tuple[int, float, list[int]]] = {
             which: (0, 0.0, []) for which in _HISTOGRAMS}
@@ -351,16 +429,20 @@ class FastPlan:
             if self._users == 0:
                 self._lock.notify_all()
 
-    def predict(self, data: bytes, api: int = DEEPREC) -> bytes | None:
-        """One call on this plan (published or not): the response, or None when not handled
-        (a closed plan handles nothing)."""
+    def predict(self, data: bytes, api: int = DEEPREC, lane: int = -1,
+                how: int = AUTO) -> bytes | None:
+        """One call on this plan (published or not), on `lane` (-1: the one its policy picks for
+        this thread), placed as `how` says (on a bound lane: POOLED on its pool, IN_PLACE inline
+        with this thread held on its cpuset; AUTO as this thread's CPU allows): the response, or
+        None when not handled (a closed plan handles nothing)."""
         if not self._enter():
             return None
         try:
             ffi, lib = self._owner.ffi, self._owner.lib
             out = ffi.new("const char **")
             size = ffi.new("size_t *")
-            if lib.drf_predict_on(self.handle, api, data, len(data), -1.0, out, size) != 0:  # or refused
+            if lib.drf_predict_on(self.handle, api, lane, how, data, len(data), -1.0, out,
+                                  size) != 0:
                 return None
             return ffi.unpack(out[0], size[0])  # this thread's answer buffer: read before leaving
         finally:
@@ -406,6 +488,18 @@ class FastPlan:
         with self._lock:
             return 0 if self._closed else int(self._owner.lib.drf_active(self.handle, api))
 
+    def lane_runs(self, lane: int, in_place: bool = False) -> int:
+        """Requests lane `lane` of this plan answered, or with `in_place` the runs of a bound lane
+        that ran inline in their caller (0 once closed)."""
+        with self._lock:
+            return 0 if self._closed else int(
+                self._owner.lib.drf_lane_runs(self.handle, lane, int(in_place)))
+
+    def subset_callables(self, lane: int) -> int:
+        """Callables lane `lane` made for output_filter subsets (0 once closed)."""
+        with self._lock:
+            return 0 if self._closed else int(self._owner.lib.drf_lane_subsets(self.handle, lane))
+
     @property
     def merged(self) -> tuple[int, int]:
         """Merged batch runs of this plan so far and the rows they carried (0, 0 after close)."""
@@ -435,7 +529,7 @@ class FastPlan:
             self._lock.wait_for(lambda: self._users == 0)
             self._closed = True
             self._owner.lib.drf_free(self.handle)
-            self._callable = None
+            self.callables = []
             self._lock.notify_all()
         self._owner._forget(self)  # noqa: SLF001
 

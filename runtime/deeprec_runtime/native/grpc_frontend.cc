@@ -15,6 +15,11 @@
 // growing the heap. A few methods may have a C function tried first (SetFast: the DeepRec and TF
 // Serving Predict fast path, fast_predict.cc); what it does not answer goes to the Python
 // handler.
+// Lanes: when the model runs on a session group bound to cpusets (SetLanes), worker i serves
+// lane i % lanes and is pinned to that lane's cpuset, so the fast path runs the lane's model
+// inline in it, on the lane's CPUs, without handing the call to another thread. With DeepRec's
+// RR policy each call is queued to the next lane in turn; with MOD any worker takes the next
+// call and serves it on its own lane (the serving thread's number modulo the lanes).
 // Authentication: when the runtime requires it, a call reaches the fast path only if its
 // `authorization` metadata matches one of the credentials the runtime pushed here
 // (SetCredentials; compared in constant time). Anything else goes to the Python handler, which
@@ -36,6 +41,7 @@
 #include <grpcpp/security/tls_credentials_options.h>
 
 #include <pthread.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
@@ -59,11 +65,12 @@ extern "C" {
 typedef int (*dr_handler_fn)(const char* method, size_t method_len, const char* data, size_t size,
                              double timeout_s, const char* authorization, size_t authorization_len,
                              const char** out, size_t* out_size);
-// Optional first try for one method (fast_predict.cc's drf_predict): returns -1 to leave the call
-// to the handler above, else a gRPC status code with *out set to the response (0) or the error
-// message, valid until the next call on the same thread.
-typedef int (*dr_fast_fn)(const char* data, size_t size, double timeout_s, const char** out,
-                          size_t* out_size);
+// Optional first try for one method (fast_predict.cc's drf_predict), given the lane the worker
+// serves (-1: no lanes): returns -1 to leave the call to the handler above, else a gRPC status
+// code with *out set to the response (0) or the error message, valid until the next call on the
+// same thread.
+typedef int (*dr_fast_fn)(const char* data, size_t size, double timeout_s, int lane,
+                          const char** out, size_t* out_size);
 }
 
 namespace {
@@ -166,12 +173,33 @@ class Frontend {
         Poll(raw);
       });
     }
-    for (int i = 0; i < workers_; ++i) {
-      workers_threads_.emplace_back([this] {
-        pthread_setname_np(pthread_self(), "grpc-worker");
-        Work();
-      });
+    for (int i = 0; i < workers_; ++i) StartWorker(i);
+    return true;
+  }
+
+  // Serves the session group's lanes (once, before traffic is expected): `cpus[i]` is lane i's
+  // cpuset. Workers are added until each lane has as many; false when lanes are set already or
+  // the server is stopping.
+  bool SetLanes(const std::vector<cpu_set_t>& cpus, bool round_robin) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!lanes_.empty() || cpus.empty() || stopped_.load()) return false;
+    for (const cpu_set_t& set : cpus) {
+      lanes_.push_back(std::make_unique<LaneQueue>());
+      lanes_.back()->cpus = set;
     }
+    round_robin_ = round_robin;
+    if (round_robin_) {  // calls queued before: to the lanes in turn, like the ones after
+      while (!queue_.empty()) {
+        lanes_[next_lane_++ % lanes_.size()]->calls.push_back(queue_.front());
+        queue_.pop_front();
+      }
+    }
+    ++lanes_generation_;
+    int n = static_cast<int>(lanes_.size());
+    int target = std::max(n, (workers_ + n - 1) / n * n);
+    for (int i = workers_; i < target; ++i) StartWorker(i);
+    workers_ = target;
+    ready_.notify_all();  // workers waiting on the shared queue take their lanes
     return true;
   }
 
@@ -214,6 +242,7 @@ class Frontend {
     {
       std::lock_guard<std::mutex> lock(mu_);
       closing_ = true;
+      for (auto& lane : lanes_) lane->ready.notify_all();
     }
     ready_.notify_all();
     // Workers first: one may still be replying, and no operation may start on a queue that is
@@ -324,11 +353,33 @@ class Frontend {
  private:
 
   void Enqueue(Call* call) {
+    std::condition_variable* ready = &ready_;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(call);
+      if (round_robin_ && !lanes_.empty()) {
+        LaneQueue& lane = *lanes_[next_lane_++ % lanes_.size()];
+        lane.calls.push_back(call);
+        ready = &lane.ready;
+      } else {
+        queue_.push_back(call);
+      }
     }
-    ready_.notify_one();
+    ready->notify_one();
+  }
+
+  void StartWorker(int index) {
+    workers_threads_.emplace_back([this, index] {
+      pthread_setname_np(pthread_self(), "grpc-worker");
+      Work(index);
+    });
+  }
+
+  // Under mu_: where a worker of `lane` (-1: none) takes its calls from and waits for them.
+  std::deque<Call*>& QueueOf(int lane) {
+    return round_robin_ && lane >= 0 ? lanes_[static_cast<size_t>(lane)]->calls : queue_;
+  }
+  std::condition_variable& ReadyOf(int lane) {
+    return round_robin_ && lane >= 0 ? lanes_[static_cast<size_t>(lane)]->ready : ready_;
   }
 
   // Whether the call may use the fast path: no authentication required, or credentials that
@@ -342,26 +393,38 @@ class Frontend {
     return found != metadata.end() && Matches(*accepted, found->second.data(), found->second.size());
   }
 
-  void Work() {
+  void Work(int index) {
+    int generation = 0;  // of the lane layout this thread follows
+    int lane = -1;
     for (;;) {
       Call* call;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        ready_.wait(lock, [this] { return closing_ || !queue_.empty(); });
-        if (queue_.empty()) return;
-        call = queue_.front();
-        queue_.pop_front();
+        for (;;) {
+          if (generation != lanes_generation_) {
+            generation = lanes_generation_;
+            lane = index % static_cast<int>(lanes_.size());
+            const cpu_set_t& cpus = lanes_[static_cast<size_t>(lane)]->cpus;
+            pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus);
+          }
+          if (closing_ || !QueueOf(lane).empty()) break;
+          ReadyOf(lane).wait(lock);
+        }
+        std::deque<Call*>& queue = QueueOf(lane);
+        if (queue.empty()) return;
+        call = queue.front();
+        queue.pop_front();
         if (closing_) {  // Python may be going away: answer without calling it
           lock.unlock();
           Reply(call, grpc::StatusCode::UNAVAILABLE, nullptr, 0, "server is shutting down");
           continue;
         }
       }
-      Handle(call);
+      Handle(call, lane);
     }
   }
 
-  void Handle(Call* call) {
+  void Handle(Call* call, int lane) {
     std::vector<grpc::Slice> slices;
     std::string flat;
     const char* data = "";
@@ -401,7 +464,7 @@ class Frontend {
       }
     }
     if (fast != nullptr && FastPathAllowed(call->ctx)) {
-      int code = fast(data, size, timeout, &out, &out_size);
+      int code = fast(data, size, timeout, lane, &out, &out_size);
       if (code == 0) {
         Reply(call, 0, out, out_size, nullptr);
         return;
@@ -449,6 +512,15 @@ class Frontend {
   std::mutex mu_;
   std::condition_variable ready_;
   std::deque<Call*> queue_;
+  struct LaneQueue {
+    cpu_set_t cpus;
+    std::deque<Call*> calls;  // RR: the calls queued to this lane
+    std::condition_variable ready;
+  };
+  std::vector<std::unique_ptr<LaneQueue>> lanes_;  // under mu_, set once (SetLanes)
+  bool round_robin_ = false;
+  uint64_t next_lane_ = 0;
+  int lanes_generation_ = 0;
   bool closing_ = false;
   std::atomic<int> in_flight_{0};
   std::atomic<int64_t> in_flight_bytes_{0};
@@ -508,6 +580,22 @@ void dr_frontend_set_serving(void* frontend, const char* service, int serving) {
 
 int dr_frontend_set_fast(void* frontend, const char* method, dr_fast_fn fn) {
   return static_cast<Frontend*>(frontend)->SetFast(method, fn) ? 0 : -1;
+}
+
+// Serves a session group's lanes (see Frontend::SetLanes): lane i's cpuset is the counts[i] CPUs
+// that follow in `cpus`; round_robin: DeepRec's RR, else MOD. 0 when set, -1 when refused (set
+// already, the server stopping, or a CPU out of range).
+int dr_frontend_set_lanes(void* frontend, int lanes, const int* cpus, const int* counts,
+                          int round_robin) {
+  std::vector<cpu_set_t> sets(static_cast<size_t>(std::max(lanes, 0)));
+  for (int i = 0; i < lanes; ++i) {
+    CPU_ZERO(&sets[static_cast<size_t>(i)]);
+    for (int k = 0; k < counts[i]; ++k, ++cpus) {
+      if (*cpus < 0 || *cpus >= CPU_SETSIZE) return -1;
+      CPU_SET(*cpus, &sets[static_cast<size_t>(i)]);
+    }
+  }
+  return static_cast<Frontend*>(frontend)->SetLanes(sets, round_robin != 0) ? 0 : -1;
 }
 
 int dr_frontend_in_flight(void* frontend) { return static_cast<Frontend*>(frontend)->InFlight(); }

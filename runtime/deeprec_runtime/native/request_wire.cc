@@ -216,6 +216,29 @@ bool ParseEntry(const RequestSpec& spec, Api api, const uint8_t* data, size_t si
   return value == nullptr || ParseArray(api, value, value_size, &out->arrays[i]);
 }
 
+// The RequestSpec output an output_filter entry names: by alias first, else by tensor name; -1
+// when none.
+int FindOutput(const RequestSpec& spec, const uint8_t* key, size_t size) {
+  for (size_t i = 0; i < spec.outputs.size(); ++i)
+    if (Equals(key, size, spec.outputs[i].alias)) return static_cast<int>(i);
+  for (size_t i = 0; i < spec.outputs.size(); ++i)
+    if (Equals(key, size, spec.outputs[i].tensor)) return static_cast<int>(i);
+  return -1;
+}
+
+// One output_filter entry, appended to `out`. Unknown and repeated names are left to Python,
+// which answers them INVALID_ARGUMENT; so valid filters have at most one entry per alias and one
+// per tensor name, and nothing longer is kept.
+bool AddFilterKey(const RequestSpec& spec, const uint8_t* key, size_t size, Decoded* out) {
+  if (out->filter.size() >= 2 * spec.outputs.size()) return false;
+  int output = FindOutput(spec, key, size);
+  if (output < 0) return false;
+  for (const FilterKey& seen : out->filter)
+    if (seen.size == size && (size == 0 || std::memcmp(seen.key, key, size) == 0)) return false;
+  out->filter.push_back({key, size, output});
+  return true;
+}
+
 // The element count and decoded size of one input, checked against its spec and the bytes
 // sent, without ever overflowing.
 bool AdmitArray(const InputSpec& spec, Api api, WireArray* a) {
@@ -260,7 +283,7 @@ bool DecodeRequest(const RequestSpec& spec, Api api, const uint8_t* data, size_t
   out->arrays.resize(spec.inputs.size());
   std::vector<bool> seen(spec.inputs.size(), false);
   // The fields of the two PredictRequests: DeepRec's signature_name 1, inputs 2; TF Serving's
-  // model_spec 1, inputs 2 (output_filter is 3 in both, and left to Python).
+  // model_spec 1, inputs 2; output_filter is 3 in both.
   Reader r{data, data + size};
   while (r.p < r.end) {
     uint64_t tag;
@@ -277,8 +300,10 @@ bool DecodeRequest(const RequestSpec& spec, Api api, const uint8_t* data, size_t
     } else if (tag == ((2 << 3) | 2)) {  // one inputs map entry
       if (!r.Bytes(&body, &body_size) || !ParseEntry(spec, api, body, body_size, &seen, out))
         return false;
+    } else if (tag == ((3 << 3) | 2)) {  // one output_filter entry
+      if (!r.Bytes(&body, &body_size) || !AddFilterKey(spec, body, body_size, out)) return false;
     } else {
-      return false;  // output_filter, unknown fields
+      return false;  // unknown fields
     }
   }
   for (size_t i = 0; i < spec.inputs.size(); ++i) {

@@ -66,11 +66,21 @@ struct InputSpec {
   int feed = 0;                // position in the callable's feeds
 };
 
-// What a plan admits: its signature, its inputs in signature order, the model TF Serving
-// requests may name (when tfs_on), and the most bytes one request's inputs may decode to.
+// One output of the signature, as an output_filter entry may name it: by alias ("probability")
+// or by tensor name ("prob:0"); an alias wins over a tensor name equal to it, as in the Python
+// path (model/signature.py).
+struct OutputName {
+  std::string alias;
+  std::string tensor;
+};
+
+// What a plan admits: its signature, its inputs in signature order, its outputs (what an
+// output_filter may name), the model TF Serving requests may name (when tfs_on), and the most
+// bytes one request's inputs may decode to.
 struct RequestSpec {
   std::string signature;
   std::vector<InputSpec> inputs;
+  std::vector<OutputName> outputs;
   bool tfs_on = false;
   std::string tfs_model;
   uint64_t max_decoded_bytes = 0;
@@ -92,9 +102,21 @@ struct WireArray {
   uint64_t bytes = 0;  // decoded size: count x item size
 };
 
+// One output_filter entry: its bytes in the request (the answer's key) and the RequestSpec output
+// it names.
+struct FilterKey {
+  const uint8_t* key = nullptr;
+  size_t size = 0;
+  int output = 0;
+};
+
 // A request the plan admitted.
 struct Decoded {
   std::vector<WireArray> arrays;  // one per RequestSpec input, in its order
+  // The output_filter, in request order; empty: every output. Each entry names a known output and
+  // no entry comes twice (anything else is Python's to answer: an unknown name is
+  // INVALID_ARGUMENT naming it, a repeated one too), so there are at most 2 x outputs.
+  std::vector<FilterKey> filter;
   bool raw = false;               // some input came as tensor_content (answers use it too)
   int64_t batch = -1;             // the first input's leading dimension (-1: a scalar)
   bool rows_shared = true;        // every input has that leading dimension (batching needs it)

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Collection, Sequence
 from typing import Any, NamedTuple
 
 import grpc
@@ -50,6 +51,8 @@ void dr_frontend_give_bytes(void *frontend, int64_t size);
 void dr_frontend_set_credentials(void *frontend, int required, const char **bearer, int num_bearer,
                                  const char **basic, int num_basic);
 int dr_frontend_set_fast(void *frontend, const char *method, void *fn);
+int dr_frontend_set_lanes(void *frontend, int lanes, const int *cpus, const int *counts,
+                          int round_robin);
 void dr_frontend_stop(void *frontend, double grace_seconds);
 """
 
@@ -238,6 +241,18 @@ class NativeGrpcServer:
         drf_predict); what it does not answer goes to the Python handlers."""
         if self.lib.dr_frontend_set_fast(self._frontend, method.encode(), fn) != 0:
             raise RuntimeError(f"no room for another fast method ({method})")
+
+    def set_lanes(self, cpusets: Sequence[Collection[int]], round_robin: bool) -> None:
+        """Serves a session group's lanes: worker i serves lane i % len(cpusets), pinned to its
+        cpuset, and the fast path runs that lane's model inline in it (see grpc_frontend.cc);
+        `round_robin` queues calls to the lanes in turn (DeepRec's RR), else any worker takes
+        the next call (MOD). Once, before serving."""
+        ffi = self.ffi
+        flat = [c for cpus in cpusets for c in sorted(cpus)]
+        if self.lib.dr_frontend_set_lanes(self._frontend, len(cpusets), ffi.new("int[]", flat or [0]),
+                                          ffi.new("int[]", [len(c) for c in cpusets] or [0]),
+                                          int(round_robin)) != 0:
+            raise RuntimeError(f"the front end refused lanes {cpusets}")
 
     def start(self) -> None:
         """The server accepts calls from construction on (gRPC C++ starts when built)."""

@@ -1,7 +1,8 @@
 // libFuzzer target: bytes -> a DeepRec (FUZZ_API=0) or TF Serving (FUZZ_API=1) PredictRequest ->
 // request_wire's parser and admission checks (runtime/deeprec_runtime/native/request_wire.h),
 // against plans with fixed, unknown (including [-1, -1]) and unknown-rank inputs of every dtype
-// the fast path carries, and then the batcher's byte arithmetic.
+// the fast path carries and outputs an output_filter may name, and then the batcher's byte
+// arithmetic.
 //
 // Each input is used twice: as the request's bytes, and as choices for a request assembled by a
 // small grammar (BuildRequest). Random bytes rarely keep every nested length prefix right, so
@@ -14,7 +15,8 @@
 // (tests/fuzz/test_native_fuzz.py): a memory error, an overflow or any undefined behaviour is a
 // crash, and so is an admitted request that breaks the contract fast_predict.cc relies on before
 // it allocates (Check below): a shape TensorShape could not hold, a size not backed by the bytes
-// sent, or decoded bytes past the plan's cap.
+// sent, decoded bytes past the plan's cap, or an output_filter entry that is not a known output
+// named once (or past the bound on entries).
 
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -53,8 +55,10 @@ InputSpec Input(const char* alias, int wire, std::vector<int64_t> dims, int rank
   return s;
 }
 
-RequestSpec Plan(std::vector<InputSpec> inputs, uint64_t max_decoded_bytes) {
+RequestSpec Plan(std::vector<InputSpec> inputs, uint64_t max_decoded_bytes,
+                 std::vector<OutputName> outputs = {}) {
   RequestSpec spec;
+  spec.outputs = std::move(outputs);
   spec.signature = "serving_default";
   spec.tfs_on = true;
   spec.tfs_model = "default";
@@ -67,15 +71,19 @@ RequestSpec Plan(std::vector<InputSpec> inputs, uint64_t max_decoded_bytes) {
 const std::vector<RequestSpec>& Plans() {
   static const std::vector<RequestSpec> plans = {
       // The overflow reproducer's shape: history / sequence features, two unknown dims.
-      Plan({Input("history", kInt64, {-1, -1})}, 1 << 20),
+      Plan({Input("history", kInt64, {-1, -1})}, 1 << 20,
+           {{"rows", "rows:0"}, {"score", "score:0"}}),
       // Fixed trailing dims, a tiny cap on decoded bytes.
-      Plan({Input("dense", kFloat, {-1, 4}), Input("ids", kInt32, {-1})}, 256),
+      // An alias equal to another output's tensor name (the alias wins), two aliases of one
+      // tensor.
+      Plan({Input("dense", kFloat, {-1, 4}), Input("ids", kInt32, {-1})}, 256,
+           {{"p", "y:0"}, {"q", "y:0"}, {"y:0", "z:0"}}),
       // Unknown rank, no cap to speak of (the sum of sizes must still never overflow).
       Plan({Input("x", kDouble, {}, -1)}, std::numeric_limits<uint64_t>::max()),
       // Everything at once: the batching-relevant case of several inputs sharing rows.
       Plan({Input("history", kInt64, {-1, -1}), Input("weights", kFloat, {-1, -1}),
             Input("x", kDouble, {-1}), Input("n", kInt32, {})},
-           1 << 16),
+           1 << 16, {{"y", "y:0"}}),
   };
   return plans;
 }
@@ -106,6 +114,28 @@ void CheckInput(const InputSpec& spec, const WireArray& a, const uint8_t* data, 
     bool varints = spec.wire == kInt32 || spec.wire == kInt64;
     Check(varints ? static_cast<uint64_t>(a.count) <= a.values_size : a.values_size == a.bytes,
           "values back the count");
+  }
+}
+
+// What fast_predict.cc relies on when it answers an output_filter: each entry a known output,
+// found as the Python path finds it (alias first), named once, inside the request.
+void CheckFilter(const RequestSpec& spec, const Decoded& d, const uint8_t* data, size_t size) {
+  Check(d.filter.size() <= 2 * spec.outputs.size(), "at most one entry per alias and tensor name");
+  for (size_t i = 0; i < d.filter.size(); ++i) {
+    const FilterKey& k = d.filter[i];
+    Check(Within(k.key, k.size, data, size), "the key inside the request");
+    Check(k.output >= 0 && static_cast<size_t>(k.output) < spec.outputs.size(), "a known output");
+    std::string key(reinterpret_cast<const char*>(k.key), k.size);
+    int alias = -1;
+    for (size_t o = 0; o < spec.outputs.size() && alias < 0; ++o)
+      if (spec.outputs[o].alias == key) alias = static_cast<int>(o);
+    const OutputName& named = spec.outputs[static_cast<size_t>(k.output)];
+    Check(alias >= 0 ? k.output == alias : named.tensor == key, "alias first, else tensor name");
+    for (size_t j = 0; j < i; ++j) {
+      const FilterKey& other = d.filter[j];
+      Check(std::string(reinterpret_cast<const char*>(other.key), other.size) != key,
+            "each name once");
+    }
   }
 }
 
@@ -287,9 +317,16 @@ std::string BuildRequest(FuzzedDataProvider& in, Api api) {
         PutBytes(&out, 1, spec);
         break;
       }
-      case 2:  // output_filter
-        PutBytes(&out, 3, "y");
+      case 2: {  // output_filter entries: names of the plans' outputs, near misses, repeats
+        static const char* const kNames[] = {"y",      "y:0", "rows", "rows:0", "score:0",
+                                             "score",  "p",   "q",    "z:0",    "",
+                                             "score:1", "Y"};
+        int entries = in.ConsumeIntegralInRange(1, 8);
+        for (int e = 0; e < entries; ++e)
+          PutBytes(&out, 3, in.ConsumeBool() ? std::string(in.PickValueInArray(kNames))
+                                             : in.ConsumeRandomLengthString(8));
         break;
+      }
       default:  // anything
         out += in.ConsumeRandomLengthString(12);
     }
@@ -313,6 +350,7 @@ void Decode(const uint8_t* data, size_t size) {
       FillValues(a, spec.inputs[i].wire, buffer.data(), buffer.size());
     }
     Check(total == d.bytes && d.bytes <= spec.max_decoded_bytes, "decoded bytes within the cap");
+    CheckFilter(spec, d, data, size);
     CheckBatching(d);
   }
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import threading
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -127,7 +128,8 @@ def _declined_requests(demo) -> dict[str, bytes]:
     feed = demo.model.make_feed(4, np.random.default_rng(2))
     ok = make_request(feed)
     cases: dict[str, pb.PredictRequest] = {}
-    cases["output_filter"] = make_request(feed, output_filter=["probability"])
+    cases["output_filter_unknown"] = make_request(feed, output_filter=["probability", "nope"])
+    cases["output_filter_twice"] = make_request(feed, output_filter=["probability"] * 2)
     cases["tensor_names"] = make_request({f"{k}:0": v for k, v in feed.items()})
     cases["unknown_signature"] = make_request(feed, signature_name="nope")
     cases["unknown_input"] = make_request({**feed, "extra": np.ones(4, np.float32)})
@@ -162,7 +164,7 @@ def test_what_the_plan_declines_is_answered_by_python_exactly(demo, pair):
         got = raw_call(fast_client.channel, data)
         assert got == raw_call(slow_client.channel, data), name
         assert plan.answered == before, f"{name} was answered by the fast path"
-        if name not in ("output_filter", "tensor_names"):
+        if name != "tensor_names":
             assert got[0] == grpc.StatusCode.INVALID_ARGUMENT, (name, got)
     # still serving, still fast
     before = plan.answered
@@ -327,43 +329,63 @@ def test_requests_answered_in_cpp_are_in_the_metrics(demo, serve):
     assert 'deeprec_batch_size_bucket{le="8",model="default"} 1.0' in text
 
 
-def test_versions_that_need_python_per_request_get_no_plan(demo, serve, tmp_path):
+def test_versions_that_need_python_per_request_get_no_plan_and_say_why(demo, serve, tmp_path,
+                                                                       caplog):
+    def refusals() -> list[str]:  # a warning at load, naming the version and the reason
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+                and "is served by the Python handler only" in r.getMessage()]
+
     timeline, client = serve(demo.saved_model_dir, demo.checkpoint_dir, timeline_start_step=1000,
                              timeline_interval_step=1, timeline_trace_count=1,
                              timeline_path=str(tmp_path / "t"))
     assert timeline.fast_predict is not None and plan_of(timeline) is None
+    assert refusals() == ["version checkpoint_1 is served by the Python handler only: timelines "
+                          "are recorded (traced in Python per request)"]
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))  # Python answers
     tiered, client = serve(demo.saved_model_dir, demo.checkpoint_dir, ev_storage_type=1)
     assert plan_of(tiered) is None
+    assert "embedding rows come from a feature store" in refusals()[-1]
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
 
 
-def test_the_session_pointer_is_checked_before_cpp_uses_it():
-    from deeprec_runtime.native import tf_handles
+def test_the_session_is_reached_through_pybind11s_conduit_and_nothing_else():
+    """The conduit gives the TF_Session only to the right ABI and only for a TF_Session handle."""
+    from tensorflow.python.client import pywrap_tf_session
 
+    from deeprec_runtime.native import fast_predict, tf_handles
+
+    ffi, lib = fast_predict._load()
     session = tf.compat.v1.Session(graph=tf.Graph())
     try:
-        pointer = tf_handles.session_pointer(session)
-        assert pointer and tf_handles._is_tf_session(pointer)
-        # other words of the handle are what a moved pointer would read: never taken for one
-        for offset in (0, 8, 24, 32):
-            word = tf_handles._read_word(id(session._session) + offset)
-            assert not tf_handles._is_tf_session(word), offset
-        assert tf_handles._read_word(8) is None  # unmapped: refused, no fault
-        # one level off (the tensorflow::Session itself: its first word is a vtable too)
-        assert not tf_handles._is_tf_session(tf_handles._read_word(pointer))
+        pointer = tf_handles.session_pointer(session, ffi, lib)
+        assert pointer and lib.drf_session_ok(ffi.cast("void *", pointer))
+        assert tf_handles.session_pointer(session, ffi, lib) == pointer  # the same object
+        with pytest.raises(tf_handles.SessionHandleError, match="pybind11 ABI _gcc"):
+            tf_handles.session_pointer(session, ffi, lib, abi=b"_gcc_libstdcpp_cxxabi1017")
+        # another pybind11 type of TensorFlow's, asked for as a TF_Session: refused by its type
+        buffer = pywrap_tf_session.TF_NewBuffer()
+        try:
+            with pytest.raises(tf_handles.SessionHandleError, match="TF_Buffer"):
+                tf_handles.session_pointer(SimpleNamespace(_session=buffer), ffi, lib)
+        finally:
+            pywrap_tf_session.TF_DeleteBuffer(buffer)
+        with pytest.raises(tf_handles.SessionHandleError, match="no _pybind11_conduit_v1_"):
+            tf_handles.session_pointer(SimpleNamespace(_session=object()), ffi, lib)
     finally:
         session.close()
+    fast_predict.check_session_handle()  # what `deeprec-runtime native-path` checks
 
 
-def test_a_session_handle_of_unknown_layout_leaves_the_version_to_python(
+def test_a_tensorflow_whose_handle_refuses_the_conduit_is_reported_and_served_by_python(
         demo, serve, monkeypatch, caplog):
     from deeprec_runtime.native import tf_handles
 
-    monkeypatch.setattr(tf_handles, "_PYBIND_VALUE_OFFSET", 8)  # as if an upgrade moved it
+    monkeypatch.setattr(tf_handles, "TENSORFLOW_PYBIND11_ABI", b"_gcc_libstdcpp_cxxabi1017")
     runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     assert runtime.fast_predict is not None and plan_of(runtime) is None
-    assert "layout is not the one this runtime knows" in caplog.text
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("the fast path cannot reach the session" in m and "_gcc_libstdcpp" in m
+               for m in errors), errors
     feed = demo.model.make_feed(3, np.random.default_rng(0))
     np.testing.assert_allclose(output(client.predict(feed), "probability"),  # Python answers
                                demo.model.predict(feed), rtol=1e-5, atol=1e-6)
@@ -450,8 +472,8 @@ def test_tf_serving_requests_the_plan_declines_get_the_python_answer(demo, pair)
     del short.inputs["dense"].float_val[1:]
     cases["last_value_fills"] = short
     filtered = tfs_request(feed)
-    filtered.output_filter.append("probability")
-    cases["output_filter"] = filtered
+    filtered.output_filter.append("nope")
+    cases["output_filter_unknown"] = filtered
     unknown_rank = tfs_request(feed)
     unknown_rank.inputs["dense"].tensor_shape.unknown_rank = True
     cases["unknown_rank"] = unknown_rank
@@ -488,8 +510,8 @@ def test_a_plan_whose_tf_serving_check_fails_leaves_tf_serving_calls_to_python(
 
     real = fast_predict.FastPlan.predict
     monkeypatch.setattr(fast_predict.FastPlan, "predict",
-                        lambda self, data, api=fast_predict.DEEPREC:
-                        None if api == fast_predict.TFS else real(self, data, api))
+                        lambda self, data, api=fast_predict.DEEPREC, lane=-1, how=0:
+                        None if api == fast_predict.TFS else real(self, data, api, lane, how))
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     plan = plan_of(fast)
     assert plan is not None  # DeepRec calls keep their plan
@@ -659,3 +681,108 @@ def test_wire_mutants_on_two_unknown_dims_get_the_python_answer(sequence_pair, a
     before = answered()  # still serving, and still from C++
     assert call(fast_client.channel, _wire_mutants(api)["valid"][0])[0] == grpc.StatusCode.OK
     assert answered() == before + 1
+
+
+# --- output_filter ----------------------------------------------------------------------------
+#: Filters on sequence_model's outputs `rows` (rows:0) and `score` (score:0): aliases, tensor
+#: names, several, both orders, an output under both of its names.
+FILTERS = [["score"], ["rows"], ["score:0"], ["rows:0"], ["rows", "score"], ["score", "rows"],
+           ["score", "score:0"], ["rows:0", "score"], ["score:0", "rows:0", "rows"]]
+
+
+def filtered(api: str, values: dict[str, np.ndarray], names: list[str]) -> bytes:
+    """A valid request for sequence_model with `names` as its output_filter (field 3)."""
+    return request(api, valid_arrays(api, values)) + b"".join(
+        bytes_field(3, n.encode()) for n in names)
+
+
+@pytest.mark.parametrize("api", [DEEPREC, TFS])
+def test_output_filters_are_answered_in_cpp_as_python_answers_them(sequence_pair, api):
+    fast, fast_client, slow, slow_client = sequence_pair
+    call = deeprec_call if api == DEEPREC else tfs_call
+    plan = plan_of(fast)
+    answered = (lambda: plan.answered) if api == DEEPREC else (lambda: plan.tfs_answered)
+    values = sequence_feed(3, 4, seed=1)
+    for names in FILTERS:
+        data = filtered(api, values, names)
+        before = answered()
+        got = call(fast_client.channel, data)
+        assert got == call(slow_client.channel, data), names
+        assert got[0] == grpc.StatusCode.OK and sorted(got[1].outputs) == sorted(names), got
+        assert answered() == before + 1, f"{names} was not answered by the fast path"
+        if api == DEEPREC and len(names) == 1:  # one entry: the same bytes
+            assert raw_call(fast_client.channel, data) == raw_call(slow_client.channel, data)
+    # ["score"] and ["rows"] each got a callable of their own (their tensor names share it);
+    # both outputs together are what the lane's own callable fetches
+    assert plan.subset_callables(0) == 2
+    # and a filtered answer holds what the unfiltered one holds for those outputs
+    whole = call(fast_client.channel, request(api, valid_arrays(api, values)))[1]
+    assert got[1].outputs["rows"] == whole.outputs["rows"]
+
+
+@pytest.mark.parametrize("api", [DEEPREC, TFS])
+def test_output_filters_the_plan_declines_get_the_python_answer(sequence_pair, api):
+    fast, fast_client, slow, slow_client = sequence_pair
+    call = deeprec_call if api == DEEPREC else tfs_call
+    plan = plan_of(fast)
+    answered = (lambda: plan.answered) if api == DEEPREC else (lambda: plan.tfs_answered)
+    values = sequence_feed(2, 3, seed=2)
+    cases = {"unknown": ["nope"], "unknown after a known one": ["score", "nope"],
+             "empty name": [""], "an input's name": ["history"], "twice": ["rows", "rows"],
+             "tensor name twice": ["score:0", "rows", "score:0"], "wrong case": ["Score"],
+             "many": ["score", "rows", "score:0", "rows:0", "score"]}
+    for name, names in cases.items():
+        data = filtered(api, values, names)
+        before = answered()
+        got = call(fast_client.channel, data)
+        assert got == call(slow_client.channel, data), name
+        assert got[0] == grpc.StatusCode.INVALID_ARGUMENT, (name, got)
+        assert answered() == before, f"{name} was answered by the fast path"
+    assert "unknown output 'nope' in output_filter" in call(
+        fast_client.channel, filtered(api, values, ["score", "nope"]))[1]
+    assert "output 'rows' is named twice" in call(
+        fast_client.channel, filtered(api, values, ["rows", "rows"]))[1]
+
+
+def write_many_outputs_model(path: str, outputs: int) -> None:
+    """x float [-1, 2] -> out<i> = sum(x) * i, for i < `outputs`."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
+        total = tf.reduce_sum(x, axis=1)
+        named = {f"out{i}": tf.identity(total * float(i), name=f"out{i}") for i in range(outputs)}
+        session = tf.compat.v1.Session(graph=graph)
+        builder = tf.compat.v1.saved_model.Builder(path)
+        signature = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
+            {"x": x}, named)
+        builder.add_meta_graph_and_variables(session, ["serve"],
+                                             signature_def_map={"serving_default": signature})
+        builder.save()
+        session.close()
+
+
+def test_callables_for_output_subsets_are_bounded_per_lane(tmp_path, serve):
+    """Each new subset of outputs is a callable (an executor); past the bound (fast_predict.cc's
+    kMaxSubsetCallables) the request is Python's, answered the same; subsets made before keep
+    being answered in C++."""
+    path = str(tmp_path / "many")
+    write_many_outputs_model(path, 6)
+    fast, fast_client = serve(path)
+    _, slow_client = serve(path, fast_predict=False)
+    plan = plan_of(fast)
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    subsets = [[f"out{i}"] for i in range(6)] + [
+        [f"out{i}", f"out{j}"] for i in range(6) for j in range(i + 1, 6)]  # 21 subsets
+    bound = 16
+    for k, names in enumerate(subsets):
+        data = make_request({"x": x}, output_filter=names).SerializeToString()
+        before = plan.answered
+        got = deeprec_call(fast_client.channel, data)
+        assert got == deeprec_call(slow_client.channel, data), names
+        np.testing.assert_allclose(output(got[1], names[0]), x.sum(axis=1) * int(names[0][3:]))
+        assert plan.answered == before + (1 if k < bound else 0), (k, names)
+    assert plan.subset_callables(0) == bound
+    before = plan.answered
+    deeprec_call(fast_client.channel, make_request({"x": x}, output_filter=["out3"])
+                 .SerializeToString())
+    assert plan.answered == before + 1
