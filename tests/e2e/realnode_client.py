@@ -19,6 +19,18 @@ Commands (``op``):
   Service's pods) for at most ``seconds``, or until ``stop_file`` exists; each ``metrics`` pod's
   request counter sampled every 0.25 s; reports sent / failed / errors.
 - ``http`` ``url``: GET, for /metrics.
+- ``codes`` ``addr``, ``variants``: for each named ``auth`` (or null: plaintext), the status code of
+  a DeepRec GetServingModelInfo, a DeepRec Predict and a TF Serving Predict (``OK`` or the gRPC
+  code's name).
+- ``health`` ``addr``: grpc.health.v1 Check in plaintext, and the code of a DeepRec call there.
+
+``info``, ``predict``, ``watch`` and ``codes`` take ``auth`` for a secured model: file paths of
+what the client pod mounts, as a user's client would use them: ``ca`` (the CA that signed the
+server's certificate, required), ``server_name`` (checked in the certificate: no cluster DNS runs
+on the test node, so the client dials an IP and checks the Service's DNS name), ``cert`` and
+``key`` (its client certificate, under mutual TLS), ``token_file`` (the bearer token Secret's key,
+first line) or ``token`` (a literal, for a wrong one). The token rides on the channel as gRPC call
+credentials (``authorization: Bearer ...``), so every call carries it.
 """
 
 from __future__ import annotations
@@ -52,10 +64,30 @@ def emit(obj: dict) -> None:
         sys.stdout.flush()
 
 
-def channel(addr: str, private: bool = False) -> grpc.Channel:
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def channel(addr: str, private: bool = False, auth: dict | None = None) -> grpc.Channel:
     # A private subchannel pool gives each channel its own TCP connection even to one address.
-    options = [("grpc.use_local_subchannel_pool", 1)] if private else []
-    return grpc.insecure_channel(addr, options=options)
+    options: list[tuple[str, object]] = [("grpc.use_local_subchannel_pool", 1)] if private else []
+    if not auth:
+        return grpc.insecure_channel(addr, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(auth["ca"]), private_key=_read(auth.get("key")),
+        certificate_chain=_read(auth.get("cert")))
+    token = auth.get("token") or ""
+    if auth.get("token_file"):
+        token = (_read(auth["token_file"]) or b"").decode().splitlines()[0].strip()
+    if token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token))
+    if auth.get("server_name"):
+        options.append(("grpc.ssl_target_name_override", auth["server_name"]))
+    return grpc.secure_channel(addr, credentials, options=options)
 
 
 def _call(ch: grpc.Channel, method: str, request, response_type, timeout: float = 5.0):
@@ -124,13 +156,13 @@ class Tfs:
 def cmd_info(tfs, cmd: dict) -> dict:
     out = {}
     for addr in cmd["addrs"]:
-        with channel(addr) as ch:
+        with channel(addr, auth=cmd.get("auth")) as ch:
             out[addr] = model_info(ch)
     return {"info": out}
 
 
 def cmd_predict(tfs, cmd: dict) -> dict:
-    with channel(cmd["addr"]) as ch:
+    with channel(cmd["addr"], auth=cmd.get("auth")) as ch:
         deeprec = deeprec_predict(ch)
         number, values = tfs.predict(ch)
         return {"deeprec": deeprec, "tfs": values, "tfs_version": number, "tfs_status": tfs.status(ch),
@@ -140,7 +172,7 @@ def cmd_predict(tfs, cmd: dict) -> dict:
 def cmd_watch(tfs, cmd: dict) -> dict:
     addrs, version, target = cmd["addrs"], cmd["version"], cmd.get("target")
     deadline = time.monotonic() + float(cmd.get("timeout", 60))
-    channels = {a: channel(a) for a in addrs}
+    channels = {a: channel(a, auth=cmd.get("auth")) for a in addrs}
     try:
         first_seen: dict[str, float] = {}
         target_seen: dict[str, float] = {}
@@ -259,7 +291,35 @@ def cmd_http(tfs, cmd: dict) -> dict:
         return {"status": resp.status, "body": resp.read().decode()}
 
 
-COMMANDS = {"info": cmd_info, "predict": cmd_predict, "watch": cmd_watch, "load": cmd_load, "http": cmd_http}
+def _code(fn) -> str:
+    try:
+        fn()
+        return "OK"
+    except grpc.RpcError as exc:
+        return exc.code().name
+
+
+def cmd_codes(tfs, cmd: dict) -> dict:
+    out = {}
+    for name, auth in cmd["variants"].items():
+        with channel(cmd["addr"], auth=auth) as ch:
+            out[name] = {"deeprec_info": _code(lambda: model_info(ch)),
+                         "deeprec_predict": _code(lambda: deeprec_predict(ch)),
+                         "tfs_predict": _code(lambda: tfs.predict(ch))}
+    return {"codes": out}
+
+
+def cmd_health(tfs, cmd: dict) -> dict:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with channel(cmd["addr"]) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return {"status": health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status),
+                "deeprec_info": _code(lambda: model_info(ch))}
+
+
+COMMANDS = {"info": cmd_info, "predict": cmd_predict, "watch": cmd_watch, "load": cmd_load, "http": cmd_http,
+            "codes": cmd_codes, "health": cmd_health}
 
 
 class LazyTfs:

@@ -8,7 +8,9 @@ as a user: `helm install` (the operator runs as a pod of its image with the char
 pod (the runtime image) calling the model's Service over gRPC with the DeepRec and TensorFlow
 Serving APIs. What only a real node shows: gRPC probes run by the kubelet, the Downward API file
 refreshed by it (rollback latency), a uid-10001 runtime on a read-only root file system, graceful
-drain on pod deletion behind kube-proxy, and exclusive cores from the static CPU manager.
+drain on pod deletion behind kube-proxy, exclusive cores from the static CPU manager, and a
+secured model (TLS, a generated bearer token, then mutual TLS) probed by the kubelet on its
+plaintext health port while clients and the operator reach it only with their credentials.
 
 The tests are steps of one scenario on one model and run in file order. Each measured figure is
 printed at the end of the module (and written to $DEEPREC_REALNODE_FIGURES when set).
@@ -20,6 +22,7 @@ reason; nothing is skipped. The binaries come from `scripts/k8s-plane.sh build`,
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -265,10 +268,14 @@ class InClusterClient:
         self._stderr.close()
 
 
-def _client_pod(runtime_image: str) -> dict:
+def _client_pod(runtime_image: str, name: str = "client", labels: dict | None = None,
+                mounts: dict[str, dict] | None = None) -> dict:
+    """A pod of the runtime image that idles until the test execs the client script in it;
+    `mounts`: mount path -> volume source (a user's client mounts its Secrets this way)."""
+    extra = sorted((mounts or {}).items())
     return {
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "client", "namespace": MODELS_NS},
+        "metadata": {"name": name, "namespace": MODELS_NS, "labels": labels or {}},
         "spec": {
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": 2,
@@ -284,10 +291,13 @@ def _client_pod(runtime_image: str) -> dict:
                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}},
                 "volumeMounts": [{"name": "client", "mountPath": "/client", "readOnly": True},
-                                 {"name": "tmp", "mountPath": "/tmp"}],
+                                 {"name": "tmp", "mountPath": "/tmp"},
+                                 *({"name": f"extra-{i}", "mountPath": path, "readOnly": True}
+                                   for i, (path, _) in enumerate(extra))],
             }],
             "volumes": [{"name": "client", "configMap": {"name": "realnode-client"}},
-                        {"name": "tmp", "emptyDir": {}}],
+                        {"name": "tmp", "emptyDir": {}},
+                        *({"name": f"extra-{i}", **source} for i, (_, source) in enumerate(extra))],
         },
     }
 
@@ -352,11 +362,12 @@ class Watched(NamedTuple):
 
 
 def _watch(client: InClusterClient, addrs: list[str], version: str, action, timeout: float = 120,
-           from_end: bool = False, target: str | None = None) -> Watched:
+           from_end: bool = False, target: str | None = None, auth: dict | None = None) -> Watched:
     """Starts watching `addrs`, runs `action`, and times each address from the moment `action`
     began (or ended, with from_end): until it answers from `version` and, with `target`, until
-    its runtime reports that target version (read from its Downward API file)."""
-    client.send("watch", addrs=addrs, version=version, target=target, timeout=timeout)
+    its runtime reports that target version (read from its Downward API file). `auth`: the
+    client's credentials for a secured model (see realnode_client.py)."""
+    client.send("watch", addrs=addrs, version=version, target=target, timeout=timeout, auth=auth)
     client.expect("watching", timeout=60)
     t0 = time.time()
     action()
@@ -585,10 +596,330 @@ def test_pod_deleted_under_load_drains_without_a_failed_request(node, model, cli
 
 
 # --- secured model (spec.security: TLS + bearer token from Secrets) --------------------------------
-# The operator's spec.security is being built separately; its real-node test belongs here, on the
-# same node and client: a DeepRecModel with spec.security whose pods mount the TLS Secret and the
-# token, gRPC probes still passing, and the in-cluster client calling the Service over TLS with the
-# token (and refused without it).
+# A second model on the same node, store and operator, secured as a user secures one: a
+# kubernetes.io/tls Secret for the Service's DNS names with its CA, a bearer token the operator
+# generates, later mutual TLS; clients in a pod that mounts the token Secret, its client
+# certificate and the CA bundle. (No NetworkPolicy here: the node's CNI bridge enforces none.)
+
+SECURED = "secured"
+#: The name the server certificate carries and everyone checks. No cluster DNS runs on this node,
+#: so clients dial the Service's ClusterIP (or a pod IP, as the operator does) and check this name,
+#: which is what a resolver would have had them dial.
+SECURED_DNS = f"{SECURED}.{MODELS_NS}.svc"
+SECURED_MOUNTS = "/etc/secured"
+#: What the rollbacks pin: a version in the store that the model has not loaded at start.
+PINNED = "checkpoint_2"
+
+
+def _secret(name: str, data: dict[str, bytes], type_: str = "Opaque") -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": MODELS_NS},
+            "type": type_, "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+
+
+def _auth(*, token: bool = True, cert: str | None = None, wrong_token: bool = False) -> dict:
+    """What the ranker pod presents (files it mounts): TLS trusting the model's CA, and optionally
+    the generated token, a wrong one, and a client certificate (`cert`: its mount folder)."""
+    auth: dict[str, str] = {"ca": f"{SECURED_MOUNTS}/ca/ca.crt", "server_name": SECURED_DNS}
+    if token:
+        auth["token_file"] = f"{SECURED_MOUNTS}/token/token"
+    if wrong_token:
+        auth["token"] = "not-the-token"  # nosec B105  # a wrong token, on purpose
+    if cert:
+        auth |= {"cert": f"{SECURED_MOUNTS}/{cert}/tls.crt", "key": f"{SECURED_MOUNTS}/{cert}/tls.key"}
+    return auth
+
+
+class Secured(NamedTuple):
+    client: InClusterClient
+    """The in-cluster client, in the `ranker` pod that mounts the credentials."""
+    token: str
+    server_key: bytes
+    newest: str
+    """The version the model serves at `latest`."""
+
+
+def _served_status(node: Plane, version: str | None, replicas: int = REPLICAS) -> dict | None:
+    """The model's status once the operator's probe found every replica serving `version` (None:
+    any one version; `versions` counts the replicas that answered the probe) for the current
+    generation."""
+    drm = node.kubectl_json("get", "drm", SECURED, "-n", MODELS_NS)
+    status = drm.get("status") or {}
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    active = status.get("activeVersion")
+    ok = (status.get("observedGeneration") == drm["metadata"]["generation"]
+          and active and active == (version or active) and ready.get("status") == "True"
+          and status.get("versions") == [{"name": active, "replicas": replicas}])
+    return status if ok else None
+
+
+def _template_pods(node: Plane, flag: str | None, count: int = REPLICAS, timeout: float = 240) -> list[dict]:
+    """`count` Ready pods of the secured model, all of the template whose runtime has (or, with
+    flag None, may have) `flag` on its command line, and no other pod left."""
+    def ready():
+        pods = _pods(node, SECURED)
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        ok = (len(pods) == count and all(_is_ready(p) for p in live) and len(live) == count
+              and (flag is None or all(flag in p["spec"]["containers"][0]["args"] for p in live)))
+        return live if ok else None
+
+    return wait_until(ready, timeout=timeout, interval=0.2,
+                      message=lambda: f"{count} Ready pods of {SECURED} ({flag})\n{_describe(node, SECURED)}")
+
+
+@pytest.fixture(scope="class")
+def secured(node: Plane, operator_release, model, client, tmp_path_factory):
+    """The secured model applied and Ready, and the ranker client pod (it runs the script of the
+    `client` fixture's ConfigMap); deleted afterwards, so the cores it holds are free for the
+    exclusive-cores test."""
+    from tests.operator.pki import CA
+
+    server_ca, client_ca, stranger_ca = CA("models-ca"), CA("ranking-clients-ca"), CA("stranger-ca")
+    server = server_ca.server(SECURED_DNS, f"{SECURED_DNS}.cluster.local", f"{SECURED}.{MODELS_NS}")
+    operator_cert = client_ca.client("deeprec-operator")
+    ranker_cert, stranger_cert = client_ca.client("ranker"), stranger_ca.client("ranker")
+    drm = _model(SECURED, REPLICAS, {"requests": {"cpu": "100m", "memory": "512Mi"},
+                                     "limits": {"memory": "1536Mi"}},
+                 security={"tls": {"secretName": f"{SECURED}-tls"},
+                           "authentication": {"bearerToken": {}}})
+    try:
+        # What cert-manager would write: the certificate, its key and the CA, in one Secret.
+        # The mutual-TLS Secrets are there from the start; the model asks for them later.
+        started = time.monotonic()
+        node.apply([
+            _secret(f"{SECURED}-tls", {"tls.crt": server.cert, "tls.key": server.key,
+                                       "ca.crt": server_ca.pem}, "kubernetes.io/tls"),
+            _secret(f"{SECURED}-clients-ca", {"ca.crt": client_ca.pem}),
+            _secret(f"{SECURED}-operator-client", {"tls.crt": operator_cert.cert,
+                                                   "tls.key": operator_cert.key}, "kubernetes.io/tls"),
+            drm,
+        ])
+        _template_pods(node, "--tls-cert")
+        FIGURES["secured model: kubectl apply (TLS + generated token) -> 2 runtime pods Ready "
+                "(kubelet gRPC probes on the plaintext health port), s"] = round(
+            time.monotonic() - started, 1)
+        # The newest version in the store (checkpoint_4 once the earlier steps wrote it).
+        newest = wait_until(
+            lambda: (s := _served_status(node, None)) and s["activeVersion"], timeout=60, interval=0.2,
+            message=lambda: f"the secured model's status Ready through the operator's TLS + token "
+                            f"probe\n{_operator_log(node)}")
+        FIGURES["secured model: kubectl apply -> status Ready with activeVersion (the operator's "
+                "TLS + token probe), s"] = round(time.monotonic() - started, 1)
+
+        # The clients' side: the CA bundle is public (a ConfigMap, as trust bundles are
+        # distributed); the token Secret the operator made and the client certificates are
+        # mounted as Secrets.
+        node.apply([
+            {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": f"{SECURED}-ca", "namespace": MODELS_NS},
+             "data": {"ca.crt": server_ca.pem.decode()}},
+            _secret("ranker-client", {"tls.crt": ranker_cert.cert, "tls.key": ranker_cert.key},
+                    "kubernetes.io/tls"),
+            _secret("stranger-client", {"tls.crt": stranger_cert.cert, "tls.key": stranger_cert.key},
+                    "kubernetes.io/tls"),
+            _client_pod(_images()["runtime"], "ranker", {"app": "ranker"}, {
+                f"{SECURED_MOUNTS}/ca": {"configMap": {"name": f"{SECURED}-ca"}},
+                f"{SECURED_MOUNTS}/token": {"secret": {"secretName": f"{SECURED}-auth-token"}},
+                f"{SECURED_MOUNTS}/client": {"secret": {"secretName": "ranker-client"}},
+                f"{SECURED_MOUNTS}/stranger": {"secret": {"secretName": "stranger-client"}}}),
+        ])
+        wait_until(lambda: _is_ready(node.kubectl_json("get", "pod", "ranker", "-n", MODELS_NS)),
+                   timeout=120, message="the ranker pod Ready")
+        token_data = node.kubectl_json("get", "secret", f"{SECURED}-auth-token", "-n", MODELS_NS)["data"]
+        token = base64.b64decode(token_data["token"]).decode().strip()
+        client = InClusterClient(node, "ranker", tmp_path_factory.mktemp("ranker") / "client.log")
+        try:
+            yield Secured(client, token, server.key, newest)
+        finally:
+            client.close()
+    finally:
+        node.kubectl("delete", "pod", "ranker", "-n", MODELS_NS, "--ignore-not-found", check=False)
+        node.kubectl("delete", "drm", SECURED, "-n", MODELS_NS, "--ignore-not-found", check=False)
+        # The garbage collector removes the pods; wait for them, they hold CPU requests.
+        wait_until(lambda: not _pods(node, SECURED) and node.kubectl(
+                       "get", "pod", "ranker", "-n", MODELS_NS, check=False).returncode != 0,
+                   timeout=120, message="the secured model's pods and the ranker pod gone")
+
+
+def _operator_log(node: Plane, tail: int | None = 60) -> str:
+    pod = node.kubectl_json("get", "pods", "-n", OPERATOR_NS)["items"][0]["metadata"]["name"]
+    args = ["--tail", str(tail)] if tail else []
+    return node.kubectl("logs", "-n", OPERATOR_NS, pod, *args, check=False).stdout
+
+
+def _patch_version(node: Plane, name: str, version: str):
+    return lambda: node.kubectl("patch", "drm", name, "-n", MODELS_NS, "--type", "merge",
+                                "-p", json.dumps({"spec": {"version": version}}))
+
+
+class TestSecuredModel:
+    """The steps of the secured model, in order, on one model: TLS and a generated token, then
+    mutual TLS turned on by a patch."""
+
+    def test_pods_are_ready_through_the_kubelets_probes_on_the_plaintext_health_port(self, node, secured):
+        pods = _template_pods(node, "--tls-cert")
+        service = node.kubectl_json("get", "service", SECURED, "-n", MODELS_NS)
+        # The health port is only the kubelet's: not in the Service.
+        assert {p["port"] for p in service["spec"]["ports"]} == {8500, 8501}
+        for pod in pods:
+            container = pod["spec"]["containers"][0]
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert container[probe]["grpc"]["port"] == 8502, (probe, container[probe])
+            assert {"name": "health", "containerPort": 8502, "protocol": "TCP"} in container["ports"]
+            assert _restarts(pod) == 0
+            log = node.kubectl("logs", "-n", MODELS_NS, pod["metadata"]["name"]).stdout
+            # TLS and tokens keep the C++ front end.
+            assert "gRPC server: native (gRPC C++)" in log, log[-3000:]
+            assert "plaintext health on port 8502" in log, log[-3000:]
+            ip = pod["status"]["podIP"]
+            # What the kubelet asks, asked from another pod: SERVING in plaintext on 8502, which
+            # answers nothing else ...
+            health = secured.client.call("health", addr=f"{ip}:8502")
+            assert health["status"] == "SERVING" and health["deeprec_info"] == "UNIMPLEMENTED", health
+            # ... while the serving port takes no plaintext, and TLS + token gets answers.
+            codes = secured.client.call("codes", addr=f"{ip}:8500",
+                                        variants={"plaintext": None, "tls+token": _auth()})["codes"]
+            assert set(codes["plaintext"].values()) == {"UNAVAILABLE"}, codes
+            assert set(codes["tls+token"].values()) == {"OK"}, codes
+
+    def test_client_calls_the_service_over_tls_with_the_token_and_is_refused_without(self, node, secured):
+        service = _service_addr(node, SECURED)
+        answer = secured.client.call("predict", addr=service, auth=_auth())
+        assert len(answer["deeprec"]) == 1 and 0.0 < answer["deeprec"][0] < 1.0
+        assert answer["tfs"] == pytest.approx(answer["deeprec"], rel=1e-6)
+        assert answer["info"]["version"] == secured.newest
+        assert answer["tfs_version"] == answer["info"]["full_step"]
+        info = secured.client.call("info", addrs=_addrs(_template_pods(node, "--tls-cert")),
+                                   auth=_auth())["info"]
+        assert {v["version"] for v in info.values()} == {secured.newest}, info
+        codes = secured.client.call("codes", addr=service, variants={
+            "tls+token": _auth(), "tls, no token": _auth(token=False),
+            "tls, wrong token": _auth(token=False, wrong_token=True), "plaintext": None})["codes"]
+        assert codes == {
+            "tls+token": dict.fromkeys(("deeprec_info", "deeprec_predict", "tfs_predict"), "OK"),
+            "tls, no token": dict.fromkeys(("deeprec_info", "deeprec_predict", "tfs_predict"),
+                                           "UNAUTHENTICATED"),
+            "tls, wrong token": dict.fromkeys(("deeprec_info", "deeprec_predict", "tfs_predict"),
+                                              "UNAUTHENTICATED"),
+            "plaintext": dict.fromkeys(("deeprec_info", "deeprec_predict", "tfs_predict"),
+                                       "UNAVAILABLE")}, codes
+
+    def test_operator_reports_the_served_version_through_its_tls_and_token_probe(self, node, secured):
+        status = wait_until(lambda: _served_status(node, secured.newest), timeout=30,
+                            message=lambda: f"status Ready at {secured.newest}\n{_operator_log(node)}")
+        degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+        assert degraded["status"] == "False", status
+        drm = node.kubectl_json("get", "drm", SECURED, "-n", MODELS_NS)
+        secret = node.kubectl_json("get", "secret", f"{SECURED}-auth-token", "-n", MODELS_NS)
+        (owner,) = secret["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner.get("controller")) == ("DeepRecModel",
+                                                                        drm["metadata"]["uid"], True)
+        assert len(secured.token) >= 40
+        # The operator pod runs as the chart made it: its ServiceAccount reads Secrets by name and
+        # cannot list them.
+        pod = node.kubectl_json("get", "pods", "-n", OPERATOR_NS)["items"][0]
+        assert _restarts(pod) == 0
+        account = f"system:serviceaccount:{OPERATOR_NS}:{pod['spec']['serviceAccountName']}"
+        can = {verb: node.kubectl("auth", "can-i", verb, "secrets", "-n", MODELS_NS, "--as", account,
+                                  check=False).stdout.strip() for verb in ("get", "list")}
+        assert can == {"get": "yes", "list": "no"}, can
+
+    def test_rollback_patch_reaches_every_replica_of_the_secured_model(self, node, secured):
+        pods = _template_pods(node, "--tls-cert")
+        uids = sorted(p["metadata"]["uid"] for p in pods)
+        addrs, auth = _addrs(pods), _auth()
+
+        def rollback(version: str) -> Watched:
+            return _watch(secured.client, addrs, version, _patch_version(node, SECURED, version),
+                          target=version, auth=auth)
+
+        # A version not loaded first (this model started at the newest), then back and forth
+        # between it and the newest, each kept loaded by the other's swap.
+        cold = rollback(PINNED)
+        status = wait_until(lambda: _served_status(node, PINNED), timeout=30,
+                            message=lambda: f"status at {PINNED} after the pin\n{_operator_log(node)}")
+        assert status["targetVersion"] == PINNED
+        runs = []
+        for _ in range(3):
+            _watch(secured.client, addrs, secured.newest, _patch_version(node, SECURED, "latest"),
+                   auth=auth)
+            runs.append(rollback(PINNED))
+        answered = [max(run.answered) for run in runs]
+        FIGURES["secured model: kubectl patch (rollback to the retained previous version) -> every "
+                "replica answers from it over TLS, s (median / max of 3)"] = [
+            round(statistics.median(answered), 3), max(answered)]
+        FIGURES["secured model: kubectl patch (pin a version not loaded) -> every replica answers "
+                "from it, s"] = max(cold.answered)
+        # Where a slow one spent its time: before or after the runtimes read the new target.
+        FIGURES["  of which until every runtime read the target from its annotations file, s"] = max(
+            cold.delivered)
+        assert sorted(p["metadata"]["uid"] for p in _pods(node, SECURED)) == uids, "a pod restarted"
+        assert max(answered) < 5
+        _watch(secured.client, addrs, secured.newest, _patch_version(node, SECURED, "latest"), auth=auth)
+        wait_until(lambda: _served_status(node, secured.newest), timeout=30,
+                   message=lambda: f"status back at {secured.newest}\n{_operator_log(node)}")
+
+    def test_mutual_tls_patch_rolls_the_pods_and_refuses_clients_without_a_certificate(self, node, secured):
+        started = time.monotonic()
+        node.kubectl("patch", "drm", SECURED, "-n", MODELS_NS, "--type", "merge", "-p", json.dumps(
+            {"spec": {"security": {"tls": {"clientAuth": {
+                "caSecretName": f"{SECURED}-clients-ca",
+                "operatorCertificateSecretName": f"{SECURED}-operator-client"}}}}}))
+        pods = _template_pods(node, "--tls-client-ca")
+        FIGURES["secured model: kubectl patch (turn on mutual TLS) -> pods rolled, each Ready "
+                "(probes on the health port), s"] = round(time.monotonic() - started, 1)
+        # The status counts the new pods only if the operator's probe, with its client
+        # certificate, got answers from each.
+        wait_until(lambda: _served_status(node, secured.newest), timeout=60, interval=0.2,
+                   message=lambda: f"status Ready through the mutual-TLS probe\n{_operator_log(node)}")
+        FIGURES["secured model: kubectl patch (turn on mutual TLS) -> status Ready (the operator's "
+                "probe with its client certificate), s"] = round(time.monotonic() - started, 1)
+        for pod in pods:
+            assert pod["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] == 8502
+            assert _restarts(pod) == 0
+        all_ok = dict.fromkeys(("deeprec_info", "deeprec_predict", "tfs_predict"), "OK")
+        for addr in [_service_addr(node, SECURED), *_addrs(pods)]:
+            codes = secured.client.call("codes", addr=addr, variants={
+                "certificate + token": _auth(cert="client"),
+                "certificate, no token": _auth(cert="client", token=False),
+                "token, no certificate": _auth(),
+                "certificate of another CA + token": _auth(cert="stranger"),
+                "plaintext": None})["codes"]
+            assert codes["certificate + token"] == all_ok, (addr, codes)
+            assert set(codes["certificate, no token"].values()) == {"UNAUTHENTICATED"}, (addr, codes)
+            for refused in ("token, no certificate", "certificate of another CA + token", "plaintext"):
+                assert set(codes[refused].values()) == {"UNAVAILABLE"}, (addr, refused, codes)
+        answer = secured.client.call("predict", addr=_service_addr(node, SECURED), auth=_auth(cert="client"))
+        assert answer["info"]["version"] == secured.newest
+        assert answer["tfs"] == pytest.approx(answer["deeprec"], rel=1e-6)
+        # A pin under mutual TLS: the replicas and the operator's status follow it.
+        pinned = _watch(secured.client, _addrs(pods), PINNED,
+                        _patch_version(node, SECURED, PINNED), target=PINNED,
+                        auth=_auth(cert="client"))
+        FIGURES["secured model, mutual TLS: kubectl patch (pin) -> every replica answers from it, s"] = max(
+            pinned.answered)
+        wait_until(lambda: _served_status(node, PINNED), timeout=30,
+                   message=lambda: f"status at {PINNED} under mutual TLS\n{_operator_log(node)}")
+        _watch(secured.client, _addrs(pods), secured.newest, _patch_version(node, SECURED, "latest"),
+               auth=_auth(cert="client"))
+
+    def test_token_and_key_appear_in_no_log_config_map_status_or_event(self, node, secured):
+        runtime_logs = "\n".join(node.kubectl("logs", "-n", MODELS_NS, p["metadata"]["name"]).stdout
+                                 for p in _pods(node, SECURED))
+        places = {
+            "operator pod's log": _operator_log(node, tail=None),
+            "runtime pods' logs": runtime_logs,
+            "ConfigMaps": node.kubectl("get", "configmaps", "-A", "-o", "json").stdout,
+            "DeepRecModels (spec and status)": node.kubectl("get", "drm", "-A", "-o", "json").stdout,
+            "Events": node.kubectl("get", "events", "-A", "-o", "json").stdout,
+            "Deployments, ReplicaSets, Pods": node.kubectl("get", "deployments,replicasets,pods", "-A",
+                                                           "-o", "json").stdout,
+        }
+        assert "TokenSecretCreated" in places["Events"]
+        assert len(places["operator pod's log"].splitlines()) > 10  # the whole log, not an empty one
+        key_line = secured.server_key.decode().splitlines()[1]
+        for where, text in places.items():
+            assert secured.token not in text, f"the bearer token appears in the {where}"
+            assert key_line not in text, f"the TLS key appears in the {where}"
 
 
 def test_guaranteed_pod_gets_exclusive_cores_and_its_lanes_run_on_them(node, model, client):
