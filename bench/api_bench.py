@@ -41,8 +41,8 @@ def per_call_us(fn, n: int) -> float:
 
 
 def metrics_cost() -> None:
+    from deeprec_api import predict_pb2 as pb  # noqa: PLC0415
     from deeprec_runtime.metrics import Metrics  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
 
     metrics = Metrics()
     request = pb.PredictRequest()
@@ -77,7 +77,7 @@ def conversion_cost(feed: dict[str, np.ndarray]) -> None:
     import tensorflow as tf  # noqa: PLC0415
     from tensorflow.core.framework import tensor_pb2  # noqa: PLC0415
 
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+    from deeprec_api import predict_pb2 as pb  # noqa: PLC0415
     from deeprec_runtime.server.tfs_convert import (  # noqa: PLC0415
         _FIELDS,  # noqa: PLC0415
         array_to_tensor,
@@ -158,8 +158,8 @@ def payloads(feed: dict[str, np.ndarray]) -> dict[str, bytes]:
     import tensorflow as tf  # noqa: PLC0415
     from tensorflow_serving.apis import predict_pb2 as tfs_pb  # noqa: PLC0415
 
+    from deeprec_api import predict_pb2 as pb  # noqa: PLC0415
     from deeprec_runtime.codec import encode_array  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
 
     deeprec = pb.PredictRequest()
     tfs = tfs_pb.PredictRequest(model_spec={"name": "default"})

@@ -68,8 +68,8 @@ def build(workdir: str, num_ids: int):
 def same_answers(dense_server, ev_server, art, keys) -> None:
     import grpc  # noqa: PLC0415
 
+    from deeprec_api import predict_pb2 as pb  # noqa: PLC0415
     from deeprec_runtime.codec import decode_array  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
 
     feed = art.model.make_feed(16, np.random.default_rng(1))
     ev_feed = {**feed, "sparse_ids": keys[feed["sparse_ids"]]}

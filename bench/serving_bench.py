@@ -174,8 +174,8 @@ def model_version(target: str) -> str:
 
 
 def grpc_payload(feed, tensor_content: bool = False) -> bytes:
+    from deeprec_api import predict_pb2 as pb  # noqa: PLC0415
     from deeprec_runtime.codec import encode_array  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
 
     req = pb.PredictRequest(signature_name="serving_default")
     for k, v in feed.items():
@@ -185,8 +185,8 @@ def grpc_payload(feed, tensor_content: bool = False) -> bytes:
 
 def tfs_payload(feed) -> bytes:
     """TF Serving's PredictRequest with packed values (float_val, int64_val)."""
+    from deeprec_api import predict_pb2 as pb  # noqa: PLC0415
     from deeprec_runtime.codec import encode_array  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
     from deeprec_runtime.server.tfs_grpc import tfs_request  # noqa: PLC0415
 
     req = pb.PredictRequest()
@@ -537,7 +537,7 @@ class VersionProbe:
     def __init__(self, target: str):
         import grpc  # noqa: PLC0415
 
-        from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+        from deeprec_api import predict_pb2 as pb  # noqa: PLC0415
 
         self._pb = pb
         self._channel = grpc.insecure_channel(target)

@@ -65,7 +65,7 @@ def free_port() -> int:
 
 
 def deeprec_request(encoding: str, limit: int) -> bytes:
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+    from deeprec_api import predict_pb2 as pb  # noqa: PLC0415
 
     request = pb.PredictRequest()
     array = request.inputs["history"]

@@ -20,7 +20,7 @@ def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
 
 
 def test_ruff_check():
-    proc = _run("ruff", "check", "--no-cache", "runtime", "operator", "tests", "bench", timeout=60)
+    proc = _run("ruff", "check", "--no-cache", "runtime", "operator", "proto", "tests", "bench", timeout=60)
     assert proc.returncode == 0, f"ruff check failed:\n{proc.stdout}{proc.stderr}"
 
 

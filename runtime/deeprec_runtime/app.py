@@ -6,6 +6,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from deeprec_api.pod import GRPC_PORT
+from deeprec_api.service import PREDICT_METHOD
 from deeprec_runtime.admission import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes
 from deeprec_runtime.config import BatchingConfig, ModelConfig
 from deeprec_runtime.metrics import Metrics
@@ -125,7 +127,7 @@ class Runtime:
     server and REST; the native front end keeps its own); `http_read_timeout` seconds for a REST
     request's headers and body to arrive. 0 turns a byte bound off."""
 
-    def __init__(self, config: ModelConfig, grpc_port: int = 8500, http_port: int | None = None,
+    def __init__(self, config: ModelConfig, grpc_port: int = GRPC_PORT, http_port: int | None = None,
                  host: str = "[::]", annotations_file: str | None = None,
                  model_name: str = "default", workers: int | None = None,
                  models: list[ModelEntry] | None = None, security: Security | None = None,
@@ -201,11 +203,7 @@ class Runtime:
         end has verified take that path. With batching on, the calls C++ answers are merged in
         C++ and the rest in the Python handlers."""
         from deeprec_runtime.native.build import BuildError  # noqa: PLC0415
-        from deeprec_runtime.native.fast_predict import (  # noqa: PLC0415
-            PREDICT_METHOD,
-            TFS_PREDICT_METHOD,
-            FastPredict,
-        )
+        from deeprec_runtime.native.fast_predict import TFS_PREDICT_METHOD, FastPredict  # noqa: PLC0415
 
         try:
             fast = FastPredict(self.models.default.name, self.config.signature_name, self.metrics,

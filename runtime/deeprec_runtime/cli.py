@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from deeprec_runtime.model.annotations import DEFAULT_ANNOTATIONS_FILE
+from deeprec_api.pod import ANNOTATIONS_FILE, GRPC_PORT, TARGET_VERSION_ANNOTATION
 
 
 def _non_negative_int(text: str) -> int:
@@ -37,7 +37,7 @@ def _serve_parser(sub) -> None:
     which.add_argument("--model-config-list", help="JSON/YAML file listing several models: "
                        '{"model_config_list": [{"name": ..., "model_config": path or object}]}; '
                        "the first is the default model (docs/apis.md)")
-    p.add_argument("--grpc-port", type=int, default=8500)
+    p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     p.add_argument("--http-port", type=int, default=0,
                    help="REST (TF Serving and Simple TensorFlow Serving) and /metrics port; "
                         "0 disables HTTP")
@@ -49,8 +49,8 @@ def _serve_parser(sub) -> None:
                    help="also answer grpc.health.v1.Health, and nothing else, in plaintext on "
                         "this port: for kubelet gRPC probes when the gRPC port needs TLS")
     p.add_argument("--host", default="[::]", help="address to bind (default: all)")
-    p.add_argument("--annotations-file", default=DEFAULT_ANNOTATIONS_FILE,
-                   help="Downward API annotations file carrying serving.deeprec.io/target-version")
+    p.add_argument("--annotations-file", default=ANNOTATIONS_FILE,
+                   help=f"Downward API annotations file carrying {TARGET_VERSION_ANNOTATION}")
     p.add_argument("--model-name", default="default")
     p.add_argument("--drain-seconds", type=float, default=3.0,
                    help="on SIGTERM, health turns NOT_SERVING and requests are still served "
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return capi(args.command)
     if args.command == "native-path":
         return native_path()
-    from deeprec_runtime import redact  # noqa: PLC0415
+    from deeprec_api import redact  # noqa: PLC0415
 
     redact.install()  # a password inside a URL (redis_url, an exception quoting one) never logged
     logging.basicConfig(level=args.log_level.upper(),

@@ -34,8 +34,8 @@ import urllib.request
 import grpc
 import numpy as np
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import decode_array, encode_array
-from deeprec_runtime.protos import predict_pb2 as pb
 
 DEEPREC = "/deeprec.serving.PredictionService/"
 SPARSE, DENSE, OUTPUT = "sparse_ids", "dense", "probability"

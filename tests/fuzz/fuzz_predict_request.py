@@ -29,7 +29,7 @@ with atheris.instrument_imports(include=["deeprec_runtime"]):
 
 import shapes  # noqa: E402
 
-from deeprec_runtime.protos import predict_pb2 as pb  # noqa: E402
+from deeprec_api import predict_pb2 as pb  # noqa: E402
 
 HISTORY_INPUTS = ("history", "tags")
 SMALL_BOUND = 4096

@@ -215,7 +215,7 @@ def test_security_schema():
 
 
 def test_redis_urls_with_credentials_are_refused_by_rules():
-    from deeprec_runtime.redact import url_has_credentials
+    from deeprec_api.redact import url_has_credentials
 
     for node in (_spec_props()["featureStore"]["properties"]["redisUrl"],
                  _spec_props()["modelConfig"]["properties"]["redis_url"]):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import os
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.config import parse_model_config_json
 from deeprec_runtime.dataplane import DataPlane
 from deeprec_runtime.errors import ConfigError, InvalidArgument, ServingError
 from deeprec_runtime.model.manager import Manager
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import parse
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.errors import NotFound, Unavailable, VersionLoadError
 from deeprec_runtime.features import StoreUnavailable, open_feature_store
@@ -32,7 +33,6 @@ from deeprec_runtime.model.servable import (
 )
 from deeprec_runtime.model.source import VersionInfo, VersionSource
 from deeprec_runtime.model.warmup import load_warmup_request, warm_up
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.store.base import ModelStore, StoreError, open_store
 from deeprec_runtime.timeline import TimelineRecorder
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deeprec_api.pod import LATEST
 from deeprec_runtime.model.source import VersionInfo
-
-LATEST = "latest"
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,13 @@ import logging
 
 import numpy as np
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.errors import ServingError, VersionLoadError
 from deeprec_runtime.model import execution
 from deeprec_runtime.model.servable import Servable
 from deeprec_runtime.model.session_group import SessionGroup
 from deeprec_runtime.predict import predict
-from deeprec_runtime.protos import predict_pb2 as pb
 
 log = logging.getLogger(__name__)
 

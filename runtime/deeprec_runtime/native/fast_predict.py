@@ -29,13 +29,13 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime import metrics as metrics_mod
 from deeprec_runtime.errors import ServingError
 from deeprec_runtime.model import warmup
 from deeprec_runtime.native.build import fast_predict_path
 from deeprec_runtime.native.tf_handles import session_pointer
 from deeprec_runtime.predict import predict
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREDICT_METHOD = "/deeprec.serving.PredictionService/Predict"
 TFS_PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 #: fast_predict.cc's Api -> the runtime's metrics label of that API.
 DEEPREC, TFS = 0, 1

@@ -20,10 +20,10 @@ import grpc
 import numpy as np
 import pytest
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import BatchingConfig, parse_model_config
 from deeprec_runtime.native.fast_predict import TFS, FastPlan, FastPredict
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
 
 from ..conftest import output, plan_of, wait_for
