@@ -90,7 +90,7 @@ class FastPredict:
                  check_request: pb.PredictRequest | None = None,
                  batching: BatchingConfig | None = None, tfs: bool = False,
                  max_decoded_bytes: int = MAX_MESSAGE_BYTES, max_batch_bytes: int = MAX_MESSAGE_BYTES):
-        import cffi  # noqa: PLC0415
+        import cffi
 
         self.ffi = ffi = cffi.FFI()
         ffi.cdef(_CDEF)
@@ -177,7 +177,7 @@ class FastPredict:
         fetch_names = tuple(sorted({s.name for s in outputs}))
         if len(feed_names) != len(inputs):
             raise _Ineligible("two inputs of the signature name the same tensor")
-        callable_ = servable._make_callable(0, feed_names, fetch_names, servable.inline)  # noqa: SLF001
+        callable_ = servable._make_callable(0, feed_names, fetch_names, servable.inline)
         ffi = self.ffi
         keep: list[Any] = []  # cffi buffers must outlive the call
 
@@ -189,7 +189,7 @@ class FastPredict:
         dims = [d for s in inputs if s.shape is not None for d in s.shape]
         handle = self.lib.drf_plan_new(
             ffi.cast("void *", session),
-            callable_._handle,  # type: ignore[attr-defined]  # noqa: SLF001  # TF's _Callable
+            callable_._handle,  # type: ignore[attr-defined]  # TF's _Callable
             self.signature_name.encode(), len(inputs), strings([s.alias for s in inputs]),
             ffi.new("int[]", [s.wire_dtype for s in inputs]),
             ffi.new("int[]", [len(s.shape) if s.shape is not None else -1 for s in inputs]),
@@ -232,8 +232,8 @@ class FastPredict:
     def _enable_tfs(self, plan: FastPlan, servable: Servable) -> None:
         """Lets the plan answer TF Serving's Predict if it answers the check request, sent the TF
         Serving way, exactly as the Python adapter would; else only DeepRec's (logged)."""
-        from deeprec_runtime.models import version_number  # noqa: PLC0415
-        from deeprec_runtime.server import tfs_grpc  # noqa: PLC0415  # needs the TFS API package
+        from deeprec_runtime.models import version_number
+        from deeprec_runtime.server import tfs_grpc  # needs the TFS API package
 
         number = version_number(servable.name, servable.full_step)
         self.lib.drf_plan_tfs(plan.handle, self.model_name.encode(), number)
@@ -436,7 +436,7 @@ class FastPlan:
             self._owner.lib.drf_free(self.handle)
             self._callable = None
             self._lock.notify_all()
-        self._owner._forget(self)  # noqa: SLF001
+        self._owner._forget(self)
 
     def flush(self, count: bool = True) -> None:
         """Adds the requests answered since the last flush to the metrics (with count False:

@@ -29,7 +29,7 @@ _PYBIND_VALUE_OFFSET = 16
 def session_pointer(session: Any) -> int:
     """Address of the TF_Session behind a tf.compat.v1.Session; TypeError when it cannot be
     trusted (see the module's docstring)."""
-    wrapper = session._session  # noqa: SLF001  # TensorFlow's handle; no public accessor
+    wrapper = session._session  # TensorFlow's handle; no public accessor
     if type(wrapper).__name__ != "TF_Session":
         raise TypeError(f"unexpected session handle {type(wrapper).__name__}")
     pointer = _read_word(id(wrapper) + _PYBIND_VALUE_OFFSET)
