@@ -28,7 +28,7 @@ def _positive_float(text: str) -> float:
 
 
 def _serve_parser(sub) -> None:
-    from deeprec_runtime.server.grpc_server import MAX_CONNECTION_AGE_SECONDS  # noqa: PLC0415
+    from deeprec_runtime.server.grpc_server import MAX_CONNECTION_AGE_SECONDS
 
     p = sub.add_parser("serve", help="serve the model a DeepRec model_config JSON describes")
     which = p.add_mutually_exclusive_group(required=True)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return capi(args.command)
     if args.command == "native-path":
         return native_path()
-    from deeprec_api import redact  # noqa: PLC0415
+    from deeprec_api import redact
 
     redact.install()  # a password inside a URL (redis_url, an exception quoting one) never logged
     logging.basicConfig(level=args.log_level.upper(),
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if args.command == "demo":
-        from deeprec_runtime.demo import run_demo  # noqa: PLC0415 (TensorFlow-heavy)
+        from deeprec_runtime.demo import run_demo  # TensorFlow-heavy
 
         return run_demo(args)
     return 2
@@ -164,7 +164,7 @@ def _print_built(library_path, build_error: type[Exception], what: str) -> int:
 
 
 def capi(command: str) -> int:
-    from deeprec_runtime.capi import BuildError, include_dir, library_path  # noqa: PLC0415
+    from deeprec_runtime.capi import BuildError, include_dir, library_path
 
     if command == "capi-include":
         print(include_dir())
@@ -173,22 +173,22 @@ def capi(command: str) -> int:
 
 
 def native_path() -> int:
-    from deeprec_runtime.native.build import BuildError, fast_predict_path, library_path  # noqa: PLC0415
+    from deeprec_runtime.native.build import BuildError, fast_predict_path, library_path
 
     return (_print_built(library_path, BuildError, "the native gRPC front end")
             or _print_built(fast_predict_path, BuildError, "the fast predict library"))
 
 
 def serve(args) -> int:
-    import faulthandler  # noqa: PLC0415
+    import faulthandler
 
     if sys.__stderr__ is not None:  # None when started without a stderr
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__)  # `kill -USR1`: every stack
-    from deeprec_runtime.app import Runtime  # noqa: PLC0415
-    from deeprec_runtime.config import load_model_config  # noqa: PLC0415
-    from deeprec_runtime.errors import ConfigError  # noqa: PLC0415
-    from deeprec_runtime.models import load_model_config_list  # noqa: PLC0415
-    from deeprec_runtime.native.build import BuildError as NativeBuildError  # noqa: PLC0415
+    from deeprec_runtime.app import Runtime
+    from deeprec_runtime.config import load_model_config
+    from deeprec_runtime.errors import ConfigError
+    from deeprec_runtime.models import load_model_config_list
+    from deeprec_runtime.native.build import BuildError as NativeBuildError
 
     try:
         models = load_model_config_list(args.model_config_list) if args.model_config_list else None
@@ -196,10 +196,10 @@ def serve(args) -> int:
     except ConfigError as exc:
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    from deeprec_runtime.threadenv import export_thread_env  # noqa: PLC0415
+    from deeprec_runtime.threadenv import export_thread_env
 
     export_thread_env(config)  # OMP_NUM_THREADS / KMP_BLOCKTIME before TensorFlow's first session
-    from deeprec_runtime.security import Security, SecurityConfigError, security_config_from  # noqa: PLC0415
+    from deeprec_runtime.security import Security, SecurityConfigError, security_config_from
 
     # Everything imported so far (TensorFlow, gRPC, protobuf: ~280k objects) lives as long as
     # the process: moved out of the collector's view, a full collection no longer walks them

@@ -25,8 +25,8 @@ from deeprec_runtime.config import parse_model_config
 
 
 def run_demo(args) -> int:
-    from deeprec_runtime.app import Runtime  # noqa: PLC0415
-    from deeprec_runtime.training import write_demo_model  # noqa: PLC0415
+    from deeprec_runtime.app import Runtime
+    from deeprec_runtime.training import write_demo_model
 
     base = args.dir or tempfile.mkdtemp(prefix="deeprec-demo-")
     if args.dir and os.path.exists(os.path.join(base, "saved_model")):

@@ -29,7 +29,7 @@ def load_warmup_request(path: str) -> pb.PredictRequest:
         return pb.PredictRequest.FromString(data)
     except OSError as exc:
         raise VersionLoadError(f"warmup file {path}: {exc.strerror}") from None
-    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
+    except Exception as exc:  # noqa: BLE001 (protobuf raises DecodeError, a plain Exception subclass)
         raise VersionLoadError(f"warmup file {path} is not a serialized PredictRequest: {exc}") from None
 
 

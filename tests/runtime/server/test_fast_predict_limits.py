@@ -273,7 +273,7 @@ def test_a_delta_ending_after_shutdown_closed_its_version_never_touches_the_free
 
 def waiting_in(thread: threading.Thread, function: str) -> bool:
     """Whether `thread` waits on a condition inside `function`."""
-    frame = sys._current_frames().get(thread.ident or 0)  # noqa: SLF001
+    frame = sys._current_frames().get(thread.ident or 0)
     names = []
     while frame is not None:
         names.append(frame.f_code.co_name)
@@ -287,7 +287,7 @@ def test_a_plan_is_freed_only_after_a_block_in_progress_returns(sequence_runtime
     batching = BatchingConfig(max_batch_size=64, batch_timeout_micros=LONG_WAIT_US)
     data = request(DEEPREC, valid_arrays(DEEPREC, feed(1, 3)))
     with own_plan(sequence_runtime, batching=batching) as plan:
-        guard = guard_library(plan._owner)  # noqa: SLF001
+        guard = guard_library(plan._owner)
         guard.release.clear()
         answer: list[bytes | None] = []
         sender = threading.Thread(target=lambda: answer.append(plan.predict(data)))
