@@ -1,4 +1,4 @@
-"""ruff and mypy as part of the suite (STYLE.md: lint and type checks run in CI).
+"""ruff and mypy as part of the suite: lint and type checks run wherever the tests run.
 
 Both run from the venv that runs the tests, with the settings in pyproject.toml. A missing tool
 fails the test (install requirements-test.txt), it is never skipped.
