@@ -36,11 +36,14 @@ k8s-plane:
 images: k8s-plane
 	bash scripts/images.sh build
 
-# ruff and mypy, configured in pyproject.toml (tests/test_lint.py runs both in the suite).
+# ruff and mypy, configured in pyproject.toml, and the import contracts in .importlinter
+# (tests/test_lint.py and tests/test_architecture.py run them in the suite).
 lint: setup
-	$(BIN)/ruff check runtime operator tests bench
+	$(BIN)/ruff check runtime operator proto tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
+# proto/deeprec_api/predict_pb2.py(i) from proto/deeprec/serving/predict.proto.
 protos: setup
 	bash scripts/gen-protos.sh
 

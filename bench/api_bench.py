@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proctree import cpu_seconds  # noqa: E402
+from proctree import cpu_seconds
 
 
 def per_call_us(fn, n: int) -> float:
@@ -41,8 +41,8 @@ def per_call_us(fn, n: int) -> float:
 
 
 def metrics_cost() -> None:
-    from deeprec_runtime.metrics import Metrics  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+    from deeprec_api import predict_pb2 as pb
+    from deeprec_runtime.metrics import Metrics
 
     metrics = Metrics()
     request = pb.PredictRequest()
@@ -53,7 +53,7 @@ def metrics_cost() -> None:
         metrics.observe_request("m", "checkpoint_1", request)
         metrics.end("tfs_grpc", "OK", started)
 
-    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
     registry = CollectorRegistry()
     children = (Counter("r", "r", ("a",), registry=registry).labels("x"),
@@ -74,12 +74,12 @@ def metrics_cost() -> None:
 
 
 def conversion_cost(feed: dict[str, np.ndarray]) -> None:
-    import tensorflow as tf  # noqa: PLC0415
-    from tensorflow.core.framework import tensor_pb2  # noqa: PLC0415
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
 
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
-    from deeprec_runtime.server.tfs_convert import (  # noqa: PLC0415
-        _FIELDS,  # noqa: PLC0415
+    from deeprec_api import predict_pb2 as pb
+    from deeprec_runtime.server.tfs_convert import (
+        _FIELDS,
         array_to_tensor,
         tensor_to_array,
     )
@@ -112,7 +112,7 @@ def conversion_cost(feed: dict[str, np.ndarray]) -> None:
 # --- load ---------------------------------------------------------------------------------
 def _caller(kind: str, port_grpc: int, port_http: int, payload: bytes):
     if kind in ("deeprec_grpc", "tfs_grpc"):
-        import grpc  # noqa: PLC0415
+        import grpc
 
         channel = grpc.insecure_channel(f"127.0.0.1:{port_grpc}")
         path = ("/deeprec.serving.PredictionService/Predict" if kind == "deeprec_grpc"
@@ -155,11 +155,11 @@ def _worker(kind, ports, payload, threads, duration, out) -> None:
 
 
 def payloads(feed: dict[str, np.ndarray]) -> dict[str, bytes]:
-    import tensorflow as tf  # noqa: PLC0415
-    from tensorflow_serving.apis import predict_pb2 as tfs_pb  # noqa: PLC0415
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2 as tfs_pb
 
-    from deeprec_runtime.codec import encode_array  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+    from deeprec_api import predict_pb2 as pb
+    from deeprec_runtime.codec import encode_array
 
     deeprec = pb.PredictRequest()
     tfs = tfs_pb.PredictRequest(model_spec={"name": "default"})
@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
-    from deeprec_runtime.training import write_demo_model  # noqa: PLC0415
+    from deeprec_runtime.training import write_demo_model
 
     metrics_cost()
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,10 +25,10 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import ev_models  # noqa: E402
-from loadgen import run_load  # noqa: E402
-from proctree import CpuWindow, rss_mib  # noqa: E402
-from serving_bench import grpc_payload, pct, start_runtime  # noqa: E402
+import ev_models
+from loadgen import run_load
+from proctree import CpuWindow, rss_mib
+from serving_bench import grpc_payload, pct, start_runtime
 
 
 def measure(label: str, server, payload: bytes, duration: float, concurrency: int = 8) -> float:
@@ -49,7 +49,7 @@ def measure(label: str, server, payload: bytes, duration: float, concurrency: in
 
 
 def build(workdir: str, num_ids: int):
-    from deeprec_runtime.training import write_demo_model  # noqa: PLC0415
+    from deeprec_runtime.training import write_demo_model
 
     art = write_demo_model(os.path.join(workdir, "dense"), num_ids=num_ids, num_deltas=0)
     keys = np.random.default_rng(5).choice(2**40, num_ids, replace=False).astype(np.int64)
@@ -66,10 +66,10 @@ def build(workdir: str, num_ids: int):
 
 
 def same_answers(dense_server, ev_server, art, keys) -> None:
-    import grpc  # noqa: PLC0415
+    import grpc
 
-    from deeprec_runtime.codec import decode_array  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+    from deeprec_api import predict_pb2 as pb
+    from deeprec_runtime.codec import decode_array
 
     feed = art.model.make_feed(16, np.random.default_rng(1))
     ev_feed = {**feed, "sparse_ids": keys[feed["sparse_ids"]]}
@@ -115,10 +115,10 @@ def cpu_per_request(workdir, art, ev, keys, duration: float) -> None:
 
 
 def _load(saved_model_dir: str, checkpoint_dir: str, prefix: str):
-    from deeprec_runtime.config import parse_model_config  # noqa: PLC0415
-    from deeprec_runtime.model.servable import session_options_from  # noqa: PLC0415
-    from deeprec_runtime.model.source import VersionInfo  # noqa: PLC0415
-    from deeprec_runtime.model.tf_loader import load_servable  # noqa: PLC0415
+    from deeprec_runtime.config import parse_model_config
+    from deeprec_runtime.model.servable import session_options_from
+    from deeprec_runtime.model.source import VersionInfo
+    from deeprec_runtime.model.tf_loader import load_servable
 
     cfg = parse_model_config({"savedmodel_dir": saved_model_dir, "checkpoint_dir": checkpoint_dir})
     step = int(prefix.rsplit("-", 1)[1])
@@ -129,7 +129,7 @@ def _load(saved_model_dir: str, checkpoint_dir: str, prefix: str):
 def lookups_per_second(art, ev, keys, dense) -> None:
     print("\n2. lookups/s, one thread: in-process EV table vs numpy gather of the same rows",
           flush=True)
-    from tensorflow.core.protobuf import config_pb2  # noqa: PLC0415
+    from tensorflow.core.protobuf import config_pb2
 
     servable = _load(ev.saved_model_dir, ev.checkpoint_dir, ev.prefix)
     table = servable.ev.tables["embedding"]
@@ -159,8 +159,8 @@ def lookups_per_second(art, ev, keys, dense) -> None:
 
 
 def delta_vs_full(ev, keys, dense) -> None:
-    from deeprec_runtime.config import parse_model_config  # noqa: PLC0415
-    from deeprec_runtime.model.manager import Manager  # noqa: PLC0415
+    from deeprec_runtime.config import parse_model_config
+    from deeprec_runtime.model.manager import Manager
 
     print("\n3. a DeepRec delta of 1% of the keys vs a full reload (in-process manager):", flush=True)
     events = []

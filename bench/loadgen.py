@@ -18,7 +18,7 @@ TFS_PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
 
 def _grpc_caller(target: str, payload: bytes, method: str = PREDICT, token: str = ""):
-    import grpc  # noqa: PLC0415  (imported in the child process)
+    import grpc  # imported in the child process
 
     channel = grpc.insecure_channel(target)
     call = channel.unary_unary(method)  # identity (de)serializers: bytes in, bytes out
@@ -72,7 +72,7 @@ def _worker(kind, target, payload, threads, duration, rate, out, stop=None, toke
             t0 = time.perf_counter()
             try:
                 call()
-            except Exception:  # counted, not fatal: a swap or overload may refuse some calls
+            except Exception:  # noqa: BLE001 (counted, not fatal: a swap or overload may refuse some calls)
                 with lock:
                     errors[0] += 1
                 continue

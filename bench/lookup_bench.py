@@ -19,19 +19,19 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import redis  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import redis
+import tensorflow as tf
 
-from deeprec_runtime.codec import encode_array  # noqa: E402
-from deeprec_runtime.config import parse_model_config  # noqa: E402
-from deeprec_runtime.features import VersionKey  # noqa: E402
-from deeprec_runtime.features.graph import Lookup, Table  # noqa: E402
-from deeprec_runtime.features.redis_store import RedisFeatureStore  # noqa: E402
-from deeprec_runtime.model.manager import Manager  # noqa: E402
-from deeprec_runtime.predict import predict  # noqa: E402
-from deeprec_runtime.protos import predict_pb2 as pb  # noqa: E402
-from deeprec_runtime.training import write_demo_model  # noqa: E402
+from deeprec_api import predict_pb2 as pb
+from deeprec_runtime.codec import encode_array
+from deeprec_runtime.config import parse_model_config
+from deeprec_runtime.features import VersionKey
+from deeprec_runtime.features.graph import Lookup, Table
+from deeprec_runtime.features.redis_store import RedisFeatureStore
+from deeprec_runtime.model.manager import Manager
+from deeprec_runtime.predict import predict
+from deeprec_runtime.training import write_demo_model
 
 
 def start_redis(workdir: str) -> tuple[subprocess.Popen, int]:

@@ -35,8 +35,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loadgen import run_load  # noqa: E402
-from proctree import CpuWindow, rss_mib  # noqa: E402
+from loadgen import run_load
+from proctree import CpuWindow, rss_mib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,8 +59,8 @@ def row(label: str, n: int, seconds: float, lat: np.ndarray, cpu: float, errors:
 
 # --- (a) in-process ---------------------------------------------------------------------------
 def in_process(art, batch: int, duration: float, concurrency: int = 8) -> None:
-    from deeprec_runtime.config import parse_model_config  # noqa: PLC0415
-    from deeprec_runtime.model.manager import Manager  # noqa: PLC0415
+    from deeprec_runtime.config import parse_model_config
+    from deeprec_runtime.model.manager import Manager
 
     manager = Manager(parse_model_config({"savedmodel_dir": art.saved_model_dir,
                                           "checkpoint_dir": art.checkpoint_dir,
@@ -154,8 +154,8 @@ def start_runtime(workdir: str, art, cli_args: tuple[str, ...] = (), **fields) -
 
 
 def wait_serving(target: str, timeout: float = 180) -> None:
-    import grpc  # noqa: PLC0415
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -176,8 +176,8 @@ def model_version(target: str) -> str:
 
 
 def grpc_payload(feed, tensor_content: bool = False, output_filter: tuple[str, ...] = ()) -> bytes:
-    from deeprec_runtime.codec import encode_array  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+    from deeprec_api import predict_pb2 as pb
+    from deeprec_runtime.codec import encode_array
 
     req = pb.PredictRequest(signature_name="serving_default", output_filter=output_filter)
     for k, v in feed.items():
@@ -187,9 +187,9 @@ def grpc_payload(feed, tensor_content: bool = False, output_filter: tuple[str, .
 
 def tfs_payload(feed) -> bytes:
     """TF Serving's PredictRequest with packed values (float_val, int64_val)."""
-    from deeprec_runtime.codec import encode_array  # noqa: PLC0415
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
-    from deeprec_runtime.server.tfs_grpc import tfs_request  # noqa: PLC0415
+    from deeprec_api import predict_pb2 as pb
+    from deeprec_runtime.codec import encode_array
+    from deeprec_runtime.server.tfs_grpc import tfs_request
 
     req = pb.PredictRequest()
     for k, v in feed.items():
@@ -244,7 +244,7 @@ def measure_server(label, server: Server, kind, payload, duration, concurrency=8
 
 
 def free_port() -> int:
-    import socket  # noqa: PLC0415
+    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -268,7 +268,7 @@ def start_stfs(venv: str, workdir: str, art) -> Server:
                      f"--model_base_path={base}", "--host=127.0.0.1", f"--port={port}",
                      "--model_name=default"], port=port)
     deadline = time.monotonic() + 180
-    import http.client  # noqa: PLC0415
+    import http.client
 
     while time.monotonic() < deadline:
         try:
@@ -324,7 +324,7 @@ def main() -> int:
     only = set(args.only.split(",")) if args.only else {"latency", "rss", "swap", "delta"}
     workdir = args.workdir or tempfile.mkdtemp(prefix="deeprec-bench-")
 
-    from deeprec_runtime.training import write_demo_model  # noqa: PLC0415
+    from deeprec_runtime.training import write_demo_model
 
     print(f"cpus: {sorted(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.1f}; "
           f"model Wide&Deep {args.num_ids} x 16, MLP 256-128-1; workdir {workdir}", flush=True)
@@ -418,7 +418,7 @@ def answer_times(server: Server) -> np.ndarray:
     """Cumulative counts of the server's DeepRec gRPC answers (all versions) at or under each of
     ANSWER_BOUNDS, and the total: the time from the request's arrival in the handler (C++ or
     Python) to its answer, without gRPC's transport and queueing."""
-    import urllib.request  # noqa: PLC0415
+    import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=5).read()
     counts = dict.fromkeys((*ANSWER_BOUNDS, "+Inf"), 0.0)
@@ -564,9 +564,9 @@ class VersionProbe:
     would cost the benchmark's own process CPU in swap windows only)."""
 
     def __init__(self, target: str):
-        import grpc  # noqa: PLC0415
+        import grpc
 
-        from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+        from deeprec_api import predict_pb2 as pb
 
         self._pb = pb
         self._channel = grpc.insecure_channel(target)
@@ -592,10 +592,10 @@ class VersionProbe:
 
 
 def delta_vs_full(workdir, art) -> None:
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
-    from deeprec_runtime.config import parse_model_config  # noqa: PLC0415
-    from deeprec_runtime.model.manager import Manager  # noqa: PLC0415
+    from deeprec_runtime.config import parse_model_config
+    from deeprec_runtime.model.manager import Manager
 
     print("\ndelta touching ~1% of the embedding vs a full reload (in-process manager):", flush=True)
     events = []

@@ -95,7 +95,7 @@ class Traffic:
     """Client threads sending requests back to back, counting answers and failures."""
 
     def __init__(self, port: int, request, clients: int):
-        from deeprec_runtime.protos import predict_pb2 as pb
+        from deeprec_api import predict_pb2 as pb
 
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self._call = self.channel.unary_unary(
@@ -142,10 +142,10 @@ def run_soak(workdir: str, swaps: int = 100, num_ids: int = 200_000, clients: in
              retain_previous: bool = True, warmup_swaps: int = 4, keep_folders: int = 3,
              log=print) -> SoakResult:
     """Runs the soak in `workdir` (the model is written there); returns the figures."""
+    from deeprec_api import predict_pb2 as pb
     from deeprec_runtime.app import Runtime
     from deeprec_runtime.codec import encode_array
     from deeprec_runtime.config import parse_model_config
-    from deeprec_runtime.protos import predict_pb2 as pb
     from deeprec_runtime.training import write_demo_model
 
     demo = write_demo_model(os.path.join(workdir, "model"), num_ids=num_ids, num_deltas=0,

@@ -65,7 +65,7 @@ def free_port() -> int:
 
 
 def deeprec_request(encoding: str, limit: int) -> bytes:
-    from deeprec_runtime.protos import predict_pb2 as pb  # noqa: PLC0415
+    from deeprec_api import predict_pb2 as pb
 
     request = pb.PredictRequest()
     array = request.inputs["history"]
@@ -160,7 +160,7 @@ def rest_client(port: int, body: bytes, until: float, counts: collections.Counte
 
 
 def wait_serving(port: int) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)

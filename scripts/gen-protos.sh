@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Regenerates runtime/deeprec_runtime/protos/*_pb2.py from proto/. tests/runtime/test_protos_current.py proves the
-# checked-in files match this script's output.
+# Regenerates proto/deeprec_api/*_pb2.py(i) from proto/deeprec/serving/predict.proto, into OUT
+# (default: the package itself). tests/api/test_protos_current.py proves the checked-in files
+# match this script's output.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
-out="${1:-$here/runtime/protos}"
+out="${1:-$here/proto/deeprec_api}"
 py="${PYTHON:-$here/.venv/bin/python}"
-"$py" -m grpc_tools.protoc -I "$here/proto" --python_out="$out" --pyi_out="$out" \
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+"$py" -m grpc_tools.protoc -I "$here/proto" --python_out="$work" --pyi_out="$work" \
   "$here/proto/deeprec/serving/predict.proto"
-# protoc mirrors the proto's folder; the runtime imports the module flat.
-mv "$out/deeprec/serving/predict_pb2.py" "$out/predict_pb2.py"
-mv "$out/deeprec/serving/predict_pb2.pyi" "$out/predict_pb2.pyi"
-rm -rf "$out/deeprec"
+# protoc mirrors the proto's folder (deeprec/serving/); the package holds the module flat, as
+# `deeprec_api.predict_pb2`.
+mkdir -p "$out"
+mv "$work/deeprec/serving/predict_pb2.py" "$out/predict_pb2.py"
+mv "$work/deeprec/serving/predict_pb2.pyi" "$out/predict_pb2.pyi"

@@ -1,5 +1,6 @@
-"""Layering contracts (.importlinter): the runtime never imports the operator, and protocol
-adapters sit on top of the data plane, never below it."""
+"""Layering contracts (.importlinter): the shared API (deeprec_api) imports neither side nor
+TensorFlow, the runtime and the operator never import each other, protocol adapters sit on top of
+the data plane, never below it, and the operator's layers."""
 
 import os
 import subprocess

@@ -5,8 +5,3 @@ would shadow Python's standard library module.
 """
 
 __version__ = "0.1.0"
-
-GROUP = "serving.deeprec.io"
-VERSION = "v1alpha1"
-PLURAL = "deeprecmodels"
-KIND = "DeepRecModel"

@@ -23,7 +23,8 @@ from typing import Any
 
 import kopf
 
-from deeprec_operator import GROUP, PLURAL, VERSION, resources
+from deeprec_api.resource import GROUP, PLURAL, VERSION
+from deeprec_operator import resources
 from deeprec_operator.controller import Controller
 from deeprec_operator.credentials import SecretCache
 from deeprec_operator.events import EventRecorder

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, wrap_client: Callable[[Any], Any] | None = None) -> int:
     """`wrap_client` wraps the API client the operator writes with (tests inject faults there)."""
-    from deeprec_runtime import redact
+    from deeprec_api import redact
 
     # Before anything logs: a URL with a password in it is masked in every line, kopf's included.
     redact.install()
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None, *, wrap_client: Callable[[Any], Any]
 
     try:
         kube = Kube(load_configuration())
-    except Exception as e:  # no kubeconfig and not in a cluster: say so instead of a traceback
+    except Exception as e:  # noqa: BLE001 (no kubeconfig and not in a cluster: say so, no traceback)
         print(f"deeprec-operator: no Kubernetes credentials: {e}", file=sys.stderr)
         return 2
     if wrap_client is not None:

@@ -25,14 +25,15 @@ from typing import Any
 
 import grpc
 
+from deeprec_api import predict_pb2
+from deeprec_api.service import MODEL_INFO_METHOD
 from deeprec_operator.credentials import PLAINTEXT, ProbeCredentials
 from deeprec_operator.pods import PodView
 from deeprec_operator.status import PodReport
-from deeprec_runtime.protos import predict_pb2
 
 ADDRESS_TEMPLATE_ENV = "DEEPREC_OPERATOR_POD_ADDRESS_TEMPLATE"
 DEFAULT_ADDRESS_TEMPLATE = "{pod_ip}:{port}"
-METHOD = "/deeprec.serving.PredictionService/GetServingModelInfo"
+METHOD = MODEL_INFO_METHOD
 
 
 @dataclass(frozen=True)

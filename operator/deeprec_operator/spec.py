@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from deeprec_runtime.redact import redact, url_has_credentials
-
-LATEST = "latest"
+from deeprec_api.pod import GRPC_PORT, HTTP_PORT, LATEST
+from deeprec_api.redact import redact, url_has_credentials
 
 #: DeepRec keys whose values are credentials. They never come from the CR (the schema rejects
 #: them); the runtime reads them from the environment, filled from Secrets.
@@ -86,8 +85,8 @@ class FeatureStoreSpec:
 @dataclass(frozen=True)
 class ServiceSpec:
     type: str = "ClusterIP"
-    grpc_port: int = 8500
-    http_port: int = 8501
+    grpc_port: int = GRPC_PORT
+    http_port: int = HTTP_PORT
     grpc_server: str = "auto"
     fast_predict: bool = True
 
@@ -325,8 +324,8 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any], *, default_image: 
     raw_svc = _get(spec, "service", {})
     service = ServiceSpec(
         type=str(_get(raw_svc, "type", "ClusterIP")),
-        grpc_port=int(_get(raw_svc, "grpcPort", 8500)),
-        http_port=int(_get(raw_svc, "httpPort", 8501)),
+        grpc_port=int(_get(raw_svc, "grpcPort", GRPC_PORT)),
+        http_port=int(_get(raw_svc, "httpPort", HTTP_PORT)),
         grpc_server=str(_get(raw_svc, "grpcServer", "auto")),
         fast_predict=_get(raw_svc, "fastPredict", True),
     )

@@ -25,7 +25,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from deeprec_operator import GROUP, PLURAL, VERSION, resources
+from deeprec_api.resource import GROUP, PLURAL, VERSION
+from deeprec_operator import resources
 from deeprec_operator.children import (
     apply_children,
     ensure_owned_children,

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from deeprec_operator.spec import LATEST
-
-TARGET_ANNOTATION = "serving.deeprec.io/target-version"
+from deeprec_api.pod import LATEST
+from deeprec_api.pod import TARGET_VERSION_ANNOTATION as TARGET_ANNOTATION
 
 
 def target_version(spec_version: str | None) -> str:

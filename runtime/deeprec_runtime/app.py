@@ -6,6 +6,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from deeprec_api.pod import GRPC_PORT
+from deeprec_api.service import PREDICT_METHOD
 from deeprec_runtime.admission import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes
 from deeprec_runtime.config import BatchingConfig, ModelConfig
 from deeprec_runtime.cpus import format_cpu_list
@@ -48,7 +50,7 @@ def default_workers(batching: BatchingConfig | None = None) -> int:
     With batching on, a worker waits with its call while the batch fills, so merging up to
     `max_batch_size` single-row calls while `num_batch_threads` other batches run needs that
     many workers (capped at MAX_BATCHING_WORKERS); waiting workers cost no CPU."""
-    from deeprec_runtime.cpus import cpu_budget  # noqa: PLC0415
+    from deeprec_runtime.cpus import cpu_budget
 
     workers = max(MIN_WORKERS, WORKERS_PER_CPU * cpu_budget())
     if batching is not None and batching.enabled:
@@ -61,7 +63,7 @@ def _tfs_services(models: ModelRegistry, metrics: Metrics,
                   admission: InflightBytes | None) -> list:
     """TF Serving's gRPC services, when the tensorflow-serving-api package is installed."""
     try:
-        from deeprec_runtime.server.tfs_grpc import tfs_services  # noqa: PLC0415
+        from deeprec_runtime.server.tfs_grpc import tfs_services
     except ImportError as exc:
         log.warning("TensorFlow Serving gRPC API disabled (%s); install it with "
                     "'pip install --no-deps tensorflow-serving-api'", exc)
@@ -84,7 +86,7 @@ def choose_grpc_server(choice: str, security: Security) -> str:
         log.info("gRPC server: python (--auth-protect-health is set; the native front end "
                  "answers health checks without credentials)")
         return "python"
-    from deeprec_runtime.native.build import BuildError, library_path  # noqa: PLC0415
+    from deeprec_runtime.native.build import BuildError, library_path
 
     try:
         library_path()
@@ -100,7 +102,7 @@ def _native_grpc_server(services: list, port: int, host: str, workers: int, secu
                         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
                         max_connection_age: float = MAX_CONNECTION_AGE_SECONDS) -> NativeGrpcServer:
     """The gRPC C++ front end (runtime/deeprec_runtime/native), after refusing what it does not carry."""
-    from deeprec_runtime.native.server import NativeGrpcServer  # noqa: PLC0415
+    from deeprec_runtime.native.server import NativeGrpcServer
 
     if security.config.protect_health:
         raise SecurityConfigError("--grpc-server", "native answers health checks in gRPC C++, "
@@ -126,7 +128,7 @@ class Runtime:
     server and REST; the native front end keeps its own); `http_read_timeout` seconds for a REST
     request's headers and body to arrive. 0 turns a byte bound off."""
 
-    def __init__(self, config: ModelConfig, grpc_port: int = 8500, http_port: int | None = None,
+    def __init__(self, config: ModelConfig, grpc_port: int = GRPC_PORT, http_port: int | None = None,
                  host: str = "[::]", annotations_file: str | None = None,
                  model_name: str = "default", workers: int | None = None,
                  models: list[ModelEntry] | None = None, security: Security | None = None,
@@ -207,12 +209,8 @@ class Runtime:
         native front end only). With authentication on, only calls whose credentials the front
         end has verified take that path. With batching on, the calls C++ answers are merged in
         C++ and the rest in the Python handlers."""
-        from deeprec_runtime.native.build import BuildError  # noqa: PLC0415
-        from deeprec_runtime.native.fast_predict import (  # noqa: PLC0415
-            PREDICT_METHOD,
-            TFS_PREDICT_METHOD,
-            FastPredict,
-        )
+        from deeprec_runtime.native.build import BuildError
+        from deeprec_runtime.native.fast_predict import TFS_PREDICT_METHOD, FastPredict
 
         try:
             fast = FastPredict(self.models.default.name, self.config.signature_name, self.metrics,

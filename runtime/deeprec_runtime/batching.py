@@ -163,7 +163,7 @@ class Batcher:
                 return
             try:
                 self._run(batch)
-            except BaseException as exc:  # every waiting caller must be woken, whatever happened
+            except BaseException as exc:  # noqa: BLE001 (every waiting caller must be woken, whatever happened)
                 for t in batch.tasks:
                     if not t.done.is_set():
                         t.error = exc
@@ -221,7 +221,7 @@ class Batcher:
     def _run_alone(batch: _Batch, task: _Task) -> None:
         try:
             task.result = batch.servable.run(batch.feed_names, batch.fetch_names, task.arrays)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 (the caller re-raises it, whatever it is)
             task.error = exc
         task.done.set()
 

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from deeprec_runtime.model.annotations import DEFAULT_ANNOTATIONS_FILE
+from deeprec_api.pod import ANNOTATIONS_FILE, GRPC_PORT, TARGET_VERSION_ANNOTATION
 
 
 def _non_negative_int(text: str) -> int:
@@ -28,7 +28,7 @@ def _positive_float(text: str) -> float:
 
 
 def _serve_parser(sub) -> None:
-    from deeprec_runtime.server.grpc_server import MAX_CONNECTION_AGE_SECONDS  # noqa: PLC0415
+    from deeprec_runtime.server.grpc_server import MAX_CONNECTION_AGE_SECONDS
 
     p = sub.add_parser("serve", help="serve the model a DeepRec model_config JSON describes")
     which = p.add_mutually_exclusive_group(required=True)
@@ -37,7 +37,7 @@ def _serve_parser(sub) -> None:
     which.add_argument("--model-config-list", help="JSON/YAML file listing several models: "
                        '{"model_config_list": [{"name": ..., "model_config": path or object}]}; '
                        "the first is the default model (docs/apis.md)")
-    p.add_argument("--grpc-port", type=int, default=8500)
+    p.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     p.add_argument("--http-port", type=int, default=0,
                    help="REST (TF Serving and Simple TensorFlow Serving) and /metrics port; "
                         "0 disables HTTP")
@@ -49,8 +49,8 @@ def _serve_parser(sub) -> None:
                    help="also answer grpc.health.v1.Health, and nothing else, in plaintext on "
                         "this port: for kubelet gRPC probes when the gRPC port needs TLS")
     p.add_argument("--host", default="[::]", help="address to bind (default: all)")
-    p.add_argument("--annotations-file", default=DEFAULT_ANNOTATIONS_FILE,
-                   help="Downward API annotations file carrying serving.deeprec.io/target-version")
+    p.add_argument("--annotations-file", default=ANNOTATIONS_FILE,
+                   help=f"Downward API annotations file carrying {TARGET_VERSION_ANNOTATION}")
     p.add_argument("--model-name", default="default")
     p.add_argument("--drain-seconds", type=float, default=3.0,
                    help="on SIGTERM, health turns NOT_SERVING and requests are still served "
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return capi(args.command)
     if args.command == "native-path":
         return native_path()
-    from deeprec_runtime import redact  # noqa: PLC0415
+    from deeprec_api import redact
 
     redact.install()  # a password inside a URL (redis_url, an exception quoting one) never logged
     logging.basicConfig(level=args.log_level.upper(),
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if args.command == "demo":
-        from deeprec_runtime.demo import run_demo  # noqa: PLC0415 (TensorFlow-heavy)
+        from deeprec_runtime.demo import run_demo  # TensorFlow-heavy
 
         return run_demo(args)
     return 2
@@ -164,7 +164,7 @@ def _print_built(library_path, build_error: type[Exception], what: str) -> int:
 
 
 def capi(command: str) -> int:
-    from deeprec_runtime.capi import BuildError, include_dir, library_path  # noqa: PLC0415
+    from deeprec_runtime.capi import BuildError, include_dir, library_path
 
     if command == "capi-include":
         print(include_dir())
@@ -173,14 +173,14 @@ def capi(command: str) -> int:
 
 
 def native_path() -> int:
-    from deeprec_runtime.native.build import BuildError, fast_predict_path, library_path  # noqa: PLC0415
+    from deeprec_runtime.native.build import BuildError, fast_predict_path, library_path
 
     failed = (_print_built(library_path, BuildError, "the native gRPC front end")
               or _print_built(fast_predict_path, BuildError, "the fast predict library"))
     if failed:
         return failed
-    from deeprec_runtime.native.fast_predict import check_session_handle  # noqa: PLC0415
-    from deeprec_runtime.native.tf_handles import SessionHandleError  # noqa: PLC0415
+    from deeprec_runtime.native.fast_predict import check_session_handle
+    from deeprec_runtime.native.tf_handles import SessionHandleError
 
     try:  # the fast path must reach this TensorFlow's sessions, or the build is wrong
         check_session_handle()
@@ -192,15 +192,15 @@ def native_path() -> int:
 
 
 def serve(args) -> int:
-    import faulthandler  # noqa: PLC0415
+    import faulthandler
 
     if sys.__stderr__ is not None:  # None when started without a stderr
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__)  # `kill -USR1`: every stack
-    from deeprec_runtime.app import Runtime  # noqa: PLC0415
-    from deeprec_runtime.config import load_model_config  # noqa: PLC0415
-    from deeprec_runtime.errors import ConfigError  # noqa: PLC0415
-    from deeprec_runtime.models import load_model_config_list  # noqa: PLC0415
-    from deeprec_runtime.native.build import BuildError as NativeBuildError  # noqa: PLC0415
+    from deeprec_runtime.app import Runtime
+    from deeprec_runtime.config import load_model_config
+    from deeprec_runtime.errors import ConfigError
+    from deeprec_runtime.models import load_model_config_list
+    from deeprec_runtime.native.build import BuildError as NativeBuildError
 
     try:
         models = load_model_config_list(args.model_config_list) if args.model_config_list else None
@@ -208,10 +208,10 @@ def serve(args) -> int:
     except ConfigError as exc:
         print(f"deeprec-runtime: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    from deeprec_runtime.threadenv import export_thread_env  # noqa: PLC0415
+    from deeprec_runtime.threadenv import export_thread_env
 
     export_thread_env(config)  # OMP_NUM_THREADS / KMP_BLOCKTIME before TensorFlow's first session
-    from deeprec_runtime.security import Security, SecurityConfigError, security_config_from  # noqa: PLC0415
+    from deeprec_runtime.security import Security, SecurityConfigError, security_config_from
 
     # Everything imported so far (TensorFlow, gRPC, protobuf: ~280k objects) lives as long as
     # the process: moved out of the collector's view, a full collection no longer walks them

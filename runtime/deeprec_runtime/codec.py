@@ -12,8 +12,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.errors import InvalidArgument
-from deeprec_runtime.protos import predict_pb2 as pb
 
 _BF16 = tf.bfloat16.as_numpy_dtype
 

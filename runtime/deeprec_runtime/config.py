@@ -16,18 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from deeprec_api.pod import ENV_OSS_ACCESS_ID, ENV_OSS_ACCESS_KEY, ENV_OSS_ENDPOINT, ENV_REDIS_PASSWORD
+from deeprec_api.redact import redact
 from deeprec_runtime.errors import ConfigError
-from deeprec_runtime.redact import redact
 
 log = logging.getLogger(__name__)
 
 #: Environment variables that supply credentials when the JSON file leaves them out (the operator
 #: injects them from Kubernetes Secrets so that secrets never sit in a ConfigMap).
 CREDENTIAL_ENV = {
-    "oss_access_id": "OSS_ACCESS_ID",
-    "oss_access_key": "OSS_ACCESS_KEY",
-    "oss_endpoint": "OSS_ENDPOINT",
-    "redis_password": "REDIS_PASSWORD",  # nosec B105  # environment variable name, not a password
+    "oss_access_id": ENV_OSS_ACCESS_ID,
+    "oss_access_key": ENV_OSS_ACCESS_KEY,
+    "oss_endpoint": ENV_OSS_ENDPOINT,
+    "redis_password": ENV_REDIS_PASSWORD,
     "redis_url": "REDIS_URL",
     "webhdfs_address": "WEBHDFS_ADDRESS",
     "hdfs_user": "HADOOP_USER_NAME",

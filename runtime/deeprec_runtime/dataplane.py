@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.batching import DEFAULT_MAX_BATCH_BYTES, Batcher
 from deeprec_runtime.codec import DEFAULT_MAX_DECODED_BYTES
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.errors import DeadlineExceeded
 from deeprec_runtime.model.manager import Manager
 from deeprec_runtime.predict import predict
-from deeprec_runtime.protos import predict_pb2 as pb
 
 
 class DataPlane:

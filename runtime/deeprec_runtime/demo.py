@@ -17,16 +17,16 @@ import time
 import grpc
 import numpy as np
 
+from deeprec_api import predict_pb2 as pb
+from deeprec_api.pod import GRPC_PORT
+from deeprec_api.service import MODEL_INFO_METHOD, PREDICT_METHOD
 from deeprec_runtime.codec import decode_array, encode_array
 from deeprec_runtime.config import parse_model_config
-from deeprec_runtime.protos import predict_pb2 as pb
-
-SERVICE = "/deeprec.serving.PredictionService/"
 
 
 def run_demo(args) -> int:
-    from deeprec_runtime.app import Runtime  # noqa: PLC0415
-    from deeprec_runtime.training import write_demo_model  # noqa: PLC0415
+    from deeprec_runtime.app import Runtime
+    from deeprec_runtime.training import write_demo_model
 
     base = args.dir or tempfile.mkdtemp(prefix="deeprec-demo-")
     if args.dir and os.path.exists(os.path.join(base, "saved_model")):
@@ -53,10 +53,10 @@ def run_demo(args) -> int:
           f"(config: {os.path.join(base, 'model_config.json')})", flush=True)
 
     channel = grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
-    predict = channel.unary_unary(SERVICE + "Predict",
+    predict = channel.unary_unary(PREDICT_METHOD,
                                   request_serializer=pb.PredictRequest.SerializeToString,
                                   response_deserializer=pb.PredictResponse.FromString)
-    info = channel.unary_unary(SERVICE + "GetServingModelInfo",
+    info = channel.unary_unary(MODEL_INFO_METHOD,
                                request_serializer=pb.ServingModelInfoRequest.SerializeToString,
                                response_deserializer=pb.ServingModelInfo.FromString)
     feed = art.model.make_feed(3, np.random.default_rng(42))
@@ -93,5 +93,5 @@ def run_demo(args) -> int:
         runtime.stop(2.0)
         art.close()
     print(f"[demo] done. Serve it yourself with:\n  deeprec-runtime serve --config "
-          f"{os.path.join(base, 'model_config.json')} --grpc-port 8500")
+          f"{os.path.join(base, 'model_config.json')} --grpc-port {GRPC_PORT}")
     return 0

@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.core.states import UpdateEvent
-from deeprec_runtime.protos import predict_pb2 as pb
 
 if TYPE_CHECKING:
     from deeprec_runtime.models import ModelRegistry, ServedModel

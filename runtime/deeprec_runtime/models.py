@@ -27,16 +27,16 @@ from typing import Any
 
 import yaml
 
+from deeprec_api import predict_pb2 as pb
+from deeprec_api.pod import TARGET_VERSION_ANNOTATION, target_version_annotation
 from deeprec_runtime.config import ModelConfig, load_model_config, parse_model_config
 from deeprec_runtime.core import SAVEDMODEL_VERSION
 from deeprec_runtime.core import VersionState as State
 from deeprec_runtime.dataplane import DataPlane
 from deeprec_runtime.errors import ConfigError, InvalidArgument, NotFound
-from deeprec_runtime.model.annotations import TARGET_VERSION_ANNOTATION, target_version_annotation
 from deeprec_runtime.model.manager import Manager
 from deeprec_runtime.model.servable import Servable
 from deeprec_runtime.model.signature import Signature
-from deeprec_runtime.protos import predict_pb2 as pb
 
 DEFAULT_MODEL_NAME = "default"
 SAVEDMODEL_VERSION_NUMBER = 1

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import DEFAULT_MAX_DECODED_BYTES, DecodeBudget, decode_input, encode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.servable import Servable
 from deeprec_runtime.model.signature import Signature
-from deeprec_runtime.protos import predict_pb2 as pb
 
 
 def resolve_feeds(signature: Signature, arrays: Mapping[str, np.ndarray],

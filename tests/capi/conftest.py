@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import encode_array
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.training.checkpoint_writer import CheckpointWriter
 from deeprec_runtime.training.demo_models import build_seed_example
 

@@ -8,8 +8,8 @@ import subprocess
 
 import numpy as np
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import decode_array
-from deeprec_runtime.protos import predict_pb2 as pb
 
 from .conftest import make_request, write_json
 

@@ -6,8 +6,8 @@ import numpy as np
 from deeprec import state as S
 from deeprec.layout import make_ev_model
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import decode_array
-from deeprec_runtime.protos import predict_pb2 as pb
 
 from .conftest import make_request, write_json
 from .test_c_example import run_client

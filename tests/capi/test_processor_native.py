@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.capi.processor import FAILED, OK, ProcessorModel
 from deeprec_runtime.codec import decode_array
-from deeprec_runtime.protos import predict_pb2 as pb
 
 from .conftest import make_request
 

@@ -46,8 +46,8 @@ import urllib.request
 import grpc
 import numpy as np
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import decode_array, encode_array
-from deeprec_runtime.protos import predict_pb2 as pb
 
 DEEPREC = "/deeprec.serving.PredictionService/"
 SPARSE, DENSE, OUTPUT = "sparse_ids", "dense", "probability"
@@ -218,7 +218,7 @@ def cmd_watch(tfs, cmd: dict) -> dict:
 
 def _request_count(url: str) -> float:
     total = 0.0
-    with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310  # a pod's metrics URL
+    with urllib.request.urlopen(url, timeout=2) as resp:  # a pod's metrics URL
         for line in resp.read().decode().splitlines():
             if line.startswith("deeprec_requests_total{"):
                 total += float(line.rsplit(" ", 1)[1])
@@ -287,7 +287,7 @@ def cmd_load(tfs, cmd: dict) -> dict:
 
 
 def cmd_http(tfs, cmd: dict) -> dict:
-    with urllib.request.urlopen(cmd["url"], timeout=5) as resp:  # noqa: S310  # a pod's metrics URL
+    with urllib.request.urlopen(cmd["url"], timeout=5) as resp:  # a pod's metrics URL
         return {"status": resp.status, "body": resp.read().decode()}
 
 

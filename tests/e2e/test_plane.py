@@ -236,7 +236,7 @@ def test_kubectl_helper_raises_with_stderr(k8s_plane):
 
 
 class _Hello(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         body = f"served from {self.server.server_address[0]}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

@@ -29,8 +29,8 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from deeprec_api import predict_pb2
 from deeprec_operator import resources as r
-from deeprec_runtime.protos import predict_pb2
 from tests.e2e.helpers import DownwardAPIBridge, standin_args, wait_until, write_pod_volumes
 from tests.e2e.test_operator import Operator, _condition, _get, _pods, _running, installed  # noqa: F401
 from tests.e2e.test_operator_runtime import demo_model  # noqa: F401

@@ -143,7 +143,7 @@ def test_request_that_expired_in_the_queue_before_any_worker_took_it_is_not_run(
 
 
 def _in_handler(runtime) -> int:
-    from deeprec_runtime.server.grpc_server import CALLS  # noqa: PLC0415
+    from deeprec_runtime.server.grpc_server import CALLS
 
     return CALLS.in_flight
 

@@ -18,9 +18,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import atheris  # noqa: E402
-from history_model import export_history_model  # noqa: E402
-from seed_model import export_seed_model  # noqa: E402
+import atheris
+from history_model import export_history_model
+from seed_model import export_seed_model
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.core.handle import ServableHandle
@@ -28,9 +28,9 @@ with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.predict import predict
     from deeprec_runtime.server.grpc_server import parse
 
-import shapes  # noqa: E402
+import shapes
 
-from deeprec_runtime.protos import predict_pb2 as pb  # noqa: E402
+from deeprec_api import predict_pb2 as pb
 
 HISTORY_INPUTS = ("history", "tags")
 SMALL_BOUND = 4096

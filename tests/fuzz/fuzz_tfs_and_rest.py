@@ -14,9 +14,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import atheris  # noqa: E402
-from history_model import export_history_model  # noqa: E402
-from seed_model import export_seed_model  # noqa: E402
+import atheris
+from history_model import export_history_model
+from seed_model import export_seed_model
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.errors import InvalidArgument, NotFound
@@ -24,8 +24,8 @@ with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.server.rest.server import parse_json_body
     from deeprec_runtime.server.tfs_grpc import TfsAdapter
 
-import shapes  # noqa: E402
-from tensorflow_serving.apis import predict_pb2  # noqa: E402
+import shapes
+from tensorflow_serving.apis import predict_pb2
 
 SMALL_BOUND = 4096
 

@@ -14,7 +14,7 @@ import json
 import atheris
 from tensorflow.core.framework import tensor_pb2
 
-from deeprec_runtime.protos import predict_pb2 as pb
+from deeprec_api import predict_pb2 as pb
 
 STRUCTURED = 0xF0
 #: Dimensions that break naive arithmetic: int32/int64 edges and products that wrap to 0.

@@ -7,7 +7,7 @@ from typing import Any
 
 from conftest import CHART_DIR, CRD_PATH, example_model, load_crd
 
-# Every key of DeepRec's model_config (seeds/000: the Processor's configuration document).
+# Every key of DeepRec's model_config, as the Processor's configuration document lists them.
 DEEPREC_KEYS = [
     "session_num", "select_session_policy", "use_per_session_threads", "cpusets", "gpu_ids_list",
     "use_multi_stream", "enable_device_placement_optimization", "enable_inline_execute",
@@ -215,7 +215,7 @@ def test_security_schema():
 
 
 def test_redis_urls_with_credentials_are_refused_by_rules():
-    from deeprec_runtime.redact import url_has_credentials
+    from deeprec_api.redact import url_has_credentials
 
     for node in (_spec_props()["featureStore"]["properties"]["redisUrl"],
                  _spec_props()["modelConfig"]["properties"]["redis_url"]):

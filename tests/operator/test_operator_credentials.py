@@ -13,6 +13,7 @@ import sys
 import pytest
 from conftest import BASE_SPEC
 
+from deeprec_api.redact import redact, url_has_credentials
 from deeprec_operator.credentials import (
     CredentialError,
     SecretCache,
@@ -22,7 +23,6 @@ from deeprec_operator.credentials import (
 )
 from deeprec_operator.kube import ApiError
 from deeprec_operator.spec import parse
-from deeprec_runtime.redact import redact, url_has_credentials
 
 PASSWORD = "pw-9f3a7c"
 
@@ -54,7 +54,7 @@ def test_every_log_record_of_the_process_is_masked():
     through LoggerAdapters (kopf's object loggers are adapters), and exception tracebacks."""
     code = f"""
 import logging, sys
-from deeprec_runtime import redact
+from deeprec_api import redact
 redact.install()
 redact.install()  # idempotent
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s %(message)s")

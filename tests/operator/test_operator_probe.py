@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
+from deeprec_api import predict_pb2
 from deeprec_operator.credentials import ProbeCredentials
 from deeprec_operator.probe import METHOD, ProbeError, Prober, pod_address
-from deeprec_runtime.protos import predict_pb2
 
 
 @pytest.fixture

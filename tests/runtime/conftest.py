@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.config import parse_model_config
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.training import write_demo_model
 from deeprec_runtime.training.checkpoint_writer import CheckpointWriter
 from deeprec_runtime.training.demo_models import build_seed_example

@@ -201,8 +201,8 @@ def test_tf_serving_and_deeprec_calls_share_the_cpp_batches(demo, serve):
 
 def test_tensor_content_requests_get_tensor_content_outputs(demo, serve):
     """The request path's raw fast path: a client sending tensor_content reads raw bytes back."""
+    from deeprec_api import predict_pb2 as pb
     from deeprec_runtime.codec import encode_array
-    from deeprec_runtime.protos import predict_pb2 as pb
 
     runtime, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     feed = demo.model.make_feed(3, np.random.default_rng(4))

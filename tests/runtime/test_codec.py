@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import DecodeBudget, decode_array, element_count, encode_array
 from deeprec_runtime.errors import InvalidArgument
-from deeprec_runtime.protos import predict_pb2 as pb
 
 CASES = [
     (np.float32, pb.DT_FLOAT), (np.float64, pb.DT_DOUBLE), (np.int32, pb.DT_INT32),

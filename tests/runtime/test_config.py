@@ -135,7 +135,7 @@ def test_cli_exits_with_the_field_named(tmp_path, capsys):
 def test_a_password_inside_redis_url_never_reaches_the_logs(caplog):
     """DeepRec users write `redis_url` by hand; one with a password in it must be masked in the
     redacted config (what start-up logs) and in any log line, whoever writes it."""
-    from deeprec_runtime import redact
+    from deeprec_api import redact
 
     for url in ("redis://:pw-SECRET-3@r:6379", "redis://user:pw-SECRET-3@r:6379/0",
                 "r:6379?password=pw-SECRET-3"):

@@ -67,7 +67,7 @@ def test_a_version_is_measured_and_answers_alike_in_both_modes(demo, serve):
         np.testing.assert_allclose(output(client.predict(feed), "probability"), expected,
                                    rtol=1e-5, atol=1e-6)
     # both modes left a prepared callable behind: the choice really ran each way
-    modes = {key[1] for key in servable._callables}  # noqa: SLF001
+    modes = {key[1] for key in servable._callables}
     assert modes == {False, True}
 
 
@@ -77,7 +77,7 @@ def test_explicit_inline_and_bound_lanes_are_not_second_guessed(demo, serve):
         servable = handle.servable
     assert not servable.can_choose_inline  # its lanes already run inline, always
     assert servable.inline is False
-    assert {key[1] for key in servable._callables} == {False}  # noqa: SLF001
+    assert {key[1] for key in servable._callables} == {False}
 
 
 def test_a_new_full_version_of_the_same_graph_reuses_the_choice(demo, serve, monkeypatch):

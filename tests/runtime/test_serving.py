@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deeprec_runtime.protos import predict_pb2 as pb
+from deeprec_api import predict_pb2 as pb
 
 from .conftest import make_request, output
 

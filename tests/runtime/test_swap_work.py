@@ -54,12 +54,12 @@ def test_a_new_version_is_warmed_in_the_mode_it_serves(demo, serve):
     wait_for(lambda: runtime.manager.info().version == "checkpoint_2", message="checkpoint_2")
     second = serving(runtime)
     assert second.inline == first.inline
-    prepared = dict(second._callables)  # noqa: SLF001
+    prepared = dict(second._callables)
     assert {key[1] for key in prepared} == {second.inline}
     client.predict(demo.model.make_feed(2, np.random.default_rng(1)))
     # the request found its callable ready: preparing one on the request path takes ~20 ms
     # and holds back every other request that needs one
-    assert second._callables == prepared  # noqa: SLF001
+    assert second._callables == prepared
 
 
 def test_a_changed_savedmodel_is_imported_again(demo):
@@ -87,11 +87,11 @@ def test_delta_callables_are_prepared_when_a_delta_comes(demo, serve):
     demo.write_full("checkpoint_2", steps=1)
     wait_for(lambda: runtime.manager.info().version == "checkpoint_2", message="checkpoint_2")
     servable = serving(runtime)
-    updaters = servable._updaters  # noqa: SLF001
-    assert not any(u._prepared for u in updaters.values())  # noqa: SLF001  (a swap made none)
+    updaters = servable._updaters
+    assert not any(u._prepared for u in updaters.values())  # a swap made none
     demo.write_delta()
     wait_for(lambda: servable.delta_step > 0, message="the delta applied")
-    prepared = {name: set(u._prepared) for name, u in updaters.items() if u._prepared}  # noqa: SLF001
+    prepared = {name: set(u._prepared) for name, u in updaters.items() if u._prepared}
     assert prepared, "applying the delta prepared its callables"
     tables = {name for name, u in updaters.items() if u.is_table}
     assert any("scatter" in kinds for name, kinds in prepared.items() if name in tables)
@@ -121,7 +121,7 @@ def test_loads_run_at_a_lower_priority_and_requests_do_not(demo, serve):
     assert any(name.startswith("tf_Compute") for name in new_threads.values()), new_threads
     # Everything the load started, the update thread and the request threads (gRPC workers) run
     # at normal priority; only the load thread is niced.
-    normal = set(new_threads) | {runtime.manager._thread.native_id}  # noqa: SLF001
+    normal = set(new_threads) | {runtime.manager._thread.native_id}
     normal |= {tid for tid, name in cpus.threads().items() if name == "grpc-worker"}
     assert runtime.grpc_server != "native" or len(normal) > len(new_threads) + 1
     niced = {tid: nice_and_cpu(tid)[0] for tid in normal if os.path.exists(f"/proc/self/task/{tid}")}

@@ -1,10 +1,11 @@
 """Pure builders: a ModelSpec in, the manifests of a DeepRecModel's children out.
 
 Nothing here calls the API, so the tests build the expected objects with the same functions and
-assert on the fields that matter. One module per concern: `names` (ports, paths, labels),
-`config` (model_config.json, the session group, the ConfigMap), `pod` (container, volumes, pod
-template, Deployment), `security` (TLS and token files, the generated token Secret), `network`
-(Service, NetworkPolicy); this package re-exports them. Three rules shape the pod template:
+assert on the fields that matter. One module per concern: `names` (container, paths, labels; the
+ports and keys the runtime reads too come from deeprec_api), `config` (model_config.json, the
+session group, the ConfigMap), `pod` (container, volumes, pod template, Deployment), `security`
+(TLS and token files, the generated token Secret), `network` (Service, NetworkPolicy); this
+package re-exports them. Three rules shape the pod template:
 - the target-version annotation is NOT part of it: pinning or rolling back patches the pods
   themselves, and a template change would restart every pod;
 - the model config's hash IS part of it: a new config only reaches a runtime through a restart;
@@ -17,6 +18,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from deeprec_api.pod import (
+    ANNOTATIONS_FILE,
+    ENV_OSS_ACCESS_ID,
+    ENV_OSS_ACCESS_KEY,
+    ENV_OSS_ENDPOINT,
+    ENV_REDIS_PASSWORD,
+    GRPC_PORT,
+    HEALTH_PORT,
+    HTTP_PORT,
+    PODINFO_DIR,
+)
+from deeprec_api.resource import CONFIG_HASH_ANNOTATION, MODEL_LABEL
 from deeprec_operator.resources.config import (
     config_hash,
     config_map,
@@ -34,18 +47,8 @@ from deeprec_operator.resources.names import (
     CLIENT_CA_FILE,
     CONFIG_DIR,
     CONFIG_FILE,
-    CONFIG_HASH_ANNOTATION,
-    ENV_OSS_ACCESS_ID,
-    ENV_OSS_ACCESS_KEY,
-    ENV_OSS_ENDPOINT,
-    ENV_REDIS_PASSWORD,
     GPU_RESOURCE,
-    GRPC_PORT,
-    HEALTH_PORT,
-    HTTP_PORT,
     MANAGED_BY,
-    MODEL_LABEL,
-    PODINFO_DIR,
     RUNTIME_CONTAINER,
     TLS_CA_FILE,
     TLS_CERT_FILE,
@@ -77,7 +80,7 @@ from deeprec_operator.resources.security import (
 from deeprec_operator.spec import ModelSpec
 
 __all__ = [
-    "AUTH_DIR", "CLIENT_CA_FILE", "CONFIG_DIR", "CONFIG_FILE", "CONFIG_HASH_ANNOTATION",
+    "ANNOTATIONS_FILE", "AUTH_DIR", "CLIENT_CA_FILE", "CONFIG_DIR", "CONFIG_FILE", "CONFIG_HASH_ANNOTATION",
     "ENV_OSS_ACCESS_ID", "ENV_OSS_ACCESS_KEY", "ENV_OSS_ENDPOINT", "ENV_REDIS_PASSWORD",
     "GPU_RESOURCE", "GRPC_PORT", "HEALTH_PORT", "HTTP_PORT", "MANAGED_BY", "MODEL_LABEL",
     "PODINFO_DIR", "RUNTIME_CONTAINER", "TLS_CA_FILE", "TLS_CERT_FILE", "TLS_DIR", "TLS_KEY_FILE",

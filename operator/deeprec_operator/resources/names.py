@@ -1,26 +1,18 @@
-"""Names every builder shares: ports, mount paths, labels, annotation keys, environment names."""
+"""Names every builder shares: the container, mount paths, files, labels.
+
+What the runtime reads too (ports, the annotations file, credential variables, label and annotation
+keys) is in deeprec_api.
+"""
 
 from __future__ import annotations
 
+from deeprec_api.resource import MODEL_LABEL
 from deeprec_operator.spec import ModelSpec
 
 RUNTIME_CONTAINER = "deeprec-runtime"
-GRPC_PORT = 8500
-HTTP_PORT = 8501
-#: Plaintext grpc.health.v1.Health only, for kubelet probes of TLS models (runtime --health-port).
-HEALTH_PORT = 8502
 CONFIG_FILE = "model_config.json"
 CONFIG_DIR = "/etc/deeprec"
-PODINFO_DIR = "/etc/podinfo"
-MODEL_LABEL = "serving.deeprec.io/model"
-CONFIG_HASH_ANNOTATION = "serving.deeprec.io/config-hash"
 MANAGED_BY = "deeprec-operator"
-
-#: Credentials reach the runtime only as environment variables (see runtime/deeprec_runtime/config.py).
-ENV_OSS_ACCESS_ID = "OSS_ACCESS_ID"
-ENV_OSS_ACCESS_KEY = "OSS_ACCESS_KEY"
-ENV_OSS_ENDPOINT = "OSS_ENDPOINT"
-ENV_REDIS_PASSWORD = "REDIS_PASSWORD"  # nosec B105  # environment variable name; the value comes from a Secret
 
 GPU_RESOURCE = "nvidia.com/gpu"
 

@@ -6,7 +6,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from deeprec_operator.resources.names import GRPC_PORT, HTTP_PORT, common_labels, selector_labels
+from deeprec_api.pod import GRPC_PORT, HTTP_PORT
+from deeprec_operator.resources.names import common_labels, selector_labels
 from deeprec_operator.spec import ModelSpec
 
 

@@ -4,14 +4,12 @@ pod template (the runtime alone or as a sidecar in the user's template) and the 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 from typing import Any
 
-from deeprec_operator.resources.config import config_hash, integer_cpus, requested
-from deeprec_operator.resources.names import (
-    CONFIG_DIR,
-    CONFIG_FILE,
-    CONFIG_HASH_ANNOTATION,
+from deeprec_api.pod import (
+    ANNOTATIONS_FILE,
     ENV_OSS_ACCESS_ID,
     ENV_OSS_ACCESS_KEY,
     ENV_OSS_ENDPOINT,
@@ -20,6 +18,12 @@ from deeprec_operator.resources.names import (
     HEALTH_PORT,
     HTTP_PORT,
     PODINFO_DIR,
+)
+from deeprec_api.resource import CONFIG_HASH_ANNOTATION
+from deeprec_operator.resources.config import config_hash, integer_cpus, requested
+from deeprec_operator.resources.names import (
+    CONFIG_DIR,
+    CONFIG_FILE,
     RUNTIME_CONTAINER,
     common_labels,
     config_map_name,
@@ -111,7 +115,7 @@ def runtime_container(spec: ModelSpec) -> dict[str, Any]:
             "--config", f"{CONFIG_DIR}/{CONFIG_FILE}",
             "--grpc-port", str(GRPC_PORT),
             "--http-port", str(HTTP_PORT),
-            "--annotations-file", f"{PODINFO_DIR}/annotations",
+            "--annotations-file", ANNOTATIONS_FILE,
             # The default server needs no flag: the contract's command line stays as it was.
             *(["--grpc-server", spec.service.grpc_server]
               if spec.service.grpc_server != "auto" else []),
@@ -153,7 +157,8 @@ def runtime_volumes(spec: ModelSpec) -> list[dict[str, Any]]:
         {
             "name": "podinfo",
             "downwardAPI": {
-                "items": [{"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]
+                "items": [{"path": os.path.basename(ANNOTATIONS_FILE),
+                           "fieldRef": {"fieldPath": "metadata.annotations"}}]
             },
         },
         {"name": "tmp", "emptyDir": {}},

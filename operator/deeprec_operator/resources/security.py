@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from deeprec_api.pod import HEALTH_PORT
 from deeprec_operator.resources.names import (
     AUTH_DIR,
     CLIENT_CA_FILE,
-    HEALTH_PORT,
     TLS_CA_FILE,
     TLS_CERT_FILE,
     TLS_DIR,

@@ -139,7 +139,7 @@ def _last_resort(ffi, lib, write_output, output_data, output_size, what, exc) ->
         log.error("C API %s failed unexpectedly", what, exc_info=exc)
         write_output(output_data, output_size,
                      f"Processor {what} failed: INTERNAL: {type(exc).__name__}: {exc}".encode())
-    except BaseException:  # noqa: BLE001, S110 (even writing the message failed: the code still says it)
+    except BaseException:  # noqa: BLE001 (even writing the message failed: the code still says it)
         pass
     return FAILED
 

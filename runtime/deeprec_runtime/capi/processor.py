@@ -11,11 +11,11 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.config import ModelConfig, parse_model_config_json
 from deeprec_runtime.dataplane import DataPlane
 from deeprec_runtime.errors import ConfigError, InvalidArgument, ServingError
 from deeprec_runtime.model.manager import Manager
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import parse
 
 if TYPE_CHECKING:
@@ -116,8 +116,8 @@ def _native_predict(config: ModelConfig, manager: Manager,
                     on_serving: Callable[[Servable | None], None]) -> FastPredict | None:
     """The C++ fast path for process(), as the servers use it; None (with a warning) where its
     library cannot be built or loaded here."""
-    from deeprec_runtime.native.build import BuildError  # noqa: PLC0415 (TensorFlow's C++ side)
-    from deeprec_runtime.native.fast_predict import FastPredict  # noqa: PLC0415
+    from deeprec_runtime.native.build import BuildError  # TensorFlow's C++ side
+    from deeprec_runtime.native.fast_predict import FastPredict
 
     try:
         fast = FastPredict("default", config.signature_name, None, manager.warmup_request,

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deeprec_api.pod import LATEST
 from deeprec_runtime.core.versions import VersionInfo
-
-LATEST = "latest"
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 
-TARGET_VERSION_ANNOTATION = "serving.deeprec.io/target-version"
-DEFAULT_ANNOTATIONS_FILE = "/etc/podinfo/annotations"
+from deeprec_api.pod import LATEST, TARGET_VERSION_ANNOTATION
 
 
 def parse_annotations(text: str) -> dict[str, str]:
@@ -30,20 +29,14 @@ def parse_annotations(text: str) -> dict[str, str]:
     return out
 
 
-def target_version_annotation(model_name: str | None = None) -> str:
-    """The annotation that pins a model: the plain key for a runtime's default (first) model,
-    `serving.deeprec.io/target-version.<model>` for the others of a multi-model runtime."""
-    return TARGET_VERSION_ANNOTATION if not model_name else f"{TARGET_VERSION_ANNOTATION}.{model_name}"
-
-
 def read_target_version(path: str | None, key: str = TARGET_VERSION_ANNOTATION) -> str:
     """The version the operator asks this pod to serve: "latest" when the file or the annotation
     is absent or empty."""
     if not path:
-        return "latest"
+        return LATEST
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except (FileNotFoundError, NotADirectoryError):
-        return "latest"
-    return parse_annotations(text).get(key, "").strip() or "latest"
+        return LATEST
+    return parse_annotations(text).get(key, "").strip() or LATEST

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.config import ModelConfig
 from deeprec_runtime.core.manager import STOP_WAIT_SECONDS
 from deeprec_runtime.core.manager import Manager as CoreManager
@@ -19,7 +20,6 @@ from deeprec_runtime.model.custom_ops import load_custom_ops
 from deeprec_runtime.model.servable import Servable
 from deeprec_runtime.model.source import VersionSource
 from deeprec_runtime.model.tf_loader import TFLoader
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.store.base import ModelStore, open_store
 
 __all__ = ["STOP_WAIT_SECONDS", "Manager", "UpdateEvent"]

@@ -30,8 +30,8 @@ from deeprec_runtime import cpus as cpu_util
 from deeprec_runtime import threadenv  # noqa: F401  (sets TF_OVERRIDE_GLOBAL_THREADPOOL first)
 from deeprec_runtime.errors import ConfigError
 
-import tensorflow as tf  # noqa: E402  (after threadenv)
-from tensorflow.core.protobuf import config_pb2  # noqa: E402
+import tensorflow as tf  # after threadenv
+from tensorflow.core.protobuf import config_pb2
 # isort: on
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def place_graph(graph: tf.Graph, device: str, embeddings_on_cpu: bool) -> dict[s
             dev = CPU_DEVICE
         else:
             dev = CPU_DEVICE if op.name in cpu_ops else device
-        op._set_device(dev)  # noqa: SLF001  (the only way to re-place an imported graph)
+        op._set_device(dev)  # the only way to re-place an imported graph
         placed[op.name] = dev
     return placed
 

@@ -116,7 +116,7 @@ class VersionSource:
 
 def _parse_state(data: bytes) -> None:
     """Raises ValueError unless `data` is a CheckpointState text proto."""
-    from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState  # noqa: PLC0415
+    from tensorflow.python.training.checkpoint_state_pb2 import CheckpointState
 
     try:
         text_format.Parse(data.decode("utf-8"), CheckpointState())

@@ -11,6 +11,7 @@ import logging
 
 import numpy as np
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import encode_array
 from deeprec_runtime.core.handle import ServableHandle
 from deeprec_runtime.errors import ServingError, VersionLoadError
@@ -18,7 +19,6 @@ from deeprec_runtime.model import execution
 from deeprec_runtime.model.servable import Servable
 from deeprec_runtime.model.session_group import SessionGroup
 from deeprec_runtime.predict import predict
-from deeprec_runtime.protos import predict_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def load_warmup_request(path: str) -> pb.PredictRequest:
         return pb.PredictRequest.FromString(data)
     except OSError as exc:
         raise VersionLoadError(f"warmup file {path}: {exc.strerror}") from None
-    except Exception as exc:  # protobuf raises DecodeError, a plain Exception subclass
+    except Exception as exc:  # noqa: BLE001 (protobuf raises DecodeError, a plain Exception subclass)
         raise VersionLoadError(f"warmup file {path} is not a serialized PredictRequest: {exc}") from None
 
 

@@ -83,7 +83,7 @@ def build_key(source: Path, version: str, *more: Path) -> str:
 def _tensorflow_flags() -> tuple[str, list[str]]:
     """TensorFlow's version and the flags it gives custom ops (its headers, ABI, framework
     library), plus an rpath to that library's folder."""
-    import tensorflow as tf  # noqa: PLC0415  # only when building
+    import tensorflow as tf  # only when building
 
     link = tf.sysconfig.get_link_flags()
     folders = [f[2:] for f in link if f.startswith("-L")]

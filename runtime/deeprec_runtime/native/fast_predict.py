@@ -35,6 +35,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime import metrics as metrics_mod
 from deeprec_runtime.core.handle import ServableHandle
 from deeprec_runtime.errors import ServingError
@@ -42,7 +43,6 @@ from deeprec_runtime.model import warmup
 from deeprec_runtime.native.build import fast_predict_path
 from deeprec_runtime.native.tf_handles import SessionHandleError, session_pointer
 from deeprec_runtime.predict import predict
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREDICT_METHOD = "/deeprec.serving.PredictionService/Predict"
 TFS_PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 #: fast_predict.cc's Api -> the runtime's metrics label of that API.
 DEEPREC, TFS = 0, 1
@@ -225,13 +224,13 @@ class FastPredict:
                 # The Python path's callable for requests without output_filter on this lane (the
                 # same pool, the same inline-or-pool choice), and the options C++ makes the
                 # callables for output subsets from.
-                callable_ = servable._make_callable(index, feed_names, fetch_names,  # noqa: SLF001
+                callable_ = servable._make_callable(index, feed_names, fetch_names,
                                                     servable.inline)
                 options = servable.callable_options(index, feed_names, fetch_names, servable.inline)
                 mode, cpus = _lane_mode(group.lanes[index] if group is not None else None)
                 run_options = options.run_options.SerializeToString()
                 made = lib.drf_plan_lane(handle,
-                                         callable_._handle,  # type: ignore[attr-defined]  # noqa: SLF001
+                                         callable_._handle,  # type: ignore[attr-defined]
                                          run_options, len(run_options), mode,
                                          ffi.new("int[]", cpus or [0]), len(cpus))
                 if made != index:
@@ -266,8 +265,8 @@ class FastPredict:
     def _enable_tfs(self, plan: FastPlan, servable: Servable) -> None:
         """Lets the plan answer TF Serving's Predict if it answers the check request, sent the TF
         Serving way, exactly as the Python adapter would; else only DeepRec's (logged)."""
-        from deeprec_runtime.models import version_number  # noqa: PLC0415
-        from deeprec_runtime.server import tfs_grpc  # noqa: PLC0415  # needs the TFS API package
+        from deeprec_runtime.models import version_number
+        from deeprec_runtime.server import tfs_grpc  # needs the TFS API package
 
         number = version_number(servable.name, servable.full_step)
         self.lib.drf_plan_tfs(plan.handle, self.model_name.encode(), number)
@@ -320,7 +319,7 @@ class FastPredict:
 @functools.lru_cache(maxsize=1)
 def _load() -> tuple[Any, Any]:
     """cffi's FFI and the fast predict library (built on first use), once per process."""
-    import cffi  # noqa: PLC0415
+    import cffi
 
     ffi = cffi.FFI()
     ffi.cdef(_CDEF)
@@ -331,7 +330,7 @@ def check_session_handle() -> None:
     """Raises SessionHandleError unless this TensorFlow's session handle gives the fast path its
     TF_Session (tf_handles.py). `deeprec-runtime native-path` runs it, so an image built with a
     TensorFlow the fast path cannot reach fails to build instead of serving slower."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     ffi, lib = _load()
     session = tf.compat.v1.Session(graph=tf.Graph())
@@ -531,7 +530,7 @@ class FastPlan:
             self._owner.lib.drf_free(self.handle)
             self.callables = []
             self._lock.notify_all()
-        self._owner._forget(self)  # noqa: SLF001
+        self._owner._forget(self)
 
     def flush(self, count: bool = True) -> None:
         """Adds the requests answered since the last flush to the metrics (with count False:

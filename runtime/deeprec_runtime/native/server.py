@@ -109,7 +109,7 @@ class NativeGrpcServer:
                  max_message_bytes: int = MAX_MESSAGE_BYTES, pollers: int = 1,
                  tls: tuple[str, str, str] | None = None, max_inflight_bytes: int = 0,
                  max_connection_age: float = MAX_CONNECTION_AGE_SECONDS):
-        import cffi  # noqa: PLC0415
+        import cffi
 
 
         self._handlers = list(handlers)

@@ -16,13 +16,14 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from deeprec_api import predict_pb2 as pb
+from deeprec_api.service import PREDICTION_SERVICE
 from deeprec_runtime.admission import InflightBytes, admitted
 from deeprec_runtime.errors import InvalidArgument, ServingError
-from deeprec_runtime.protos import predict_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-SERVICE = "deeprec.serving.PredictionService"
+SERVICE = PREDICTION_SERVICE
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Default bound on requests in progress, queued ones included, per worker thread (see GrpcServer).
 REQUESTS_PER_WORKER = 4

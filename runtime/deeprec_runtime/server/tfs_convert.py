@@ -17,6 +17,7 @@ import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import (
     DEFAULT_MAX_DECODED_BYTES,
     STRING_OVERHEAD_BYTES,
@@ -29,7 +30,6 @@ from deeprec_runtime.codec import (
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import Signature, TensorSpec
 from deeprec_runtime.models import ServedModel
-from deeprec_runtime.protos import predict_pb2 as pb
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"

@@ -27,11 +27,11 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.admission import InflightBytes
 from deeprec_runtime.codec import DEFAULT_MAX_DECODED_BYTES
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.models import ModelRegistry, ServedModel
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import parse, unary
 from deeprec_runtime.server.tfs_convert import (
     CLASSIFY_METHOD,

@@ -58,7 +58,7 @@ def variable_name(var: Any) -> str:
 
 @contextlib.contextmanager
 def _quiet_deprecation():
-    from tensorflow.python.util import deprecation  # noqa: PLC0415
+    from tensorflow.python.util import deprecation
 
     with deprecation.silence():
         yield

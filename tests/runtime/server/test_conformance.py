@@ -69,8 +69,8 @@ def _outputs(api: str, data: bytes) -> tuple[list[str], dict[str, np.ndarray]]:
     from tensorflow.core.framework import tensor_pb2  # noqa: F401  (registers TensorProto)
     from tensorflow_serving.apis import predict_pb2 as tfs_pb
 
+    from deeprec_api import predict_pb2 as pb
     from deeprec_runtime.codec import decode_array
-    from deeprec_runtime.protos import predict_pb2 as pb
 
     if api == DEEPREC:
         response = pb.PredictResponse.FromString(data)

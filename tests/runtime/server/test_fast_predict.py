@@ -22,8 +22,8 @@ from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import predict_pb2 as tfs_predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import encode_array
-from deeprec_runtime.protos import predict_pb2 as pb
 
 from ..conftest import make_request, output, plan_of, wait_for
 from .sequence_model import (

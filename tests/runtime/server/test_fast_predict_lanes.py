@@ -20,11 +20,11 @@ import grpc
 import numpy as np
 import pytest
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime import cpus
 from deeprec_runtime.core.handle import ServableHandle
 from deeprec_runtime.native.fast_predict import IN_PLACE, POOLED
 from deeprec_runtime.predict import predict
-from deeprec_runtime.protos import predict_pb2 as pb
 
 from ..conftest import make_request, output, plan_of
 from ..test_session_group import cpu_ticks, two_cpus

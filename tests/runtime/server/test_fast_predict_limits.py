@@ -20,10 +20,10 @@ import grpc
 import numpy as np
 import pytest
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import BatchingConfig, parse_model_config
 from deeprec_runtime.native.fast_predict import TFS, FastPlan, FastPredict
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
 
 from ..conftest import output, plan_of, wait_for
@@ -271,7 +271,7 @@ def test_a_delta_ending_after_shutdown_closed_its_version_never_touches_the_free
 
 def waiting_in(thread: threading.Thread, function: str) -> bool:
     """Whether `thread` waits on a condition inside `function`."""
-    frame = sys._current_frames().get(thread.ident or 0)  # noqa: SLF001
+    frame = sys._current_frames().get(thread.ident or 0)
     names = []
     while frame is not None:
         names.append(frame.f_code.co_name)
@@ -285,7 +285,7 @@ def test_a_plan_is_freed_only_after_a_block_in_progress_returns(sequence_runtime
     batching = BatchingConfig(max_batch_size=64, batch_timeout_micros=LONG_WAIT_US)
     data = request(DEEPREC, valid_arrays(DEEPREC, feed(1, 3)))
     with own_plan(sequence_runtime, batching=batching) as plan:
-        guard = guard_library(plan._owner)  # noqa: SLF001
+        guard = guard_library(plan._owner)
         guard.release.clear()
         answer: list[bytes | None] = []
         sender = threading.Thread(target=lambda: answer.append(plan.predict(data)))

@@ -136,7 +136,7 @@ def test_tf_serving_api_is_carried_too(demo, runtimes):
     feed = demo.model.make_feed(5, np.random.default_rng(1))
     request = tfs_predict_pb2.PredictRequest()
     request.model_spec.name = "default"
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     for key, value in feed.items():
         request.inputs[key].CopyFrom(tf.make_tensor_proto(value))

@@ -21,12 +21,12 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2 as tfs_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.codec import DecodeBudget
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import TensorSpec
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.rest.jsonio import to_array
 from deeprec_runtime.server.tfs_convert import merge_context
 from deeprec_runtime.server.tfs_grpc import inner_request

@@ -8,7 +8,8 @@ a request's headers and body (so a client trickling bytes cannot hold a connecti
 forever), the in-flight request-bytes budget (429, by Content-Length, before reading), and JSON
 parsing that cannot crash a thread (deep nesting -> 400). An inference request takes one of the
 --max-concurrent-requests slots only once its whole body has arrived, so slow uploads never
-starve the model of requests. bench/rest_bench.py measures its throughput.
+starve the model of requests. bench/api_bench.py measures its CPU per request (TF Serving and
+Simple TensorFlow Serving REST next to the gRPC APIs).
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ import numpy as np
 from google.protobuf import json_format
 from tensorflow.core.example import example_pb2
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import DEFAULT_MAX_DECODED_BYTES, DecodeBudget, decode_array, encode_array
 from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.model.signature import Signature
 from deeprec_runtime.models import ServedModel, parse_version_number
-from deeprec_runtime.protos import predict_pb2 as pb
 from deeprec_runtime.server.rest.jsonio import _b64decode, is_b64, to_array, to_json
 from deeprec_runtime.server.tfs_convert import (
     classify,

@@ -11,6 +11,6 @@ def test_generated_code_is_current(tmp_path):
     subprocess.run(["bash", os.path.join(ROOT, "scripts", "gen-protos.sh"), str(tmp_path)],
                    check=True, env={**os.environ, "PYTHON": sys.executable})
     for name in ("predict_pb2.py", "predict_pb2.pyi"):
-        with open(os.path.join(ROOT, "runtime", "deeprec_runtime", "protos", name)) as fh:
+        with open(os.path.join(ROOT, "proto", "deeprec_api", name)) as fh:
             checked_in = fh.read()
         assert (tmp_path / name).read_text() == checked_in, f"{name} is stale: run make protos"

@@ -1,1 +1,0 @@
-"""Generated protobuf modules (scripts/gen-protos.sh); do not edit by hand."""
