@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class FastPlan(Protocol):
-    """What a version needs of its plan in the native fast path (native/fast_predict.py)."""
+    """What a version needs of its plan in the native fast path (native/plan.py)."""
 
     def block(self) -> None: ...
     def unblock(self) -> None: ...
@@ -110,7 +110,7 @@ class Servable:
         self.tracer: TimelineRecorder | None = None
         #: The imported graph this version runs on (shared by versions of the same SavedModel).
         self.imported: ImportedGraph | None = None
-        #: This version's plan in the native fast path (native/fast_predict.py), once made; and
+        #: This version's plan in the native fast path (native/plan.py), once made; and
         #: whether it was refused one (then it is served by the Python handler only).
         self.fast_plan: FastPlan | None = None
         self.fast_plan_refused = False
