@@ -21,7 +21,7 @@ from seed_model import export_seed_model
 with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.errors import InvalidArgument, NotFound
     from deeprec_runtime.server.rest import tfs as rest_tfs
-    from deeprec_runtime.server.rest.server import parse_json_body
+    from deeprec_runtime.server.rest.routes import parse_json_body
     from deeprec_runtime.server.tfs_grpc import TfsAdapter
 
 import shapes

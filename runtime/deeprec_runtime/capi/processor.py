@@ -20,7 +20,8 @@ from deeprec_runtime.server.grpc_server import parse
 
 if TYPE_CHECKING:
     from deeprec_runtime.model.servable import Servable
-    from deeprec_runtime.native.fast_predict import FastPlan, FastPredict
+    from deeprec_runtime.native.fast_predict import FastPredict
+    from deeprec_runtime.native.plan import FastPlan
 
 log = logging.getLogger(__name__)
 

@@ -105,7 +105,7 @@ class ExternalTables:
 
     def apply_delta(self, step: int, updates: list) -> list:
         """Writes the delta's rows of external tables to the store; returns the updates that stay
-        in the session (dense variables). `updates` is servable.read_delta's plan:
+        in the session (dense variables). `updates` is deltas.read_delta's plan:
         (updater, ("scatter", ids, rows) | ("assign", value))."""
         rows, rest = {}, []
         for updater, args in updates:

@@ -37,15 +37,12 @@ from deeprec_runtime.features import (
     open_feature_store,
 )
 from deeprec_runtime.features.binding import restore_dense, serving_tables
+from deeprec_runtime.model.deltas import _check_shapes, _first_line, _UpdateOps, _VariableUpdater
 from deeprec_runtime.model.load_thread import LoadThread
 from deeprec_runtime.model.servable import (
     SERVE_TAGS,
     Servable,
     SessionOptions,
-    _check_shapes,
-    _first_line,
-    _UpdateOps,
-    _VariableUpdater,
     session_options_from,
 )
 from deeprec_runtime.model.session_group import create_session, place_graph

@@ -506,12 +506,12 @@ def test_random_tf_serving_mutations_get_the_same_answer_with_and_without_the_fa
 
 def test_a_plan_whose_tf_serving_check_fails_leaves_tf_serving_calls_to_python(
         demo, serve, monkeypatch):
-    from deeprec_runtime.native import fast_predict
+    from deeprec_runtime.native.plan import DEEPREC, TFS, FastPlan
 
-    real = fast_predict.FastPlan.predict
-    monkeypatch.setattr(fast_predict.FastPlan, "predict",
-                        lambda self, data, api=fast_predict.DEEPREC, lane=-1, how=0:
-                        None if api == fast_predict.TFS else real(self, data, api, lane, how))
+    real = FastPlan.predict
+    monkeypatch.setattr(FastPlan, "predict",
+                        lambda self, data, api=DEEPREC, lane=-1, how=0:
+                        None if api == TFS else real(self, data, api, lane, how))
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     plan = plan_of(fast)
     assert plan is not None  # DeepRec calls keep their plan

@@ -23,7 +23,7 @@ import pytest
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime import cpus
 from deeprec_runtime.core.handle import ServableHandle
-from deeprec_runtime.native.fast_predict import IN_PLACE, POOLED
+from deeprec_runtime.native.plan import IN_PLACE, POOLED
 from deeprec_runtime.predict import predict
 
 from ..conftest import make_request, output, plan_of

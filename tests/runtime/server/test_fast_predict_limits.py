@@ -23,7 +23,8 @@ import pytest
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import BatchingConfig, parse_model_config
-from deeprec_runtime.native.fast_predict import TFS, FastPlan, FastPredict
+from deeprec_runtime.native.fast_predict import FastPredict
+from deeprec_runtime.native.plan import TFS, FastPlan
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
 
 from ..conftest import output, plan_of, wait_for
