@@ -6,6 +6,11 @@ Redis without a password Secret, a name too long for a Service, a Service expose
 cluster without authentication. Such a spec raises SpecError with the field, a reason (CamelCase,
 it becomes a condition reason) and a message; handlers turn it into a Degraded condition instead
 of retrying. Messages name fields, never credential values.
+
+One module although it is over 400 lines: it is the schema's counterpart, a list of typed fields
+and their cross-field checks (the security half needs the service's type, the store half the
+config's keys), and reading the spec in one place is what keeps each check next to the field it
+guards.
 """
 
 from __future__ import annotations
