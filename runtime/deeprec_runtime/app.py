@@ -256,6 +256,8 @@ class Runtime:
             self.grpc.set_serving(True)
             if self.health:
                 self.health.set_serving(True)
+            if self.http:
+                self.http.set_serving(True)
 
     _stopping = False
 
@@ -264,6 +266,8 @@ class Runtime:
         self.models.stop_updates()  # no delta or new version starts while draining
         if self.health:
             self.health.set_serving(False)
+        if self.http:
+            self.http.set_serving(False)
         self.grpc.drain(grace, quiet)
         if self.health:
             self.health.stop()

@@ -212,3 +212,34 @@ def test_float32_outputs_print_with_float32_precision():
     assert json.dumps(to_json(np.array(0.1, np.float32), "p")) == "0.1"
     assert json.dumps(to_json(np.array([0.1], np.float64), "p")) == "[0.1]"
     assert json.dumps(to_json(np.array([0.5, 1e-3], np.float16), "p")) == "[0.5, 0.001]"
+
+
+def test_health_paths_answer_like_grpc_health(served):
+    for path in ("/healthz", "/readyz", "/v1/health", "/livez"):
+        status, body = http("GET", served.http + path)
+        assert (status, body) == (200, {"status": "SERVING"}), path
+    served.runtime.http.set_serving(False)  # what stop() does before draining
+    try:
+        for path in ("/healthz", "/readyz", "/v1/health"):
+            status, body = http("GET", served.http + path)
+            assert (status, body) == (503, {"status": "NOT_SERVING"}), path
+        assert http("GET", served.http + "/livez")[0] == 200  # the process still answers
+    finally:
+        served.runtime.http.set_serving(True)
+
+
+def test_health_waits_for_a_loaded_version(tmp_path):
+    """No version to load: NOT_SERVING, as gRPC health says."""
+    from deeprec_runtime.app import Runtime
+    from deeprec_runtime.config import parse_model_config
+
+    config = parse_model_config({"savedmodel_dir": str(tmp_path / "missing"),
+                                 "warmup_iterations": 1})
+    runtime = Runtime(config, grpc_port=0, http_port=0, host="127.0.0.1",
+                      annotations_file=str(tmp_path / "no-annotations"))
+    runtime.start()
+    try:
+        status, body = http("GET", f"http://127.0.0.1:{runtime.http_port}/readyz")
+        assert (status, body) == (503, {"status": "NOT_SERVING"})
+    finally:
+        runtime.stop(1.0)

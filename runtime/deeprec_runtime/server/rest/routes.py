@@ -77,6 +77,8 @@ class _App:
         #: Seconds a request's headers and body have to arrive, from its first byte.
         self.read_timeout = read_timeout
         self.security = security
+        #: What /healthz, /readyz and /v1/health answer: SERVING (200) or NOT_SERVING (503).
+        self.serving = False
         #: Inference requests in progress past which more are answered 429 at once (0: no bound).
         self.max_concurrent = max_concurrent
         self._inference_slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None

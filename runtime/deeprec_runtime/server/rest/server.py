@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 from deeprec_runtime.admission import InflightBytes
 from deeprec_runtime.errors import InvalidArgument, ServingError, Unauthenticated
 from deeprec_runtime.models import ModelRegistry
-from deeprec_runtime.security import Security, check_http_auth
+from deeprec_runtime.security import HEALTH_HTTP_PATHS, Security, check_http_auth
 from deeprec_runtime.server.rest.routes import HttpError, _App
 
 if TYPE_CHECKING:
@@ -149,6 +149,14 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and url.path == "/metrics":
             self._send(200, app.metrics.exposition() if app.metrics else b"",
                        app.metrics_content_type)
+            return
+        if method == "GET" and url.path in HEALTH_HTTP_PATHS:
+            # As gRPC health: SERVING once every model has a warmed-up version, NOT_SERVING
+            # (503) before that and while draining. /livez only says the process answers.
+            serving = app.serving or url.path == "/livez"
+            self._send(200 if serving else 503,
+                       json.dumps({"status": "SERVING" if serving else "NOT_SERVING"}).encode(),
+                       "application/json")
             return
         metrics = app.metrics
         started = metrics.begin("rest") if metrics else 0.0
@@ -298,6 +306,10 @@ class RestServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="deeprec-rest",
                                         kwargs={"poll_interval": 0.2}, daemon=True)
         self._thread.start()
+
+    def set_serving(self, serving: bool) -> None:
+        """What the health paths answer (the Runtime sets it with gRPC health's status)."""
+        self._server.app.serving = serving
 
     def stop(self) -> None:
         self._server.shutdown()
