@@ -37,7 +37,8 @@ class InitError(Exception):
 
 
 class ProcessorModel:
-    """One initialize()d model: a Manager (update thread) and a DataPlane, no servers."""
+    """One initialize()d model: a Manager (update thread), the serving version's C++ plan when
+    it has one, and a DataPlane for what the plan declines; no servers."""
 
     def __init__(self, model_entry: str, model_config: str):
         try:
@@ -60,14 +61,14 @@ class ProcessorModel:
     def process(self, data: bytes) -> tuple[int, bytes]:
         if not data:
             return OK, self.describe().encode()
-        plan = self._plan
-        if plan is not None:
-            # None: declined (a closed or blocked plan, a request it does not take): Python
-            # answers it, with the same answer or the error naming what was wrong.
-            answer = plan.predict(data)
-            if answer is not None:
-                return OK, answer
         try:
+            plan = self._plan
+            if plan is not None:
+                # None: declined (a closed or blocked plan, a request it does not take): Python
+                # answers it, with the same answer or the error naming what was wrong.
+                answer = plan.predict(data)
+                if answer is not None:
+                    return OK, answer
             request = _parse_request(data)
             return OK, self.dataplane.predict(request).SerializeToString()
         except ServingError as exc:
