@@ -11,4 +11,6 @@ that uses them.
   writes with 409/500/503.
 - :mod:`tests.support.operator_e2e`: the operator as a subprocess (plain or with fault hooks) and
   reads of what it made on the plane.
+- :mod:`tests.support.history_model`: a SavedModel with two unknown dimensions (request bounds
+  tests, the fuzzers, ``bench/storm_bench.py``).
 """
