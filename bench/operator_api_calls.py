@@ -5,7 +5,7 @@ per minute once they have (watch streams not counted: one per resource kind, not
         [--plane-dir DIR]            # reuse a plane started with `scripts/k8s-plane.sh up DIR`
         [--operator 'CMD ...']       # another operator command line, e.g. an older checkout
 
-The operator runs with the chart's ServiceAccount behind a counting proxy (tests/e2e/apiproxy.py,
+The operator runs with the chart's ServiceAccount behind a counting proxy (tests/support/apiproxy.py,
 no faults injected) in a fresh namespace. kwok's pods run nothing, so every status probe fails the
 same way and the steady state is stable. Prints the figures; not a timed test.
 """
@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deeprec_operator.versions import TARGET_ANNOTATION  # noqa: E402
-from tests.e2e.apiproxy import FaultProxy  # noqa: E402
-from tests.e2e.helpers import Plane, service_account_kubeconfig  # noqa: E402
+from tests.support.apiproxy import FaultProxy  # noqa: E402
+from tests.support.plane import Plane, service_account_kubeconfig  # noqa: E402
 
 CHART = REPO / "helm" / "deeprec-serving"
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from deeprec_operator.kube import Kube, collection_path, load_configuration  # noqa: E402
 from deeprec_operator.versions import TARGET_ANNOTATION  # noqa: E402
-from tests.e2e.helpers import Plane  # noqa: E402
+from tests.support.plane import Plane  # noqa: E402
 
 CRD = REPO / "crds" / "deeprecmodels.serving.deeprec.io.yaml"
 

@@ -5,7 +5,7 @@
       [--max-message-bytes 67108864] [--max-inflight-bytes 1073741824] [--workers N]
 
 One `deeprec-runtime serve` process serves a model with two unknown dimensions
-(tests/fuzz/history_model.py: int64 [-1, -1] -> its row sums, so the model's own memory is
+(tests/support/history_model.py: int64 [-1, -1] -> its row sums, so the model's own memory is
 small and what is measured is the server's handling of the requests). `--concurrency` client
 threads, each on its own connection, send the same request back to back for `--seconds`:
 
@@ -44,7 +44,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from tests.fuzz.history_model import export_history_model  # noqa: E402
+from tests.support.history_model import export_history_model  # noqa: E402
 
 PREDICT = "/deeprec.serving.PredictionService/Predict"
 MIB = 1 << 20

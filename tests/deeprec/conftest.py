@@ -1,12 +1,13 @@
-"""Fixtures: DeepRec models on disk (layout.py) and the runtime fixtures of tests/runtime."""
+"""Fixtures: DeepRec models on disk (layout.py) and the runtime fixtures of tests/support/runtime.py."""
 
 from __future__ import annotations
 
 import pytest
 
-# The runtime fixtures of tests/runtime and a real redis-server (re-exported for pytest).
+# The runtime fixtures of tests/support/runtime.py and a real redis-server (imported here for pytest).
 from features.conftest import redis_server  # noqa: F401
-from runtime.conftest import Client, serve, serve_process  # noqa: F401
+
+from tests.support.runtime import Client, serve, serve_process  # noqa: F401
 
 from . import state as S
 from .layout import EVModel, make_ev_model

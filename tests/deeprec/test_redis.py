@@ -4,7 +4,8 @@ key, ids Redis does not hold answered with DeepRec's defaults, deltas written on
 from __future__ import annotations
 
 import numpy as np
-from runtime.conftest import plan_of, wait_for
+
+from tests.support.runtime import plan_of, wait_for
 
 from . import state as S
 from .conftest import OLD_NO_PERMISSION

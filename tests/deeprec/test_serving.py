@@ -9,9 +9,10 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from runtime.conftest import output, plan_of, wait_for
 from tensorflow_serving.apis import predict_pb2 as tfs_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tests.support.runtime import output, plan_of, wait_for
 
 from . import state as S
 from .conftest import OLD_NO_PERMISSION

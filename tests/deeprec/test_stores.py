@@ -5,7 +5,8 @@ store, within ev_storage_size; the DRAM + SSD tier (12) keeps them on SSD behind
 from __future__ import annotations
 
 import numpy as np
-from runtime.conftest import plan_of, wait_for
+
+from tests.support.runtime import plan_of, wait_for
 
 from . import state as S
 from .layout import make_ev_model

@@ -13,7 +13,7 @@ the command to run; it never skips.
 
 Fixtures
 --------
-``k8s_plane`` (session): a :class:`tests.e2e.helpers.Plane`, started once per test session
+``k8s_plane`` (session): a :class:`tests.support.plane.Plane`, started once per test session
 in a temporary folder and stopped at the end:
 
 - ``k8s_plane.kubeconfig``: admin kubeconfig path (``O=system:masters``).
@@ -40,10 +40,15 @@ namespace's objects and events are added to the report.
 
 ``kubectl``, ``helm``: shorthands for ``k8s_plane.kubectl`` and ``k8s_plane.helm``.
 
-Helpers (``tests/e2e/helpers.py``): ``service_account_kubeconfig(plane, ns, sa, path)``
+Helpers (``tests/support/plane.py``): ``service_account_kubeconfig(plane, ns, sa, path)``
 (run a process with a ServiceAccount's token to prove its RBAC), ``DownwardAPIBridge``
 (keep a local file in step with a pod's annotations, in the kubelet's Downward API format),
 ``format_downward_api``, ``wait_until``.
+
+Operator fixtures (helpers in ``tests/support/operator_e2e.py``): ``installed`` (the chart
+installed for ``namespace``; yields ``(release, ServiceAccount kubeconfig)``), ``operator`` (an
+``Operator`` started with that kubeconfig), ``faulty`` (a ``FaultyOperator``, not started),
+``demo_model`` (module: a demo model written by ``deeprec_runtime.training``, for real runtimes).
 
 Every test collected under ``tests/e2e`` gets the ``e2e`` marker.
 
@@ -70,7 +75,8 @@ _REPO = Path(__file__).resolve().parents[2]
 if str(_REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off sys.path
     sys.path.insert(0, str(_REPO))
 
-from tests.e2e.helpers import (  # noqa: E402
+from tests.support.operator_e2e import CHART, FaultyOperator, Operator  # noqa: E402
+from tests.support.plane import (  # noqa: E402
     CommandError,
     DownwardAPIBridge,
     Plane,
@@ -181,3 +187,50 @@ def namespace(k8s_plane, request) -> str:
                 "\n\n".join(f"--- {c} ---\n{k8s_plane.logs(c)}" for c in dead))
     k8s_plane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found",
                       check=False)
+
+
+@pytest.fixture
+def installed(k8s_plane, namespace, tmp_path):
+    """The chart installed for `namespace`; yields (release, service account kubeconfig)."""
+    release = f"drs-{uuid.uuid4().hex[:8]}"
+    k8s_plane.helm("install", release, str(CHART), "-n", namespace,
+                   "--set", f"watchNamespaces={{{namespace}}}", "--wait", "--timeout", "90s")
+    sa = k8s_plane.kubectl_json("get", "serviceaccount", "-n", namespace,
+                                "-l", f"app.kubernetes.io/instance={release}")["items"]
+    assert len(sa) == 1, "the chart must create exactly one ServiceAccount"
+    kubeconfig = service_account_kubeconfig(k8s_plane, namespace, sa[0]["metadata"]["name"],
+                                            tmp_path / "operator.kubeconfig")
+    yield release, kubeconfig
+    k8s_plane.helm("uninstall", release, "-n", namespace, "--wait", check=False)
+
+
+def _attach_log(request, op: Operator, lines: int) -> None:
+    report = getattr(request.node, "_e2e_report_call", None)
+    if report is not None and report.failed:
+        request.node.add_report_section("teardown", "operator log", op.log(lines))
+
+
+@pytest.fixture
+def operator(k8s_plane, namespace, installed, tmp_path, request):
+    op = Operator(k8s_plane, namespace, installed[1], tmp_path / "operator.log").start()
+    yield op
+    op.stop()
+    _attach_log(request, op, 200)
+
+
+@pytest.fixture
+def faulty(k8s_plane, namespace, installed, tmp_path, request):
+    op = FaultyOperator(k8s_plane, namespace, installed[1], tmp_path / "operator.log")
+    yield op
+    op.stop()
+    _attach_log(request, op, 300)
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory) -> Path:
+    from deeprec_runtime.training import write_demo_model
+
+    base = tmp_path_factory.mktemp("demo-model")
+    write_demo_model(str(base), num_ids=1000, num_full=3, num_deltas=0, hidden=(16,), steps_per_delta=1,
+                     batch_size=32)
+    return base

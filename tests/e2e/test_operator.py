@@ -10,8 +10,6 @@ status reports the runtimes unreachable while everything the operator itself dec
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -24,77 +22,21 @@ import yaml
 from deeprec_operator import resources as r
 from deeprec_operator.spec import parse
 from deeprec_operator.versions import TARGET_ANNOTATION
-from tests.e2e.helpers import service_account_kubeconfig, wait_until
+from tests.support.operator_e2e import (
+    CHART,
+    EXAMPLE,
+    MODEL,
+    condition,
+    fetch,
+    pods_of,
+    running,
+    wait_running,
+)
+from tests.support.plane import wait_until
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "deeprec-serving"
-EXAMPLE = REPO / "examples" / "deeprecmodel.yaml"
-MODEL = "wide-and-deep"
-
-
-class Operator:
-    """`deeprec-operator --namespace NS` as a subprocess, with its log kept for failure reports."""
-
-    def __init__(self, plane, namespace: str, kubeconfig: Path, log_path: Path) -> None:
-        self.plane, self.namespace, self.kubeconfig, self.log_path = plane, namespace, kubeconfig, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, env_extra: dict[str, str] | None = None) -> Operator:
-        env = dict(self.plane.env)
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        env["DEEPREC_OPERATOR_POLL_SECONDS"] = "1"
-        env.update(env_extra or {})
-        exe = Path(sys.executable).parent / "deeprec-operator"
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(exe), "--namespace", self.namespace, "--log-format", "plain"],
-                                     env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self, lines: int = 80) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-@pytest.fixture
-def installed(k8s_plane, namespace, tmp_path):
-    """The chart installed for `namespace`; yields (release, service account kubeconfig)."""
-    release = f"drs-{uuid.uuid4().hex[:8]}"
-    k8s_plane.helm("install", release, str(CHART), "-n", namespace,
-                   "--set", f"watchNamespaces={{{namespace}}}", "--wait", "--timeout", "90s")
-    sa = k8s_plane.kubectl_json("get", "serviceaccount", "-n", namespace,
-                                "-l", f"app.kubernetes.io/instance={release}")["items"]
-    assert len(sa) == 1, "the chart must create exactly one ServiceAccount"
-    kubeconfig = service_account_kubeconfig(k8s_plane, namespace, sa[0]["metadata"]["name"],
-                                            tmp_path / "operator.kubeconfig")
-    yield release, kubeconfig
-    k8s_plane.helm("uninstall", release, "-n", namespace, "--wait", check=False)
-
-
-@pytest.fixture
-def operator(k8s_plane, namespace, installed, tmp_path, request):
-    op = Operator(k8s_plane, namespace, installed[1], tmp_path / "operator.log").start()
-    yield op
-    op.stop()
-    report = getattr(request.node, "_e2e_report_call", None)
-    if report is not None and report.failed:
-        request.node.add_report_section("teardown", "operator log", op.log(200))
 
 
 def _example() -> list[dict[str, Any]]:
@@ -105,53 +47,22 @@ def _model_doc() -> dict[str, Any]:
     return next(d for d in _example() if d["kind"] == "DeepRecModel")
 
 
-def _get(plane, kind, name, ns):
-    return plane.kubectl_json("get", kind, name, "-n", ns)
-
-
-def _pods(plane, ns, name=MODEL):
-    return plane.kubectl_json("get", "pods", "-n", ns, "-l", r.selector_string(name))["items"]
-
-
-def _running(pods):
-    return [
-        p
-        for p in pods
-        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
-    ]
-
-
-def _condition(obj, kind):
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == kind:
-            return c
-    return {}
-
-
-def _wait_running(plane, ns, count, name=MODEL, timeout=60, operator=None):
-    return wait_until(lambda: len(_running(_pods(plane, ns, name))) == count
-                      and len(_pods(plane, ns, name)) == count and _pods(plane, ns, name),
-                      timeout=timeout,
-                      message=lambda: f"{count} Running pods of {name}; operator log:\n"
-                                      f"{operator.log() if operator else ''}")
-
-
 def test_example_becomes_children_that_match_the_spec(k8s_plane, namespace, operator):
     k8s_plane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
     drm = wait_until(
-        lambda: (d := _get(k8s_plane, "drm", MODEL, namespace)).get("status", {}).get("targetVersion") and d,
+        lambda: (d := fetch(k8s_plane, "drm", MODEL, namespace)).get("status", {}).get("targetVersion") and d,
         timeout=30,
         message=lambda: f"status of {MODEL}; log:\n{operator.log()}",
     )
     model = parse(MODEL, namespace, drm["spec"])  # the spec as stored, defaults applied
 
-    cm = _get(k8s_plane, "configmap", r.config_map_name(MODEL), namespace)
+    cm = fetch(k8s_plane, "configmap", r.config_map_name(MODEL), namespace)
     assert cm["data"] == r.config_map(model)["data"]
     config = json.loads(cm["data"]["model_config.json"])
     assert config["model_store_type"] == "oss" and "oss_access_key" not in config
     assert "REPLACE_WITH_ACCESS_KEY" not in json.dumps(cm)
 
-    dep = _get(k8s_plane, "deployment", MODEL, namespace)
+    dep = fetch(k8s_plane, "deployment", MODEL, namespace)
     expected = r.deployment(model)
     assert dep["spec"]["replicas"] == 2
     assert dep["spec"]["selector"] == expected["spec"]["selector"]
@@ -168,7 +79,7 @@ def test_example_becomes_children_that_match_the_spec(k8s_plane, namespace, oper
     assert runtime["readinessProbe"]["grpc"]["port"] == 8500
     assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
-    svc = _get(k8s_plane, "service", MODEL, namespace)
+    svc = fetch(k8s_plane, "service", MODEL, namespace)
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 8500, "http": 8501}
 
     for child in (cm, dep, svc):
@@ -177,15 +88,15 @@ def test_example_becomes_children_that_match_the_spec(k8s_plane, namespace, oper
             ("DeepRecModel", MODEL, drm["metadata"]["uid"])
         ]
 
-    pods = _wait_running(k8s_plane, namespace, 2, operator=operator)
+    pods = wait_running(k8s_plane, namespace, 2, operator=operator)
     qos = {p["status"].get("qosClass") for p in pods}
     assert qos == {"Guaranteed"}
     wait_until(lambda: all(p["metadata"].get("annotations", {}).get(TARGET_ANNOTATION) == "latest"
-                           for p in _pods(k8s_plane, namespace)), timeout=10,
+                           for p in pods_of(k8s_plane, namespace)), timeout=10,
                message="every pod annotated with target latest")
 
     status = wait_until(
-        lambda: (s := _get(k8s_plane, "drm", MODEL, namespace)["status"]).get("readyReplicas") == 2 and s,
+        lambda: (s := fetch(k8s_plane, "drm", MODEL, namespace)["status"]).get("readyReplicas") == 2 and s,
         timeout=30,
         message="status.readyReplicas == 2",
     )
@@ -193,8 +104,8 @@ def test_example_becomes_children_that_match_the_spec(k8s_plane, namespace, oper
     assert status["observedGeneration"] == drm["metadata"]["generation"]
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
     # kwok pods run nothing: the operator must say so rather than claim a served version.
-    assert _condition({"status": status}, "Ready")["reason"] == "RuntimeUnreachable"
-    assert _condition({"status": status}, "Degraded")["status"] == "False"
+    assert condition({"status": status}, "Ready")["reason"] == "RuntimeUnreachable"
+    assert condition({"status": status}, "Degraded")["status"] == "False"
 
     printed = k8s_plane.kubectl("get", "drm", "-n", namespace).stdout
     assert "TARGET" in printed and "latest" in printed
@@ -202,27 +113,27 @@ def test_example_becomes_children_that_match_the_spec(k8s_plane, namespace, oper
 
 def test_rollback_patch_reaches_every_pod_without_restarts(k8s_plane, namespace, operator):
     k8s_plane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
-    pods = _wait_running(k8s_plane, namespace, 2, operator=operator)
+    pods = wait_running(k8s_plane, namespace, 2, operator=operator)
     wait_until(lambda: all(p["metadata"].get("annotations", {}).get(TARGET_ANNOTATION) == "latest"
-                           for p in _pods(k8s_plane, namespace)), timeout=15, message="initial annotations")
+                           for p in pods_of(k8s_plane, namespace)), timeout=15, message="initial annotations")
     uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
-    dep_generation = _get(k8s_plane, "deployment", MODEL, namespace)["metadata"]["generation"]
+    dep_generation = fetch(k8s_plane, "deployment", MODEL, namespace)["metadata"]["generation"]
 
     started = time.monotonic()
     k8s_plane.kubectl("patch", "drm", MODEL, "-n", namespace, "--type", "merge",
                       "-p", '{"spec":{"version":"checkpoint_2"}}')
     wait_until(lambda: all(p["metadata"].get("annotations", {}).get(TARGET_ANNOTATION) == "checkpoint_2"
-                           for p in _pods(k8s_plane, namespace)), timeout=5, interval=0.05,
+                           for p in pods_of(k8s_plane, namespace)), timeout=5, interval=0.05,
                message=lambda: f"checkpoint_2 on every pod within 5 s; log:\n{operator.log()}")
     elapsed = time.monotonic() - started
 
-    after = _pods(k8s_plane, namespace)
+    after = pods_of(k8s_plane, namespace)
     assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in after} == uids, "pods were replaced"
-    assert _get(k8s_plane, "deployment", MODEL, namespace)["metadata"]["generation"] == dep_generation
+    assert fetch(k8s_plane, "deployment", MODEL, namespace)["metadata"]["generation"] == dep_generation
     sys.stderr.write(f"\n[e2e] rollback annotation on 2 pods after {elapsed:.2f}s\n")
 
-    drm = _get(k8s_plane, "drm", MODEL, namespace)
-    status = wait_until(lambda: (s := _get(k8s_plane, "drm", MODEL, namespace)["status"])
+    drm = fetch(k8s_plane, "drm", MODEL, namespace)
+    status = wait_until(lambda: (s := fetch(k8s_plane, "drm", MODEL, namespace)["status"])
                         .get("targetVersion") == "checkpoint_2" and s.get("updatedReplicas") == 2
                         and s.get("observedGeneration") == drm["metadata"]["generation"] and s,
                         timeout=15, message="status converged on checkpoint_2")
@@ -240,9 +151,9 @@ def test_rollback_patch_reaches_every_pod_without_restarts(k8s_plane, namespace,
 
     # Scaling goes through the scale subresource; the new pod gets the pinned target too.
     k8s_plane.kubectl("scale", "drm", MODEL, "-n", namespace, "--replicas", "3")
-    _wait_running(k8s_plane, namespace, 3, operator=operator)
+    wait_running(k8s_plane, namespace, 3, operator=operator)
     wait_until(lambda: all(p["metadata"].get("annotations", {}).get(TARGET_ANNOTATION) == "checkpoint_2"
-                           for p in _pods(k8s_plane, namespace)), timeout=10,
+                           for p in pods_of(k8s_plane, namespace)), timeout=10,
                message="the new pod annotated with checkpoint_2")
 
 
@@ -272,13 +183,13 @@ def test_missing_secret_is_degraded_until_it_appears(k8s_plane, namespace, opera
     k8s_plane.apply(_model_doc(), namespace=namespace)
     status = wait_until(
         lambda: (
-            _condition(_get(k8s_plane, "drm", MODEL, namespace), "Degraded").get("reason") == "SecretNotFound"
-            and _get(k8s_plane, "drm", MODEL, namespace)["status"]
+            condition(fetch(k8s_plane, "drm", MODEL, namespace), "Degraded").get("reason") == "SecretNotFound"
+            and fetch(k8s_plane, "drm", MODEL, namespace)["status"]
         ),
         timeout=30,
         message=lambda: f"Degraded/SecretNotFound; log:\n{operator.log()}",
     )
-    assert "wide-and-deep-oss" in _condition({"status": status}, "Degraded")["message"]
+    assert "wide-and-deep-oss" in condition({"status": status}, "Degraded")["message"]
     assert k8s_plane.kubectl("get", "deployment", MODEL, "-n", namespace, check=False).returncode != 0
     wait_until(lambda: any(e["reason"] == "SecretNotFound" and e["type"] == "Warning"
                            for e in k8s_plane.kubectl_json("get", "events", "-n", namespace)["items"]),
@@ -286,9 +197,9 @@ def test_missing_secret_is_degraded_until_it_appears(k8s_plane, namespace, opera
     assert operator.proc.poll() is None, "the operator must not crash on a semantic error"
 
     k8s_plane.apply(secret, namespace=namespace)
-    _wait_running(k8s_plane, namespace, 2, timeout=60, operator=operator)
+    wait_running(k8s_plane, namespace, 2, timeout=60, operator=operator)
     wait_until(
-        lambda: _condition(_get(k8s_plane, "drm", MODEL, namespace), "Degraded").get("status") == "False",
+        lambda: condition(fetch(k8s_plane, "drm", MODEL, namespace), "Degraded").get("status") == "False",
         timeout=20,
         message="Degraded cleared after the Secret appeared",
     )
@@ -298,7 +209,7 @@ def test_semantic_error_is_degraded_not_retried(k8s_plane, namespace, operator):
     doc = _model_doc()
     doc["spec"]["storage"]["checkpointDir"] = "s3://bucket/ckpt/"
     k8s_plane.apply([d for d in _example() if d["kind"] == "Secret"] + [doc], namespace=namespace)
-    cond = wait_until(lambda: (c := _condition(_get(k8s_plane, "drm", MODEL, namespace), "Degraded"))
+    cond = wait_until(lambda: (c := condition(fetch(k8s_plane, "drm", MODEL, namespace), "Degraded"))
                       .get("reason") == "UnknownStoreType" and c, timeout=30,
                       message=lambda: f"Degraded/UnknownStoreType; log:\n{operator.log()}")
     assert "s3://" in cond["message"]
@@ -306,12 +217,12 @@ def test_semantic_error_is_degraded_not_retried(k8s_plane, namespace, operator):
     # Fixing the spec is enough: the operator reacts to the change.
     k8s_plane.kubectl("patch", "drm", MODEL, "-n", namespace, "--type", "merge",
                       "-p", '{"spec":{"storage":{"checkpointDir":"oss://bucket/ckpt/"}}}')
-    _wait_running(k8s_plane, namespace, 2, operator=operator)
+    wait_running(k8s_plane, namespace, 2, operator=operator)
 
 
 def test_deleting_the_model_removes_every_child(k8s_plane, namespace, operator):
     k8s_plane.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
-    _wait_running(k8s_plane, namespace, 2, operator=operator)
+    wait_running(k8s_plane, namespace, 2, operator=operator)
     k8s_plane.kubectl("delete", "drm", MODEL, "-n", namespace, "--wait=true", "--timeout=30s")
 
     def gone():
@@ -323,7 +234,7 @@ def test_deleting_the_model_removes_every_child(k8s_plane, namespace, operator):
         ):
             if k8s_plane.kubectl("get", kind, name, "-n", namespace, check=False).returncode == 0:
                 left.append(kind)
-        if _pods(k8s_plane, namespace):
+        if pods_of(k8s_plane, namespace):
             left.append("pods")
         return not left
     wait_until(gone, timeout=60, interval=0.5, message="children garbage-collected")
@@ -338,7 +249,7 @@ def test_operator_restart_mid_change_converges_without_duplicates(k8s_plane, nam
         "limits": {"cpu": "1", "memory": "1Gi"},
     }
     k8s_plane.apply(docs, namespace=namespace)
-    _wait_running(k8s_plane, namespace, 2, operator=operator)
+    wait_running(k8s_plane, namespace, 2, operator=operator)
     operator.kill()
 
     # Changes made while no operator runs: a rollback, a scale-up and a config change.
@@ -346,18 +257,18 @@ def test_operator_restart_mid_change_converges_without_duplicates(k8s_plane, nam
                       '{"spec":{"version":"checkpoint_1","replicas":3,"modelConfig":{"omp_num_threads":1}}}')
     time.sleep(1)
     assert all(p["metadata"].get("annotations", {}).get(TARGET_ANNOTATION) == "latest"
-               for p in _pods(k8s_plane, namespace))
+               for p in pods_of(k8s_plane, namespace))
     operator.start()
 
-    drm = _get(k8s_plane, "drm", MODEL, namespace)
-    wait_until(lambda: (s := _get(k8s_plane, "drm", MODEL, namespace).get("status", {}))
+    drm = fetch(k8s_plane, "drm", MODEL, namespace)
+    wait_until(lambda: (s := fetch(k8s_plane, "drm", MODEL, namespace).get("status", {}))
                .get("observedGeneration") == drm["metadata"]["generation"]
                and s.get("targetVersion") == "checkpoint_1", timeout=30,
                message=lambda: f"status after restart; log:\n{operator.log()}")
-    cm = _get(k8s_plane, "configmap", r.config_map_name(MODEL), namespace)
+    cm = fetch(k8s_plane, "configmap", r.config_map_name(MODEL), namespace)
     assert json.loads(cm["data"]["model_config.json"])["omp_num_threads"] == 1
-    pods = wait_until(lambda: (ps := _running(_pods(k8s_plane, namespace))) and len(ps) == 3
-                      and len(_pods(k8s_plane, namespace)) == 3
+    pods = wait_until(lambda: (ps := running(pods_of(k8s_plane, namespace))) and len(ps) == 3
+                      and len(pods_of(k8s_plane, namespace)) == 3
                       and all(p["metadata"].get("annotations", {}).get(TARGET_ANNOTATION) == "checkpoint_1"
                               for p in ps) and ps,
                       timeout=90, message=lambda: f"3 pods on checkpoint_1; log:\n{operator.log()}")
@@ -446,14 +357,14 @@ def test_user_pod_template_gets_the_runtime_as_a_sidecar(k8s_plane, namespace, o
     assert dep["spec"]["template"]["metadata"]["labels"]["team"] == "ranking"
     assert "--grpc-port" in containers[r.RUNTIME_CONTAINER]["args"]
 
-    pods = _wait_running(k8s_plane, namespace, 1, name="with-sidecar", operator=operator)
+    pods = wait_running(k8s_plane, namespace, 1, name="with-sidecar", operator=operator)
     uid = pods[0]["metadata"]["uid"]
     k8s_plane.kubectl("patch", "drm", "with-sidecar", "-n", namespace, "--type", "merge",
                       "-p", '{"spec":{"version":"checkpoint_7"}}')
     wait_until(lambda: [p["metadata"].get("annotations", {}).get(TARGET_ANNOTATION)
-                        for p in _pods(k8s_plane, namespace, "with-sidecar")] == ["checkpoint_7"],
+                        for p in pods_of(k8s_plane, namespace, "with-sidecar")] == ["checkpoint_7"],
                timeout=5, interval=0.05, message="sidecar pod annotated")
-    assert [p["metadata"]["uid"] for p in _pods(k8s_plane, namespace, "with-sidecar")] == [uid]
+    assert [p["metadata"]["uid"] for p in pods_of(k8s_plane, namespace, "with-sidecar")] == [uid]
 
 
 def _get_or_none(plane, kind, name, ns):

@@ -29,86 +29,24 @@ import pytest
 
 from deeprec_operator import resources as r
 from deeprec_operator.versions import TARGET_ANNOTATION
-from tests.e2e.apiproxy import FaultProxy
-from tests.e2e.helpers import DownwardAPIBridge, Plane, service_account_kubeconfig, wait_until
-from tests.e2e.test_operator import Operator, _condition, _get, _pods, _running, installed  # noqa: F401
-from tests.e2e.test_operator_runtime import demo_model  # noqa: F401
-from tests.operator.faulty_kube import ENV as FAULT_ENV
+from tests.support.apiproxy import FaultProxy
+from tests.support.operator_e2e import (
+    DEMO_NAME,
+    FaultyOperator,
+    condition,
+    demo_resource,
+    fetch,
+    pods_of,
+    running,
+    small_model,
+)
+from tests.support.plane import DownwardAPIBridge, Plane, service_account_kubeconfig, wait_until
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 PLANE_SCRIPT = REPO / "scripts" / "k8s-plane.sh"
 #: `deeprec-operator` with its API client wrapped in the fault hooks (same arguments).
 FAULTY_OPERATOR = REPO / "tests" / "operator" / "faulty_kube.py"
-
-
-class FaultyOperator(Operator):
-    """The operator with a fault hook armed (or not) and an optional kubeconfig of its own.
-
-    Run as a script by path, not `python -m`: a module run from the repository root would find
-    the `operator/` folder where Python's `operator` module belongs."""
-
-    def start(self, kill_at: str = "", kubeconfig: Path | None = None, poll_seconds: str = "1",
-              extra_args: tuple[str, ...] = ()) -> FaultyOperator:
-        env = dict(self.plane.env)
-        env["KUBECONFIG"] = str(kubeconfig or self.kubeconfig)
-        env["DEEPREC_OPERATOR_POLL_SECONDS"] = poll_seconds
-        env.pop(FAULT_ENV, None)
-        if kill_at:
-            env[FAULT_ENV] = kill_at
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start (kill at {kill_at or 'nothing'}) =====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(FAULTY_OPERATOR),
-                    "--namespace",
-                    self.namespace,
-                    *extra_args,
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def wait_killed(self, step: str, timeout: float = 30) -> None:
-        try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the operator never reached {step}; log:\n{self.log()}") from None
-        assert rc == -signal.SIGKILL, f"exit {rc} instead of SIGKILL at {step}; log:\n{self.log()}"
-        assert f"SIGKILL at {step.split('@')[0]}" in self.log(20)
-
-
-@pytest.fixture
-def faulty(k8s_plane, namespace, installed, tmp_path, request):  # noqa: F811
-    op = FaultyOperator(k8s_plane, namespace, installed[1], tmp_path / "operator.log")
-    yield op
-    op.stop()
-    report = getattr(request.node, "_e2e_report_call", None)
-    if report is not None and report.failed:
-        request.node.add_report_section("teardown", "operator log", op.log(300))
-
-
-def _model(name: str, *, replicas: int = 2, version: str = "latest", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "serving.deeprec.io/v1alpha1",
-        "kind": "DeepRecModel",
-        "metadata": {"name": name},
-        "spec": {
-            "version": version,
-            "replicas": replicas,
-            "image": "registry.example/deeprec-runtime:e2e",
-            # Small pods: fifty models fit kwok's two 8-core nodes.
-            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
-            "storage": {"storeType": "local", "checkpointDir": "/models/ckpt/",
-                        "savedModelDir": "/models/savedmodel/"},
-            **spec,
-        },
-    }
 
 
 def _children(plane, ns: str, name: str) -> dict[str, int]:
@@ -129,11 +67,11 @@ def _patch(plane, ns: str, name: str, spec: dict[str, Any]) -> None:
 
 def _targets(plane, ns: str, name: str) -> list[str | None]:
     return [p["metadata"].get("annotations", {}).get(TARGET_ANNOTATION)
-            for p in _pods(plane, ns, name) if not p["metadata"].get("deletionTimestamp")]
+            for p in pods_of(plane, ns, name) if not p["metadata"].get("deletionTimestamp")]
 
 
 def _state(plane, ns: str, name: str) -> str:
-    drm = _get(plane, "drm", name, ns)
+    drm = fetch(plane, "drm", name, ns)
     status = {k: v for k, v in (drm.get("status") or {}).items() if k != "conditions"}
     return (f"generation {drm['metadata']['generation']}, status {status}, "
             f"pod targets {_targets(plane, ns, name)}")
@@ -141,13 +79,13 @@ def _state(plane, ns: str, name: str) -> str:
 
 def _converged(plane, ns: str, name: str, *, version: str, replicas: int):
     """Everything the operator decides is in place: children, pods, annotations, status."""
-    drm = _get(plane, "drm", name, ns)
+    drm = fetch(plane, "drm", name, ns)
     status = drm.get("status") or {}
-    pods = _pods(plane, ns, name)
+    pods = pods_of(plane, ns, name)
     return (status.get("observedGeneration") == drm["metadata"]["generation"]
             and status.get("targetVersion") == version
             and status.get("updatedReplicas") == replicas
-            and len(pods) == replicas and len(_running(pods)) == replicas
+            and len(pods) == replicas and len(running(pods)) == replicas
             and all(t == version for t in _targets(plane, ns, name))
             and status)
 
@@ -156,7 +94,7 @@ def test_sigkill_at_each_reconcile_step_then_restart_converges(k8s_plane, namesp
     """One model through a chain of crashes: each restart gets one step further, then dies there."""
     name = "crashy"
     faulty.start(kill_at="configmap-applied")
-    k8s_plane.apply(_model(name, version="checkpoint_1"), namespace=namespace)
+    k8s_plane.apply(small_model(name, version="checkpoint_1"), namespace=namespace)
     faulty.wait_killed("configmap-applied")
     assert _exists(k8s_plane, "configmap", r.config_map_name(name), namespace)
     assert not _exists(k8s_plane, "deployment", name, namespace)
@@ -170,13 +108,13 @@ def test_sigkill_at_each_reconcile_step_then_restart_converges(k8s_plane, namesp
     faulty.wait_killed("service-applied")
     assert _exists(k8s_plane, "service", name, namespace)
     # Pods exist now (the Deployment was applied); the pod watcher may have annotated them.
-    wait_until(lambda: len(_running(_pods(k8s_plane, namespace, name))) == 2, timeout=30,
+    wait_until(lambda: len(running(pods_of(k8s_plane, namespace, name))) == 2, timeout=30,
                message="2 Running pods")
     assert set(_targets(k8s_plane, namespace, name)) <= {None, "checkpoint_1"}
 
     # A decision made while the operator is down: re-pin and scale up.
     _patch(k8s_plane, namespace, name, {"version": "checkpoint_2", "replicas": 3})
-    wait_until(lambda: len(_running(_pods(k8s_plane, namespace, name))) == 2, timeout=10)
+    wait_until(lambda: len(running(pods_of(k8s_plane, namespace, name))) == 2, timeout=10)
 
     # Dies just before the second pod's patch: whatever else landed, that pod is left behind.
     faulty.start(kill_at="pod-annotate@2")
@@ -188,13 +126,13 @@ def test_sigkill_at_each_reconcile_step_then_restart_converges(k8s_plane, namesp
 
     faulty.start(kill_at="status-write")
     faulty.wait_killed("status-write")
-    status = _get(k8s_plane, "drm", name, namespace).get("status") or {}
+    status = fetch(k8s_plane, "drm", name, namespace).get("status") or {}
     assert status.get("observedGeneration") is None, "the status write must not have happened"
 
     _patch(k8s_plane, namespace, name, {"version": "checkpoint_3"})  # another decision while down
     faulty.start(kill_at="status-written")
     faulty.wait_killed("status-written")
-    status = _get(k8s_plane, "drm", name, namespace)["status"]
+    status = fetch(k8s_plane, "drm", name, namespace)["status"]
     assert status["targetVersion"] == "checkpoint_3"
 
     faulty.start()
@@ -205,9 +143,9 @@ def test_sigkill_at_each_reconcile_step_then_restart_converges(k8s_plane, namesp
     )
     assert _children(k8s_plane, namespace, name) == {"configmaps": 1, "deployments": 1, "services": 1,
                                                      "replicasets": 1}
-    dep = _get(k8s_plane, "deployment", name, namespace)
+    dep = fetch(k8s_plane, "deployment", name, namespace)
     assert [o["kind"] for o in dep["metadata"]["ownerReferences"]] == ["DeepRecModel"]
-    assert _condition({"status": status}, "Degraded")["status"] == "False"
+    assert condition({"status": status}, "Degraded")["status"] == "False"
     assert faulty.proc.poll() is None
 
 
@@ -215,11 +153,11 @@ def test_sigkill_mid_rollback_fan_out_keeps_the_decision(k8s_plane, namespace, f
     """A converged model re-pinned while the fan-out is cut: the restart finishes the rollback."""
     name = "rollback"
     faulty.start()
-    k8s_plane.apply(_model(name, replicas=4), namespace=namespace)
+    k8s_plane.apply(small_model(name, replicas=4), namespace=namespace)
     wait_until(lambda: _converged(k8s_plane, namespace, name, version="latest", replicas=4), timeout=40,
                message=lambda: f"initial convergence; log:\n{faulty.log()}")
     faulty.stop()
-    uids = sorted(p["metadata"]["uid"] for p in _pods(k8s_plane, namespace, name))
+    uids = sorted(p["metadata"]["uid"] for p in pods_of(k8s_plane, namespace, name))
 
     faulty.start(kill_at="pod-annotate@2")
     time.sleep(2)  # resume: nothing to patch, so the hook stays quiet until the rollback
@@ -232,7 +170,7 @@ def test_sigkill_mid_rollback_fan_out_keeps_the_decision(k8s_plane, namespace, f
     faulty.start()
     wait_until(lambda: _converged(k8s_plane, namespace, name, version="checkpoint_1", replicas=4), timeout=30,
                message=lambda: f"rollback finished after restart; log:\n{faulty.log()}")
-    assert sorted(p["metadata"]["uid"] for p in _pods(k8s_plane, namespace, name)) == uids, (
+    assert sorted(p["metadata"]["uid"] for p in pods_of(k8s_plane, namespace, name)) == uids, (
         "pods were replaced"
     )
     assert _children(k8s_plane, namespace, name)["replicasets"] == 1
@@ -242,13 +180,13 @@ def test_model_deleted_while_the_operator_is_down_takes_its_children(k8s_plane, 
     """No finalizer holds a model: the garbage collector removes its children without the operator."""
     name = "orphan"
     faulty.start()
-    k8s_plane.apply(_model(name), namespace=namespace)
+    k8s_plane.apply(small_model(name), namespace=namespace)
     wait_until(lambda: _converged(k8s_plane, namespace, name, version="latest", replicas=2), timeout=40,
                message=lambda: f"initial convergence; log:\n{faulty.log()}")
     # A model that still carries kopf's finalizer (timers used to add it) loses it.
     _patch_meta = '{"metadata":{"finalizers":["kopf.zalando.org/KopfFinalizerMarker"]}}'
     k8s_plane.kubectl("patch", "drm", name, "-n", namespace, "--type", "merge", "-p", _patch_meta)
-    wait_until(lambda: not _get(k8s_plane, "drm", name, namespace)["metadata"].get("finalizers"), timeout=15,
+    wait_until(lambda: not fetch(k8s_plane, "drm", name, namespace)["metadata"].get("finalizers"), timeout=15,
                message=lambda: f"kopf's finalizer removed; log:\n{faulty.log()}")
     faulty.kill()
 
@@ -297,7 +235,7 @@ def test_apiserver_restart_during_watch(private_plane, tmp_path, request):
     )
     op = FaultyOperator(plane, ns, kubeconfig, tmp_path / "operator.log").start()
     try:
-        plane.apply(_model(name), namespace=ns)
+        plane.apply(small_model(name), namespace=ns)
         wait_until(lambda: _converged(plane, ns, name, version="latest", replicas=2), timeout=40,
                    message=lambda: f"initial convergence; log:\n{op.log()}")
 
@@ -309,9 +247,9 @@ def test_apiserver_restart_during_watch(private_plane, tmp_path, request):
         _patch(plane, ns, name, {"version": "checkpoint_7", "replicas": 3})
 
         def operator_done():
-            drm = _get(plane, "drm", name, ns)
+            drm = fetch(plane, "drm", name, ns)
             status = drm.get("status") or {}
-            dep = _get(plane, "deployment", name, ns)
+            dep = fetch(plane, "deployment", name, ns)
             return (status.get("observedGeneration") == drm["metadata"]["generation"]
                     and status.get("targetVersion") == "checkpoint_7" and dep["spec"]["replicas"] == 3
                     and set(_targets(plane, ns, name)) == {"checkpoint_7"})
@@ -336,7 +274,7 @@ def test_apiserver_restart_during_watch(private_plane, tmp_path, request):
             "the outage was too short for the operator to notice")
         plane.kubectl("patch", "drm", name, "-n", ns, "--subresource=status", "--type", "merge",
                       "-p", '{"status":{"readyReplicas":0}}')
-        wait_until(lambda: (_get(plane, "drm", name, ns).get("status") or {}).get("readyReplicas", 0) > 0,
+        wait_until(lambda: (fetch(plane, "drm", name, ns).get("status") or {}).get("readyReplicas", 0) > 0,
                    timeout=10, message=lambda: f"the resync repairing the status; log:\n{op.log()}")
     except BaseException:
         request.node.add_report_section("call", "operator log", op.log(200))
@@ -345,7 +283,7 @@ def test_apiserver_restart_during_watch(private_plane, tmp_path, request):
         op.stop()
 
 
-def test_fifty_models_converge_through_injected_conflicts_and_server_errors(k8s_plane, namespace, installed,  # noqa: F811
+def test_fifty_models_converge_through_injected_conflicts_and_server_errors(k8s_plane, namespace, installed,
                                                                           faulty, tmp_path):
     count = 50
     names = [f"m{i:02d}" for i in range(count)]
@@ -353,7 +291,7 @@ def test_fifty_models_converge_through_injected_conflicts_and_server_errors(k8s_
         faulty.start(kubeconfig=proxy.kubeconfig(installed[1], tmp_path / "proxied.kubeconfig"),
                      poll_seconds="3")
         started = time.monotonic()
-        k8s_plane.apply([_model(n, replicas=1) for n in names], namespace=namespace)
+        k8s_plane.apply([small_model(n, replicas=1) for n in names], namespace=namespace)
 
         def lagging(version: str, subset: list[str]) -> list[str]:
             """The models of `subset` not yet converged on `version`, each with what is missing."""
@@ -430,16 +368,16 @@ def test_fifty_models_converge_through_injected_conflicts_and_server_errors(k8s_
 
 def _bad_models() -> dict[str, tuple[dict[str, Any], str, str]]:
     """name -> (model, Degraded reason, a phrase the message must contain)."""
-    secret_without_key = _model("nokey", storage={
+    secret_without_key = small_model("nokey", storage={
         "storeType": "oss", "checkpointDir": "oss://b/ckpt/", "savedModelDir": "oss://b/sm/",
         "ossEndpoint": "oss.example", "credentialsSecretRef": {"name": "creds-without-key"}})
-    conflicting = _model("conflict", modelConfig={"model_store_type": "hdfs"})
-    redis = _model("redis", modelConfig={"feature_store_type": "redis"},
+    conflicting = small_model("conflict", modelConfig={"model_store_type": "hdfs"})
+    redis = small_model("redis", modelConfig={"feature_store_type": "redis"},
                    featureStore={"redisUrl": "redis://redis.example:6379"})
-    reserved = _model(
+    reserved = small_model(
         "reserved", podTemplate={"spec": {"containers": [{"name": "deeprec-runtime", "image": "x"}]}}
     )
-    rejected = _model(
+    rejected = small_model(
         "rejected", podTemplate={"spec": {"containers": [{"name": "Not_A_DNS_Label", "image": "x"}]}}
     )
     return {
@@ -459,7 +397,7 @@ def test_semantic_errors_are_degraded_with_an_event_and_no_crash_loop(k8s_plane,
     k8s_plane.apply([model for model, _, _ in bad.values()], namespace=namespace)
 
     def degraded(name: str) -> dict[str, Any]:
-        return _condition(_get(k8s_plane, "drm", name, namespace), "Degraded")
+        return condition(fetch(k8s_plane, "drm", name, namespace), "Degraded")
 
     for name, (_, reason, phrase) in bad.items():
         cond = wait_until(lambda n=name, r_=reason: (c := degraded(n)).get("reason") == r_ and c, timeout=30,
@@ -491,20 +429,18 @@ def test_semantic_errors_are_degraded_with_an_event_and_no_crash_loop(k8s_plane,
                message=lambda: f"conflict recovered: {degraded('conflict')}")
 
 
-def test_pinned_version_that_does_not_exist_is_degraded(k8s_plane, namespace, faulty, demo_model,  # noqa: F811
+def test_pinned_version_that_does_not_exist_is_degraded(k8s_plane, namespace, faulty, demo_model,
                                                          tmp_path):
     """The runtime keeps serving and reports the missing version; the operator turns it into Degraded."""
-    from tests.e2e.test_operator_runtime import NAME
-    from tests.e2e.test_operator_runtime import _model as runtime_model
-
-    model = runtime_model(demo_model)
+    model = demo_resource(demo_model)
     model["spec"]["replicas"] = 1
     faulty.start()
     k8s_plane.apply(model, namespace=namespace)
-    pod = wait_until(lambda: (ps := _running(_pods(k8s_plane, namespace, NAME))) and ps[0], timeout=30,
+    pod = wait_until(lambda: (ps := running(pods_of(k8s_plane, namespace, DEMO_NAME))) and ps[0], timeout=30,
                      message=lambda: f"a Running pod; log:\n{faulty.log()}")
     config = tmp_path / "model_config.json"
-    config.write_text(_get(k8s_plane, "configmap", r.config_map_name(NAME), namespace)["data"][r.CONFIG_FILE])
+    config_map = fetch(k8s_plane, "configmap", r.config_map_name(DEMO_NAME), namespace)
+    config.write_text(config_map["data"][r.CONFIG_FILE])
     annotations = tmp_path / "annotations"
     log_path = tmp_path / "runtime.log"
     with DownwardAPIBridge(k8s_plane.kubeconfig, namespace, pod["metadata"]["name"], annotations), \
@@ -530,21 +466,21 @@ def test_pinned_version_that_does_not_exist_is_degraded(k8s_plane, namespace, fa
         )
         try:
             def status() -> dict[str, Any]:
-                return _get(k8s_plane, "drm", NAME, namespace).get("status") or {}
+                return fetch(k8s_plane, "drm", DEMO_NAME, namespace).get("status") or {}
 
             def logs() -> str:
                 return f"{log_path.read_text(errors='replace')[-2000:]}\n--- operator ---\n{faulty.log(30)}"
 
             wait_until(lambda: status().get("activeVersion") == "checkpoint_3", timeout=180, interval=0.5,
                        message=lambda: f"the runtime serving checkpoint_3\n{logs()}")
-            _patch(k8s_plane, namespace, NAME, {"version": "checkpoint_99"})
-            cond = wait_until(lambda: (c := _condition({"status": status()}, "Degraded")).get("reason")
+            _patch(k8s_plane, namespace, DEMO_NAME, {"version": "checkpoint_99"})
+            cond = wait_until(lambda: (c := condition({"status": status()}, "Degraded")).get("reason")
                               == "UpdateFailed" and c, timeout=60, interval=0.5,
                               message=lambda: f"Degraded/UpdateFailed: {status()}\n{logs()}")
             assert "checkpoint_99" in cond["message"] and "does not exist" in cond["message"], cond
             assert status()["activeVersion"] == "checkpoint_3", "the runtime must keep serving what it has"
             events = k8s_plane.kubectl_json("get", "events", "-n", namespace, "--field-selector",
-                                            f"involvedObject.name={NAME},type=Warning")["items"]
+                                            f"involvedObject.name={DEMO_NAME},type=Warning")["items"]
             assert [e["reason"] for e in events].count("UpdateFailed") == 1, events
             assert faulty.proc.poll() is None and runtime.poll() is None, logs()
         finally:

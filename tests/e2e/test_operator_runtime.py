@@ -16,46 +16,27 @@ from pathlib import Path
 import pytest
 
 from deeprec_operator import resources as r
-from tests.e2e.helpers import DownwardAPIBridge, wait_until
-from tests.e2e.test_operator import _condition, _get, _pods, _wait_running, installed, operator  # noqa: F401
+from tests.support.operator_e2e import (
+    DEMO_NAME,
+    condition,
+    demo_resource,
+    fetch,
+    pods_of,
+    wait_running,
+)
+from tests.support.plane import DownwardAPIBridge, wait_until
 
 pytestmark = pytest.mark.e2e
-NAME = "demo"
 
 
-@pytest.fixture(scope="module")
-def demo_model(tmp_path_factory) -> Path:
-    from deeprec_runtime.training import write_demo_model
-
-    base = tmp_path_factory.mktemp("demo-model")
-    write_demo_model(str(base), num_ids=1000, num_full=3, num_deltas=0, hidden=(16,), steps_per_delta=1,
-                     batch_size=32)
-    return base
-
-
-def _model(base: Path) -> dict:
-    return {
-        "apiVersion": "serving.deeprec.io/v1alpha1",
-        "kind": "DeepRecModel",
-        "metadata": {"name": NAME},
-        "spec": {
-            "replicas": 2,
-            "image": "registry.example/deeprec-runtime:e2e",
-            "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
-            "storage": {"storeType": "local", "checkpointDir": str(base / "checkpoints"),
-                        "savedModelDir": str(base / "saved_model")},
-            "modelConfig": {"update_poll_seconds": 0.2, "warmup_iterations": 0},
-        },
-    }
-
-
-def test_status_reports_what_real_runtimes_serve_through_a_rollback(k8s_plane, namespace, operator,  # noqa: F811
+def test_status_reports_what_real_runtimes_serve_through_a_rollback(k8s_plane, namespace, operator,
                                                                     demo_model, tmp_path):
-    k8s_plane.apply(_model(demo_model), namespace=namespace)
-    pods = _wait_running(k8s_plane, namespace, 2, name=NAME, operator=operator)
+    k8s_plane.apply(demo_resource(demo_model), namespace=namespace)
+    pods = wait_running(k8s_plane, namespace, 2, name=DEMO_NAME, operator=operator)
     uids = sorted(p["metadata"]["uid"] for p in pods)
     config = tmp_path / "model_config.json"
-    config.write_text(_get(k8s_plane, "configmap", r.config_map_name(NAME), namespace)["data"][r.CONFIG_FILE])
+    config_map = fetch(k8s_plane, "configmap", r.config_map_name(DEMO_NAME), namespace)
+    config.write_text(config_map["data"][r.CONFIG_FILE])
 
     bridges, runtimes = [], []
     try:
@@ -76,22 +57,22 @@ def test_status_reports_what_real_runtimes_serve_through_a_rollback(k8s_plane, n
                              for p in pods) + "\n--- operator ---\n" + operator.log(30)
 
         def status_is(active: str, target: str):
-            s = _get(k8s_plane, "drm", NAME, namespace).get("status") or {}
-            ready = _condition({"status": s}, "Ready")
+            s = fetch(k8s_plane, "drm", DEMO_NAME, namespace).get("status") or {}
+            ready = condition({"status": s}, "Ready")
             return (s.get("activeVersion") == active and s.get("targetVersion") == target
                     and s.get("versions") == [{"name": active, "replicas": 2}]
                     and ready.get("status") == "True" and s)
 
         status = wait_until(lambda: status_is("checkpoint_3", "latest"), timeout=180, interval=0.5,
                             message=lambda: f"both runtimes serving checkpoint_3 in status\n{logs()}")
-        assert _condition({"status": status}, "Degraded")["status"] == "False"
+        assert condition({"status": status}, "Degraded")["status"] == "False"
 
-        k8s_plane.kubectl("patch", "drm", NAME, "-n", namespace, "--type", "merge",
+        k8s_plane.kubectl("patch", "drm", DEMO_NAME, "-n", namespace, "--type", "merge",
                           "-p", '{"spec":{"version":"checkpoint_1"}}')
         status = wait_until(lambda: status_is("checkpoint_1", "checkpoint_1"), timeout=60, interval=0.3,
                             message=lambda: f"both runtimes rolled back to checkpoint_1 in status\n{logs()}")
-        assert _condition({"status": status}, "Progressing")["reason"] == "Stable"
-        assert sorted(p["metadata"]["uid"] for p in _pods(k8s_plane, namespace, NAME)) == uids
+        assert condition({"status": status}, "Progressing")["reason"] == "Stable"
+        assert sorted(p["metadata"]["uid"] for p in pods_of(k8s_plane, namespace, DEMO_NAME)) == uids
         assert all(proc.poll() is None for proc in runtimes), logs()
     finally:
         for proc in runtimes:

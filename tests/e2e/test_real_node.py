@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from deeprec_operator.versions import TARGET_ANNOTATION
-from tests.e2e.helpers import Plane, wait_until
+from tests.support.plane import Plane, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -31,10 +31,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deeprec_api import predict_pb2
 from deeprec_operator import resources as r
-from tests.e2e.helpers import DownwardAPIBridge, standin_args, wait_until, write_pod_volumes
-from tests.e2e.test_operator import Operator, _condition, _get, _pods, _running, installed  # noqa: F401
-from tests.e2e.test_operator_runtime import demo_model  # noqa: F401
 from tests.operator.pki import CA
+from tests.support.operator_e2e import (
+    Operator,
+    condition,
+    fetch,
+    pods_of,
+    running,
+)
+from tests.support.plane import DownwardAPIBridge, standin_args, wait_until, write_pod_volumes
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +49,7 @@ PREDICT = "/deeprec.serving.PredictionService/Predict"
 
 
 @pytest.fixture
-def operator(k8s_plane, namespace, installed, tmp_path, request):  # noqa: F811
+def operator(k8s_plane, namespace, installed, tmp_path, request):
     """The operator told where it 'runs' (the chart's namespace and pod labels), as the chart's
     Deployment tells it, so its NetworkPolicies admit it."""
     release, kubeconfig = installed
@@ -139,7 +144,7 @@ def _call(address: str, method: str, *, ca: bytes | None, server_name: str = "",
 
 
 @pytest.mark.parametrize("mode", ["tls-generated-token", "mutual-tls-token-secret"])
-def test_secured_model_is_served_and_probed_over_tls_with_a_token(k8s_plane, namespace, operator, demo_model,  # noqa: F811
+def test_secured_model_is_served_and_probed_over_tls_with_a_token(k8s_plane, namespace, operator, demo_model,
                                                                  tmp_path, mode):
     name, mutual = "secured", mode.startswith("mutual")
     server_name = f"{name}.{namespace}.svc"
@@ -167,14 +172,14 @@ def test_secured_model_is_served_and_probed_over_tls_with_a_token(k8s_plane, nam
                     "savedModelDir": str(demo_model / "saved_model")},
         "modelConfig": {"update_poll_seconds": 0.2, "warmup_iterations": 0}})
     k8s_plane.apply([*secrets, model], namespace=namespace)
-    pods = wait_until(lambda: (ps := _running(_pods(k8s_plane, namespace, name))) and len(ps) == 2 and ps,
+    pods = wait_until(lambda: (ps := running(pods_of(k8s_plane, namespace, name))) and len(ps) == 2 and ps,
                       timeout=60, message=lambda: f"2 Running pods; operator log:\n{operator.log()}")
-    drm = _get(k8s_plane, "drm", name, namespace)
+    drm = fetch(k8s_plane, "drm", name, namespace)
     uid = drm["metadata"]["uid"]
 
     # The token: generated into a Secret the model controls, or the user's own.
     token_secret = "callers" if mutual else f"{name}-auth-token"
-    secret = _get(k8s_plane, "secret", token_secret, namespace)
+    secret = fetch(k8s_plane, "secret", token_secret, namespace)
     token = base64.b64decode(secret["data"]["token"]).decode().split()[0]
     if not mutual:
         (owner,) = secret["metadata"]["ownerReferences"]
@@ -185,7 +190,7 @@ def test_secured_model_is_served_and_probed_over_tls_with_a_token(k8s_plane, nam
 
     # The NetworkPolicy: owned, the pods selected, ingress from the ranker pods and the operator.
     # (This plane has no network plugin, so it is checked as an object, not enforced.)
-    policy = _get(k8s_plane, "networkpolicy", name, namespace)
+    policy = fetch(k8s_plane, "networkpolicy", name, namespace)
     assert policy["metadata"]["ownerReferences"][0]["uid"] == uid
     assert policy["spec"]["podSelector"] == {"matchLabels": r.selector_labels(name)}
     (rule,) = policy["spec"]["ingress"]
@@ -195,15 +200,15 @@ def test_secured_model_is_served_and_probed_over_tls_with_a_token(k8s_plane, nam
 
     with _standins(k8s_plane, namespace, pods, tmp_path) as logs:
         def status_serving():
-            s = _get(k8s_plane, "drm", name, namespace).get("status") or {}
+            s = fetch(k8s_plane, "drm", name, namespace).get("status") or {}
             return (s.get("activeVersion") == "checkpoint_3" and s.get("versions") == [
-                {"name": "checkpoint_3", "replicas": 2}] and _condition({"status": s}, "Ready").get("status")
+                {"name": "checkpoint_3", "replicas": 2}] and condition({"status": s}, "Ready").get("status")
                 == "True" and s)
 
         status = wait_until(status_serving, timeout=180, interval=0.5,
                             message=lambda: f"status through the secured probe\n{logs()}\n--- operator ---\n"
-                                            f"{operator.log(40)}\n{_get(k8s_plane, 'drm', name, namespace)}")
-        assert _condition({"status": status}, "Degraded")["status"] == "False"
+                                            f"{operator.log(40)}\n{fetch(k8s_plane, 'drm', name, namespace)}")
+        assert condition({"status": status}, "Degraded")["status"] == "False"
 
         address = f"{pods[0]['status']['podIP']}:{r.GRPC_PORT}"
         client = caller if mutual else None
@@ -252,7 +257,7 @@ def test_secured_model_is_served_and_probed_over_tls_with_a_token(k8s_plane, nam
 def test_load_balancer_without_authentication_is_refused_until_intended(k8s_plane, namespace, operator):
     k8s_plane.apply(_model("exposed", {"service": {"type": "LoadBalancer"}}), namespace=namespace)
     cond = wait_until(
-        lambda: (c := _condition(_get(k8s_plane, "drm", "exposed", namespace), "Degraded")).get("reason")
+        lambda: (c := condition(fetch(k8s_plane, "drm", "exposed", namespace), "Degraded")).get("reason")
         == "InsecureExposure" and c,
         timeout=30, message=lambda: f"Degraded/InsecureExposure; log:\n{operator.log()}")
     assert cond["status"] == "True"
@@ -270,7 +275,7 @@ def test_load_balancer_without_authentication_is_refused_until_intended(k8s_plan
     svc = wait_until(lambda: _get_or_none(k8s_plane, "service", "exposed", namespace), timeout=30,
                      message=lambda: f"the Service once the exposure is intended; log:\n{operator.log()}")
     assert svc["spec"]["type"] == "LoadBalancer"
-    wait_until(lambda: _condition(_get(k8s_plane, "drm", "exposed", namespace), "Degraded").get("status")
+    wait_until(lambda: condition(fetch(k8s_plane, "drm", "exposed", namespace), "Degraded").get("status")
                == "False", timeout=20, message="Degraded cleared")
 
 
@@ -278,7 +283,7 @@ def test_load_balancer_without_authentication_is_refused_until_intended(k8s_plan
 @pytest.mark.parametrize("url", ["redis://:pw-6d1f0b@redis.example:6379",
                                  "default:pw-6d1f0b@redis.example:6379",
                                  "redis://redis.example:6379/0?password=pw-6d1f0b"])
-def test_redis_url_with_a_password_is_refused_by_the_api_server(k8s_plane, namespace, installed,  # noqa: F811
+def test_redis_url_with_a_password_is_refused_by_the_api_server(k8s_plane, namespace, installed,
                                                                where, url):
     section, key = where.split(".")
     spec: dict[str, Any] = {"modelConfig": {"feature_store_type": "redis"},
@@ -301,10 +306,10 @@ def test_unowned_configmap_of_the_childs_name_is_left_untouched(k8s_plane, names
               "metadata": {"name": r.config_map_name("taken"), "labels": {"owner": "someone-else"}},
               "data": {"model_config.json": '{"not": "yours"}'}}
     k8s_plane.apply(theirs, namespace=namespace)
-    before = _get(k8s_plane, "configmap", r.config_map_name("taken"), namespace)
+    before = fetch(k8s_plane, "configmap", r.config_map_name("taken"), namespace)
     k8s_plane.apply(_model("taken", {}), namespace=namespace)
     cond = wait_until(
-        lambda: (c := _condition(_get(k8s_plane, "drm", "taken", namespace), "Degraded")).get("reason")
+        lambda: (c := condition(fetch(k8s_plane, "drm", "taken", namespace), "Degraded")).get("reason")
         == "ChildConflict" and c,
         timeout=30, message=lambda: f"Degraded/ChildConflict; log:\n{operator.log()}")
     assert f"ConfigMap {r.config_map_name('taken')}" in cond["message"]
@@ -312,7 +317,7 @@ def test_unowned_configmap_of_the_childs_name_is_left_untouched(k8s_plane, names
                            and r.config_map_name("taken") in e["message"]
                            for e in _events(k8s_plane, namespace, "taken")),
                timeout=10, message="a ChildConflict warning Event naming the ConfigMap")
-    after = _get(k8s_plane, "configmap", r.config_map_name("taken"), namespace)
+    after = fetch(k8s_plane, "configmap", r.config_map_name("taken"), namespace)
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert after["data"] == theirs["data"] and "ownerReferences" not in after["metadata"]
     assert all(f["manager"] != "deeprec-operator" for f in after["metadata"].get("managedFields") or [])
@@ -322,11 +327,11 @@ def test_unowned_configmap_of_the_childs_name_is_left_untouched(k8s_plane, names
     k8s_plane.kubectl("delete", "configmap", r.config_map_name("taken"), "-n", namespace)
     wait_until(lambda: _get_or_none(k8s_plane, "deployment", "taken", namespace), timeout=40, interval=0.5,
                message=lambda: f"the Deployment after the conflict cleared; log:\n{operator.log()}")
-    cm = _get(k8s_plane, "configmap", r.config_map_name("taken"), namespace)
+    cm = fetch(k8s_plane, "configmap", r.config_map_name("taken"), namespace)
     assert cm["metadata"]["ownerReferences"][0]["name"] == "taken"
 
 
-def test_secured_example_is_accepted_by_the_api_server(k8s_plane, namespace, installed):  # noqa: F811
+def test_secured_example_is_accepted_by_the_api_server(k8s_plane, namespace, installed):
     out = k8s_plane.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(SECURED_EXAMPLE),
                             "-o", "json").stdout
     kinds = [item["kind"] for item in json.loads(out)["items"]]

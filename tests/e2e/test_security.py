@@ -20,19 +20,23 @@ import json
 import re
 import secrets
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from deeprec_operator import resources as r
-from tests.e2e.helpers import wait_until
-from tests.e2e.test_operator import _get, _pods, _running, installed  # noqa: F401
-from tests.e2e.test_operator_faults import FaultyOperator, _model
+from tests.support.operator_e2e import (
+    CHART,
+    FaultyOperator,
+    fetch,
+    pods_of,
+    running,
+    small_model,
+)
+from tests.support.plane import wait_until
 
 pytestmark = pytest.mark.e2e
-CHART = Path(__file__).resolve().parents[2] / "helm" / "deeprec-serving"
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -52,7 +56,7 @@ def _can_i_list(plane, sa: str, namespace: str) -> list[dict[str, Any]]:
     return rows
 
 
-def test_operator_service_account_is_least_privilege(k8s_plane, namespace, installed):  # noqa: F811
+def test_operator_service_account_is_least_privilege(k8s_plane, namespace, installed):
     release, _ = installed
     sa = f"system:serviceaccount:{namespace}:{release}-deeprec-serving"
     rows = _can_i_list(k8s_plane, sa, namespace)
@@ -132,23 +136,23 @@ def test_rendered_chart_rbac_and_pod_are_hardened(k8s_plane):
             assert not any("secrets" in rule["resources"] for rule in cluster_rules), cluster_rules
 
 
-def test_operator_and_runtime_pods_are_hardened(k8s_plane, namespace, installed, tmp_path):  # noqa: F811
+def test_operator_and_runtime_pods_are_hardened(k8s_plane, namespace, installed, tmp_path):
     release, kubeconfig = installed
-    op_dep = _get(k8s_plane, "deployment", f"{release}-deeprec-serving", namespace)
+    op_dep = fetch(k8s_plane, "deployment", f"{release}-deeprec-serving", namespace)
     op_pod = op_dep["spec"]["template"]["spec"]
     _hardened(op_pod["containers"][0], op_pod, "installed operator container")
 
     op = FaultyOperator(k8s_plane, namespace, kubeconfig, tmp_path / "operator.log").start()
     try:
-        k8s_plane.apply(_model("hardened"), namespace=namespace)
+        k8s_plane.apply(small_model("hardened"), namespace=namespace)
         pods = wait_until(
-            lambda: (ps := _running(_pods(k8s_plane, namespace, "hardened"))) and len(ps) == 2 and ps,
+            lambda: (ps := running(pods_of(k8s_plane, namespace, "hardened"))) and len(ps) == 2 and ps,
             timeout=40,
             message=lambda: f"2 runtime pods; log:\n{op.log()}",
         )
     finally:
         op.stop()
-    dep = _get(k8s_plane, "deployment", "hardened", namespace)
+    dep = fetch(k8s_plane, "deployment", "hardened", namespace)
     spec = dep["spec"]["template"]["spec"]
     runtime = next(c for c in spec["containers"] if c["name"] == r.RUNTIME_CONTAINER)
     _hardened(runtime, spec, "runtime container (Deployment)")
@@ -163,7 +167,7 @@ def test_operator_and_runtime_pods_are_hardened(k8s_plane, namespace, installed,
                        for m in c.get("volumeMounts") or []), "a ServiceAccount token is mounted"
 
 
-def test_secret_values_never_leave_the_secret(k8s_plane, namespace, installed, tmp_path):  # noqa: F811
+def test_secret_values_never_leave_the_secret(k8s_plane, namespace, installed, tmp_path):
     values = {key: f"{key.upper()}-{secrets.token_hex(12)}"
               for key in ("oss_access_id", "oss_access_key", "redis_password")}
     k8s_plane.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "model-creds"},
@@ -173,32 +177,32 @@ def test_secret_values_never_leave_the_secret(k8s_plane, namespace, installed, t
                      "stringData": {f"not_{k}": v for k, v in values.items()}}, namespace=namespace)
     storage = {"storeType": "oss", "checkpointDir": "oss://b/ckpt/", "savedModelDir": "oss://b/sm/",
                "ossEndpoint": "oss.example"}
-    good = _model("secure", storage={**storage, "credentialsSecretRef": {"name": "model-creds"}},
+    good = small_model("secure", storage={**storage, "credentialsSecretRef": {"name": "model-creds"}},
                   modelConfig={"feature_store_type": "redis"},
                   featureStore={"redisUrl": "redis://redis.example:6379",
                                 "passwordSecretRef": {"name": "model-creds"}})
-    broken = _model("broken", storage={**storage, "credentialsSecretRef": {"name": "wrong-keys"}})
+    broken = small_model("broken", storage={**storage, "credentialsSecretRef": {"name": "wrong-keys"}})
 
     op = FaultyOperator(k8s_plane, namespace, installed[1], tmp_path / "operator.log")
     op.start(extra_args=("--verbose",))  # debug logging: kopf logs patches and bodies
     try:
         k8s_plane.apply([good, broken], namespace=namespace)
-        wait_until(lambda: len(_running(_pods(k8s_plane, namespace, "secure"))) == 2, timeout=40,
+        wait_until(lambda: len(running(pods_of(k8s_plane, namespace, "secure"))) == 2, timeout=40,
                    message=lambda: f"secure's pods; log:\n{op.log()}")
         wait_until(
-            lambda: (_get(k8s_plane, "drm", "broken", namespace).get("status") or {}).get("conditions"),
+            lambda: (fetch(k8s_plane, "drm", "broken", namespace).get("status") or {}).get("conditions"),
             timeout=30,
             message="broken's status",
         )
         wait_until(
-            lambda: (_get(k8s_plane, "drm", "secure", namespace).get("status") or {}).get("readyReplicas"),
+            lambda: (fetch(k8s_plane, "drm", "secure", namespace).get("status") or {}).get("readyReplicas"),
             timeout=30,
             message="secure's status",
         )
     finally:
         op.stop()
     # A credential in the resource itself is refused by the API server without echoing it.
-    leaked = _model("inline", modelConfig={"oss_access_key": values["oss_access_key"]})
+    leaked = small_model("inline", modelConfig={"oss_access_key": values["oss_access_key"]})
     refused = k8s_plane.kubectl(
         "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(leaked), check=False
     )
@@ -221,14 +225,14 @@ def test_secret_values_never_leave_the_secret(k8s_plane, namespace, installed, t
             assert value not in text, f"the value of {key} leaked into the {where}"
 
 
-def test_secret_create_cannot_mint_service_account_tokens(k8s_plane, namespace, installed):  # noqa: F811
+def test_secret_create_cannot_mint_service_account_tokens(k8s_plane, namespace, installed):
     """RBAC cannot limit create by type; the chart's ValidatingAdmissionPolicy does: acting as the
     operator's ServiceAccount, a ServiceAccount token Secret and an unowned Secret are refused,
     while a Secret controlled by a DeepRecModel (what the operator makes) is admitted."""
     release, _ = installed
     sa = f"system:serviceaccount:{namespace}:{release}-deeprec-serving"
-    k8s_plane.apply(_model("owner"), namespace=namespace)
-    owner = _get(k8s_plane, "drm", "owner", namespace)
+    k8s_plane.apply(small_model("owner"), namespace=namespace)
+    owner = fetch(k8s_plane, "drm", "owner", namespace)
     owned = {"apiVersion": "serving.deeprec.io/v1alpha1", "kind": "DeepRecModel", "name": "owner",
              "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
 

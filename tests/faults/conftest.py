@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.runtime.conftest import (  # noqa: F401 (shared fixtures)
-    NOT_SERVING,
-    SERVING,
-    ServeProcess,
-    demo,
-    serve,
-    serve_process,
-)
+from tests.support.runtime import demo, serve, serve_process  # noqa: F401 (shared fixtures)
 
 
 def write_config(path, **fields) -> str:

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from deeprec_runtime.training import write_demo_model
-from tests.runtime.conftest import output, touch_newer, wait_for
+from tests.support.runtime import output, touch_newer, wait_for
 
 
 def _failures(runtime, kind: str) -> float:

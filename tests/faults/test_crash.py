@@ -15,7 +15,7 @@ import signal
 
 import numpy as np
 
-from tests.runtime.conftest import output, touch_newer, wait_for
+from tests.support.runtime import output, touch_newer, wait_for
 
 from .conftest import write_config
 

@@ -18,7 +18,7 @@ import pytest
 
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import parse_model_config
-from tests.runtime.conftest import Client, make_request, output, wait_for
+from tests.support.runtime import Client, make_request, output, wait_for
 
 
 @pytest.fixture

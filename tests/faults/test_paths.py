@@ -14,7 +14,7 @@ import pytest
 
 from deeprec_runtime.store.base import LocalStore
 from deeprec_runtime.training import write_demo_model
-from tests.runtime.conftest import output, touch_newer, wait_for
+from tests.support.runtime import output, touch_newer, wait_for
 
 
 @pytest.fixture

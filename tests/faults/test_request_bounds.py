@@ -18,10 +18,10 @@ from tensorflow_serving.apis import predict_pb2 as tfs_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from deeprec_api import predict_pb2 as pb
-from tests.fuzz.history_model import export_history_model
-from tests.runtime.conftest import make_request, output
+from tests.support.history_model import export_history_model
+from tests.support.runtime import SERVING, make_request, output
 
-from .conftest import SERVING, write_config
+from .conftest import write_config
 
 
 @pytest.fixture

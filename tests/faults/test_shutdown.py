@@ -12,9 +12,9 @@ import grpc
 import numpy as np
 
 from deeprec_runtime.training import write_demo_model
-from tests.runtime.conftest import make_request, output
+from tests.support.runtime import NOT_SERVING, make_request, output
 
-from .conftest import NOT_SERVING, write_config
+from .conftest import write_config
 
 CLIENTS = 4
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import redis
 
-# The model and runtime fixtures are the ones tests/runtime uses (re-exported for pytest).
-from runtime.conftest import Client, demo, serve  # noqa: F401
+# The model and runtime fixtures of tests/support/runtime.py (imported here for pytest).
+from tests.support.runtime import Client, demo, serve  # noqa: F401
 
 
 def _free_port() -> int:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from runtime.conftest import output
 from tensorflow.python.training import py_checkpoint_reader
 
 from deeprec_runtime.model.checkpoint_read import read_tensors
+from tests.support.runtime import output
 
 KEY = "probability"
 

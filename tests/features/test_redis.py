@@ -8,9 +8,9 @@ import time
 import grpc
 import numpy as np
 import pytest
-from runtime.conftest import ServeProcess, output, wait_for
 
 from deeprec_runtime.features import redis_store
+from tests.support.runtime import ServeProcess, output, wait_for
 
 KEY = "probability"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from runtime.conftest import output, wait_for
 
 from deeprec_runtime.errors import VersionLoadError
 from deeprec_runtime.features.graph import Lookup, Table
 from deeprec_runtime.features.tiered import DramCache
+from tests.support.runtime import output, wait_for
 
 KEY = "probability"
 

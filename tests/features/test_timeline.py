@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from runtime.conftest import output
+
+from tests.support.runtime import output
 
 
 def test_timelines_are_written_at_the_configured_steps(demo, serve, tmp_path):

@@ -1,7 +1,7 @@
 """Fuzz target: bytes -> DeepRec PredictRequest -> the data-plane core on real TensorFlow models.
 
 Two models: DeepRec's seed example (double + int32 inputs) and a model with two unknown
-dimensions (tests/fuzz/history_model.py), which any claimed rank-2 shape passes, so the codec's
+dimensions (tests/support/history_model.py), which any claimed rank-2 shape passes, so the codec's
 shape and size checks are all that stands between it and numpy / TensorFlow. Inputs whose first
 byte is at least shapes.STRUCTURED build a request field by field with absurd shapes (see
 shapes.py), decoded under a small per-request bound (4 KiB) so that path is exercised too; the
@@ -19,8 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import atheris
-from history_model import export_history_model
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from seed_model import export_seed_model
+
+from tests.support.history_model import export_history_model
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.core.handle import ServableHandle

@@ -2,7 +2,7 @@
 models. The first byte picks the decoder: below shapes.STRUCTURED, even -> gRPC bytes, odd ->
 REST bytes (against DeepRec's seed example); from shapes.STRUCTURED up, a request built field by
 field with absurd shapes (TensorProto dims, TensorFlow's fill rule, JSON nested to any depth)
-against a model with two unknown dimensions (tests/fuzz/history_model.py), whose decoded inputs
+against a model with two unknown dimensions (tests/support/history_model.py), whose decoded inputs
 are bounded to 4 KiB per request. Only InvalidArgument / NotFound may escape.
 
 Run: python tests/fuzz/fuzz_tfs_and_rest.py WORKDIR [libFuzzer flags] [corpus dirs]
@@ -15,8 +15,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import atheris
-from history_model import export_history_model
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from seed_model import export_seed_model
+
+from tests.support.history_model import export_history_model
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.errors import InvalidArgument, NotFound

@@ -23,7 +23,7 @@ INTERESTING_DIMS = [0, 1, 2, 3, -1, -2, 2**31 - 1, 2**31, 2**32, 2**32 + 1, 2**6
 RANKS = [0, 1, 2, 3, 63, 64, 65, 254, 255, 1000]
 DTYPES = [pb.DT_FLOAT, pb.DT_DOUBLE, pb.DT_INT32, pb.DT_INT64, pb.DT_UINT8, pb.DT_INT8,
           pb.DT_BOOL, pb.DT_STRING, pb.DT_HALF, pb.DT_COMPLEX64, pb.DT_RESOURCE]
-#: Input names of tests/fuzz/history_model.py (and a few it does not have).
+#: Input names of tests/support/history_model.py (and a few it does not have).
 INPUT_NAMES = ["history", "history:0", "tags", "tags:0", "input1", "nope"]
 _FIELDS = {pb.DT_FLOAT: "float_val", pb.DT_DOUBLE: "double_val", pb.DT_INT64: "int64_val",
            pb.DT_BOOL: "bool_val", pb.DT_STRING: "string_val", pb.DT_COMPLEX64: "float_val"}

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from .conftest import output, plan_of, wait_for
+from tests.support.runtime import output, plan_of, wait_for
 
 FAST = pytest.mark.parametrize("fast", [True, False], ids=["cpp", "python"])
 

@@ -10,8 +10,7 @@ import pytest
 
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import ConfigError
-
-from .conftest import output
+from tests.support.runtime import output
 
 # A library whose loader constructor leaves a mark: proves TensorFlow really loaded it, in this
 # process, before the model was served.

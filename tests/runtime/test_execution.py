@@ -10,8 +10,7 @@ import pytest
 
 from deeprec_runtime.model import execution
 from deeprec_runtime.model.execution import Cost, decide, measure
-
-from .conftest import output, wait_for
+from tests.support.runtime import output, wait_for
 
 
 @pytest.mark.parametrize("pool, inline, chosen", [

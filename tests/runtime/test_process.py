@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from .conftest import NOT_SERVING, make_request, output, wait_for
+from tests.support.runtime import NOT_SERVING, make_request, output, wait_for
 
 
 @pytest.mark.parametrize("grpc_server", ["python", "native"])

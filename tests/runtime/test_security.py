@@ -27,8 +27,7 @@ from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import Unauthenticated
 from deeprec_runtime.security import Security, SecurityConfig, SecurityConfigError
-
-from .conftest import Client, output, wait_for
+from tests.support.runtime import Client, output, wait_for
 
 TOKEN = "s3cr3t-token-value"
 
@@ -233,7 +232,7 @@ def test_native_front_end_verifies_credentials_and_answers_them_in_cpp(tmp_path,
     calls whose credentials it has verified (bearer or Basic, scheme in any case); everything
     else goes to Python, which refuses it. A rotated token file reaches the C++ side too: the
     old token stops working on both paths."""
-    from .conftest import plan_of
+    from tests.support.runtime import plan_of
 
     monkeypatch.setattr(sec, "RELOAD_SECONDS", 0.1)
     tokens, users = tmp_path / "tokens", tmp_path / "users"
@@ -297,7 +296,7 @@ def test_health_can_be_protected_and_tokens_rotate_without_restart(tmp_path, sec
 
 
 def pb_request():
-    from .conftest import make_request
+    from tests.support.runtime import make_request
 
     return make_request(FEED)
 

@@ -12,8 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deeprec_api import predict_pb2 as pb
-
-from .conftest import make_request, output
+from tests.support.runtime import make_request, output
 
 
 def test_seed_example_predictions_equal_in_process_run(seed_model, serve):
@@ -67,7 +66,7 @@ def test_health_is_serving_only_once_a_version_is_loaded(tmp_path, seed_model, s
 
     shutil.copytree(base / "checkpoints" / "checkpoint_1", empty / "checkpoint_1")
     assert runtime.manager.wait_ready(15)
-    from .conftest import wait_for
+    from tests.support.runtime import wait_for
 
     wait_for(lambda: check() == health_pb2.HealthCheckResponse.SERVING, message="SERVING")
 

@@ -25,8 +25,7 @@ from deeprec_runtime.model.session_group import (
 )
 from deeprec_runtime.predict import predict
 from deeprec_runtime.training.demo_models import build_wide_deep
-
-from .conftest import make_request, output, wait_for
+from tests.support.runtime import make_request, output, wait_for
 
 
 def cfg(**fields):

@@ -16,8 +16,7 @@ from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.model.load_thread import LOAD_NICE
 from deeprec_runtime.model.servable import session_options_from
 from deeprec_runtime.model.tf_loader import graph_fingerprint, load_servable
-
-from .conftest import make_request, output, wait_for
+from tests.support.runtime import make_request, output, wait_for
 
 
 def serving(runtime):

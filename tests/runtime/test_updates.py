@@ -10,7 +10,7 @@ import time
 import grpc
 import numpy as np
 
-from .conftest import output, touch_newer, wait_for
+from tests.support.runtime import output, touch_newer, wait_for
 
 
 class Traffic:
@@ -201,8 +201,7 @@ def test_in_flight_request_keeps_old_version_alive_across_swap(demo, serve):
         assert not held.closed  # never freed under a live request
         feed = demo.model.make_feed(2, np.random.default_rng(0))
         from deeprec_runtime.predict import predict
-
-        from .conftest import make_request
+        from tests.support.runtime import make_request
 
         predict(held, make_request(feed), "serving_default")  # still usable
     wait_for(lambda: held.closed, message="freed after the last request")

@@ -11,7 +11,7 @@ import pytest
 from deeprec_runtime.store.cache import LocalCache
 from deeprec_runtime.store.oss import OssStore
 from deeprec_runtime.store.retry import RetryPolicy
-from tests.runtime.conftest import demo, serve  # noqa: F401 (fixtures shared with the runtime tests)
+from tests.support.runtime import demo, serve  # noqa: F401 (fixtures shared with the runtime tests)
 
 from .oss_server import OssServer
 

@@ -19,7 +19,7 @@ from deeprec_runtime.store.base import StoreNotFound, StoreUnavailable
 from deeprec_runtime.store.cache import LocalCache
 from deeprec_runtime.store.hdfs import HdfsStore
 from deeprec_runtime.store.retry import RetryPolicy
-from tests.runtime.conftest import output, wait_for
+from tests.support.runtime import output, wait_for
 
 from .conftest import FAST_RETRY
 from .hdfs_cluster import upload_tree

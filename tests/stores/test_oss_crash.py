@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from deeprec_runtime.training import write_demo_model
-from tests.runtime.conftest import Client, ServeProcess, output, wait_for
+from tests.support.runtime import Client, ServeProcess, output, wait_for
 
 from .conftest import ACCESS_ID, ACCESS_KEY, BUCKET, Uploader
 from .oss_server import Fault

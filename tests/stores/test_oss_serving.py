@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.runtime.conftest import output, wait_for
+from tests.support.runtime import output, wait_for
 
 from .conftest import ACCESS_ID, ACCESS_KEY, BUCKET, Uploader
 from .oss_server import Fault

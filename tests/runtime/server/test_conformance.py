@@ -13,7 +13,8 @@ import grpc
 import numpy as np
 import pytest
 
-from ..conftest import plan_of
+from tests.support.runtime import plan_of
+
 from .sequence_model import DEEPREC, TFS, bytes_field, request, valid_arrays, write_sequence_model
 from .sequence_model import feed as sequence_feed
 

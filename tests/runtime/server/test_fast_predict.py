@@ -24,8 +24,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import encode_array
+from tests.support.runtime import make_request, output, plan_of, wait_for
 
-from ..conftest import make_request, output, plan_of, wait_for
 from .sequence_model import (
     CONTENT_FIELD,
     DEEPREC,

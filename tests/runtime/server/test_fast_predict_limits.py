@@ -26,8 +26,8 @@ from deeprec_runtime.config import BatchingConfig, parse_model_config
 from deeprec_runtime.native.fast_predict import FastPredict
 from deeprec_runtime.native.plan import TFS, FastPlan
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
+from tests.support.runtime import output, plan_of, wait_for
 
-from ..conftest import output, plan_of, wait_for
 from .sequence_model import DEEPREC, feed, request, valid_arrays, write_sequence_model
 from .sequence_model import TFS as TFS_FORMAT
 

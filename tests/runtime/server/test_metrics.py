@@ -7,7 +7,8 @@ import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from ..conftest import Client
+from tests.support.runtime import Client
+
 from .conftest import SEED_STEP, http
 
 

@@ -25,8 +25,8 @@ from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import ConfigError
 from deeprec_runtime.models import load_model_config_list, parse_model_config_list
+from tests.support.runtime import touch_newer, wait_for
 
-from ..conftest import touch_newer, wait_for
 from .conftest import SEED_STEP, build_seed, http, seed_config
 from .test_metrics import scrape, value
 

@@ -26,8 +26,7 @@ from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.native import build as native_build
 from deeprec_runtime.native.build import library_path
 from deeprec_runtime.security import Security, SecurityConfig, SecurityConfigError
-
-from ..conftest import SERVING, Client, make_request, output, wait_for
+from tests.support.runtime import SERVING, Client, make_request, output, wait_for
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

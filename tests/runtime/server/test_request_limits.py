@@ -4,7 +4,7 @@ past the per-request bound are INVALID_ARGUMENT / HTTP 400 naming the input, wit
 in the log, through every adapter (DeepRec gRPC, TF Serving gRPC, TF Serving REST, Simple TF
 Serving), and the server keeps serving.
 
-The model has an input of two unknown dimensions (tests/fuzz/history_model.py), so every claimed
+The model has an input of two unknown dimensions (tests/support/history_model.py), so every claimed
 shape passes the signature check and only the new checks stand between it and numpy/TensorFlow.
 Served by grpcio's server: the native front end's own checks are tested with it (native/).
 """
@@ -30,9 +30,9 @@ from deeprec_runtime.model.signature import TensorSpec
 from deeprec_runtime.server.rest.jsonio import to_array
 from deeprec_runtime.server.tfs_convert import merge_context
 from deeprec_runtime.server.tfs_grpc import inner_request
-from tests.fuzz.history_model import export_history_model
+from tests.support.history_model import export_history_model
+from tests.support.runtime import Client, make_request, output
 
-from ..conftest import Client, make_request, output
 from .conftest import http
 
 LIMIT = 1 << 20  # max_decoded_bytes of the served runtime: small, so over-limit inputs are cheap

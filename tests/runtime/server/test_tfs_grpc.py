@@ -18,7 +18,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from ..conftest import Client
+from tests.support.runtime import Client
+
 from .conftest import LABELS, SEED_STEP, examples_regression, examples_scores
 
 
@@ -232,7 +233,7 @@ def test_classify_on_a_predict_signature_is_invalid_argument(served, stub):
 
 def test_deeprec_service_serves_the_default_model(served):
     feed = served.seed.make_feed(3, np.random.default_rng(8))
-    from ..conftest import output
+    from tests.support.runtime import output
 
     np.testing.assert_allclose(output(Client(served.channel).predict(feed), "probabilities"),
                                served.seed.predict(feed), rtol=1e-6)

@@ -1,8 +1,7 @@
 """Helpers for end-to-end tests against the control plane of ``scripts/k8s-plane.sh``.
 
-Import them in a test module as ``from tests.e2e.helpers import ...`` or, with the e2e folder
-on ``sys.path`` (pytest's rootdir-relative import), ``from helpers import ...``; the conftest
-re-exports the ones tests use most.
+Import them as ``from tests.support.plane import ...`` (end-to-end tests and the operator
+benchmarks in ``bench/`` both do).
 
 - :class:`Plane`: one running plane (kubeconfig, ``kubectl``, ``helm``), what the
   ``k8s_plane`` fixture yields.

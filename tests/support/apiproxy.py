@@ -30,7 +30,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from tests.e2e.helpers import Plane, kubeconfig_ca_file
+from tests.support.plane import Plane, kubeconfig_ca_file
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                "transfer-encoding", "upgrade", "host", "content-length"}
