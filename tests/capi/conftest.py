@@ -80,3 +80,12 @@ def seed(tmp_path_factory):
 def write_json(path: Path, value) -> str:
     path.write_text(json.dumps(value))
     return str(path)
+
+
+def run_client(exe: str, library: str, config_path: str, *commands: str, cwd: str):
+    """Runs examples/c/processor_client.c's binary in a clean environment (no PYTHONPATH, no
+    virtualenv variables): the C host a user writes."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DEEPREC_LOG_LEVEL": "WARNING",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([exe, library, config_path, *commands], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=180, check=False)

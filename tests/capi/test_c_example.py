@@ -3,22 +3,12 @@ libserving_processor.so in a clean environment (no PYTHONPATH, no virtualenv var
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import numpy as np
 
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import decode_array
 
-from .conftest import make_request, write_json
-
-
-def run_client(exe: str, library: str, config_path: str, *commands: str, cwd: str):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DEEPREC_LOG_LEVEL": "WARNING",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([exe, library, config_path, *commands], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=180, check=False)
+from .conftest import make_request, run_client, write_json
 
 
 def test_c_host_predicts_like_the_in_process_model_and_survives_bad_requests(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from deeprec import state as S
-from deeprec.layout import make_ev_model
 
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import decode_array
+from tests.support.deeprec import state as S
+from tests.support.deeprec.layout import make_ev_model
 
-from .conftest import make_request, write_json
-from .test_c_example import run_client
+from .conftest import make_request, run_client, write_json
 
 
 def test_c_host_gets_deeprecs_answers_for_an_ev_model(tmp_path, capi_library, c_client):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.deeprec import state as S
+from tests.support.deeprec.layout import EVModel, make_ev_model
+
 # The runtime fixtures of tests/support/runtime.py and a real redis-server (imported here for pytest).
-from features.conftest import redis_server  # noqa: F401
-
+from tests.support.redis_server import redis_server  # noqa: F401
 from tests.support.runtime import Client, serve, serve_process  # noqa: F401
-
-from . import state as S
-from .layout import EVModel, make_ev_model
 
 
 @pytest.fixture

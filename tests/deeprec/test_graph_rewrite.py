@@ -13,8 +13,7 @@ from deeprec_runtime.deeprec.loader import import_ev_graph
 from deeprec_runtime.deeprec.rewrite import rewrite
 from deeprec_runtime.deeprec.savedmodel import has_embedding_variables, load_exported
 from deeprec_runtime.errors import VersionLoadError
-
-from .export import SPECS, build_export
+from tests.support.deeprec.export import SPECS, build_export
 
 OUTPUTS = ["probability:0", "user_vec:0", "item_vec:0", "tag_vec:0", "ctx_vec:0"]
 

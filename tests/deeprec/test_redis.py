@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.support.deeprec import state as S
+from tests.support.deeprec.serving import check, mixed_feed, train
 from tests.support.runtime import plan_of, wait_for
 
-from . import state as S
 from .conftest import OLD_NO_PERMISSION
-from .test_serving import _train, check, mixed_feed
 
 
 def _serve(serve, model, redis_server):
@@ -31,7 +31,7 @@ def test_two_replicas_serve_evs_from_redis_with_deeprecs_answers_and_deltas(
 
     rng = np.random.default_rng(5)
     admitted = sorted(ev_model.state.evs["item_emb"].filtered)[0]
-    state1, changed = _train(ev_model.state, rng, {"user_emb": [88001], "item_emb": [99001]}, {},
+    state1, changed = train(ev_model.state, rng, {"user_emb": [88001], "item_emb": [99001]}, {},
                              admit=1)
     ev_model.write_delta(state1, {k: sorted(v) for k, v in changed.items()}, 110)
     for c in (client, other):

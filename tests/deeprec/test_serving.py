@@ -12,22 +12,12 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2 as tfs_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from tests.support.deeprec import state as S
+from tests.support.deeprec.layout import make_ev_model
+from tests.support.deeprec.serving import OUTPUTS, check, mixed_feed, train
 from tests.support.runtime import output, plan_of, wait_for
 
-from . import state as S
 from .conftest import OLD_NO_PERMISSION
-from .layout import EVModel, make_ev_model
-
-OUTPUTS = ("probability", "user_vec", "item_vec", "tag_vec", "ctx_vec")
-
-
-def check(client, model: EVModel, feed: dict, release: str = S.NEW_RELEASE,
-          no_permission: dict | None = None) -> None:
-    response = client.predict(feed)
-    expected = S.predict(model.state, feed, release, no_permission)
-    for key in OUTPUTS:
-        np.testing.assert_allclose(output(response, key), expected[key], rtol=1e-5, atol=1e-6,
-                                   err_msg=key)
 
 
 def tfs_predict(channel: grpc.Channel, feed: dict) -> dict[str, np.ndarray]:
@@ -38,18 +28,6 @@ def tfs_predict(channel: grpc.Channel, feed: dict) -> dict[str, np.ndarray]:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     response = stub.Predict(request, timeout=10)
     return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
-
-
-def mixed_feed(model: EVModel, batch: int, seed: int) -> dict:
-    """Ids of every kind: stored, never seen, negative, and (items) filtered ones."""
-    feed = S.make_feed(model.state, batch, np.random.default_rng(seed))
-    st = model.state.evs
-    item = sorted(st["item_emb"].rows)[:2] + [sorted(st["item_emb"].filtered)[0], 7777, -5, 4242]
-    feed["item_ids"].reshape(-1)[:len(item)] = item[:feed["item_ids"].size]
-    feed["user_ids"][0] = sorted(st["user_emb"].rows)[0]
-    if batch > 2:
-        feed["user_ids"][1:3] = [987654321, -3]
-    return feed
 
 
 def test_a_deeprec_export_is_served_with_deeprecs_answers_and_from_the_cpp_plan(ev_model, serve):
@@ -73,29 +51,6 @@ def test_a_deeprec_export_is_served_with_deeprecs_answers_and_from_the_cpp_plan(
     assert plan.tfs_answered == tfs_before + 1
 
 
-def _train(state: S.ModelState, rng, new_keys: dict[str, list[int]], change: dict[str, int],
-           admit: int) -> tuple[S.ModelState, dict[str, set[int]]]:
-    """A training step's effect: some rows change, some keys appear, filtered items get
-    admitted, the dense layer moves. Returns the new state and the changed keys."""
-    out = state.copy()
-    changed: dict[str, set[int]] = {}
-    for name, st in out.evs.items():
-        dim = S.SPECS[name].dim
-        keys = list(rng.choice(sorted(st.rows), change.get(name, 2), replace=False))
-        keys += new_keys.get(name, [])
-        if name == "item_emb":
-            admitted = sorted(st.filtered)[:admit]
-            for k in admitted:
-                del st.filtered[k]
-            keys += admitted
-        for k in keys:
-            st.rows[int(k)] = rng.normal(size=dim).astype(np.float32)
-        changed[name] = {int(k) for k in keys}
-    out.w = out.w + rng.normal(size=out.w.shape).astype(np.float32) * 0.1
-    out.b = out.b + np.float32(0.5)
-    return out, changed
-
-
 def test_two_cumulative_deltas_are_applied_live_with_new_and_newly_admitted_ids(ev_model, serve):
     runtime, client = serve(ev_model.saved_model_dir, ev_model.checkpoint_dir)
     rng = np.random.default_rng(11)
@@ -105,14 +60,14 @@ def test_two_cumulative_deltas_are_applied_live_with_new_and_newly_admitted_ids(
     feed["user_ids"][3] = 80001  # new in delta 1
     check(client, ev_model, feed)
 
-    state1, changed1 = _train(ev_model.state, rng, {"user_emb": [80001], "item_emb": [90001]},
+    state1, changed1 = train(ev_model.state, rng, {"user_emb": [80001], "item_emb": [90001]},
                               {}, admit=1)
     ev_model.write_delta(state1, {k: sorted(v) for k, v in changed1.items()}, 110)
     wait_for(lambda: client.info().delta_step == 110, message="delta 110 applied")
     check(client, ev_model, feed)
 
     # The second delta holds every change since the full save (cumulative), plus its own.
-    state2, changed2 = _train(state1, rng, {"tag_emb": [5555], "ctx_emb": [4444]}, {}, admit=1)
+    state2, changed2 = train(state1, rng, {"tag_emb": [5555], "ctx_emb": [4444]}, {}, admit=1)
     everything = {k: sorted(changed1.get(k, set()) | changed2[k]) for k in changed2}
     ev_model.write_delta(state2, everything, 120)
     wait_for(lambda: client.info().delta_step == 120, message="delta 120 applied")
@@ -130,11 +85,11 @@ def test_a_backlog_of_deltas_on_load_applies_only_the_latest(tmp_path, serve):
     the wrong width) no longer matters once a later one is written."""
     model = make_ev_model(str(tmp_path / "m"))
     rng = np.random.default_rng(3)
-    state1, changed1 = _train(model.state, rng, {"user_emb": [70001]}, {}, admit=1)
+    state1, changed1 = train(model.state, rng, {"user_emb": [70001]}, {}, admit=1)
     broken = state1.copy()
     broken.evs["user_emb"].rows = {k: np.ones(9, np.float32) for k in broken.evs["user_emb"].rows}
     model.write_delta(broken, {k: sorted(v) for k, v in changed1.items()}, 105)
-    state2, changed2 = _train(state1, rng, {"user_emb": [70002]}, {}, admit=0)
+    state2, changed2 = train(state1, rng, {"user_emb": [70002]}, {}, admit=0)
     everything = {k: sorted(changed1.get(k, set()) | changed2[k]) for k in changed2}
     model.write_delta(state2, everything, 107)
     runtime, client = serve(model.saved_model_dir, model.checkpoint_dir)
@@ -182,7 +137,7 @@ def test_a_bad_delta_is_refused_whole_and_the_next_good_one_applied(ev_model, se
     feed = mixed_feed(ev_model, 8, 3)
     good = ev_model.state
     rng = np.random.default_rng(1)
-    state1, changed1 = _train(good, rng, {"item_emb": [91919]}, {}, admit=1)
+    state1, changed1 = train(good, rng, {"item_emb": [91919]}, {}, admit=1)
     bad = state1.copy()
     # user_emb rows of the wrong width; item_emb (read after it) would be fine.
     bad.evs["user_emb"].rows = {k: np.ones(7, np.float32) for k in bad.evs["user_emb"].rows}

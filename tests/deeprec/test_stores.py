@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.support.deeprec import state as S
+from tests.support.deeprec.layout import make_ev_model
+from tests.support.deeprec.serving import check, mixed_feed, train
 from tests.support.runtime import plan_of, wait_for
-
-from . import state as S
-from .layout import make_ev_model
-from .test_serving import _train, check, mixed_feed
 
 
 def test_ev_storage_type_1_serves_evs_in_dram_from_the_cpp_plan(ev_model, serve):
@@ -42,7 +41,7 @@ def test_the_dram_ssd_tier_serves_evs_with_deeprecs_answers_and_grows_with_delta
     # More new keys than the room left at load: the SSD file grows, rows stay where they were.
     rng = np.random.default_rng(8)
     new_users = list(range(600000, 600000 + 150))
-    state1, changed = _train(ev_model.state, rng, {"user_emb": new_users}, {}, admit=2)
+    state1, changed = train(ev_model.state, rng, {"user_emb": new_users}, {}, admit=2)
     ev_model.write_delta(state1, {k: sorted(v) for k, v in changed.items()}, 110)
     wait_for(lambda: client.info().delta_step == 110, message="delta applied")
     feed = mixed_feed(ev_model, 40, 7)

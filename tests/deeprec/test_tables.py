@@ -10,9 +10,8 @@ from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.model.servable import session_options_from
 from deeprec_runtime.model.source import VersionInfo
 from deeprec_runtime.model.tf_loader import load_servable
-
-from . import state as S
-from .layout import make_ev_model
+from tests.support.deeprec import state as S
+from tests.support.deeprec.layout import make_ev_model
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from deeprec_runtime.model.session_group import (
 )
 from deeprec_runtime.predict import predict
 from deeprec_runtime.training.demo_models import build_wide_deep
+from tests.support.cpus import cpu_ticks, two_cpus
 from tests.support.runtime import make_request, output, wait_for
 
 
@@ -32,10 +33,7 @@ def cfg(**fields):
     return parse_model_config({"savedmodel_dir": "/m", **fields})
 
 
-def two_cpus() -> tuple[int, int]:
-    allowed = sorted(os.sched_getaffinity(0))
-    assert len(allowed) >= 2, f"session group binding tests need 2 CPUs, this process has {allowed}"
-    return allowed[0], allowed[1]
+
 
 
 # --- the plan, as a table ---------------------------------------------------------------------
@@ -147,13 +145,7 @@ def test_device_placement_puts_embeddings_on_cpu_and_the_mlp_on_the_lane_gpu(opt
 
 
 # --- real lanes -------------------------------------------------------------------------------
-def cpu_ticks(tid: int) -> tuple[int, int]:
-    """(nanoseconds on CPU, CPU it last ran on) of one thread, from /proc/self/task/<tid>."""
-    with open(f"/proc/self/task/{tid}/schedstat") as fh:
-        ran_ns = int(fh.read().split()[0])
-    with open(f"/proc/self/task/{tid}/stat") as fh:
-        last_cpu = int(fh.read().rsplit(")", 1)[1].split()[36])
-    return ran_ns, last_cpu
+
 
 
 def run_on_lane(servable, lane: int, request, n: int) -> None:

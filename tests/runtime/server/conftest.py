@@ -17,7 +17,9 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from prometheus_client.parser import text_string_to_metric_families
 
+from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.models import ModelEntry
@@ -125,3 +127,40 @@ def http(method: str, url: str, body=None, raw: bytes | None = None, headers=Non
     except urllib.error.HTTPError as err:
         status, text, ctype = err.code, err.read().decode(), err.headers["Content-Type"]
     return status, (json.loads(text) if ctype and "json" in ctype else text)
+
+
+# --- shared by the metrics and models tests, and the fast-path tests ---------------------------
+def scrape(served) -> dict[str, list]:
+    status, text = http("GET", f"{served.http}/metrics")
+    assert status == 200
+    families = {}
+    for family in text_string_to_metric_families(text):
+        families.setdefault(family.name, []).extend(family.samples)
+    return families
+
+
+def value(families, sample_name, **labels) -> float:
+    family = sample_name
+    for suffix in ("_total", "_count", "_sum", "_bucket"):
+        if sample_name.endswith(suffix) and sample_name[: -len(suffix)] in families:
+            family = sample_name[: -len(suffix)]
+    return sum(s.value for s in families.get(family, [])
+               if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+PREDICT = "/deeprec.serving.PredictionService/Predict"
+
+
+def raw_call(channel: grpc.Channel, data: bytes) -> tuple[grpc.StatusCode, bytes | str]:
+    """(status, response bytes or error details) of one Predict call sent as raw bytes."""
+    try:
+        return grpc.StatusCode.OK, channel.unary_unary(PREDICT)(data, timeout=10)
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()
+
+
+def deeprec_call(channel: grpc.Channel, data: bytes):
+    """(status, parsed response or error details) of one DeepRec Predict sent as bytes (parsed:
+    with several outputs, map entries may come in another order)."""
+    code, answer = raw_call(channel, data)
+    return code, pb.PredictResponse.FromString(answer) if code == grpc.StatusCode.OK else answer

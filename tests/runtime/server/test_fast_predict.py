@@ -26,6 +26,7 @@ from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import encode_array
 from tests.support.runtime import make_request, output, plan_of, wait_for
 
+from .conftest import deeprec_call, raw_call
 from .sequence_model import (
     CONTENT_FIELD,
     DEEPREC,
@@ -47,16 +48,6 @@ from .sequence_model import (
     write_sequence_model,
 )
 from .sequence_model import feed as sequence_feed
-
-PREDICT = "/deeprec.serving.PredictionService/Predict"
-
-
-def raw_call(channel: grpc.Channel, data: bytes) -> tuple[grpc.StatusCode, bytes | str]:
-    """(status, response bytes or error details) of one Predict call sent as raw bytes."""
-    try:
-        return grpc.StatusCode.OK, channel.unary_unary(PREDICT)(data, timeout=10)
-    except grpc.RpcError as exc:
-        return exc.code(), exc.details()
 
 
 @pytest.fixture
@@ -652,13 +643,6 @@ def _wire_mutants(api: str) -> dict[str, tuple[bytes, bool | None]]:
         1, b"history") + bytes_field(2, base["history"])), True)
     cases["shape twice in one array"] = (history_with(value=history, extra=shape_field(api, [1])), False)
     return cases
-
-
-def deeprec_call(channel: grpc.Channel, data: bytes):
-    """(status, parsed response or error details) of one DeepRec Predict sent as bytes (parsed:
-    with several outputs, map entries may come in another order)."""
-    code, answer = raw_call(channel, data)
-    return code, pb.PredictResponse.FromString(answer) if code == grpc.StatusCode.OK else answer
 
 
 @pytest.mark.parametrize("api", [DEEPREC, TFS])

@@ -25,10 +25,10 @@ from deeprec_runtime import cpus
 from deeprec_runtime.core.handle import ServableHandle
 from deeprec_runtime.native.plan import IN_PLACE, POOLED
 from deeprec_runtime.predict import predict
+from tests.support.cpus import cpu_ticks, two_cpus
 from tests.support.runtime import make_request, output, plan_of
 
-from ..test_session_group import cpu_ticks, two_cpus
-from .test_fast_predict import deeprec_call
+from .conftest import deeprec_call
 
 
 def serving(runtime):

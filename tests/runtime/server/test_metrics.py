@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.support.runtime import Client
 
-from .conftest import SEED_STEP, http
-
-
-def scrape(served) -> dict[str, list]:
-    status, text = http("GET", f"{served.http}/metrics")
-    assert status == 200
-    families = {}
-    for family in text_string_to_metric_families(text):
-        families.setdefault(family.name, []).extend(family.samples)
-    return families
-
-
-def value(families, sample_name, **labels) -> float:
-    family = sample_name
-    for suffix in ("_total", "_count", "_sum", "_bucket"):
-        if sample_name.endswith(suffix) and sample_name[: -len(suffix)] in families:
-            family = sample_name[: -len(suffix)]
-    return sum(s.value for s in families.get(family, [])
-               if s.name == sample_name and all(s.labels.get(k) == v for k, v in labels.items()))
+from .conftest import SEED_STEP, http, scrape, value
 
 
 def test_request_counts_latency_and_batch_sizes_move(served):

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
-from .export import DENSE_WIDTH, ITEMS_PER_EXAMPLE, SPECS, WIDTH, EVSpec, initial_value
+from tests.support.deeprec.export import DENSE_WIDTH, ITEMS_PER_EXAMPLE, SPECS, WIDTH, EVSpec, initial_value
 
 BUCKETS = 1000
 NEW_RELEASE, OLD_RELEASE = "new", "old"

@@ -36,7 +36,7 @@ from tensorflow.core.framework import (
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2, saver_pb2
 from tensorflow.python.framework import op_def_registry, tensor_util
 
-from .opdefs import deeprec_op_defs
+from tests.support.deeprec.opdefs import deeprec_op_defs
 
 tf1 = tf.compat.v1
 ITEMS_PER_EXAMPLE = 3

@@ -12,8 +12,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import state as S
-from .export import Export, build_export
+from tests.support.deeprec import state as S
+from tests.support.deeprec.export import Export, build_export
 
 
 @dataclass
