@@ -8,7 +8,6 @@ annotations file -> runtime loads the version -> GetServingModelInfo -> DeepRecM
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from tests.support.operator_e2e import (
     demo_resource,
     fetch,
     pods_of,
+    stop_runtimes,
     wait_running,
 )
 from tests.support.plane import DownwardAPIBridge, wait_until
@@ -75,13 +75,4 @@ def test_status_reports_what_real_runtimes_serve_through_a_rollback(k8s_plane, n
         assert sorted(p["metadata"]["uid"] for p in pods_of(k8s_plane, namespace, DEMO_NAME)) == uids
         assert all(proc.poll() is None for proc in runtimes), logs()
     finally:
-        for proc in runtimes:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in runtimes:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for bridge in bridges:
-            bridge.stop()
+        stop_runtimes(runtimes, bridges)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ from tests.support.operator_e2e import (
     fetch,
     pods_of,
     running,
+    stop_runtimes,
 )
 from tests.support.plane import DownwardAPIBridge, standin_args, wait_until, write_pod_volumes
 
@@ -112,16 +112,7 @@ def _standins(plane, namespace: str, pods: list[dict[str, Any]], workdir: Path):
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         yield lambda: "\n".join(p.read_text(errors="replace")[-1500:] for p in logs)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for bridge in bridges:
-            bridge.stop()
+        stop_runtimes(procs, bridges)
 
 
 def _call(address: str, method: str, *, ca: bytes | None, server_name: str = "", token: str = "",

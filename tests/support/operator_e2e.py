@@ -182,3 +182,18 @@ def demo_resource(base: Path) -> dict:
             "modelConfig": {"update_poll_seconds": 0.2, "warmup_iterations": 0},
         },
     }
+
+
+def stop_runtimes(procs, bridges) -> None:
+    """Stops runtime processes started beside simulated pods (SIGTERM, then kill after 20 s) and
+    the Downward API bridges that fed them their annotations."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for bridge in bridges:
+        bridge.stop()
