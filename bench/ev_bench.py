@@ -2,13 +2,16 @@
 
   .venv/bin/python bench/ev_bench.py [--num-ids 1000000] [--duration 5]
 
-1. Server CPU per request, batch 1 and 64 at concurrency 8, of two `deeprec-runtime serve`
+1. Server CPU per request, batch 1 and 64 at concurrency 8, of three `deeprec-runtime serve`
    processes side by side: the Wide&Deep demo (dense `embedding` [N, 16] and `wide_embedding`
-   [N, 1], row ids in requests) and the same model exported with both tables as DeepRec EVs
-   (random int64 keys in requests, the same rows). Measured alternately, twice each. Target: EV
-   at most 1.3x dense. Also each server's RSS and the EV store's bytes per stored row.
-2. Lookups per second of the in-process EV table (the rewritten lookup: hash table + gather +
-   default select, one session run) against a numpy gather of the same rows.
+   [N, 1], row ids in requests), the same model exported with both tables as DeepRec EVs
+   (random int64 keys in requests, the same rows), and the EV model again with its lookups on
+   TensorFlow's stock ops (DEEPREC_EV_STOCK_OPS=1, what a runtime without the EV op library
+   serves with). Measured alternately, twice each. Target: EV at most 1.3x dense. Also each
+   server's RSS and the EV store's bytes per stored row.
+2. Lookups per second of the in-process EV table (the rewritten lookup in one session run: the
+   EV op library's fused gather, then the stock hash table + gather) against a numpy gather of
+   the same rows.
 3. A DeepRec delta of 1% of the keys (half changed rows, half new keys; dense variables whole)
    applied in place, against a full reload of the EV model (restore + warmup). Target <= 5%.
 """
@@ -21,6 +24,8 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -29,6 +34,10 @@ import ev_models
 from loadgen import run_load
 from proctree import CpuWindow, rss_mib
 from serving_bench import grpc_payload, pct, start_runtime
+
+from deeprec_runtime.deeprec import kernels
+
+T = TypeVar("T")
 
 
 def measure(label: str, server, payload: bytes, duration: float, concurrency: int = 8) -> float:
@@ -83,35 +92,50 @@ def same_answers(dense_server, ev_server, art, keys) -> None:
     print("  both servers give the same answers (16 requests' worth checked)", flush=True)
 
 
-def cpu_per_request(workdir, art, ev, keys, duration: float) -> None:
-    print("\n1. server CPU per request, concurrency 8 (same model, dense tables vs DeepRec EVs):",
-          flush=True)
-    info = ("--log-level", "INFO")  # for the execution mode each version chose at warmup
-    dense_server = start_runtime(workdir, art, info, warmup_iterations=1)
-    ev_server = start_runtime(workdir, ev, info, warmup_iterations=1)
+def _with_stock_ops(start: Callable[[], T]) -> T:
+    """Starts (or loads) with EV lookups on TensorFlow's stock ops instead of the EV op library."""
+    os.environ[kernels.STOCK_ENV] = "1"
     try:
-        for name, server in (("dense", dense_server), ("EV", ev_server)):
+        return start()
+    finally:
+        del os.environ[kernels.STOCK_ENV]
+
+
+def cpu_per_request(workdir, art, ev, keys, duration: float) -> None:
+    print("\n1. server CPU per request, concurrency 8 (same model, dense tables vs DeepRec EVs on "
+          "the EV op library, and on TensorFlow's stock ops):", flush=True)
+    info = ("--log-level", "INFO")  # for the execution mode each version chose at warmup
+    servers = {"dense": start_runtime(workdir, art, info, warmup_iterations=1),
+               "ev": start_runtime(workdir, ev, info, warmup_iterations=1),
+               "ev stock ops": _with_stock_ops(
+                   lambda: start_runtime(workdir, ev, info, warmup_iterations=1))}
+    try:
+        for name, server in servers.items():
             chosen = [line.split(" runs ", 1)[1].strip() for line in server.lines
                       if " runs " in line and "CPU/run" in line]
             print(f"  {name} model runs {chosen[-1] if chosen else '(mode not logged)'}", flush=True)
-        same_answers(dense_server, ev_server, art, keys)
-        print(f"  RSS: dense server {rss_mib(dense_server.proc.pid):.0f} MiB, EV server "
-              f"{rss_mib(ev_server.proc.pid):.0f} MiB ({art.model.num_ids} rows of [16] + [1])",
-              flush=True)
+        for name in ("ev", "ev stock ops"):
+            same_answers(servers["dense"], servers[name], art, keys)
+        print("  RSS: " + ", ".join(f"{name} server {rss_mib(s.proc.pid):.0f} MiB"
+                                    for name, s in servers.items())
+              + f" ({art.model.num_ids} rows of [16] + [1])", flush=True)
         for batch in (1, 64):
             feed = art.model.make_feed(batch, np.random.default_rng(batch))
             ev_feed = {**feed, "sparse_ids": keys[feed["sparse_ids"]]}
             print(f" batch {batch}:", flush=True)
-            cpu: dict[str, list[float]] = {"dense": [], "ev": []}
+            cpu: dict[str, list[float]] = {name: [] for name in servers}
             for round_ in (1, 2):
-                for name, server, f in (("dense", dense_server, feed), ("ev", ev_server, ev_feed)):
-                    cpu[name].append(measure(f"{name} tables, round {round_}", server,
-                                             grpc_payload(f), duration))
-            ratio = np.median(cpu["ev"]) / np.median(cpu["dense"])
-            print(f"  EV / dense server CPU per request: {ratio:.2f}x (target <= 1.3)", flush=True)
+                for name, server in servers.items():
+                    payload = grpc_payload(feed if name == "dense" else ev_feed)
+                    cpu[name].append(measure(f"{name} tables, round {round_}", server, payload,
+                                             duration))
+            for name, label in (("ev", "EV"), ("ev stock ops", "EV on stock ops")):
+                ratio = np.median(cpu[name]) / np.median(cpu["dense"])
+                print(f"  {label} / dense server CPU per request: {ratio:.2f}x (target <= 1.3)",
+                      flush=True)
     finally:
-        dense_server.stop()
-        ev_server.stop()
+        for server in servers.values():
+            server.stop()
 
 
 def _load(saved_model_dir: str, checkpoint_dir: str, prefix: str):
@@ -131,31 +155,41 @@ def lookups_per_second(art, ev, keys, dense) -> None:
           flush=True)
     from tensorflow.core.protobuf import config_pb2
 
-    servable = _load(ev.saved_model_dir, ev.checkpoint_dir, ev.prefix)
-    table = servable.ev.tables["embedding"]
-    print(f"  EV store 'embedding': {table.size} rows, about "
-          f"{table.bytes_estimate() / table.size:.0f} bytes per row (values {table.ops.dim * 4}, "
-          f"index {(table.bytes_estimate() - table.capacity * table.ops.dim * 4) / table.size:.0f})",
-          flush=True)
-    opts = config_pb2.CallableOptions(feed=["sparse_ids:0"], fetch=["Gather:0"])
-    opts.run_options.inter_op_thread_pool = -1
-    lookup = servable.session._make_callable_from_options(opts)
+    servables = {"EV op library": _load(ev.saved_model_dir, ev.checkpoint_dir, ev.prefix),
+                 "stock ops": _with_stock_ops(
+                     lambda: _load(ev.saved_model_dir, ev.checkpoint_dir, ev.prefix))}
+    lookups = {}
+    for name, servable in servables.items():
+        table = servable.ev.tables["embedding"]
+        index = table.bytes_estimate() - (table.base + table.capacity) * table.ops.dim * 4
+        print(f"  EV store 'embedding' ({name}): {table.size} rows, about "
+              f"{table.bytes_estimate() / table.size:.0f} bytes per row (values "
+              f"{table.ops.dim * 4}, index {index / table.size:.0f})", flush=True)
+        opts = config_pb2.CallableOptions(feed=["sparse_ids:0"], fetch=["Gather:0"])
+        opts.run_options.inter_op_thread_pool = -1
+        lookups[name] = servable.session._make_callable_from_options(opts)
     values = dense["embedding"]
     rng = np.random.default_rng(2)
     for n in (8, 512, 8192):
         rows = rng.integers(0, keys.size, n)
         ids = keys[rows].reshape(1, n)
-        np.testing.assert_array_equal(lookup(ids)[0][0], values[rows])
-        rates = []
-        for fn in (lambda ids=ids: lookup(ids), lambda rows=rows: values[rows]):
+        fns = {name: (lambda ids=ids, fn=fn: fn(ids)) for name, fn in lookups.items()}
+        for fn in fns.values():
+            np.testing.assert_array_equal(fn()[0][0], values[rows])
+        fns["numpy gather"] = lambda rows=rows: values[rows]
+        rates = {}
+        for name, fn in fns.items():
             calls, t0 = 0, time.perf_counter()
             while time.perf_counter() - t0 < 1.0:
                 fn()
                 calls += 1
-            rates.append(calls * n / (time.perf_counter() - t0))
-        print(f"  {n:5d} ids per call: EV table {rates[0] / 1e6:7.2f} M lookups/s, numpy gather "
-              f"{rates[1] / 1e6:7.2f} M/s ({rates[0] / rates[1]:.2f}x)", flush=True)
-    servable.close()
+            rates[name] = calls * n / (time.perf_counter() - t0)
+        base = rates["numpy gather"]
+        print(f"  {n:5d} ids per call: " + ", ".join(
+            f"{name} {rate / 1e6:6.2f} M/s ({rate / base:.2f}x)" for name, rate in rates.items()),
+            flush=True)
+    for servable in servables.values():
+        servable.close()
 
 
 def delta_vs_full(ev, keys, dense) -> None:

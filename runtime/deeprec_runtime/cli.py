@@ -173,10 +173,13 @@ def capi(command: str) -> int:
 
 
 def native_path() -> int:
+    from deeprec_runtime.deeprec import kernels
     from deeprec_runtime.native.build import BuildError, fast_predict_path, library_path
 
     failed = (_print_built(library_path, BuildError, "the native gRPC front end")
-              or _print_built(fast_predict_path, BuildError, "the fast predict library"))
+              or _print_built(fast_predict_path, BuildError, "the fast predict library")
+              or _print_built(kernels.library_path, BuildError,
+                              "the EmbeddingVariable op library"))
     if failed:
         return failed
     from deeprec_runtime.native.fast_predict import check_session_handle

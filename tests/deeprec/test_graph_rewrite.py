@@ -8,11 +8,12 @@ import pytest
 from tensorflow.core.framework import types_pb2
 from tensorflow.python.framework import op_def_registry
 
-from deeprec_runtime.deeprec import evs
+from deeprec_runtime.deeprec import evs, kernels
 from deeprec_runtime.deeprec.loader import import_ev_graph
 from deeprec_runtime.deeprec.rewrite import rewrite
 from deeprec_runtime.deeprec.savedmodel import has_embedding_variables, load_exported
 from deeprec_runtime.errors import VersionLoadError
+from deeprec_runtime.model.session_group import CPU_DEVICE, place_graph
 from tests.support.deeprec.export import SPECS, build_export
 
 OUTPUTS = ["probability:0", "user_vec:0", "item_vec:0", "tag_vec:0", "ctx_vec:0"]
@@ -59,21 +60,36 @@ def test_deeprec_only_proto_fields_are_read(tmp_path):
     assert "KvVarHandleOp" in model.op_defs  # the stripped op list carries DeepRec's OpDefs
 
 
-def test_rewritten_graph_has_only_stock_ops_and_keeps_the_gather_names(tmp_path):
+@pytest.mark.parametrize("fused", [False, True], ids=["stock-ops", "ev-op-library"])
+def test_rewritten_graph_has_only_known_ops_and_keeps_the_gather_names(tmp_path, fused):
+    if fused:
+        assert kernels.fused_lookups()  # the library builds wherever the tests run
     path = str(tmp_path / "sm")
     build_export(path, release="old")
-    done = rewrite(load_exported(path), OUTPUTS)
+    done = rewrite(load_exported(path), OUTPUTS, fused=fused)
     names = {n.name: n for n in done.graph_def.node}
     assert all(op_def_registry.get(n.op) is not None for n in done.graph_def.node)
     # Older releases answer default_value_no_permission even where the gather has a default
-    # tensor (ctx): every lookup is a find + a gather, under the gather's own name.
+    # tensor (ctx): every lookup is a find + a gather under the gather's own name, or one fused
+    # kernel reading the EV's values and index.
     for gather in ("user_lookup/Gather", "item_lookup/part_0/Gather", "tag_lookup/Gather",
                    "ctx_lookup/Gather"):
-        assert names[gather].op == "ResourceGather"
-        assert names[names[gather].input[1]].op == "LookupTableFindV2"
+        node = names[gather]
+        if fused:
+            assert node.op == kernels.GATHER_OP
+            assert [names[i].op for i in node.input[:2]] == ["VarHandleOp", kernels.INDEX_OP]
+        else:
+            assert node.op == "ResourceGather"
+            assert names[node.input[1]].op == "LookupTableFindV2"
+    # The no-permission row of item_emb's second part: one row, after the first part's.
+    if fused:
+        attr = names["item_lookup/part_1/Gather"].attr
+        assert (attr["default_offset"].i, attr["default_rows"].i, attr["dim"].i) == (
+            1, 1, SPECS["item_emb"].dim)
     newer = str(tmp_path / "newer")
     build_export(newer)
-    newer_nodes = {n.name: n for n in rewrite(load_exported(newer), OUTPUTS).graph_def.node}
+    newer_nodes = {n.name: n for n in rewrite(load_exported(newer), OUTPUTS,
+                                              fused=fused).graph_def.node}
     assert newer_nodes["ctx_lookup/Gather"].op == "SelectV2"  # the default tensor per position
     assert not any(n.startswith(("save/", "incr_save/")) for n in names)
     assert "user_emb" not in names and "item_emb/part_2" not in names
@@ -145,3 +161,20 @@ def test_a_lookup_whose_ev_has_no_initialiser_is_refused(tmp_path):
         fh.write(model.SerializeToString())
     with pytest.raises(VersionLoadError, match="'ctx_emb' .* has no InitializeKvVariableOp"):
         import_ev_graph(path)
+
+
+def test_ev_kernels_and_their_tables_stay_on_the_cpu_when_the_model_is_placed_on_a_gpu(tmp_path):
+    """The EV op library has CPU kernels only: with every other op on a lane's GPU, the fused
+    gathers, the tables they read and the ops that fill those tables are placed on the CPU."""
+    assert kernels.fused_lookups()
+    path = str(tmp_path / "sm")
+    build_export(path)
+    placed: dict[str, str] = {}
+    graph, _, _, _ = import_ev_graph(
+        path, lambda g: placed.update(place_graph(g, "/device:GPU:1", embeddings_on_cpu=False)))
+    fused = [op for op in graph.get_operations() if op.type == kernels.GATHER_OP]
+    assert fused
+    for op in fused:
+        assert placed[op.name] == CPU_DEVICE
+        assert [placed[t.op.name] for t in op.inputs[:2]] == [CPU_DEVICE, CPU_DEVICE]
+    assert any(d == "/device:GPU:1" for d in placed.values())

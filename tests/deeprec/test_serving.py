@@ -12,6 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2 as tfs_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from deeprec_runtime.deeprec import kernels
 from tests.support.deeprec import state as S
 from tests.support.deeprec.layout import make_ev_model
 from tests.support.deeprec.serving import OUTPUTS, check, mixed_feed, train
@@ -30,8 +31,12 @@ def tfs_predict(channel: grpc.Channel, feed: dict) -> dict[str, np.ndarray]:
     return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
 
-def test_a_deeprec_export_is_served_with_deeprecs_answers_and_from_the_cpp_plan(ev_model, serve):
+def test_a_deeprec_export_is_served_with_deeprecs_answers_and_from_the_cpp_plan(
+        ev_model, serve, lookup_ops):
     runtime, client = serve(ev_model.saved_model_dir, ev_model.checkpoint_dir)
+    with runtime.manager.hold() as handle:
+        ops = {op.type for op in handle.servable.imported.graph.get_operations()}
+    assert (kernels.GATHER_OP in ops) == (lookup_ops == "ev-op-library")
     assert runtime.grpc_server == "native"
     plan = plan_of(runtime)
     assert plan is not None, "the EV model must get a C++ fast-path plan"
@@ -51,7 +56,8 @@ def test_a_deeprec_export_is_served_with_deeprecs_answers_and_from_the_cpp_plan(
     assert plan.tfs_answered == tfs_before + 1
 
 
-def test_two_cumulative_deltas_are_applied_live_with_new_and_newly_admitted_ids(ev_model, serve):
+def test_two_cumulative_deltas_are_applied_live_with_new_and_newly_admitted_ids(
+        ev_model, serve, lookup_ops):
     runtime, client = serve(ev_model.saved_model_dir, ev_model.checkpoint_dir)
     rng = np.random.default_rng(11)
     first_filtered = sorted(ev_model.state.evs["item_emb"].filtered)[:2]

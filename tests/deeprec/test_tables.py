@@ -15,7 +15,7 @@ from tests.support.deeprec.layout import make_ev_model
 
 
 @pytest.fixture
-def loaded(tmp_path):
+def loaded(tmp_path, lookup_ops):
     model = make_ev_model(str(tmp_path / "m"))
     cfg = parse_model_config(model.config())
     version = VersionInfo("ckpt", model.version_dir(), 100, model.fulls[-1])

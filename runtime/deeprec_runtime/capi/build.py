@@ -18,8 +18,6 @@ What a host process that is not Python needs, and how the library provides it:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +28,8 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+
+from deeprec_runtime.toolchain import locked
 
 LIBRARY_NAME = "libserving_processor.so"
 HEADER_NAME = "processor.h"
@@ -212,17 +212,6 @@ def library_path(build: bool = True) -> str:
         if not (lib.exists() and stamp.exists() and stamp.read_text().strip() == key):
             _compile(folder, key)
     return str(lib)
-
-
-@contextlib.contextmanager
-def locked(path: Path):
-    """An exclusive flock on `path` for the block: two processes that build at once build once."""
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _compile(folder: Path, key: str) -> None:

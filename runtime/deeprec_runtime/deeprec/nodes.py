@@ -23,6 +23,10 @@ def dtype(value: int) -> attr_value_pb2.AttrValue:
     return attr_value_pb2.AttrValue(type=value)
 
 
+def int_attr(value: int) -> attr_value_pb2.AttrValue:
+    return attr_value_pb2.AttrValue(i=value)
+
+
 def node(name: str, op: str, inputs=(), **attrs: attr_value_pb2.AttrValue) -> node_def_pb2.NodeDef:
     out = node_def_pb2.NodeDef(name=name, op=op, input=list(inputs))
     for key, value in attrs.items():
@@ -43,8 +47,9 @@ def variable(name: str, value_dtype: int, dims) -> node_def_pb2.NodeDef:
                 shared_name=attr_value_pb2.AttrValue(s=name.encode()))
 
 
-def hash_table(name: str) -> node_def_pb2.NodeDef:
-    """int64 key -> int64 row (MutableHashTableV2: no reserved keys, and a lookup takes a
-    default per key)."""
-    return node(name, "MutableHashTableV2", key_dtype=dtype(INT64), value_dtype=dtype(INT64),
+def hash_table(name: str, op: str = "MutableHashTableV2") -> node_def_pb2.NodeDef:
+    """int64 key -> int64 row: a stock MutableHashTableV2 (no reserved keys, and a lookup takes
+    a default per key), or the EV op library's DeepRecKeyIndex (the same lookup-table contract,
+    laid out for the cache; it refuses only INT64_MIN as a key)."""
+    return node(name, op, key_dtype=dtype(INT64), value_dtype=dtype(INT64),
                 shared_name=attr_value_pb2.AttrValue(s=name.encode()))

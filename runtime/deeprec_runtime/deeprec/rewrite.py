@@ -8,8 +8,12 @@ Each `KvResourceGather(V1)` node G becomes a lookup on storage the runtime owns,
                    | offset[part]                   # one row of default_value_no_permission
     G   = ResourceGather(values[EV], row)
 
-`index` (a MutableHashTable, int64 key -> row) and `values` (a float [rows, dim] resource
-variable) are one per EV: the parts of a partitioned EV share them (a key lives in one part, and
+With the EV op library loaded (deeprec/kernels.py, native/ev_ops.cc) the three ops are one,
+`G = DeepRecEVGather(values[EV], index[EV], ids)` with the fallback's offset and modulus as
+attributes, and `index` is its cache-friendly DeepRecKeyIndex; the answers are the same.
+
+`index` (a MutableHashTable or DeepRecKeyIndex, int64 key -> row) and `values` (a float [rows,
+dim] resource variable) are one per EV: the parts of a partitioned EV share them (a key lives in one part, and
 the graph's partitioning routes it there). `values` starts with each part's default rows (its
 initial value, or one no-permission row) and continues with the keys' rows, so a lookup is one
 find and one gather whatever the id. The runtime fills both from checkpoints (tables.py).
@@ -32,7 +36,7 @@ from tensorflow.core.framework import attr_value_pb2, graph_pb2, node_def_pb2, v
 from tensorflow.python.framework import graph_util, op_def_registry
 from tensorflow.python.util import deprecation
 
-from deeprec_runtime.deeprec import evs, nodes, opnames
+from deeprec_runtime.deeprec import evs, kernels, nodes, opnames
 from deeprec_runtime.deeprec.savedmodel import ExportedModel
 from deeprec_runtime.errors import VersionLoadError
 
@@ -102,9 +106,10 @@ def _unique_name(taken: set[str], name: str) -> str:
 
 
 class _Builder:
-    def __init__(self, model: ExportedModel, lookups: list[evs.EVLookup]):
+    def __init__(self, model: ExportedModel, lookups: list[evs.EVLookup], fused: bool):
         self.model = model
         self.lookups = lookups
+        self.fused = fused
         self.taken = {n.name for n in model.graph_def.node}
         self.added: list[node_def_pb2.NodeDef] = []
         self.tables: dict[str, TableNodes] = {}
@@ -125,7 +130,9 @@ class _Builder:
     def table(self, part: evs.EVPart) -> TableNodes:
         t = self.tables.get(part.base)
         if t is None:
-            index = self.add(nodes.hash_table(f"{PREFIX}/{part.base}/index"))
+            index = self.add(nodes.hash_table(
+                f"{PREFIX}/{part.base}/index",
+                kernels.INDEX_OP if self.fused else "MutableHashTableV2"))
             values = self.add(nodes.variable(f"{PREFIX}/{part.base}/values", nodes.FLOAT,
                                              [-1, part.dim]))
             t = self.tables[part.base] = TableNodes(part.base, part.dim, index, values)
@@ -167,6 +174,11 @@ class _Builder:
             self.op(g, "SelectV2", [cond, rows, default], T=f32)
             return
         block = t.block(part)
+        if self.fused:
+            self.op(g, kernels.GATHER_OP, [t.values, t.index, keys],
+                    dim=nodes.int_attr(part.dim), default_offset=nodes.int_attr(block.offset),
+                    default_rows=nodes.int_attr(block.rows))
+            return
         offset = self.constant(f"int64_{block.offset}", block.offset, np.int64)
         if block.initial_value is not None:
             dim = self.constant(f"int64_{part.default_value_dim}", part.default_value_dim, np.int64)
@@ -228,11 +240,13 @@ def _check_stock(graph_def: graph_pb2.GraphDef, what: str) -> None:
                            f"{', '.join(parts)}{more}")
 
 
-def rewrite(model: ExportedModel, outputs: Sequence[str], inputs: Sequence[str] = ()) -> Rewritten:
+def rewrite(model: ExportedModel, outputs: Sequence[str], inputs: Sequence[str] = (),
+            fused: bool | None = None) -> Rewritten:
     """The stock graph serving `outputs` (signature output tensor names) from `inputs` (kept
-    even when no output reads them, so that requests may still feed them)."""
+    even when no output reads them, so that requests may still feed them). `fused`: use the EV
+    op library (default: when it is loaded)."""
     lookups = evs.find_lookups(model, outputs)
-    builder = _Builder(model, lookups)
+    builder = _Builder(model, lookups, kernels.fused_lookups() if fused is None else fused)
     for lk in lookups:
         builder.lookup(lk)
     replaced = {lk.node for lk in lookups}

@@ -2,15 +2,17 @@
 version's TensorFlow session, so lookups run in the graph (and in the C++ fast path) with no
 Python per request.
 
-Storage per EV: a MutableHashTable int64 key -> row (a flat open-addressing map: 16 bytes and a
-control byte a slot, at most 7/8 full) and a float32 resource variable holding first the default
-rows unseen ids read (each part's initial value, or one row of default_value_no_permission; see
-rewrite.py), then one row per key. A full checkpoint fills both exactly. A delta's new keys are
-appended: their rows are written at fresh indices *before* the servable's write gate is taken
-(no request can reach an index no key points to yet; growing the variable copies it, which
-readers do not notice), then, under the gate, the new keys are inserted and changed rows of
-existing keys overwritten, so a request sees the whole delta or none of it. Capacity grows by
-25% at a time (amortised copies, little slack); a full load leaves room for 1/32 more keys.
+Storage per EV: an index int64 key -> row (the EV op library's DeepRecKeyIndex: 16-byte slots,
+a power of two of them, at most 3/4 full; or the stock MutableHashTable, a flat open-addressing
+map of 16 bytes and a control byte a slot, at most 7/8 full) and a float32 resource variable
+holding first the default rows unseen ids read (each part's initial value, or one row of
+default_value_no_permission; see rewrite.py), then one row per key. A full checkpoint fills
+both exactly. A delta's new keys are appended: their rows are written at fresh indices *before*
+the servable's write gate is taken (no request can reach an index no key points to yet; growing
+the variable copies it, which readers do not notice), then, under the gate, the new keys are
+inserted and changed rows of existing keys overwritten, so a request sees the whole delta or
+none of it. Capacity grows by 25% at a time (amortised copies, little slack); a full load
+leaves room for 1/32 more keys.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from deeprec_runtime.deeprec import kernels
 from deeprec_runtime.deeprec.rewrite import DefaultBlock, TableNodes
 from deeprec_runtime.errors import VersionLoadError
 
@@ -49,6 +52,8 @@ class TableOps:
     assign: tuple[str, str]
     grow: tuple[str, str]
     scatter: tuple[tuple[str, str], str]
+    key_index: bool
+    """The index is a DeepRecKeyIndex (else a stock MutableHashTable)."""
 
     @property
     def default_rows(self) -> int:
@@ -81,7 +86,8 @@ class TableOps:
         blocks = tuple(sorted(nodes.blocks.values(), key=lambda b: b.offset))
         return cls(nodes.base, nodes.dim, blocks, ((keys.name, rows.name), insert.name),
                    (find_keys.name, find.name), size.name, (value.name, assign.name),
-                   (extra.name, grow.name), ((at.name, new_rows.name), scatter.name))
+                   (extra.name, grow.name), ((at.name, new_rows.name), scatter.name),
+                   index.op.type == kernels.INDEX_OP)
 
     def default_values(self, session, run_options: config_pb2.RunOptions) -> np.ndarray:
         """The default rows, [default_rows, dim]: initial values are evaluated (once per version,
@@ -205,9 +211,16 @@ class EVTable:
         return int(size)
 
     def bytes_estimate(self) -> int:
-        """Bytes held: the values variable plus the index's slots (17 bytes each, 2^k - 1 of
-        them, at most 7/8 full)."""
+        """Bytes held: the values variable plus the index's slots (DeepRecKeyIndex: 16 bytes
+        each, 2^k of them, at most 3/4 full; MutableHashTable: 17 bytes each, 2^k - 1 of them,
+        at most 7/8 full)."""
+        values = (self.base + self.capacity) * self.ops.dim * 4
+        if self.ops.key_index:
+            slots = 16
+            while self.size > slots // 4 * 3:
+                slots *= 2
+            return values + slots * 16
         slots = 15
         while self.size > slots * 7 // 8:
             slots = slots * 2 + 1
-        return (self.base + self.capacity) * self.ops.dim * 4 + slots * 17
+        return values + slots * 17

@@ -32,6 +32,8 @@ from deeprec_runtime.errors import ConfigError
 
 import tensorflow as tf  # after threadenv
 from tensorflow.core.protobuf import config_pb2
+
+from deeprec_runtime.deeprec.kernels import CPU_ONLY_OPS
 # isort: on
 
 log = logging.getLogger(__name__)
@@ -245,12 +247,27 @@ def embedding_ops(graph: tf.Graph) -> set[str]:
     return found
 
 
+def cpu_only_ops(graph: tf.Graph) -> set[str]:
+    """Ops of the EV op library (CPU kernels only), the resources they read and every op using
+    those resources (fills, scatters, finds): a table and its readers on one device."""
+    found: set[str] = set()
+    for op in graph.get_operations():
+        if op.type not in CPU_ONLY_OPS:
+            continue
+        found.add(op.name)
+        for tensor in op.inputs:
+            if tensor.dtype == tf.resource:
+                found.add(tensor.op.name)
+                found.update(c.name for c in tensor.consumers())
+    return found
+
+
 def place_graph(graph: tf.Graph, device: str, embeddings_on_cpu: bool) -> dict[str, str]:
     """Places every op of an imported (not finalized) graph on `device`, embeddings on the CPU
     when `embeddings_on_cpu` (DeepRec's device placement optimization: big tables stay in host
     memory, the dense part runs on the GPU). Save/restore ops stay on the CPU. Returns
     op name -> device, which is also what the unit tests check."""
-    cpu_ops = embedding_ops(graph) if embeddings_on_cpu else set()
+    cpu_ops = (embedding_ops(graph) if embeddings_on_cpu else set()) | cpu_only_ops(graph)
     placed: dict[str, str] = {}
     for op in graph.get_operations():
         if op.type in ("SaveV2", "RestoreV2", "MergeV2Checkpoints", "ShardedFilename",

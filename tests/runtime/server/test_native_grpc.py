@@ -23,6 +23,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from deeprec_runtime.app import Runtime, choose_grpc_server
 from deeprec_runtime.config import parse_model_config
+from deeprec_runtime import toolchain
 from deeprec_runtime.native import build as native_build
 from deeprec_runtime.native.build import library_path
 from deeprec_runtime.security import Security, SecurityConfig, SecurityConfigError
@@ -68,7 +69,7 @@ def _health(channel: grpc.Channel, service: str = "") -> int:
 def test_library_builds_into_the_configured_folder_once_and_is_reused(tmp_path, monkeypatch):
     # The image's recipe: DEEPREC_NATIVE_DIR, built once, found again without a compiler.
     monkeypatch.setenv(native_build.DIR_ENV, str(tmp_path))
-    monkeypatch.setattr(native_build, "_found", {})
+    monkeypatch.setattr(toolchain, "_found", {})
     built = library_path()
     assert built == str(tmp_path / native_build.LIBRARY_NAME)
     assert b"$ORIGIN/lib" in Path(built).read_bytes()  # where the image puts gRPC's libraries
@@ -77,8 +78,8 @@ def test_library_builds_into_the_configured_folder_once_and_is_reused(tmp_path, 
     def no_compiler(*_args):
         raise AssertionError("compiled again")
 
-    monkeypatch.setattr(native_build, "_compile", no_compiler)
-    monkeypatch.setattr(native_build, "_found", {})  # as a new process would start
+    monkeypatch.setattr(toolchain, "_compile", no_compiler)
+    monkeypatch.setattr(toolchain, "_found", {})  # as a new process would start
     assert library_path() == built and os.stat(built).st_mtime_ns == stamp
 
 
