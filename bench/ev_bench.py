@@ -51,7 +51,7 @@ def measure(label: str, server, payload: bytes, duration: float, concurrency: in
     start, end = records[:, 0].min(), (records[:, 0] + records[:, 1]).max()
     cpu = window.between(start, end)
     per = cpu / len(records) * 1e6
-    print(f"  {label:<24} {len(records) / (end - start):8.0f} req/s   p50 {pct(records[:, 1], 50):6.2f} ms"
+    print(f"  {label:<28} {len(records) / (end - start):8.0f} req/s   p50 {pct(records[:, 1], 50):6.2f} ms"
           f"   p99 {pct(records[:, 1], 99):6.2f} ms   server CPU {per:6.0f} us/req"
           + (f"   errors {errors}" if errors else ""), flush=True)
     return per
@@ -74,7 +74,7 @@ def build(workdir: str, num_ids: int):
     return art, ev, keys, dense
 
 
-def same_answers(dense_server, ev_server, art, keys) -> None:
+def same_answers(dense_server, ev_server, art, keys, label: str) -> None:
     import grpc
 
     from deeprec_api import predict_pb2 as pb
@@ -89,7 +89,8 @@ def same_answers(dense_server, ev_server, art, keys) -> None:
                 grpc_payload(f), timeout=30)
         answers.append(decode_array(pb.PredictResponse.FromString(raw).outputs["probability"], "p"))
     np.testing.assert_allclose(answers[0], answers[1], rtol=1e-5, atol=1e-6)
-    print("  both servers give the same answers (16 requests' worth checked)", flush=True)
+    print(f"  dense and {label} servers give the same answers (16 requests' worth checked)",
+          flush=True)
 
 
 def _with_stock_ops(start: Callable[[], T]) -> T:
@@ -115,7 +116,7 @@ def cpu_per_request(workdir, art, ev, keys, duration: float) -> None:
                       if " runs " in line and "CPU/run" in line]
             print(f"  {name} model runs {chosen[-1] if chosen else '(mode not logged)'}", flush=True)
         for name in ("ev", "ev stock ops"):
-            same_answers(servers["dense"], servers[name], art, keys)
+            same_answers(servers["dense"], servers[name], art, keys, name)
         print("  RSS: " + ", ".join(f"{name} server {rss_mib(s.proc.pid):.0f} MiB"
                                     for name, s in servers.items())
               + f" ({art.model.num_ids} rows of [16] + [1])", flush=True)

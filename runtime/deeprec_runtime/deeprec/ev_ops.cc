@@ -25,9 +25,9 @@
 // of a write or none. Request ids are only ever hashed and compared: no id reaches an index
 // unchecked, and a row outside the variable is an error (a corrupt table), never a read.
 //
-// Built as a custom-op library (native/build.py, TensorFlow's custom-op flags) and loaded with
-// tf.load_op_library before a DeepRec graph is imported (deeprec/kernels.py); a runtime that
-// cannot build it serves the same graph with the stock ops.
+// Built as a custom-op library (toolchain.py, with the flags TensorFlow gives custom ops) and
+// loaded with tf.load_op_library before a DeepRec graph is imported (deeprec/kernels.py); a
+// runtime that cannot build it serves the same graph with the stock ops.
 
 #include <algorithm>
 #include <cstdint>
