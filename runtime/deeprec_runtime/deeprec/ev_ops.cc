@@ -6,8 +6,7 @@
 // EV's default rows. With stock ops a lookup is FloorMod (the default row of an unseen id),
 // LookupTableFindV2 on a MutableHashTable and ResourceGather: three kernels, and, with a
 // million random keys, two cache misses in the hash map (control bytes, then slot) before the
-// row's own. At batch 64 (1,024 ids a request) that cost 1.34x the CPU of the same model with
-// dense tables. Here:
+// row's own (figures in docs/performance.md, "DeepRec EmbeddingVariables"). Here:
 //
 // * DeepRecKeyIndex is a LookupInterface (so LookupTableInsertV2 / FindV2 / SizeV2 /
 //   ExportV2 / ImportV2 work on it unchanged) stored as one array of 16-byte slots {key, row}

@@ -1,4 +1,4 @@
-"""The EmbeddingVariable kernels of native/ev_ops.cc, loaded into this process's TensorFlow.
+"""The EmbeddingVariable kernels of deeprec/ev_ops.cc, loaded into this process's TensorFlow.
 
 `fused_lookups()` says whether the rewrite may use them: a `DeepRecKeyIndex` per EV and one
 `DeepRecEVGather` per lookup (find, default row and gather in one kernel, misses prefetched)

@@ -8,7 +8,7 @@ Each `KvResourceGather(V1)` node G becomes a lookup on storage the runtime owns,
                    | offset[part]                   # one row of default_value_no_permission
     G   = ResourceGather(values[EV], row)
 
-With the EV op library loaded (deeprec/kernels.py, native/ev_ops.cc) the three ops are one,
+With the EV op library loaded (deeprec/kernels.py, deeprec/ev_ops.cc) the three ops are one,
 `G = DeepRecEVGather(values[EV], index[EV], ids)` with the fallback's offset and modulus as
 attributes, and `index` is its cache-friendly DeepRecKeyIndex; the answers are the same.
 
