@@ -27,19 +27,18 @@ from deeprec_api.resource import GROUP, PLURAL, VERSION
 from deeprec_operator import resources
 from deeprec_operator.controller import Controller
 from deeprec_operator.credentials import SecretCache
+from deeprec_operator.environment import (
+    OPERATOR_NAMESPACE_ENV,
+    OPERATOR_POD_LABELS_ENV,
+    POLL_SECONDS_ENV,
+    RUNTIME_IMAGE_ENV,
+)
 from deeprec_operator.events import EventRecorder
 from deeprec_operator.kube import Kube, load_configuration
 from deeprec_operator.pods import PodView, pod_view
 from deeprec_operator.probe import Prober
 from deeprec_operator.sync import RETRY_SECONDS, Context
 
-#: Seconds after which a model nothing else synced is synced again (status refresh, lost events).
-POLL_SECONDS_ENV = "DEEPREC_OPERATOR_POLL_SECONDS"
-RUNTIME_IMAGE_ENV = "DEEPREC_RUNTIME_IMAGE"
-#: Where the operator's own pods run (the chart sets both): the NetworkPolicies it writes admit
-#: them, so the status probe still reaches the runtimes.
-OPERATOR_NAMESPACE_ENV = "DEEPREC_OPERATOR_NAMESPACE"
-OPERATOR_POD_LABELS_ENV = "DEEPREC_OPERATOR_POD_LABELS"
 #: Delay before kopf re-runs a handler that raised (the client already retried transient API
 #: errors for a few seconds); kopf's default of 60 s would leave a model stale for a minute.
 ERROR_BACKOFF_SECONDS = 3.0

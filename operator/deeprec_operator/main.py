@@ -14,6 +14,8 @@ from typing import Any
 
 import kopf
 
+from deeprec_operator.environment import RUNTIME_IMAGE_ENV
+
 
 class _QuietRoutine(logging.Filter):
     """Drops kopf's per-run success line of the pod watcher.
@@ -51,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--liveness-port", type=int, default=None,
                         help="serve /healthz on this port (for the Deployment's liveness probe)")
     parser.add_argument("--log-format", choices=("plain", "json"), default="plain")
-    parser.add_argument("--runtime-image", default=os.environ.get("DEEPREC_RUNTIME_IMAGE", ""),
-                        help="runtime image for models without spec.image (env DEEPREC_RUNTIME_IMAGE)")
+    parser.add_argument("--runtime-image", default=os.environ.get(RUNTIME_IMAGE_ENV, ""),
+                        help=f"runtime image for models without spec.image (env {RUNTIME_IMAGE_ENV})")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
