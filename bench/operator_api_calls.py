@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from deeprec_operator.versions import TARGET_ANNOTATION  # noqa: E402
 from tests.support.apiproxy import FaultProxy  # noqa: E402
-from tests.support.plane import Plane, service_account_kubeconfig  # noqa: E402
+from tests.support.plane import Plane, plane_for, service_account_kubeconfig  # noqa: E402
 
 CHART = REPO / "helm" / "deeprec-serving"
 
@@ -109,13 +109,11 @@ def main() -> int:
     parser.add_argument("--plane-dir", default=os.environ.get("DEEPREC_E2E_PLANE_DIR"))
     parser.add_argument("--operator", default=str(Path(sys.executable).parent / "deeprec-operator"))
     args = parser.parse_args()
+    with plane_for(args.plane_dir) as plane:
+        return run(plane, args)
 
-    own_plane = args.plane_dir is None
-    plane_dir = Path(args.plane_dir or tempfile.mkdtemp(prefix="bench-plane-"))
-    if own_plane:
-        subprocess.run(["bash", str(REPO / "scripts" / "k8s-plane.sh"), "up", str(plane_dir),
-                        "--owner-pid", str(os.getpid())], check=True, timeout=300)
-    plane = Plane.from_dir(plane_dir)
+
+def run(plane: Plane, args: argparse.Namespace) -> int:
     ns, release = f"calls-{uuid.uuid4().hex[:6]}", f"drs-{uuid.uuid4().hex[:6]}"
     plane.kubectl("create", "namespace", ns)
     deadline = time.monotonic() + 30
@@ -169,9 +167,6 @@ def main() -> int:
                 operator.kill()
         plane.helm("uninstall", release, "-n", ns, check=False)
         plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        if own_plane:
-            subprocess.run(["bash", str(REPO / "scripts" / "k8s-plane.sh"), "down", str(plane_dir)],
-                           timeout=120)
     return 0
 
 

@@ -20,7 +20,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from deeprec_operator.kube import Kube, collection_path, load_configuration  # noqa: E402
 from deeprec_operator.versions import TARGET_ANNOTATION  # noqa: E402
-from tests.support.plane import Plane  # noqa: E402
+from tests.support.plane import Plane, plane_for  # noqa: E402
 
 CRD = REPO / "crds" / "deeprecmodels.serving.deeprec.io.yaml"
 
@@ -66,13 +65,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--plane-dir", default=os.environ.get("DEEPREC_E2E_PLANE_DIR"))
     args = parser.parse_args()
+    with plane_for(args.plane_dir) as plane:
+        return run(plane, args)
 
-    own_plane = args.plane_dir is None
-    plane_dir = Path(args.plane_dir or tempfile.mkdtemp(prefix="bench-plane-"))
-    if own_plane:
-        subprocess.run(["bash", str(REPO / "scripts" / "k8s-plane.sh"), "up", str(plane_dir),
-                        "--owner-pid", str(os.getpid())], check=True, timeout=300)
-    plane = Plane.from_dir(plane_dir)
+
+def run(plane: Plane, args: argparse.Namespace) -> int:
     os.environ["KUBECONFIG"] = str(plane.kubeconfig)
     kube = Kube(load_configuration())
     ns = f"bench-{int(time.time())}"
@@ -83,7 +80,7 @@ def main() -> int:
         lambda: plane.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0, 30, "default SA"
     )
 
-    log = open(plane_dir / f"operator-{ns}.log", "wb")
+    log = open(plane.dir / f"operator-{ns}.log", "wb")
     env = dict(plane.env, DEEPREC_OPERATOR_POLL_SECONDS="3")
     operator = subprocess.Popen([str(Path(sys.executable).parent / "deeprec-operator"), "--namespace", ns,
                                  "--log-format", "plain"], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -173,10 +170,6 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             operator.kill()
         plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        if own_plane:
-            subprocess.run(
-                ["bash", str(REPO / "scripts" / "k8s-plane.sh"), "down", str(plane_dir)], timeout=120
-            )
     return 0
 
 

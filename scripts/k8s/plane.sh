@@ -127,11 +127,22 @@ in_exec() {
   [[ ${stat%% *} != Z && -z "$(tr -d '\0' <"/proc/$1/cmdline" 2>/dev/null)" ]]
 }
 
+# our_child PID: the process is alive (not a zombie) and a child of this shell. Right after
+# start_component, before the forked shell has exec'd, its command line is this script's own,
+# which may name the plane folder differently (relative, trailing slash): still our component.
+our_child() {
+  local status ppid state
+  status=$(cat "/proc/$1/status" 2>/dev/null) || return 1
+  ppid=$(awk '/^PPid:/ {print $2}' <<<"$status")
+  state=$(awk '/^State:/ {print $2}' <<<"$status")
+  [[ $ppid == "$$" && $state != Z ]]
+}
+
 component_alive() {
   local f=$PLANE_DIR/pids/$1.pid pid
   [[ -f $f ]] || return 1
   pid=$(cat "$f")
-  is_ours "$pid" || in_exec "$pid"
+  is_ours "$pid" || in_exec "$pid" || our_child "$pid"
 }
 
 exit_status() { # exit_status NAME: how a component started by this shell ended, in words

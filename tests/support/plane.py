@@ -17,11 +17,13 @@ benchmarks in ``bench/`` both do).
   onto those folders, so the stand-in runs the container's own command line (TLS files and token
   files from the real Secrets included).
 - :func:`wait_until`: poll a condition with a deadline and a useful failure message.
+- :func:`plane_for`: the plane of a folder, or one started for a block (the benchmarks).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -29,7 +31,7 @@ import tempfile
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ __all__ = [
     "format_downward_api",
     "kubeconfig_ca_file",
     "go_quote",
+    "plane_for",
     "service_account_kubeconfig",
     "standin_args",
     "wait_until",
@@ -171,6 +174,26 @@ class Plane:
         if not path.exists():
             return f"(no log at {path})"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+PLANE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "k8s-plane.sh"
+
+
+@contextlib.contextmanager
+def plane_for(plane_dir: str | os.PathLike | None) -> Iterator[Plane]:
+    """The plane already running in `plane_dir`, or, when it is None, a new plane started for
+    the block and stopped after it, whatever the block raised (it also stops if this process
+    dies first: --owner-pid)."""
+    if plane_dir is not None:
+        yield Plane.from_dir(plane_dir)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="bench-plane-"))
+    subprocess.run(["bash", str(PLANE_SCRIPT), "up", str(folder), "--owner-pid", str(os.getpid())],
+                   check=True, timeout=300)
+    try:
+        yield Plane.from_dir(folder)
+    finally:
+        subprocess.run(["bash", str(PLANE_SCRIPT), "down", str(folder)], timeout=120, check=False)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.2,
