@@ -191,6 +191,10 @@ def native_path() -> int:
         print(f"deeprec-runtime: the fast predict library cannot reach TensorFlow's sessions: "
               f"{exc}", file=sys.stderr)
         return 1
+    if kernels.library() is None:  # its ops must register in this TensorFlow
+        print("deeprec-runtime: TensorFlow cannot load the EmbeddingVariable op library (the "
+              "warning above says why)", file=sys.stderr)
+        return 1
     return 0
 
 
