@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import predict_pb2 as tfs_predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from deeprec_runtime import toolchain
 from deeprec_runtime.app import Runtime, choose_grpc_server
 from deeprec_runtime.config import parse_model_config
-from deeprec_runtime import toolchain
 from deeprec_runtime.native import build as native_build
 from deeprec_runtime.native.build import library_path
 from deeprec_runtime.security import Security, SecurityConfig, SecurityConfigError
