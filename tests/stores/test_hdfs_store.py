@@ -20,9 +20,8 @@ from deeprec_runtime.store.cache import LocalCache
 from deeprec_runtime.store.hdfs import HdfsStore
 from deeprec_runtime.store.retry import RetryPolicy
 from tests.support.runtime import output, wait_for
-
-from .conftest import FAST_RETRY
-from .hdfs_cluster import upload_tree
+from tests.support.stores.common import FAST_RETRY
+from tests.support.stores.hdfs_cluster import upload_tree
 
 
 @pytest.fixture

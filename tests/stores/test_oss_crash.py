@@ -13,9 +13,8 @@ import pytest
 
 from deeprec_runtime.training import write_demo_model
 from tests.support.runtime import Client, ServeProcess, output, wait_for
-
-from .conftest import ACCESS_ID, ACCESS_KEY, BUCKET, Uploader
-from .oss_server import Fault
+from tests.support.stores.common import ACCESS_ID, ACCESS_KEY, BUCKET, Uploader
+from tests.support.stores.oss_server import Fault
 
 KEY = "probability"
 PART = ".part-"  # deeprec_runtime.store.cache: files being written are <name>.part-<random>

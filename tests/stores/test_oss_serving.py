@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from tests.support.runtime import output, wait_for
-
-from .conftest import ACCESS_ID, ACCESS_KEY, BUCKET, Uploader
-from .oss_server import Fault
+from tests.support.stores.common import ACCESS_ID, ACCESS_KEY, BUCKET, Uploader
+from tests.support.stores.oss_server import Fault
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ import pytest
 from deeprec_runtime.store import oss as oss_module
 from deeprec_runtime.store.base import StoreAuthError, StoreNotFound, StoreUnavailable
 from deeprec_runtime.store.retry import RetryPolicy
-
-from .conftest import ACCESS_KEY, BUCKET
-from .oss_server import Fault
+from tests.support.stores.common import ACCESS_KEY, BUCKET
+from tests.support.stores.oss_server import Fault
 
 ROOT = f"oss://{BUCKET}/ckpt"
 SHARD = os.urandom(300_000)

@@ -8,7 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "hdfs-minicluster.sh"
+from tests.support.paths import REPO
+
+SCRIPT = REPO / "scripts" / "hdfs-minicluster.sh"
 START_TIMEOUT = 120.0
 
 
