@@ -14,9 +14,15 @@ import numpy as np
 import pytest
 
 from tests.support.runtime import plan_of
-
-from .sequence_model import DEEPREC, TFS, bytes_field, request, valid_arrays, write_sequence_model
-from .sequence_model import feed as sequence_feed
+from tests.support.sequence_model import (
+    DEEPREC,
+    TFS,
+    bytes_field,
+    request,
+    valid_arrays,
+    write_sequence_model,
+)
+from tests.support.sequence_model import feed as sequence_feed
 
 METHODS = {DEEPREC: "/deeprec.serving.PredictionService/Predict",
            TFS: "/tensorflow.serving.PredictionService/Predict"}

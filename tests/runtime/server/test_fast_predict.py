@@ -25,9 +25,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import encode_array
 from tests.support.runtime import make_request, output, plan_of, wait_for
-
-from .conftest import deeprec_call, raw_call
-from .sequence_model import (
+from tests.support.runtime_server import deeprec_call, raw_call
+from tests.support.sequence_model import (
     CONTENT_FIELD,
     DEEPREC,
     DT_FLOAT,
@@ -47,7 +46,7 @@ from .sequence_model import (
     varint_field,
     write_sequence_model,
 )
-from .sequence_model import feed as sequence_feed
+from tests.support.sequence_model import feed as sequence_feed
 
 
 @pytest.fixture

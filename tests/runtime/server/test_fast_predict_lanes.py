@@ -27,8 +27,7 @@ from deeprec_runtime.native.plan import IN_PLACE, POOLED
 from deeprec_runtime.predict import predict
 from tests.support.cpus import cpu_ticks, two_cpus
 from tests.support.runtime import make_request, output, plan_of
-
-from .conftest import deeprec_call
+from tests.support.runtime_server import deeprec_call
 
 
 def serving(runtime):

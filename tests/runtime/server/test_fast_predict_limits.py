@@ -27,9 +27,8 @@ from deeprec_runtime.native.fast_predict import FastPredict
 from deeprec_runtime.native.plan import TFS, FastPlan
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
 from tests.support.runtime import output, plan_of, wait_for
-
-from .sequence_model import DEEPREC, feed, request, valid_arrays, write_sequence_model
-from .sequence_model import TFS as TFS_FORMAT
+from tests.support.sequence_model import DEEPREC, feed, request, valid_arrays, write_sequence_model
+from tests.support.sequence_model import TFS as TFS_FORMAT
 
 PREDICT = "/deeprec.serving.PredictionService/Predict"
 LONG_WAIT_US = 60_000_000  # the most allowed: batches close when a test says so, not on a timer

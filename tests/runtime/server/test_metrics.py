@@ -7,8 +7,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.support.runtime import Client
-
-from .conftest import SEED_STEP, http, scrape, value
+from tests.support.runtime_server import SEED_STEP, http, scrape, value
 
 
 def test_request_counts_latency_and_batch_sizes_move(served):

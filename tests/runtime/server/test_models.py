@@ -26,8 +26,7 @@ from deeprec_runtime.config import parse_model_config
 from deeprec_runtime.errors import ConfigError
 from deeprec_runtime.models import load_model_config_list, parse_model_config_list
 from tests.support.runtime import touch_newer, wait_for
-
-from .conftest import SEED_STEP, build_seed, http, scrape, seed_config, value
+from tests.support.runtime_server import SEED_STEP, build_seed, http, scrape, seed_config, value
 
 
 def test_config_list_reads_paths_inline_configs_and_yaml(tmp_path):

@@ -32,8 +32,7 @@ from deeprec_runtime.server.tfs_convert import merge_context
 from deeprec_runtime.server.tfs_grpc import inner_request
 from tests.support.history_model import export_history_model
 from tests.support.runtime import Client, make_request, output
-
-from .conftest import http
+from tests.support.runtime_server import http
 
 LIMIT = 1 << 20  # max_decoded_bytes of the served runtime: small, so over-limit inputs are cheap
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from deeprec_runtime.server.rest.jsonio import to_json
-
-from .conftest import LABELS, SEED_STEP, examples_regression, examples_scores, http
+from tests.support.runtime_server import LABELS, SEED_STEP, examples_regression, examples_scores, http
 
 
 def _rows(feed):

@@ -19,8 +19,7 @@ from tensorflow_serving.apis import (
 )
 
 from tests.support.runtime import Client
-
-from .conftest import LABELS, SEED_STEP, examples_regression, examples_scores
+from tests.support.runtime_server import LABELS, SEED_STEP, examples_regression, examples_scores
 
 
 def predict_request(feed, model="seed", version=None, label="", signature=""):
