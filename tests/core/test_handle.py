@@ -7,8 +7,7 @@ import threading
 import pytest
 
 from deeprec_runtime.core import ServableHandle
-
-from .fakes import FakeServable, wait_until
+from tests.support.core_fakes import FakeServable, wait_until
 
 
 def test_a_handle_of_a_servable_holds_its_gate_for_the_block_only():

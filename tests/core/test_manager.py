@@ -21,8 +21,7 @@ from deeprec_runtime.core import (
     VersionNotLoaded,
     VersionState,
 )
-
-from .fakes import FakeLoader, FakeSource, version, wait_until
+from tests.support.core_fakes import FakeLoader, FakeSource, version, wait_until
 
 
 def make(*versions, target="latest", retain_previous=True):

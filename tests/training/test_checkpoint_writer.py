@@ -9,8 +9,7 @@ import pytest
 import tensorflow as tf
 
 from deeprec_runtime.training import CheckpointWriter, build_wide_deep, read_delta
-
-from .helpers import FreshServable, delta_prefixes_in_order
+from tests.support.training import FreshServable, delta_prefixes_in_order
 
 tf1 = tf.compat.v1
 

@@ -15,8 +15,7 @@ from deeprec_runtime.training import (
     read_delta,
     write_demo_model,
 )
-
-from .helpers import FreshServable, delta_prefixes_in_order
+from tests.support.training import FreshServable, delta_prefixes_in_order
 
 tf1 = tf.compat.v1
 
