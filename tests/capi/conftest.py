@@ -1,31 +1,17 @@
-"""Builds libserving_processor.so and the C example once per session, and a small real model."""
+"""Builds libserving_processor.so and the C example once per session, and a small real model
+(helpers in tests/support/capi.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from deeprec_api import predict_pb2 as pb
-from deeprec_runtime.codec import encode_array
 from deeprec_runtime.training.checkpoint_writer import CheckpointWriter
 from deeprec_runtime.training.demo_models import build_seed_example
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "c" / "processor_client.c"
-
-
-def cli(*args: str, env: dict | None = None) -> str:
-    out = subprocess.run([sys.executable, "-m", "deeprec_runtime.cli", *args], env=env,
-                         capture_output=True, text=True, timeout=240, check=False)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+from tests.support.capi import EXAMPLE, cli
 
 
 @pytest.fixture(scope="session")
@@ -52,13 +38,6 @@ def c_client(tmp_path_factory) -> str:
     return exe
 
 
-def make_request(inputs: dict, output_filter=()) -> pb.PredictRequest:
-    req = pb.PredictRequest(output_filter=list(output_filter))
-    for key, value in inputs.items():
-        encode_array(np.asarray(value), req.inputs[key])
-    return req
-
-
 @pytest.fixture(scope="module")
 def seed(tmp_path_factory):
     """DeepRec's documented signature (input1 double, input2 int32 -> probabilities), served from
@@ -75,17 +54,3 @@ def seed(tmp_path_factory):
               "signature_name": "serving_default", "warmup_iterations": 1}
     yield model, config, base
     model.close()
-
-
-def write_json(path: Path, value) -> str:
-    path.write_text(json.dumps(value))
-    return str(path)
-
-
-def run_client(exe: str, library: str, config_path: str, *commands: str, cwd: str):
-    """Runs examples/c/processor_client.c's binary in a clean environment (no PYTHONPATH, no
-    virtualenv variables): the C host a user writes."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DEEPREC_LOG_LEVEL": "WARNING",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([exe, library, config_path, *commands], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=180, check=False)

@@ -7,8 +7,7 @@ import numpy as np
 
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import decode_array
-
-from .conftest import make_request, run_client, write_json
+from tests.support.capi import make_request, run_client, write_json
 
 
 def test_c_host_predicts_like_the_in_process_model_and_survives_bad_requests(

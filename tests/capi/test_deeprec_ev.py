@@ -6,10 +6,9 @@ import numpy as np
 
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import decode_array
+from tests.support.capi import make_request, run_client, write_json
 from tests.support.deeprec import state as S
 from tests.support.deeprec.layout import make_ev_model
-
-from .conftest import make_request, run_client, write_json
 
 
 def test_c_host_gets_deeprecs_answers_for_an_ev_model(tmp_path, capi_library, c_client):

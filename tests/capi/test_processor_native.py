@@ -14,8 +14,7 @@ import pytest
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.capi.processor import FAILED, OK, ProcessorModel
 from deeprec_runtime.codec import decode_array
-
-from .conftest import make_request
+from tests.support.capi import make_request
 
 
 @pytest.fixture(scope="module", params=[{}, {"session_num": 2, "select_session_policy": "RR"}],
