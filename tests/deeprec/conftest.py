@@ -34,9 +34,8 @@ def ev_model(tmp_path) -> EVModel:
 @pytest.fixture
 def old_ev_model(tmp_path) -> EVModel:
     """Older release (InitializeKvVariableOp with attr_json_str, KvResourceImportV2), attrs kept.
-    Its user_emb answers unseen ids with default_value_no_permission -0.25 (set in the JSON)."""
+    Its user_emb answers unseen ids with default_value_no_permission -0.25 (set in the JSON;
+    OLD_NO_PERMISSION in tests/support/deeprec/layout.py)."""
     return make_ev_model(str(tmp_path / "old"), release=S.OLD_RELEASE, strip_defaults=False,
                          init_overrides={"user_emb": {"default_value_no_permission": -0.25}})
 
-
-OLD_NO_PERMISSION = {"user_emb": -0.25}

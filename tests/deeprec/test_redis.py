@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from tests.support.deeprec import state as S
+from tests.support.deeprec.layout import OLD_NO_PERMISSION
 from tests.support.deeprec.serving import check, mixed_feed, train
 from tests.support.runtime import plan_of, wait_for
-
-from .conftest import OLD_NO_PERMISSION
 
 
 def _serve(serve, model, redis_server):

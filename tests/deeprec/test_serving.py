@@ -14,11 +14,9 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from deeprec_runtime.deeprec import kernels
 from tests.support.deeprec import state as S
-from tests.support.deeprec.layout import make_ev_model
+from tests.support.deeprec.layout import OLD_NO_PERMISSION, make_ev_model
 from tests.support.deeprec.serving import OUTPUTS, check, mixed_feed, train
 from tests.support.runtime import output, plan_of, wait_for
-
-from .conftest import OLD_NO_PERMISSION
 
 
 def tfs_predict(channel: grpc.Channel, feed: dict) -> dict[str, np.ndarray]:
