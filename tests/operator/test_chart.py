@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHART_DIR
 
-HELM = Path(os.environ.get("DEEPREC_K8S_CACHE",
-                           Path.home() / ".cache" / "deeprec-serving" / "k8s-v1.34.4")) / "bin" / "helm"
+from tests.support.operator.manifests import CHART_DIR, HELM
+
 READ_ONLY = {"get", "list", "watch"}
 
 

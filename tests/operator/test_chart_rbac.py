@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import CHART_DIR
-from test_chart import HELM
+
+from tests.support.operator.manifests import CHART_DIR, HELM
 
 RBAC_KINDS = ("Role", "ClusterRole")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conftest import CHART_DIR, CRD_PATH, example_model, load_crd
+from tests.support.operator.manifests import CHART_DIR, CRD_PATH, example_model, load_crd
 
 # Every key of DeepRec's model_config, as the Processor's configuration document lists them.
 DEEPREC_KEYS = [
@@ -231,10 +231,9 @@ def test_redis_urls_with_credentials_are_refused_by_rules():
 
 
 def test_secured_example_matches_schema_and_parses():
-    from conftest import secured_example_model
-
     from deeprec_operator.resources import children
     from deeprec_operator.spec import parse
+    from tests.support.operator.manifests import secured_example_model
 
     model = secured_example_model()
     assert validate(model["spec"], _schema()["properties"]["spec"], "spec") == []

@@ -1,4 +1,4 @@
-"""The test-only fault wrapper around the operator's API client (tests/operator/faulty_kube.py):
+"""The test-only fault wrapper around the operator's API client (tests/support/operator/faulty_kube.py):
 it fires at the calls that make up each step, the Nth time, exactly once, and passes every call
 through; the e2e fault tests rely on it to SIGKILL the operator mid-sync."""
 
@@ -9,15 +9,14 @@ import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
-from fakes import FakeKube, pod
-from faulty_kube import ENV, FaultyKube
 
 from deeprec_operator.versions import annotation_patch
+from tests.support.operator.fakes import FakeKube, pod
+from tests.support.operator.faulty_kube import ENV, FaultyKube
+from tests.support.paths import REPO
 
-HERE = Path(__file__).resolve().parent
 CM = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}, "data": {}}
 DEP = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "ns"}}
 MODEL = {"apiVersion": "serving.deeprec.io/v1alpha1", "kind": "DeepRecModel",
@@ -94,9 +93,9 @@ def test_an_unknown_step_is_refused():
 
 def test_the_default_kill_is_a_real_sigkill_of_the_process():
     code = "\n".join([
-        f"import sys; sys.path.insert(0, {str(HERE)!r})",
-        "from fakes import FakeKube",
-        "from faulty_kube import FaultyKube",
+        f"import sys; sys.path.insert(0, {str(REPO)!r})",
+        "from tests.support.operator.fakes import FakeKube",
+        "from tests.support.operator.faulty_kube import FaultyKube",
         "kube = FaultyKube(FakeKube(), 'configmap-applied')",
         "print('before', flush=True)",
         f"kube.apply({CM!r})",
@@ -104,6 +103,6 @@ def test_the_default_kill_is_a_real_sigkill_of_the_process():
     ])
     env = {k: v for k, v in os.environ.items() if k != ENV}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
-                          cwd=HERE)
+                          cwd=REPO)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert proc.stdout.split() == ["before"] and "SIGKILL at configmap-applied (#1)" in proc.stderr

@@ -14,14 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
-from conftest import BASE_SPEC
-from fakes import RecordedEvents
 
 from deeprec_operator import children
 from deeprec_operator import kube as kube_module
 from deeprec_operator import resources as r
 from deeprec_operator.kube import Kube
 from deeprec_operator.spec import parse
+from tests.support.operator.fakes import RecordedEvents
+from tests.support.operator.manifests import BASE_SPEC
 
 UID = "11111111-2222-3333-4444-555555555555"
 BODY = {"apiVersion": "serving.deeprec.io/v1alpha1", "kind": "DeepRecModel",

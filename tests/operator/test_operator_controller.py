@@ -15,13 +15,13 @@ import threading
 import time
 
 import pytest
-from fakes import Clock, FakeKube, FakeProber, RecordedEvents
 
 from deeprec_operator.controller import Controller
 from deeprec_operator.credentials import SecretCache
 from deeprec_operator.kube import ApiError
 from deeprec_operator.pods import PodView
 from deeprec_operator.sync import Context, Result
+from tests.support.operator.fakes import Clock, FakeKube, FakeProber, RecordedEvents
 
 A, B = ("ns", "a"), ("ns", "b")
 

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BASE_SPEC
 
 from deeprec_api.redact import redact, url_has_credentials
 from deeprec_operator.credentials import (
@@ -23,6 +22,7 @@ from deeprec_operator.credentials import (
 )
 from deeprec_operator.kube import ApiError
 from deeprec_operator.spec import parse
+from tests.support.operator.manifests import BASE_SPEC
 
 PASSWORD = "pw-9f3a7c"
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from fakes import FakeKube
-
 from deeprec_operator.events import MAX_MESSAGE, EventRecorder
 from deeprec_operator.kube import ApiError
+from tests.support.operator.fakes import FakeKube
 
 MODEL = {"apiVersion": "serving.deeprec.io/v1alpha1", "kind": "DeepRecModel",
          "metadata": {"name": "wd", "namespace": "ns", "uid": "u-1", "resourceVersion": "7"}}

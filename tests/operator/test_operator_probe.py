@@ -76,7 +76,7 @@ SERVER_NAME = "wd.ns.svc"
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    from pki import CA
+    from tests.support.operator.pki import CA
 
     d = tmp_path_factory.mktemp("probe-pki")
     server_ca, client_ca, other_ca = CA("server-ca"), CA("client-ca"), CA("other-ca")

@@ -14,11 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
-from conftest import BASE_SPEC
 
 from deeprec_operator import children
 from deeprec_operator.kube import ApiError, Kube
 from deeprec_operator.spec import parse
+from tests.support.operator.manifests import BASE_SPEC
 
 # namespace -> (status, body) answered for any Secret in it
 ANSWERS = {

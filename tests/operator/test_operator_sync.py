@@ -12,14 +12,14 @@ import copy
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import BASE_SPEC
-from fakes import Clock, FakeKube, FakeProber, RecordedEvents, pod
 
 from deeprec_operator.credentials import SecretCache
 from deeprec_operator.kube import ApiError
 from deeprec_operator.probe import ServingInfo
 from deeprec_operator.sync import RETRY_SECONDS, Context, ModelState, sync
 from deeprec_operator.versions import TARGET_ANNOTATION
+from tests.support.operator.fakes import Clock, FakeKube, FakeProber, RecordedEvents, pod
+from tests.support.operator.manifests import BASE_SPEC
 
 UID = "model-uid"
 MODEL = "/apis/serving.deeprec.io/v1alpha1/namespaces/ns/deeprecmodels/wd"

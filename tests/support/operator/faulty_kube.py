@@ -3,7 +3,7 @@
 The fault tests (tests/e2e/test_operator_faults.py) SIGKILL the operator at each step to prove
 that a restart converges, whatever the crash left behind. The hooks sit in this wrapper around the
 client, at the calls that make up the steps; the operator's own code has none. Run the operator
-with it as `python tests/operator/faulty_kube.py --namespace NS ...` (the arguments of
+with it as `python tests/support/operator/faulty_kube.py --namespace NS ...` (the arguments of
 `deeprec-operator`) and DEEPREC_OPERATOR_FAULT_KILL_AT=STEP or STEP@N (die the Nth time the
 step is reached, default 1). Steps, in the order a sync reaches them:
 
