@@ -5,13 +5,11 @@ annotation files), so a changed name fails there too."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
 from deeprec_api import pod, resource, service
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 def test_resource_names_are_the_crds():

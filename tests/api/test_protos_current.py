@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.support.paths import REPO
+
+ROOT = str(REPO)
 
 
 def test_generated_code_is_current(tmp_path):

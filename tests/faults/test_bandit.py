@@ -9,7 +9,9 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+from tests.support.paths import REPO
+
+ROOT = str(REPO)
 NOSEC = re.compile(r"#\s*nosec\b(?P<rest>.*)$")
 JUSTIFIED = re.compile(r"^\s*B\d{3}(\s*,\s*B\d{3})*\s+#\s*\S.{5,}")
 

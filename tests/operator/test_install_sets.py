@@ -8,14 +8,14 @@ import ast
 import re
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 #: Installed with --no-deps by Dockerfile.runtime (it declares the full `tensorflow` wheel).
 SEPARATE = {"tensorflow_serving"}
