@@ -1,8 +1,9 @@
 """The native gRPC front end (`--grpc-server native`): gRPC C++ carrying the same handlers.
 
 Overload, deadlines, message sizes (tests/faults/test_overload.py), bearer tokens
-(tests/runtime/test_security.py) and the SIGTERM drain (tests/runtime/test_process.py) run on both
-servers; this module covers what is specific to the native one."""
+(tests/integration/runtime/test_security.py) and the SIGTERM drain
+(tests/integration/runtime/test_process.py) run on both servers; this module covers what is
+specific to the native one."""
 
 from __future__ import annotations
 
