@@ -19,12 +19,13 @@ setup: $(BIN)/python
 demo: setup
 	$(BIN)/deeprec-runtime demo
 
-# The whole suite: unit, integration (real TensorFlow, gRPC, redis-server) and end-to-end (a real
-# Kubernetes control plane built by scripts/k8s-plane.sh into a cache folder, and a real node
-# running the images of scripts/images.sh: needs root).
+# The whole suite, every tier of tests/: unit, integration (real TensorFlow, gRPC, redis-server),
+# static, faults, fuzz and end-to-end (a real Kubernetes control plane built by scripts/k8s-plane.sh
+# into a cache folder, and a real node running the images of scripts/images.sh: needs root).
 test: setup k8s-plane images
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# Every tier but tests/e2e (no control plane needed).
 test-unit: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests -m 'not e2e'
 
@@ -37,7 +38,7 @@ images: k8s-plane
 	bash scripts/images.sh build
 
 # ruff and mypy, configured in pyproject.toml, and the import contracts in .importlinter
-# (tests/test_lint.py and tests/test_architecture.py run them in the suite).
+# (tests/static/test_lint.py and tests/static/test_architecture.py run them in the suite).
 lint: setup
 	$(BIN)/ruff check runtime operator proto tests bench
 	$(BIN)/mypy

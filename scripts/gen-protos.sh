@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates proto/deeprec_api/*_pb2.py(i) from proto/deeprec/serving/predict.proto, into OUT
-# (default: the package itself). tests/api/test_protos_current.py proves the checked-in files
+# (default: the package itself). tests/static/api/test_protos_current.py proves the checked-in files
 # match this script's output.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"

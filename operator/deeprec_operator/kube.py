@@ -77,7 +77,7 @@ def collection_of(obj: Mapping[str, Any]) -> str:
 
 class KubeClient(Protocol):
     """The calls the operator makes: Kube implements them; tests pass a fake that records them,
-    or a wrapper that injects faults at chosen calls (tests/operator/faulty_kube.py)."""
+    or a wrapper that injects faults at chosen calls (tests/support/operator/faulty_kube.py)."""
 
     def get(self, path: str) -> Any: ...
 

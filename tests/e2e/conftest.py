@@ -71,12 +71,9 @@ from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parents[2]
-if str(_REPO) not in sys.path:  # `pytest` (not `python -m pytest`) leaves the root off sys.path
-    sys.path.insert(0, str(_REPO))
-
-from tests.support.operator_e2e import CHART, FaultyOperator, Operator  # noqa: E402
-from tests.support.plane import (  # noqa: E402
+from tests.support.operator_e2e import CHART, FaultyOperator, Operator
+from tests.support.paths import REPO as _REPO
+from tests.support.plane import (
     CommandError,
     DownwardAPIBridge,
     Plane,

@@ -1,7 +1,7 @@
 """Faults around the operator on a real control plane: it is killed, the API server goes away, writes fail.
 
-- SIGKILL at named steps of a sync (tests/operator/faulty_kube.py, a wrapper around the operator's
-  API client): after the ConfigMap, after the Deployment, after the Service, in the middle of the
+- SIGKILL at named steps of a sync (tests/support/operator/faulty_kube.py, a wrapper around the
+  operator's API client): after the ConfigMap, after the Deployment, after the Service, in the middle of the
   pod-annotation fan-out, before and after the status write. Each restart must converge with one
   child of each kind and with the latest spec.version on every pod, including versions patched
   while it was down.
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 PLANE_SCRIPT = REPO / "scripts" / "k8s-plane.sh"
 #: `deeprec-operator` with its API client wrapped in the fault hooks (same arguments).
-FAULTY_OPERATOR = REPO / "tests" / "operator" / "faulty_kube.py"
+FAULTY_OPERATOR = REPO / "tests" / "support" / "operator" / "faulty_kube.py"
 
 
 def _children(plane, ns: str, name: str) -> dict[str, int]:

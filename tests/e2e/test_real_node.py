@@ -671,7 +671,7 @@ def secured(node: Plane, operator_release, model, client, tmp_path_factory):
     """The secured model applied and Ready, and the ranker client pod (it runs the script of the
     `client` fixture's ConfigMap); deleted afterwards, so the cores it holds are free for the
     exclusive-cores test."""
-    from tests.operator.pki import CA
+    from tests.support.operator.pki import CA
 
     server_ca, client_ca, stranger_ca = CA("models-ca"), CA("ranking-clients-ca"), CA("stranger-ca")
     server = server_ca.server(SECURED_DNS, f"{SECURED_DNS}.cluster.local", f"{SECURED}.{MODELS_NS}")

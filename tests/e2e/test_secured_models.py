@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deeprec_api import predict_pb2
 from deeprec_operator import resources as r
-from tests.operator.pki import CA
+from tests.support.operator.pki import CA
 from tests.support.operator_e2e import (
     Operator,
     condition,

@@ -1,7 +1,7 @@
 """Broken new versions: each is marked failed with its reason (GetServingModelInfo, the log and
 the `deeprec_model_updates_total{result="failure"}` metric), the previous version keeps serving,
 and the next good version is picked up. (Truncated `.data` of a full version and a truncated
-delta are in tests/runtime/test_updates.py.)"""
+delta are in tests/integration/runtime/test_updates.py.)"""
 
 from __future__ import annotations
 

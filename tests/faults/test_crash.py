@@ -15,9 +15,8 @@ import signal
 
 import numpy as np
 
+from tests.support.faults import write_config
 from tests.support.runtime import output, touch_newer, wait_for
-
-from .conftest import write_config
 
 
 def _data_file_as_fifo(prefix: str, aside: str) -> tuple[str, str]:

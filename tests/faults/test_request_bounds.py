@@ -18,10 +18,9 @@ from tensorflow_serving.apis import predict_pb2 as tfs_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from deeprec_api import predict_pb2 as pb
+from tests.support.faults import write_config
 from tests.support.history_model import export_history_model
 from tests.support.runtime import SERVING, make_request, output
-
-from .conftest import write_config
 
 
 @pytest.fixture

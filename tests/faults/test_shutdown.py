@@ -12,9 +12,8 @@ import grpc
 import numpy as np
 
 from deeprec_runtime.training import write_demo_model
+from tests.support.faults import write_config
 from tests.support.runtime import NOT_SERVING, make_request, output
-
-from .conftest import write_config
 
 CLIENTS = 4
 

@@ -4,8 +4,8 @@ Two models: DeepRec's seed example (double + int32 inputs) and a model with two 
 dimensions (tests/support/history_model.py), which any claimed rank-2 shape passes, so the codec's
 shape and size checks are all that stands between it and numpy / TensorFlow. Inputs whose first
 byte is at least shapes.STRUCTURED build a request field by field with absurd shapes (see
-shapes.py), decoded under a small per-request bound (4 KiB) so that path is exercised too; the
-others are parsed as bytes. A request naming the history model's inputs runs on it.
+tests/support/fuzz/shapes.py), decoded under a small per-request bound (4 KiB) so that path is
+exercised too; the others are parsed as bytes. A request naming the history model's inputs runs on it.
 
 Anything but a successful prediction or an InvalidArgument is a crash: an INTERNAL answer, an
 uncaught exception, a hang (libFuzzer's -timeout) or a dead process.
@@ -21,8 +21,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import atheris
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from seed_model import export_seed_model
-
+from tests.support.fuzz.seed_model import export_seed_model
 from tests.support.history_model import export_history_model
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
@@ -31,9 +30,8 @@ with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.predict import predict
     from deeprec_runtime.server.grpc_server import parse
 
-import shapes
-
 from deeprec_api import predict_pb2 as pb
+from tests.support.fuzz import shapes
 
 HISTORY_INPUTS = ("history", "tags")
 SMALL_BOUND = 4096

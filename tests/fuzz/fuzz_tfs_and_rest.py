@@ -17,8 +17,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import atheris
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from seed_model import export_seed_model
-
+from tests.support.fuzz.seed_model import export_seed_model
 from tests.support.history_model import export_history_model
 
 with atheris.instrument_imports(include=["deeprec_runtime"]):
@@ -27,8 +26,9 @@ with atheris.instrument_imports(include=["deeprec_runtime"]):
     from deeprec_runtime.server.rest.routes import parse_json_body
     from deeprec_runtime.server.tfs_grpc import TfsAdapter
 
-import shapes
 from tensorflow_serving.apis import predict_pb2
+
+from tests.support.fuzz import shapes
 
 SMALL_BOUND = 4096
 

@@ -1,8 +1,8 @@
 """The operator under test on the e2e control plane, and small helpers to read what it made.
 
 - :class:`Operator`: ``deeprec-operator --namespace NS`` as a subprocess, its log kept for failure
-  reports; :class:`FaultyOperator`: the same with a fault hook of ``tests/operator/faulty_kube.py``
-  armed (SIGKILL at a named reconcile step) or not.
+  reports; :class:`FaultyOperator`: the same with a fault hook of
+  ``tests/support/operator/faulty_kube.py`` armed (SIGKILL at a named reconcile step) or not.
 - :func:`fetch`, :func:`pods_of`, :func:`running`, :func:`condition`,
   :func:`wait_running`: reads of the plane through ``kubectl``.
 - :func:`small_model`: a DeepRecModel with small pods (fifty fit kwok's two nodes);
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deeprec_operator import resources as r
-from tests.operator.faulty_kube import ENV as FAULT_ENV
+from tests.support.operator.faulty_kube import ENV as FAULT_ENV
 from tests.support.plane import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ EXAMPLE = REPO / "examples" / "deeprecmodel.yaml"
 #: The DeepRecModel of ``EXAMPLE``.
 MODEL = "wide-and-deep"
 #: `deeprec-operator` with its API client wrapped in the fault hooks (same arguments).
-FAULTY_OPERATOR = REPO / "tests" / "operator" / "faulty_kube.py"
+FAULTY_OPERATOR = REPO / "tests" / "support" / "operator" / "faulty_kube.py"
 #: The DeepRecModel of :func:`demo_resource`.
 DEMO_NAME = "demo"
 

@@ -1,5 +1,5 @@
 """A real redis-server (Debian package `redis-server`) per test, for the feature-store tests of
-tests/features and tests/deeprec."""
+tests/integration/features and tests/integration/deeprec."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Real small models on disk served over real gRPC on loopback: helpers and fixtures.
 
-Shared by tests/runtime, tests/faults and tests/stores. The fixtures (``demo``, ``seed_model``,
-``serve``, ``serve_process``) are defined here and imported into the conftest.py of each folder
-that uses them; import the helpers absolutely (``from tests.support.runtime import output``).
+Shared by tests/integration (runtime, stores, features, deeprec) and tests/faults. The fixtures
+(``demo``, ``seed_model``, ``serve``, ``serve_process``) are defined here and imported into the
+conftest.py of each folder that uses them; import the helpers absolutely
+(``from tests.support.runtime import output``).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from tests.support.deeprec import state as S
 from tests.support.deeprec.export import Export, build_export
 
+#: What the older release's user_emb answers unseen ids with: default_value_no_permission, set
+#: to -0.25 in the JSON of the `old_ev_model` fixture (tests/integration/deeprec/conftest.py).
+OLD_NO_PERMISSION = {"user_emb": -0.25}
 
 @dataclass
 class EVModel:

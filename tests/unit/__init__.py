@@ -1,0 +1,1 @@
+"""Fast tests on fakes: no TensorFlow session, no servers of the product, no heavy subprocesses."""
