@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-unit test-e2e k8s-plane images lint protos bench fuzz
+.PHONY: setup demo test test-fast test-unit test-e2e k8s-plane images lint protos bench fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,8 +26,12 @@ test: setup k8s-plane images
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # Every tier but tests/e2e (no control plane needed).
-test-unit: setup
+test-fast: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests -m 'not e2e'
+
+# tests/unit only: fakes, no TensorFlow session, no servers (seconds).
+test-unit: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
 k8s-plane:
 	bash scripts/k8s-plane.sh build

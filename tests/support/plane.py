@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.paths import REPO
+
 __all__ = [
     "CommandError",
     "DownwardAPIBridge",
@@ -176,7 +178,7 @@ class Plane:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-PLANE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "k8s-plane.sh"
+PLANE_SCRIPT = REPO / "scripts" / "k8s-plane.sh"
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The EV op library's kernels (native/ev_ops.cc) on their own, in eager TensorFlow: the key
+"""The EV op library's kernels (deeprec/ev_ops.cc) on their own, in eager TensorFlow: the key
 index through TensorFlow's stock lookup-table ops, and the fused gather against numpy."""
 
 from __future__ import annotations
