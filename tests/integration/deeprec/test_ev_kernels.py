@@ -4,6 +4,9 @@ index through TensorFlow's stock lookup-table ops, and the fused gather against 
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -134,3 +137,27 @@ def test_a_corrupt_table_is_an_error_not_a_read_outside_the_values(lib):
     with pytest.raises(tf.errors.FailedPreconditionError, match="float \\[rows, 2\\]"):
         lib.deep_rec_ev_gather(values=wrong.handle, index=index, ids=np.asarray([1], np.int64),
                                dim=2, default_offset=0, default_rows=1)
+
+
+def test_native_path_builds_the_ev_op_library_and_checks_that_tensorflow_loads_it(tmp_path):
+    """What the image build runs: every native library into DEEPREC_NATIVE_DIR, then checks."""
+    env = dict(os.environ, DEEPREC_NATIVE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "deeprec_runtime.cli", "native-path"], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == str(tmp_path / kernels.LIBRARY_NAME)
+
+
+def test_without_a_compiler_the_stock_ops_serve_and_the_reason_is_logged(tmp_path):
+    """No cached library and no C++ compiler: the library cannot be built, a warning says why,
+    and EV lookups fall back to TensorFlow's stock ops instead of failing the load."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", kernels.STOCK_ENV,
+                                                             "DEEPREC_NATIVE_DIR")}
+    env.update(PATH=str(tmp_path / "no-tools"), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    code = ("import logging; logging.basicConfig(level=logging.WARNING); "
+            "from deeprec_runtime.deeprec import kernels; print('fused', kernels.fused_lookups())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "fused False"
+    assert "EV op library is not available: no C++ compiler found" in done.stderr
