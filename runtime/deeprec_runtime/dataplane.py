@@ -17,6 +17,19 @@ from deeprec_runtime.model.manager import Manager
 from deeprec_runtime.predict import predict
 
 
+def _native_answer(servable, request: pb.PredictRequest) -> pb.PredictResponse | None:
+    """The request run by the version's C++ plan (native/fast_predict.cc: the same prepared
+    call, lanes and batcher the native gRPC front end uses), or None where the version has no
+    plan or the plan declines it: it answers only successes, and the Python executor then gives
+    the same answer or the error naming what was wrong. The adapter counts the call, not the
+    plan."""
+    plan = servable.fast_plan
+    if plan is None:
+        return None
+    answer = plan.predict(request.SerializeToString(), counted=False)
+    return None if answer is None else pb.PredictResponse.FromString(answer)
+
+
 class DataPlane:
     def __init__(self, config: ModelConfig, manager: Manager, model_name: str = "default",
                  max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
@@ -48,14 +61,20 @@ class DataPlane:
         return self.predict_versioned(request, version, expired)[0]
 
     def predict_versioned(self, request: pb.PredictRequest, version: str | None = None,
-                          expired: Callable[[], bool] | None = None
+                          expired: Callable[[], bool] | None = None, offer_native: bool = False
                           ) -> tuple[pb.PredictResponse, str]:
-        """predict(), and the name of the version that answered."""
+        """predict(), and the name of the version that answered. `offer_native`: the version's
+        C++ plan, when it has one, runs the request first (the adapters whose requests the
+        native front end has not already offered it: REST)."""
         with self.manager.hold(version) as handle:
             if expired is not None and expired():
                 raise DeadlineExceeded("deadline expired before the model ran")
             if self.observer is not None:
                 self.observer(handle.version, request)
+            if offer_native:
+                answer = _native_answer(handle.servable, request)
+                if answer is not None:
+                    return answer, handle.version
             return predict(handle.servable, request, self.config.signature_name, self.batcher,
                            self.max_decoded_bytes), handle.version
 

@@ -138,10 +138,11 @@ class ServedModel:
             self.on_request(self.name, version, request)
 
     def predict(
-        self, request: pb.PredictRequest, version: str | None = None
+        self, request: pb.PredictRequest, version: str | None = None, offer_native: bool = False
     ) -> tuple[pb.PredictResponse, str]:
-        """Runs the request; returns the response and the name of the version that served it."""
-        return self.dataplane.predict_versioned(request, version)
+        """Runs the request; returns the response and the name of the version that served it
+        (`offer_native`: see DataPlane.predict_versioned)."""
+        return self.dataplane.predict_versioned(request, version, offer_native=offer_native)
 
     # --- versions -----------------------------------------------------------------------------
     def resolve(self, number: int | None = None, label: str | None = None) -> str | None:

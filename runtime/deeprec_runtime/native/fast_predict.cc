@@ -190,6 +190,9 @@ struct Plan {
   std::unique_ptr<Histogram> rows;
   std::unique_ptr<Histogram> refused[kNumApis];  // calls refused with RESOURCE_EXHAUSTED
   std::atomic<int> api_active[kNumApis] = {};
+  // Calls the Python data plane offered (REST, after its own parsing and admission) and this
+  // plan answered: counted by their adapter, so in none of the figures above.
+  std::atomic<uint64_t> offered_answered{0};
   ~Plan();
 };
 
@@ -648,12 +651,14 @@ void EncodeTensorProto(const Tensor& t, int wire, bool raw, std::string* out) {
 // Holds the plan's active count for one request; the plan is usable only if open().
 class Use {
  public:
-  Use(Plan* plan, int api) : plan_(plan), api_(api) {
+  // `counted`: a call of this plan's own API (a front end's), in its figures; else one the
+  // Python data plane offered, which its adapter counts.
+  Use(Plan* plan, int api, bool counted) : plan_(plan), api_(counted ? api : -1) {
     plan_->active.fetch_add(1);
-    plan_->api_active[api_].fetch_add(1);
+    if (api_ >= 0) plan_->api_active[api_].fetch_add(1);
   }
   ~Use() {
-    plan_->api_active[api_].fetch_sub(1);
+    if (api_ >= 0) plan_->api_active[api_].fetch_sub(1);
     plan_->active.fetch_sub(1);
   }
   bool open() const { return !plan_->closed.load() && plan_->blocked.load() == 0; }
@@ -671,8 +676,8 @@ void WaitIdle(Plan* plan) {
 // kResourceExhausted: the batching queue is full and *out holds the message. `forced_lane` >= 0
 // runs on that lane (the front end's choice, or the plan's check, which moves no caller for an
 // inline lane); -1 follows the policy.
-int Predict(Plan* plan, Api api, int forced_lane, const char* data, size_t size, double timeout_s,
-            std::string* out) {
+int Predict(Plan* plan, Api api, bool counted, int forced_lane, const char* data, size_t size,
+            double timeout_s, std::string* out) {
   auto started = std::chrono::steady_clock::now();
   request_wire::Decoded request;
   if (!request_wire::DecodeRequest(plan->spec, api, reinterpret_cast<const uint8_t*>(data), size,
@@ -708,7 +713,7 @@ int Predict(Plan* plan, Api api, int forced_lane, const char* data, size_t size,
   Batcher* batcher = lane->batcher.get();
   if (batcher && request.rows_shared && batcher->limits.Admits(batch, request.bytes)) {
     int code = RunBatched(plan, batcher, run, &feeds, batch, request.bytes, &result, out);
-    if (code == kResourceExhausted) {
+    if (code == kResourceExhausted && counted) {
       plan->refused[api]->Observe(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     }
@@ -757,6 +762,10 @@ int Predict(Plan* plan, Api api, int forced_lane, const char* data, size_t size,
     PutBytes(out, 2, spec.data(), spec.size());
   }
   lane->runs.fetch_add(1);
+  if (!counted) {
+    plan->offered_answered.fetch_add(1);
+    return 0;
+  }
   if (batch >= 0) plan->rows->Observe(static_cast<double>(batch));
   plan->latency[api]->Observe(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
@@ -973,6 +982,11 @@ void drf_merged(void* handle, uint64_t* runs, uint64_t* rows) {
   }
 }
 
+// Calls the Python data plane offered that this plan answered (see Plan::offered_answered).
+uint64_t drf_offered(void* handle) {
+  return static_cast<std::shared_ptr<Plan>*>(handle)->get()->offered_answered.load();
+}
+
 void drf_free(void* handle) { delete static_cast<std::shared_ptr<Plan>*>(handle); }
 
 // Cumulative figures of the requests this plan answered: which = 0 latency (seconds) of DeepRec
@@ -995,10 +1009,11 @@ void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* 
 // One Predict call on `handle`'s plan (the published one when NULL), on lane `lane` (-1: the
 // lane the plan's policy picks), placed as `how` says (a How: on a bound lane, 1 runs it on the
 // lane's pool, 2 inline with the caller held on the lane's cpuset, 0 as the caller's CPU allows).
+// `counted` 0: a call the Python data plane offers (its adapter counts it; see Plan).
 // Returns -1 when not handled, else a gRPC status code with *out pointing at the response (0) or
 // the error message, valid until this thread's next call.
 int drf_predict_on(void* handle, int api, int lane, int how, const char* data, size_t size,
-                   double timeout_s, const char** out, size_t* out_size) {
+                   double timeout_s, int counted, const char** out, size_t* out_size) {
   if (api != kDeepRec && api != kTfs) return -1;
   if (how != kAuto && how != kPooled && how != kInPlace && how != kDispatched) return -1;
   struct Placing {  // this call's placement, for RunAlone (a merged batch's leader places it)
@@ -1008,9 +1023,10 @@ int drf_predict_on(void* handle, int api, int lane, int how, const char* data, s
   std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle)
                                       : std::atomic_load(&g_current);
   if (!plan || plan->lanes.empty()) return -1;
-  Use use(plan.get(), api);
+  Use use(plan.get(), api, counted != 0);
   if (!use.open()) return -1;
-  int code = Predict(plan.get(), static_cast<Api>(api), lane, data, size, timeout_s, &t_answer);
+  int code = Predict(plan.get(), static_cast<Api>(api), counted != 0, lane, data, size, timeout_s,
+                     &t_answer);
   if (code >= 0) {
     *out = t_answer.data();
     *out_size = t_answer.size();
@@ -1024,13 +1040,13 @@ int drf_predict_on(void* handle, int api, int lane, int how, const char* data, s
 int drf_predict(const char* data, size_t size, double timeout_s, int lane, const char** out,
                 size_t* out_size) {
   return drf_predict_on(nullptr, kDeepRec, lane, lane >= 0 ? kDispatched : kAuto, data, size,
-                        timeout_s, out, out_size);
+                        timeout_s, 1, out, out_size);
 }
 
 int drf_predict_tfs(const char* data, size_t size, double timeout_s, int lane, const char** out,
                     size_t* out_size) {
   return drf_predict_on(nullptr, kTfs, lane, lane >= 0 ? kDispatched : kAuto, data, size,
-                        timeout_s, out, out_size);
+                        timeout_s, 1, out, out_size);
 }
 
 }  // extern "C"

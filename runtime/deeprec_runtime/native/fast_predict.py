@@ -87,7 +87,8 @@ void drf_plan_tfs(void *plan, const char *name, int64_t number);
 void drf_free(void *plan);
 void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
 int drf_predict_on(void *plan, int api, int lane, int how, const char *data, size_t size,
-                   double timeout_s, const char **out, size_t *out_size);
+                   double timeout_s, int counted, const char **out, size_t *out_size);
+uint64_t drf_offered(void *plan);
 int drf_predict(const char *data, size_t size, double timeout_s, int lane, const char **out,
                 size_t *out_size);
 int drf_predict_tfs(const char *data, size_t size, double timeout_s, int lane, const char **out,

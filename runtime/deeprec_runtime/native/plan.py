@@ -68,19 +68,21 @@ class FastPlan:
                 self._lock.notify_all()
 
     def predict(self, data: bytes, api: int = DEEPREC, lane: int = -1,
-                how: int = AUTO) -> bytes | None:
+                how: int = AUTO, counted: bool = True) -> bytes | None:
         """One call on this plan (published or not), on `lane` (-1: the one its policy picks for
         this thread), placed as `how` says (on a bound lane: POOLED on its pool, IN_PLACE inline
         with this thread held on its cpuset; AUTO as this thread's CPU allows): the response, or
-        None when not handled (a closed plan handles nothing)."""
+        None when not handled (a closed plan handles nothing). `counted` False: a call the data
+        plane offers for an adapter that counts it itself (REST), in none of the plan's request
+        figures but `offered`."""
         if not self._enter():
             return None
         try:
             ffi, lib = self._owner.ffi, self._owner.lib
             out = ffi.new("const char **")
             size = ffi.new("size_t *")
-            if lib.drf_predict_on(self.handle, api, lane, how, data, len(data), -1.0, out,
-                                  size) != 0:
+            if lib.drf_predict_on(self.handle, api, lane, how, data, len(data), -1.0,
+                                  int(counted), out, size) != 0:
                 return None
             return ffi.unpack(out[0], size[0])  # this thread's answer buffer: read before leaving
         finally:
@@ -107,6 +109,12 @@ class FastPlan:
         """Requests waiting in the plan's open batches (0 after close)."""
         with self._lock:
             return 0 if self._closed else int(self._owner.lib.drf_queued(self.handle))
+
+    @property
+    def offered(self) -> int:
+        """Calls the data plane offered (predict(counted=False)) that this plan answered."""
+        with self._lock:
+            return 0 if self._closed else int(self._owner.lib.drf_offered(self.handle))
 
     @property
     def answered(self) -> int:

@@ -46,7 +46,8 @@ def predict_named(model: ServedModel, version: str | None, sig: Signature,
     for key, value in named.items():
         encode_array(to_array(value, sig.input(key), key, budget), request.inputs[key],
                      use_tensor_content=True)
-    response, served = model.predict(request, version)
+    # REST requests reach no native front end: the version's C++ plan may run them here.
+    response, served = model.predict(request, version, offer_native=True)
     return {k: decode_array(v, k) for k, v in response.outputs.items()}, served
 
 

@@ -24,8 +24,9 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.codec import encode_array
+from tests.support import runtime_server as metrics_of
 from tests.support.runtime import make_request, output, plan_of, wait_for
-from tests.support.runtime_server import deeprec_call, raw_call
+from tests.support.runtime_server import deeprec_call, http, raw_call
 from tests.support.sequence_model import (
     CONTENT_FIELD,
     DEEPREC,
@@ -72,6 +73,35 @@ def test_answers_are_the_python_answers_and_come_from_cpp(demo, pair, batch):
         assert code == grpc.StatusCode.OK, answer
         assert answer == raw_call(slow_client.channel, data)[1]
     assert plan.answered - before == 5
+
+
+def test_rest_requests_run_on_the_plan_with_the_python_answers_and_are_counted_once(demo, serve):
+    """REST reaches no native front end: the data plane offers its requests to the version's
+    plan, which answers them as Python would; they count as REST requests only."""
+    fast, _ = serve(demo.saved_model_dir, demo.checkpoint_dir, http_port=0)
+    slow, _ = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=False, http_port=0)
+    plan = plan_of(fast)
+    assert plan is not None
+    offered, answered = plan.offered, plan.answered
+    feed = {k: v.tolist() for k, v in demo.model.make_feed(5, np.random.default_rng(7)).items()}
+    calls = [("/v1/models/default:predict", {"inputs": feed}),
+             ("/", {"model_name": "default", "data": feed})]
+    for path, body in calls:
+        got = [http("POST", f"http://127.0.0.1:{r.http_port}{path}", body) for r in (fast, slow)]
+        assert got[0][0] == 200, got[0]
+        assert got[0] == got[1], path
+    assert plan.offered == offered + len(calls)
+    assert plan.answered == answered  # the gRPC figures: not these calls
+    families = metrics_of.scrape(SimpleNamespace(http=f"http://127.0.0.1:{fast.http_port}"))
+    assert metrics_of.value(families, "deeprec_requests_total", api="rest",
+                            code="200") == len(calls)
+    assert metrics_of.value(families, "deeprec_requests_total", api="deeprec_grpc") == 0
+    # What the plan declines (an unknown input) is answered by Python, error included.
+    bad = {"inputs": {**feed, "nope": [1]}}
+    got = [http("POST", f"http://127.0.0.1:{r.http_port}/v1/models/default:predict", bad)
+           for r in (fast, slow)]
+    assert got[0][0] == 400 and got[0] == got[1]
+    assert plan.offered == offered + len(calls)
 
 
 def test_tensor_content_requests_get_tensor_content_answers(demo, pair):
