@@ -12,12 +12,12 @@ With the EV op library loaded (deeprec/kernels.py, deeprec/ev_ops.cc) the three 
 `G = DeepRecEVGather(values[EV], index[EV], ids)` with the fallback's offset and modulus as
 attributes, and `index` is its cache-friendly DeepRecKeyIndex; the answers are the same.
 
-`index` (a MutableHashTable or DeepRecKeyIndex, int64 key -> row) and `values` (a float [rows,
-dim] resource variable) are one per EV: the parts of a partitioned EV share them (a key lives in one part, and
-the graph's partitioning routes it there). `values` starts with each part's default rows (its
-initial value, or one no-permission row) and continues with the keys' rows, so a lookup is one
-find and one gather whatever the id. The runtime fills both from checkpoints (tables.py).
-Negative ids are never keys, so they always get the default. A gather with
+`index` (a MutableHashTable or DeepRecKeyIndex, int64 key -> row) and `values` (a float
+[rows, dim] resource variable) are one per EV: the parts of a partitioned EV share them (a key
+lives in one part, and the graph's partitioning routes it there). `values` starts with each
+part's default rows (its initial value, or one no-permission row) and continues with the keys'
+rows, so a lookup is one find and one gather whatever the id. The runtime fills both from
+checkpoints (tables.py). Negative ids are never keys, so they always get the default. A gather with
 `is_use_default_value_tensor` (and no filter) keeps DeepRec's per-position default instead:
 `G = SelectV2(row >= 0, gathered rows, default_value input)`.
 
