@@ -20,6 +20,7 @@ import json
 import re
 import secrets
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -240,10 +241,19 @@ def test_secret_create_cannot_mint_service_account_tokens(k8s_plane, namespace, 
         return k8s_plane.kubectl("create", "-n", namespace, "--as", sa, "-f", "-",
                                  input=json.dumps(secret), check=False)
 
-    mint = create_as_operator({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
-        "metadata": {"name": "minted", "ownerReferences": [owned],
-                     "annotations": {"kubernetes.io/service-account.name": "default"}}})
+    minted = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+              "metadata": {"name": "minted", "ownerReferences": [owned],
+                           "annotations": {"kubernetes.io/service-account.name": "default"}}}
+    # The API server enforces a new ValidatingAdmissionPolicy once its informers have seen the
+    # policy and its binding, asynchronously after `helm install --wait` returns: until then
+    # (seconds at most) a create may pass, so it is undone and tried again.
+    deadline = time.monotonic() + 30
+    while True:
+        mint = create_as_operator(minted)
+        if mint.returncode != 0 or time.monotonic() > deadline:
+            break
+        k8s_plane.kubectl("delete", "secret", "minted", "-n", namespace, check=False)
+        time.sleep(0.5)
     assert mint.returncode != 0 and "may only create Opaque Secrets" in mint.stderr, mint.stderr
     unowned = create_as_operator({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "stray"},
                                   "stringData": {"k": "v"}})
