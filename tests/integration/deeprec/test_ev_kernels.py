@@ -116,6 +116,11 @@ def test_the_fused_gather_answers_rows_and_deeprecs_default_rows(lib):
     # The no-permission rule: one default row for every id not held.
     got = _gather(lib, var, index, [keys[0], 123456789012, -3], 1, 1)
     np.testing.assert_array_equal(got, values[[base, 1, 1]])
+    # The extremes a request may send: the index's empty marker (INT64_MIN) is never a key.
+    extremes = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max], np.int64)
+    got = _gather(lib, var, index, extremes, offset, default_rows)
+    np.testing.assert_array_equal(
+        got, values[[offset + int(i) % default_rows for i in extremes]])
     # Empty requests give an empty answer of the right shape.
     assert _gather(lib, var, index, np.zeros((0, 3), np.int64), offset, default_rows).shape == (
         0, 3, dim)
