@@ -1,6 +1,7 @@
 """Front-door benchmark: what each API costs on top of the model, and what metrics cost.
 
   .venv/bin/python bench/api_bench.py [--duration 4] [--batch 64] [--concurrency 4]
+      [--fast-predict on|off]
 
 1. Per-request metrics work (begin + observe_request + end), in-process, microseconds.
 2. TF Serving TensorProto -> ArrayProto -> TensorProto conversion for one request, vs
@@ -8,7 +9,10 @@
 3. The same Wide&Deep demo request (batch --batch) through each API of one `deeprec-runtime
    serve` process: DeepRec gRPC, TF Serving gRPC, TF Serving REST (:predict, columnar) and
    Simple TensorFlow Serving JSON (POST /); closed loop, --concurrency callers in 2 client
-   processes; requests/s, p50/p99 and the server's CPU per request (from /proc).
+   processes; requests/s, p50/p99 and the server's CPU per request (from /proc). The process
+   serves the model twice, as `default` and `second` (a model_config_list): the row
+   `tfs_grpc_2nd` sends the TF Serving gRPC request to the second model, which has C++ plans of
+   its own (before, only a runtime's first model had them).
 The machine is shared: absolute figures move between runs; compare rows of one run.
 """
 
@@ -26,6 +30,7 @@ import tempfile
 import threading
 import time
 
+import grpc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -111,9 +116,7 @@ def conversion_cost(feed: dict[str, np.ndarray]) -> None:
 
 # --- load ---------------------------------------------------------------------------------
 def _caller(kind: str, port_grpc: int, port_http: int, payload: bytes):
-    if kind in ("deeprec_grpc", "tfs_grpc"):
-        import grpc
-
+    if kind in ("deeprec_grpc", "tfs_grpc", "tfs_grpc_2nd"):
         channel = grpc.insecure_channel(f"127.0.0.1:{port_grpc}")
         path = ("/deeprec.serving.PredictionService/Predict" if kind == "deeprec_grpc"
                 else "/tensorflow.serving.PredictionService/Predict")
@@ -166,8 +169,12 @@ def payloads(feed: dict[str, np.ndarray]) -> dict[str, bytes]:
     for k, v in feed.items():
         encode_array(v, deeprec.inputs[k], use_tensor_content=True)
         tfs.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+    second = tfs_pb.PredictRequest()
+    second.CopyFrom(tfs)
+    second.model_spec.name = "second"
     columns = {k: v.tolist() for k, v in feed.items()}
     return {"deeprec_grpc": deeprec.SerializeToString(), "tfs_grpc": tfs.SerializeToString(),
+            "tfs_grpc_2nd": second.SerializeToString(),
             "tfs_rest": json.dumps({"inputs": columns}).encode(),
             "stfs_rest": json.dumps({"data": columns}).encode()}
 
@@ -178,15 +185,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load(art, feed, duration: float, concurrency: int) -> None:
+def load(art, feed, duration: float, concurrency: int, fast_predict: str = "on") -> None:
     config = os.path.join(art.base_dir, "model_config.json")
     with open(config, "w") as fh:
         json.dump({"savedmodel_dir": art.saved_model_dir, "checkpoint_dir": art.checkpoint_dir,
                    "update_poll_seconds": 60}, fh)
+    models = os.path.join(art.base_dir, "models.json")
+    with open(models, "w") as fh:
+        json.dump({"model_config_list": [{"name": name, "model_config": config}
+                                         for name in ("default", "second")]}, fh)
     http_port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "deeprec_runtime.cli", "serve", "--config",
-                             config, "--grpc-port", "0", "--http-port", str(http_port), "--host",
-                             "127.0.0.1", "--log-level", "WARNING", "--annotations-file", "/none"],
+    proc = subprocess.Popen([sys.executable, "-m", "deeprec_runtime.cli", "serve",
+                             "--model-config-list", models, "--grpc-port", "0", "--http-port",
+                             str(http_port), "--host", "127.0.0.1", "--log-level", "WARNING",
+                             "--annotations-file", "/none", "--fast-predict", fast_predict],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     try:
@@ -197,12 +209,14 @@ def load(art, feed, duration: float, concurrency: int) -> None:
         while True:
             try:
                 _caller("tfs_rest", grpc_port, http_port, bodies["tfs_rest"])()
+                _caller("tfs_grpc_2nd", grpc_port, http_port, bodies["tfs_grpc_2nd"])()
                 break
-            except (OSError, RuntimeError):
+            except (OSError, RuntimeError, grpc.RpcError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
-        print(f"3. batch {len(next(iter(feed.values())))}, {concurrency} callers, {duration:.0f} s each")
+        print(f"3. batch {len(next(iter(feed.values())))}, {concurrency} callers, {duration:.0f} s "
+              f"each, fast predict {fast_predict}")
         ctx = mp.get_context("spawn")
         for kind, body in bodies.items():
             out = ctx.Queue()
@@ -232,6 +246,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--fast-predict", choices=("on", "off"), default="on",
+                        help="off: every call is answered by the Python handlers")
     args = parser.parse_args()
     from deeprec_runtime.training import write_demo_model
 
@@ -240,7 +256,7 @@ def main() -> None:
         art = write_demo_model(os.path.join(tmp, "m"), num_ids=10_000, num_deltas=0)
         feed = art.model.make_feed(args.batch, np.random.default_rng(0))
         conversion_cost(feed)
-        load(art, feed, args.duration, args.concurrency)
+        load(art, feed, args.duration, args.concurrency, args.fast_predict)
         art.close()
 
 

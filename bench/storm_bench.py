@@ -3,6 +3,7 @@
   .venv/bin/python bench/storm_bench.py [--grpc-server python|native] [--api deeprec|rest]
       [--encoding raw|varint|json|json-small] [--concurrency 32] [--seconds 20]
       [--max-message-bytes 67108864] [--max-inflight-bytes 1073741824] [--workers N]
+      [--fast-predict on|off]
 
 One `deeprec-runtime serve` process serves a model with two unknown dimensions
 (tests/support/history_model.py: int64 [-1, -1] -> its row sums, so the model's own memory is
@@ -10,8 +11,10 @@ small and what is measured is the server's handling of the requests). `--concurr
 threads, each on its own connection, send the same request back to back for `--seconds`:
 
   raw     DeepRec Predict, int64 in tensor_content, just under --max-message-bytes (accepted)
-  varint  DeepRec Predict, int64_val of one-byte varints, just under --max-message-bytes: parses
-          to 8x its size and is refused by the decoded-bytes bound (INVALID_ARGUMENT)
+  varint  DeepRec Predict, int64_val of one-byte varints, just under --max-message-bytes: decodes
+          to 8x its size and is refused by the decoded-bytes bound (INVALID_ARGUMENT), in C++
+          before anything is decoded by the native server's fast path, after parsing the
+          message (8x) by the Python handlers
   json    TF Serving REST :predict (--api rest), int64 numbers of 19 digits, a body just under
           --max-message-bytes (accepted: its tensor is ~40% of the body)
   json-small  the same with one-digit numbers: parses into a Python int per 2 bytes (~4x the
@@ -103,6 +106,8 @@ class Server:
                "--max-inflight-bytes", str(args.max_inflight_bytes), "--log-level", "WARNING"]
         if args.workers:
             cmd += ["--workers", str(args.workers)]
+        if args.fast_predict == "off":
+            cmd += ["--fast-predict", "off"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         self.lines: list[str] = []
@@ -186,6 +191,8 @@ def main() -> None:
     parser.add_argument("--max-message-bytes", type=int, default=64 * MIB)
     parser.add_argument("--max-inflight-bytes", type=int, default=1 << 30)
     parser.add_argument("--workers", type=int, default=0, help="default: the server's own")
+    parser.add_argument("--fast-predict", choices=("on", "off"), default="on",
+                        help="off: every call goes to the Python handlers (native server)")
     args = parser.parse_args()
     encoding = args.encoding or ("json" if args.api == "rest" else "raw")
     if (args.api == "rest") != encoding.startswith("json"):
@@ -226,7 +233,8 @@ def run_storm(args, server: Server, encoding: str, payload: bytes) -> None:
     peak = proc_kb(pid, "VmHWM")
     admitted_at_once = max(1, min(args.concurrency, args.max_inflight_bytes // len(payload)
                                   if args.max_inflight_bytes else args.concurrency))
-    print(f"server {args.grpc_server}, api {args.api}, encoding {encoding}, request "
+    print(f"server {args.grpc_server} (fast predict {args.fast_predict}), api {args.api}, "
+          f"encoding {encoding}, request "
           f"{len(payload) / MIB:.1f} MiB, concurrency {args.concurrency}, --max-inflight-bytes "
           f"{args.max_inflight_bytes / MIB:.0f} MiB (<= {admitted_at_once} requests at once), "
           f"{elapsed:.0f} s")

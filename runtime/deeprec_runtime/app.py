@@ -205,23 +205,30 @@ class Runtime:
         self._health_thread: threading.Thread | None = None
 
     def _start_fast_predict(self) -> FastPredict | None:
-        """Hands DeepRec (and TF Serving) Predict calls of the default model to C++ first (the
-        native front end only). With authentication on, only calls whose credentials the front
-        end has verified take that path. With batching on, the calls C++ answers are merged in
-        C++ and the rest in the Python handlers."""
+        """Hands DeepRec (and TF Serving) Predict calls to C++ first (the native front end only):
+        every model gets plans of its own; DeepRec's calls go to the default model's, TF
+        Serving's to those of the model they name. With authentication on, only calls whose
+        credentials the front end has verified take that path. With batching on, the calls C++
+        answers are merged in C++ and the rest in the Python handlers. Returns the default
+        model's FastPredict."""
         from deeprec_runtime.native.build import BuildError
         from deeprec_runtime.native.fast_predict import TFS_PREDICT_METHOD, FastPredict
 
-        try:
-            fast = FastPredict(self.models.default.name, self.config.signature_name, self.metrics,
-                               self.manager.warmup_request, self.config.batching, tfs=self._tfs,
-                               max_decoded_bytes=self.max_decoded_bytes,
-                               max_batch_bytes=self.max_batch_bytes)
-        except (BuildError, OSError) as exc:
-            log.warning("fast predict: off, its library cannot be built or loaded (%s)", exc)
-            return None
-        self.manager.before_serving = fast.plan_for
-        self.manager.on_serving = fast.publish
+        fasts: list[FastPredict] = []
+        for model in self.models:
+            try:
+                fast = FastPredict(model.name, model.config.signature_name, self.metrics,
+                                   model.manager.warmup_request, model.config.batching,
+                                   tfs=self._tfs, max_decoded_bytes=self.max_decoded_bytes,
+                                   max_batch_bytes=self.max_batch_bytes,
+                                   default_model=model is self.models.default)
+            except (BuildError, OSError) as exc:
+                log.warning("fast predict: off, its library cannot be built or loaded (%s)", exc)
+                return None
+            model.manager.before_serving = fast.plan_for
+            model.manager.on_serving = fast.publish
+            fasts.append(fast)
+        fast = fasts[0]
         self.grpc.set_fast(PREDICT_METHOD, fast.entry)  # type: ignore[union-attr]  # native only
         if self._tfs:
             self.grpc.set_fast(TFS_PREDICT_METHOD, fast.tfs_entry)  # type: ignore[union-attr]

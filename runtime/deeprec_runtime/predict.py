@@ -47,7 +47,9 @@ def predict(servable: Servable, request: pb.PredictRequest, default_signature: s
     arrays: dict[str, np.ndarray] = {}
     dtypes: dict[str, int] = {}
     raw = False
-    for key, proto in request.inputs.items():
+    # In the order of their keys, so the input a refusal names does not depend on the map's order
+    # (the C++ path refuses a request over the cap with the same figures: request_wire.h).
+    for key, proto in sorted(request.inputs.items()):
         arrays[key], content = decode_input(proto, key, budget)
         raw = raw or content
         dtypes[key] = proto.dtype

@@ -104,19 +104,26 @@ def serve(tmp_path) -> Callable[..., tuple[Runtime, Client]]:
 
     def start(savedmodel_dir: str, checkpoint_dir: str = "", wait: bool = True,
               annotations_file: str | None = None, fast_predict: bool = True,
-              http_port: int | None = None, **fields) -> tuple[Runtime, Client]:
+              http_port: int | None = None, models: tuple[str, ...] = (),
+              **fields) -> tuple[Runtime, Client]:
+        """`models`: the names of several models serving the same files (the first is the
+        default model)."""
+        from deeprec_runtime.models import ModelEntry
+
         raw = {"savedmodel_dir": savedmodel_dir, "checkpoint_dir": checkpoint_dir,
                "model_store_type": "local", "feature_store_type": "memory",
                "signature_name": "serving_default", "update_poll_seconds": 0.2,
                "warmup_iterations": 1, **fields}
-        runtime = Runtime(parse_model_config(raw), grpc_port=0, host="127.0.0.1",
+        config = parse_model_config(raw)
+        runtime = Runtime(config, grpc_port=0, host="127.0.0.1",
                           annotations_file=annotations_file or str(tmp_path / "no-annotations"),
-                          fast_predict=fast_predict, http_port=http_port)
+                          fast_predict=fast_predict, http_port=http_port,
+                          models=[ModelEntry(name, config) for name in models] or None)
         runtime.start()
         channel = grpc.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
         started.append((runtime, channel))
         if wait:
-            assert runtime.manager.wait_ready(60), runtime.manager.last_error
+            assert runtime.models.wait_ready(60), [m.manager.last_error for m in runtime.models]
         return runtime, Client(channel)
 
     yield start

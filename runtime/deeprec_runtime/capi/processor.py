@@ -50,7 +50,8 @@ class ProcessorModel:
         self.dataplane = DataPlane(self.config, self.manager)
         #: The serving version's C++ plan: process() tries it first, as the gRPC front end does.
         self._plan: FastPlan | None = None
-        self.fast = _native_predict(self.config, self.manager, self._serve_plan_of)
+        self.fast = _native_predict(self.config, self.manager, self._serve_plan_of,
+                                    self.dataplane.max_decoded_bytes)
         self.manager.start()
         timeout = self.config.init_timeout_minutes * 60.0
         if not self.manager.wait_ready(timeout):
@@ -115,7 +116,8 @@ class ProcessorModel:
 
 
 def _native_predict(config: ModelConfig, manager: Manager,
-                    on_serving: Callable[[Servable | None], None]) -> FastPredict | None:
+                    on_serving: Callable[[Servable | None], None],
+                    max_decoded_bytes: int) -> FastPredict | None:
     """The C++ fast path for process(), as the servers use it; None (with a warning) where its
     library cannot be built or loaded here."""
     from deeprec_runtime.native.build import BuildError  # TensorFlow's C++ side
@@ -123,7 +125,7 @@ def _native_predict(config: ModelConfig, manager: Manager,
 
     try:
         fast = FastPredict("default", config.signature_name, None, manager.warmup_request,
-                           config.batching)
+                           config.batching, max_decoded_bytes=max_decoded_bytes)
     except (BuildError, OSError) as exc:
         log.warning("C API: fast predict off, its library cannot be built or loaded (%s)", exc)
         return None

@@ -7,10 +7,15 @@
 // by alias or tensor name, each once), the request is decoded straight into TensorFlow tensors,
 // run through a prepared callable of one of the version's lanes (`Session::RunCallable`), and the
 // response is encoded here. TF Serving's Predict (TensorProto inputs, a model_spec naming no
-// version) is answered the same way when the plan allows it. Anything else -- and any failure,
+// version) is answered the same way when the plan allows it, by the plan of the model it names
+// (each model of a runtime has its own). Anything else -- and any failure,
 // TensorFlow's included -- returns "not handled", and the Python handler answers exactly as it
-// always has, error messages and status codes included. So this path only ever answers
-// successes, and the Python data plane stays the single definition of what a request means.
+// always has, error messages and status codes included. So this path answers successes and two
+// refusals only, both with the Python path's own codes and messages: RESOURCE_EXHAUSTED when its
+// batching queue is full, and INVALID_ARGUMENT for a request valid in every respect but its
+// decoded size (which Python would have to parse first, at up to 8 bytes per one-byte varint:
+// request_wire.h's OverCap). The Python data plane stays the single definition of what a request
+// means.
 //
 // Why: at batch 64 the Python handler (protobuf objects, numpy conversions, metrics, the GIL)
 // cost more CPU than the model; this path holds no GIL at all.
@@ -64,9 +69,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <type_traits>
 #include <typeinfo>
@@ -171,7 +178,7 @@ struct Plan {
   tensorflow::Session* session = nullptr;
   // What requests it admits: signature, inputs, outputs, TF Serving's model, the cap on decoded
   // bytes. TF Serving's Predict is answered only when spec.tfs_on (drf_plan_tfs), for requests
-  // naming no model or this one.
+  // naming this model (or none, when it is the default model).
   request_wire::RequestSpec spec;
   std::vector<OutputSpec> outputs;  // sorted by alias, as the Python path answers
   std::vector<std::string> feed_names;   // the callables' feeds, in order
@@ -189,6 +196,7 @@ struct Plan {
   std::unique_ptr<Histogram> latency[kNumApis];
   std::unique_ptr<Histogram> rows;
   std::unique_ptr<Histogram> refused[kNumApis];  // calls refused with RESOURCE_EXHAUSTED
+  std::unique_ptr<Histogram> invalid[kNumApis];  // refused INVALID_ARGUMENT: over the decoded cap
   std::atomic<int> api_active[kNumApis] = {};
   // Calls the Python data plane offered (REST, after its own parsing and admission) and this
   // plan answered: counted by their adapter, so in none of the figures above.
@@ -400,7 +408,7 @@ void RunBatch(Plan* plan, Batcher* batcher, Batch* batch) {
   }
 }
 
-constexpr int kResourceExhausted = 8;
+constexpr int kInvalidArgument = 3, kResourceExhausted = 8;
 
 // Runs `feeds` (`rows` rows each, `bytes` in all) with `run` in a merged batch of `b`. Returns 0
 // with *result set, -1 when the request must go to Python, or kResourceExhausted with *message
@@ -561,8 +569,37 @@ void ReleaseSubsets(Plan* plan) {
   }
 }
 
+// The published plans: g_current, the default model's (DeepRec's Predict names no model, so it
+// is always that one's), and by model name every model's plan that answers TF Serving's Predict
+// (the default model's included). The map is replaced whole under g_mu and read with
+// std::atomic_load, so a call takes one snapshot and holds its plan alive.
+using ModelPlans = std::map<std::string, std::shared_ptr<Plan>, std::less<>>;
 std::mutex g_mu;
 std::shared_ptr<Plan> g_current;  // read with std::atomic_load
+std::shared_ptr<const ModelPlans> g_models = std::make_shared<const ModelPlans>();
+
+// The published plan TF Serving's Predict `data` goes to: by its model_spec.name, the default
+// model's when it names none; null when none (or the request is not one to route).
+std::shared_ptr<Plan> TfsPlanFor(const char* data, size_t size) {
+  std::string_view name;
+  if (!request_wire::TfsModelName(reinterpret_cast<const uint8_t*>(data), size, &name))
+    return nullptr;
+  if (name.empty()) return std::atomic_load(&g_current);
+  std::shared_ptr<const ModelPlans> models = std::atomic_load(&g_models);
+  auto found = models->find(name);
+  return found == models->end() ? nullptr : found->second;
+}
+
+// Replaces (or with a null plan removes) the plan published for model `name`. Under g_mu.
+void SetModelPlan(const std::string& name, std::shared_ptr<Plan> plan) {
+  auto models = std::make_shared<ModelPlans>(*std::atomic_load(&g_models));
+  if (plan) {
+    (*models)[name] = std::move(plan);
+  } else {
+    models->erase(name);
+  }
+  std::atomic_store(&g_models, std::shared_ptr<const ModelPlans>(std::move(models)));
+}
 
 // The tensor of one admitted input: its shape and allocation go through TensorFlow's
 // Status-returning APIs, so even a shape request_wire let through by mistake is declined, never
@@ -672,17 +709,41 @@ void WaitIdle(Plan* plan) {
   while (plan->active.load() != 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
 }
 
+// A request over the cap on decoded bytes, refused with the Python path's message (codec.py's
+// DecodeBudget) before any of it is decoded. A call the data plane offered has been through
+// Python's own budget already; it goes back there.
+int RefuseOverCap(Plan* plan, Api api, bool counted, const request_wire::OverCap& over,
+                  std::chrono::steady_clock::time_point started, std::string* message) {
+  if (!counted) return -1;
+  *message = "input '" + plan->spec.inputs[static_cast<size_t>(over.input)].alias + "' takes " +
+             std::to_string(over.input_bytes) +
+             " bytes decoded, which brings the request's decoded inputs to " +
+             std::to_string(over.total) + " bytes, over the limit of " +
+             std::to_string(plan->spec.max_decoded_bytes) + " bytes per request";
+  plan->invalid[api]->Observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  return kInvalidArgument;
+}
+
 // -1: not handled (the caller asks Python); 0: *out holds the serialized PredictResponse;
-// kResourceExhausted: the batching queue is full and *out holds the message. `forced_lane` >= 0
+// kResourceExhausted: the batching queue is full and *out holds the message; kInvalidArgument:
+// the request's inputs decode past the cap and *out holds the message. `forced_lane` >= 0
 // runs on that lane (the front end's choice, or the plan's check, which moves no caller for an
 // inline lane); -1 follows the policy.
 int Predict(Plan* plan, Api api, bool counted, int forced_lane, const char* data, size_t size,
             double timeout_s, std::string* out) {
   auto started = std::chrono::steady_clock::now();
   request_wire::Decoded request;
-  if (!request_wire::DecodeRequest(plan->spec, api, reinterpret_cast<const uint8_t*>(data), size,
-                                   &request))
-    return -1;
+  request_wire::OverCap over;
+  switch (request_wire::DecodeRequest(plan->spec, api, reinterpret_cast<const uint8_t*>(data),
+                                      size, &request, &over)) {
+    case request_wire::Verdict::kDeclined:
+      return -1;
+    case request_wire::Verdict::kOverCap:
+      return RefuseOverCap(plan, api, counted, over, started, out);
+    case request_wire::Verdict::kAdmitted:
+      break;
+  }
   std::vector<Tensor> feeds(plan->num_feeds);
   for (size_t i = 0; i < plan->spec.inputs.size(); ++i) {
     const request_wire::InputSpec& spec = plan->spec.inputs[i];
@@ -794,7 +855,8 @@ int drf_session_ok(const void* tf_session) {
 // (flattened, -1 unknown) and their position in `feed_names`; outputs sorted by alias, with their
 // tensor name, wire dtype and position in `fetch_names` (every output tensor, ascending). Lanes
 // are added with drf_plan_lane, in the group's order; `round_robin` selects RR, else MOD. A
-// request whose inputs decode to more than `max_decoded_bytes` is left to Python. Returns an owned
+// request whose inputs decode to more than `max_decoded_bytes` (the Python path's cap, which must
+// be the same) is refused as Python would refuse it (RefuseOverCap). Returns an owned
 // handle for drf_* calls.
 void* drf_plan_new(const void* tf_session, const char* signature, int num_inputs,
                    const char** input_aliases, const int* input_wire, const int* input_rank,
@@ -832,6 +894,7 @@ void* drf_plan_new(const void* tf_session, const char* signature, int num_inputs
   for (int api = 0; api < kNumApis; ++api) {
     plan->latency[api] = std::make_unique<Histogram>(bounds);
     plan->refused[api] = std::make_unique<Histogram>(bounds);
+    plan->invalid[api] = std::make_unique<Histogram>(bounds);
   }
   plan->rows = std::make_unique<Histogram>(std::vector<double>(row_bounds, row_bounds + num_row_bounds));
   return new std::shared_ptr<Plan>(std::move(plan));
@@ -883,11 +946,20 @@ int drf_lane_subsets(void* handle, int lane) {
                                         [](const SubsetCallable& s) { return !s.in_place; }));
 }
 
-// Makes `handle` (or nothing, with NULL) the plan that Predict calls use.
+// Makes `handle` (or nothing, with NULL) the plan that DeepRec's Predict calls use: the default
+// model's.
 void drf_publish(void* handle) {
   std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle) : nullptr;
   std::lock_guard<std::mutex> lock(g_mu);
   std::atomic_store(&g_current, plan);
+}
+
+// Makes `handle` (or nothing, with NULL) the plan that TF Serving's Predict calls naming model
+// `name` use.
+void drf_publish_model(const char* name, void* handle) {
+  std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle) : nullptr;
+  std::lock_guard<std::mutex> lock(g_mu);
+  SetModelPlan(name, std::move(plan));
 }
 
 void CloseBatches(Plan* plan) {
@@ -918,6 +990,9 @@ void drf_close(void* handle) {
   {
     std::lock_guard<std::mutex> lock(g_mu);
     if (std::atomic_load(&g_current) == plan) std::atomic_store(&g_current, std::shared_ptr<Plan>());
+    std::shared_ptr<const ModelPlans> models = std::atomic_load(&g_models);
+    for (const auto& [name, published] : *models)
+      if (published == plan) SetModelPlan(name, nullptr);
   }
   if (plan->closed.exchange(true)) return;
   CloseBatches(plan.get());
@@ -962,11 +1037,13 @@ int drf_active(void* handle, int api) {
 }
 
 // Lets the plan answer TF Serving's Predict for model `name` (NULL: not at all), its answers
-// naming version `number`. Before the plan is published.
-void drf_plan_tfs(void* handle, const char* name, int64_t number) {
+// naming version `number`; `default_model` nonzero: also requests naming no model, which mean the
+// default one. Before the plan is published.
+void drf_plan_tfs(void* handle, const char* name, int64_t number, int default_model) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
   plan->spec.tfs_on = name != nullptr;
   plan->spec.tfs_model = name ? name : "";
+  plan->spec.tfs_default = name != nullptr && default_model != 0;
   plan->tfs_version = number;
 }
 
@@ -991,7 +1068,8 @@ void drf_free(void* handle) { delete static_cast<std::shared_ptr<Plan>*>(handle)
 
 // Cumulative figures of the requests this plan answered: which = 0 latency (seconds) of DeepRec
 // calls, 1 rows (both APIs), 2 latency of the DeepRec calls it refused (a full batching queue),
-// 3 and 4 the same as 0 and 2 for TF Serving calls.
+// 3 and 4 the same as 0 and 2 for TF Serving calls, 5 and 6 the DeepRec and TF Serving calls it
+// refused over the cap on decoded bytes.
 // Writes count, sum and then one count per bucket (the last is +Inf), not cumulative.
 void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* buckets) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
@@ -999,7 +1077,9 @@ void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* 
                 : which == 0 ? plan->latency[kDeepRec].get()
                 : which == 2 ? plan->refused[kDeepRec].get()
                 : which == 3 ? plan->latency[kTfs].get()
-                             : plan->refused[kTfs].get();
+                : which == 4 ? plan->refused[kTfs].get()
+                : which == 5 ? plan->invalid[kDeepRec].get()
+                             : plan->invalid[kTfs].get();
   std::lock_guard<std::mutex> lock(h->mu);
   *count = h->count;
   *sum = h->sum;
@@ -1045,7 +1125,11 @@ int drf_predict(const char* data, size_t size, double timeout_s, int lane, const
 
 int drf_predict_tfs(const char* data, size_t size, double timeout_s, int lane, const char** out,
                     size_t* out_size) {
-  return drf_predict_on(nullptr, kTfs, lane, lane >= 0 ? kDispatched : kAuto, data, size,
+  std::shared_ptr<Plan> plan = TfsPlanFor(data, size);
+  if (!plan) return -1;
+  // The front end's workers serve the default model's lanes; another model's plan picks its own.
+  if (plan != std::atomic_load(&g_current)) lane = -1;
+  return drf_predict_on(&plan, kTfs, lane, lane >= 0 ? kDispatched : kAuto, data, size,
                         timeout_s, 1, out, out_size);
 }
 

@@ -1,11 +1,13 @@
 """FastPredict: DeepRec Predict calls answered in C++ (fast_predict.cc), no Python on the way.
 
-The native gRPC front end offers each PredictionService/Predict call to the published plan
-first; a plan belongs to one version and names its lanes' prepared callables, its signature, the
-shapes and dtypes it accepts and the outputs an output_filter may name. Whatever a plan does not
-handle (other signatures, tensor names instead of aliases for inputs, unknown or repeated
-output_filter names, any invalid input, a TensorFlow error, a blocked or closed plan) goes to the
-Python handler as before, so errors keep their codes and messages.
+The native gRPC front end offers each PredictionService/Predict call to a published plan first:
+DeepRec's to the default model's, TF Serving's to that of the model it names (one FastPredict
+per model publishes that model's). A plan belongs to one version and names its lanes' prepared
+callables, its signature, the shapes and dtypes it accepts and the outputs an output_filter may
+name. Whatever a plan does not handle (other signatures, tensor names instead of aliases for
+inputs, unknown or repeated output_filter names, any invalid input but one over the cap on
+decoded bytes, which it refuses with the Python path's message, a TensorFlow error, a blocked or
+closed plan) goes to the Python handler as before, so errors keep their codes and messages.
 
 A version gets a plan only when nothing else has to happen per request: the in-process feature
 store (no Redis / tiered lookups fed in place of gathers), no timeline, CPU lanes, numeric inputs
@@ -74,6 +76,7 @@ int drf_plan_lane(void *plan, int64_t callable, const char *run_options, size_t 
 uint64_t drf_lane_runs(void *plan, int lane, int which);
 int drf_lane_subsets(void *plan, int lane);
 void drf_publish(void *plan);
+void drf_publish_model(const char *name, void *plan);
 void drf_block(void *plan);
 void drf_unblock(void *plan);
 void drf_close(void *plan);
@@ -83,7 +86,7 @@ void drf_plan_batching(void *plan, int64_t max_batch_size, int64_t timeout_us, i
 int drf_queued(void *plan);
 void drf_merged(void *plan, uint64_t *runs, uint64_t *rows);
 int drf_active(void *plan, int api);
-void drf_plan_tfs(void *plan, const char *name, int64_t number);
+void drf_plan_tfs(void *plan, const char *name, int64_t number, int default_model);
 void drf_free(void *plan);
 void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
 int drf_predict_on(void *plan, int api, int lane, int how, const char *data, size_t size,
@@ -100,12 +103,15 @@ _CARRIED = frozenset({pb.DT_FLOAT, pb.DT_DOUBLE, pb.DT_INT32, pb.DT_INT64})
 
 
 class FastPredict:
-    """The C++ fast path of one runtime: loads the library, builds and publishes plans."""
+    """The C++ fast path of one model of a runtime: loads the library (one per process), builds
+    and publishes the model's plans. DeepRec's Predict names no model: it goes to the default
+    model's plan (`default_model`); TF Serving's goes to the plan of the model it names."""
 
     def __init__(self, model_name: str, signature_name: str, metrics: Metrics | None = None,
                  check_request: pb.PredictRequest | None = None,
                  batching: BatchingConfig | None = None, tfs: bool = False,
-                 max_decoded_bytes: int = MAX_MESSAGE_BYTES, max_batch_bytes: int = MAX_MESSAGE_BYTES):
+                 max_decoded_bytes: int = MAX_MESSAGE_BYTES, max_batch_bytes: int = MAX_MESSAGE_BYTES,
+                 default_model: bool = True):
         ffi, self.lib = _load()  # one library per process: the published plan lives there
         self.ffi = ffi
         #: The C functions the front end calls (dr_fast_fn) for DeepRec's and TF Serving's Predict.
@@ -114,6 +120,7 @@ class FastPredict:
         #: Whether plans answer TF Serving's Predict too (its API package is installed).
         self.tfs = tfs
         self.model_name = model_name
+        self.default_model = default_model
         self.signature_name = signature_name
         self.metrics = metrics
         #: What a new plan must answer as the Python path does (the warmup request; else one
@@ -135,14 +142,20 @@ class FastPredict:
 
     # --- plans --------------------------------------------------------------------------------
     def publish(self, servable: Servable | None) -> None:
-        """Makes `servable`'s plan the one Predict calls use; no plan when it has none (or for
-        None), so calls go to Python, which serves whatever the manager serves."""
+        """Makes `servable`'s plan the one the model's Predict calls use; no plan when it has none
+        (or for None), so calls go to Python, which serves whatever the manager serves."""
         try:
             plan = self.plan_for(servable) if servable is not None else None
         except BaseException:
-            self.lib.drf_publish(self.ffi.NULL)  # never leave the previous version's plan serving
+            self._publish(self.ffi.NULL)  # never leave the previous version's plan serving
             raise
-        self.lib.drf_publish(plan.handle if plan is not None else self.ffi.NULL)
+        self._publish(plan.handle if plan is not None else self.ffi.NULL)
+
+    def _publish(self, handle: Any) -> None:
+        if self.default_model:
+            self.lib.drf_publish(handle)
+        if self.tfs:
+            self.lib.drf_publish_model(self.model_name.encode(), handle)
 
     def plan_for(self, servable: Servable) -> FastPlan | None:
         """The servable's plan, made and checked on first use; None (logged once) when it has
@@ -160,7 +173,7 @@ class FastPredict:
             try:
                 self._enable_tfs(plan, servable)
             except Exception:  # the DeepRec plan stands; TF Serving calls go to Python
-                self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0)
+                self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0, 0)
                 log.exception("version %s: TF Serving Predict calls are answered by Python only",
                               servable.name)
         # After the check, which must not wait batch_timeout_micros for company; the plan is not
@@ -268,7 +281,8 @@ class FastPredict:
         from deeprec_runtime.server import tfs_grpc  # needs the TFS API package
 
         number = version_number(servable.name, servable.full_step)
-        self.lib.drf_plan_tfs(plan.handle, self.model_name.encode(), number)
+        self.lib.drf_plan_tfs(plan.handle, self.model_name.encode(), number,
+                              int(self.default_model))
         request = self.check_request or warmup.generated_request(servable, self.signature_name)
         why = ""
         if request is None:
@@ -290,7 +304,7 @@ class FastPredict:
             if answer is None or type(expected).FromString(answer) != expected:
                 why = "the C++ answer to the check request differs from the Python one"
         if why:
-            self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0)
+            self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0, 0)
             log.warning("version %s: TF Serving Predict calls are answered by Python only: %s",
                      servable.name, why)
 

@@ -24,10 +24,12 @@ API = {DEEPREC: "deeprec_grpc", TFS: "tfs_grpc"}
 AUTO, POOLED, IN_PLACE = 0, 1, 2
 
 # The plan's histograms (drf_stats' `which`), and for latencies the API and code they count.
-_LATENCY, _ROWS, _REFUSED, _TFS_LATENCY, _TFS_REFUSED = 0, 1, 2, 3, 4
+_LATENCY, _ROWS, _REFUSED, _TFS_LATENCY, _TFS_REFUSED, _OVER_CAP, _TFS_OVER_CAP = range(7)
 _COUNTED = {_LATENCY: (API[DEEPREC], "OK"), _REFUSED: (API[DEEPREC], "RESOURCE_EXHAUSTED"),
-            _TFS_LATENCY: (API[TFS], "OK"), _TFS_REFUSED: (API[TFS], "RESOURCE_EXHAUSTED")}
-_HISTOGRAMS = (_LATENCY, _ROWS, _REFUSED, _TFS_LATENCY, _TFS_REFUSED)
+            _OVER_CAP: (API[DEEPREC], "INVALID_ARGUMENT"),
+            _TFS_LATENCY: (API[TFS], "OK"), _TFS_REFUSED: (API[TFS], "RESOURCE_EXHAUSTED"),
+            _TFS_OVER_CAP: (API[TFS], "INVALID_ARGUMENT")}
+_HISTOGRAMS = (_LATENCY, _ROWS, _REFUSED, _TFS_LATENCY, _TFS_REFUSED, _OVER_CAP, _TFS_OVER_CAP)
 
 
 class FastPlan:
@@ -72,19 +74,27 @@ class FastPlan:
         """One call on this plan (published or not), on `lane` (-1: the one its policy picks for
         this thread), placed as `how` says (on a bound lane: POOLED on its pool, IN_PLACE inline
         with this thread held on its cpuset; AUTO as this thread's CPU allows): the response, or
-        None when not handled (a closed plan handles nothing). `counted` False: a call the data
-        plane offers for an adapter that counts it itself (REST), in none of the plan's request
-        figures but `offered`."""
+        None when the plan does not answer it with one (a closed plan answers nothing). `counted`
+        False: a call the data plane offers for an adapter that counts it itself (REST), in none
+        of the plan's request figures but `offered`."""
+        answer = self.call(data, api, lane, how, counted)
+        return answer[1] if answer is not None and answer[0] == 0 else None
+
+    def call(self, data: bytes, api: int = DEEPREC, lane: int = -1, how: int = AUTO,
+             counted: bool = True) -> tuple[int, bytes] | None:
+        """predict(), with what the front end gets: None when not handled, else the gRPC status
+        code and the response (code 0) or the error message."""
         if not self._enter():
             return None
         try:
             ffi, lib = self._owner.ffi, self._owner.lib
             out = ffi.new("const char **")
             size = ffi.new("size_t *")
-            if lib.drf_predict_on(self.handle, api, lane, how, data, len(data), -1.0,
-                                  int(counted), out, size) != 0:
+            code = lib.drf_predict_on(self.handle, api, lane, how, data, len(data), -1.0,
+                                      int(counted), out, size)
+            if code < 0:
                 return None
-            return ffi.unpack(out[0], size[0])  # this thread's answer buffer: read before leaving
+            return code, ffi.unpack(out[0], size[0])  # this thread's buffer: read before leaving
         finally:
             self._leave()
 

@@ -174,9 +174,9 @@ bool ParseModelSpec(const RequestSpec& spec, const uint8_t* data, size_t size) {
     const uint8_t* body;
     size_t n;
     if (!r.Tag(&tag)) return false;
-    if (tag == ((1 << 3) | 2)) {  // name: this model (empty: the default one, which it is)
+    if (tag == ((1 << 3) | 2)) {  // name: this model (empty: the default one)
       if (!r.Bytes(&body, &n)) return false;
-      if (n != 0 && !Equals(body, n, spec.tfs_model)) return false;
+      if (n == 0 ? !spec.tfs_default : !Equals(body, n, spec.tfs_model)) return false;
     } else if (tag == ((3 << 3) | 2)) {  // signature_name
       if (!r.Bytes(&body, &n)) return false;
       if (n != 0 && !Equals(body, n, spec.signature)) return false;
@@ -276,10 +276,39 @@ bool AdmitArray(const InputSpec& spec, Api api, WireArray* a) {
 
 }  // namespace
 
-bool DecodeRequest(const RequestSpec& spec, Api api, const uint8_t* data, size_t size,
-                   Decoded* out) {
-  if (api == kTfs && !spec.tfs_on) return false;
+bool TfsModelName(const uint8_t* data, size_t size, std::string_view* name) {
+  *name = std::string_view();
+  Reader r{data, data + size};
+  while (r.p < r.end) {
+    uint64_t tag;
+    if (!r.Tag(&tag)) return false;
+    const uint8_t* body;
+    size_t body_size;
+    if ((tag & 7) == 2) {  // length-delimited: model_spec, inputs or output_filter
+      if (!r.Bytes(&body, &body_size)) return false;
+      if (tag >> 3 != 1) continue;
+      Reader spec{body, body + body_size};
+      while (spec.p < spec.end) {
+        uint64_t spec_tag;
+        const uint8_t* field;
+        size_t field_size;
+        if (!spec.Tag(&spec_tag) || (spec_tag & 7) != 2 || !spec.Bytes(&field, &field_size))
+          return false;  // every ModelSpec field is length-delimited
+        if (spec_tag >> 3 == 1) *name = std::string_view(reinterpret_cast<const char*>(field),
+                                                         field_size);
+      }
+    } else {
+      return false;  // no other wire type is in a request the plans answer
+    }
+  }
+  return true;
+}
+
+Verdict DecodeRequest(const RequestSpec& spec, Api api, const uint8_t* data, size_t size,
+                      Decoded* out, OverCap* over) {
+  if (api == kTfs && !spec.tfs_on) return Verdict::kDeclined;
   *out = Decoded();
+  *over = OverCap();
   out->arrays.resize(spec.inputs.size());
   std::vector<bool> seen(spec.inputs.size(), false);
   // The fields of the two PredictRequests: DeepRec's signature_name 1, inputs 2; TF Serving's
@@ -287,36 +316,55 @@ bool DecodeRequest(const RequestSpec& spec, Api api, const uint8_t* data, size_t
   Reader r{data, data + size};
   while (r.p < r.end) {
     uint64_t tag;
-    if (!r.Tag(&tag)) return false;
+    if (!r.Tag(&tag)) return Verdict::kDeclined;
     const uint8_t* body;
     size_t body_size;
     if (tag == ((1 << 3) | 2)) {  // signature_name, or TF Serving's model_spec
-      if (!r.Bytes(&body, &body_size)) return false;
+      if (!r.Bytes(&body, &body_size)) return Verdict::kDeclined;
       if (api == kTfs) {
-        if (!ParseModelSpec(spec, body, body_size)) return false;
+        if (!ParseModelSpec(spec, body, body_size)) return Verdict::kDeclined;
       } else if (body_size != 0 && !Equals(body, body_size, spec.signature)) {
-        return false;
+        return Verdict::kDeclined;
       }
     } else if (tag == ((2 << 3) | 2)) {  // one inputs map entry
       if (!r.Bytes(&body, &body_size) || !ParseEntry(spec, api, body, body_size, &seen, out))
-        return false;
+        return Verdict::kDeclined;
     } else if (tag == ((3 << 3) | 2)) {  // one output_filter entry
-      if (!r.Bytes(&body, &body_size) || !AddFilterKey(spec, body, body_size, out)) return false;
+      if (!r.Bytes(&body, &body_size) || !AddFilterKey(spec, body, body_size, out))
+        return Verdict::kDeclined;
     } else {
-      return false;  // unknown fields
+      return Verdict::kDeclined;  // unknown fields
     }
   }
   for (size_t i = 0; i < spec.inputs.size(); ++i) {
     WireArray& a = out->arrays[i];
-    if (!seen[i] || !AdmitArray(spec.inputs[i], api, &a)) return false;
-    if (__builtin_add_overflow(out->bytes, a.bytes, &out->bytes) ||
-        out->bytes > spec.max_decoded_bytes)
-      return false;  // Python answers it, under its own cap
+    if (!seen[i] || !AdmitArray(spec.inputs[i], api, &a)) return Verdict::kDeclined;
+    if (__builtin_add_overflow(out->bytes, a.bytes, &out->bytes)) return Verdict::kDeclined;
+    if (out->bytes > spec.max_decoded_bytes && over->input < 0)
+      *over = {static_cast<int>(i), a.bytes, out->bytes};
     if (i == 0) out->batch = a.dims.empty() ? -1 : a.dims[0];
     out->rows_shared = out->rows_shared && !a.dims.empty() && a.dims[0] == out->batch;
     out->raw = out->raw || a.has_content;
   }
-  return true;
+  if (over->input < 0) return Verdict::kAdmitted;
+  // Python refuses it only after parsing the whole message (so every varint must be well formed)
+  // and checking each input's element count up to the one over the cap; with a cap of 0 (none)
+  // it has no cap to refuse by. Anything short of that is Python's to answer.
+  if (spec.max_decoded_bytes == 0) return Verdict::kDeclined;
+  for (size_t i = 0; i < spec.inputs.size(); ++i) {
+    const WireArray& a = out->arrays[i];
+    int wire = spec.inputs[i].wire;
+    if (a.has_content || (wire != kInt32 && wire != kInt64)) continue;
+    Reader values{a.values, a.values + a.values_size};
+    int64_t count = 0;
+    uint64_t v;
+    while (values.p < values.end && count <= a.count) {
+      if (!values.Varint(&v)) return Verdict::kDeclined;  // unterminated: protobuf fails to parse
+      ++count;
+    }
+    if (values.p != values.end || count != a.count) return Verdict::kDeclined;
+  }
+  return Verdict::kOverCap;
 }
 
 bool FillValues(const WireArray& a, int wire, char* dst, size_t dst_size) {

@@ -2,7 +2,7 @@
 // request_wire's parser and admission checks (runtime/deeprec_runtime/native/request_wire.h),
 // against plans with fixed, unknown (including [-1, -1]) and unknown-rank inputs of every dtype
 // the fast path carries and outputs an output_filter may name, and then the batcher's byte
-// arithmetic.
+// arithmetic; and the scan that routes a TF Serving request to its model's plan.
 //
 // Each input is used twice: as the request's bytes, and as choices for a request assembled by a
 // small grammar (BuildRequest). Random bytes rarely keep every nested length prefix right, so
@@ -16,7 +16,8 @@
 // crash, and so is an admitted request that breaks the contract fast_predict.cc relies on before
 // it allocates (Check below): a shape TensorShape could not hold, a size not backed by the bytes
 // sent, decoded bytes past the plan's cap, or an output_filter entry that is not a known output
-// named once (or past the bound on entries).
+// named once (or past the bound on entries); and so is a request refused over the cap that
+// Python would not refuse with the same figures.
 
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -62,6 +63,7 @@ RequestSpec Plan(std::vector<InputSpec> inputs, uint64_t max_decoded_bytes,
   spec.signature = "serving_default";
   spec.tfs_on = true;
   spec.tfs_model = "default";
+  spec.tfs_default = true;
   spec.max_decoded_bytes = max_decoded_bytes;
   for (size_t i = 0; i < inputs.size(); ++i) inputs[i].feed = static_cast<int>(i);
   spec.inputs = std::move(inputs);
@@ -334,10 +336,45 @@ std::string BuildRequest(FuzzedDataProvider& in, Api api) {
   return out;
 }
 
+// What fast_predict.cc relies on when it refuses a request over the cap with the Python path's
+// figures: every input admitted and, for varints, exactly its count of well-formed values; the
+// named input is the first whose bytes bring the running total (in spec order) over the cap.
+void CheckOverCap(const RequestSpec& spec, const Decoded& d, const OverCap& over,
+                  const uint8_t* data, size_t size) {
+  Check(spec.max_decoded_bytes > 0, "refused by a cap only when there is one");
+  Check(over.input >= 0 && static_cast<size_t>(over.input) < spec.inputs.size(), "a known input");
+  Check(d.arrays.size() == spec.inputs.size(), "one array per input");
+  unsigned __int128 total = 0;
+  for (size_t i = 0; i < spec.inputs.size(); ++i) {
+    const WireArray& a = d.arrays[i];
+    CheckInput(spec.inputs[i], a, data, size);
+    if (!a.has_content && (spec.inputs[i].wire == kInt32 || spec.inputs[i].wire == kInt64)) {
+      std::vector<char> buffer(a.bytes);  // bounded: 8 bytes per varint byte sent
+      Check(FillValues(a, spec.inputs[i].wire, buffer.data(), buffer.size()),
+            "varints are exactly the count");
+    }
+    total += a.bytes;
+    if (i + 1 == static_cast<size_t>(over.input))
+      Check(total <= spec.max_decoded_bytes, "inputs before the named one fit the cap");
+    if (i == static_cast<size_t>(over.input)) {
+      Check(over.input_bytes == a.bytes, "the named input's bytes");
+      Check(total == over.total && over.total > spec.max_decoded_bytes, "the total over the cap");
+    }
+  }
+}
+
 void Decode(const uint8_t* data, size_t size) {
+  std::string_view model;
+  if (TfsModelName(data, size, &model))
+    Check(model.empty() || Within(reinterpret_cast<const uint8_t*>(model.data()), model.size(),
+                                  data, size),
+          "the model name inside the request");
   for (const RequestSpec& spec : Plans()) {
     Decoded d;
-    if (!DecodeRequest(spec, kApi, data, size, &d)) continue;
+    OverCap over;
+    Verdict verdict = DecodeRequest(spec, kApi, data, size, &d, &over);
+    if (verdict == Verdict::kOverCap) CheckOverCap(spec, d, over, data, size);
+    if (verdict != Verdict::kAdmitted) continue;
     Check(d.arrays.size() == spec.inputs.size(), "one array per input");
     unsigned __int128 total = 0;
     for (size_t i = 0; i < spec.inputs.size(); ++i) {

@@ -545,6 +545,52 @@ def test_a_plan_whose_tf_serving_check_fails_leaves_tf_serving_calls_to_python(
     assert plan.tfs_answered == tfs_before and plan.answered == before + 1
 
 
+def test_every_model_of_a_runtime_has_its_own_plans(demo, serve):
+    """TF Serving's Predict goes to the plan of the model it names (the default model's when it
+    names none), REST calls to their model's plan, DeepRec's Predict to the default model's; an
+    unknown model is Python's NOT_FOUND. Answers and metrics are per model."""
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir, http_port=0,
+                         models=("first", "second"))
+    slow, slow_client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=False,
+                              models=("first", "second"))
+    plans = {}
+    for name in ("first", "second"):
+        with fast.models.get(name).manager.hold() as handle:
+            plans[name] = handle.servable.fast_plan
+        assert plans[name] is not None, name
+    assert plans["first"] is not plans["second"]
+    feed = demo.model.make_feed(6, np.random.default_rng(5))
+
+    def counts():
+        return {name: (p.answered, p.tfs_answered, p.offered) for name, p in plans.items()}
+
+    for model, answered_by in (("second", "second"), ("first", "first"), ("", "first")):
+        before = counts()
+        data = tfs_request(feed, model=model).SerializeToString()
+        code, answer = tfs_call(client.channel, data)
+        assert code == grpc.StatusCode.OK, answer
+        assert answer == tfs_call(slow_client.channel, data)[1], model
+        assert answer.model_spec.name == (model or "first")
+        after = counts()
+        assert after[answered_by][1] == before[answered_by][1] + 1, model
+        other = "first" if answered_by == "second" else "second"
+        assert after[other] == before[other], model
+    before = counts()
+    assert tfs_call(client.channel, tfs_request(feed, model="third").SerializeToString())[0] == (
+        grpc.StatusCode.NOT_FOUND)
+    client.predict(feed)  # DeepRec's Predict names no model: the default one
+    body = {"inputs": {k: v.tolist() for k, v in feed.items()}}
+    assert http("POST", f"http://127.0.0.1:{fast.http_port}/v1/models/second:predict",
+                body)[0] == 200
+    after = counts()
+    assert after["first"] == (before["first"][0] + 1, *before["first"][1:])
+    assert after["second"] == (*before["second"][:2], before["second"][2] + 1)
+    text = fast.metrics.exposition().decode()
+    version = client.info().version
+    assert (f'deeprec_requests_total{{api="tfs_grpc",code="OK",model="second",'
+            f'version="{version}"}} 1.0') in text
+
+
 def test_tf_serving_calls_answered_in_cpp_are_in_the_metrics(demo, serve):
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     version = client.info().version

@@ -19,15 +19,27 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime.app import Runtime
 from deeprec_runtime.config import BatchingConfig, parse_model_config
+from deeprec_runtime.errors import InvalidArgument
 from deeprec_runtime.native.fast_predict import FastPredict
 from deeprec_runtime.native.plan import TFS, FastPlan
+from deeprec_runtime.predict import predict
 from deeprec_runtime.server.grpc_server import MAX_MESSAGE_BYTES
 from tests.support.runtime import output, plan_of, wait_for
-from tests.support.sequence_model import DEEPREC, feed, request, valid_arrays, write_sequence_model
+from tests.support.runtime_server import value
+from tests.support.sequence_model import (
+    DEEPREC,
+    array,
+    feed,
+    request,
+    valid_arrays,
+    values_payload,
+    write_sequence_model,
+)
 from tests.support.sequence_model import TFS as TFS_FORMAT
 
 PREDICT = "/deeprec.serving.PredictionService/Predict"
@@ -70,11 +82,30 @@ def decoded_bytes(values: dict[str, np.ndarray]) -> int:
 
 
 # --- decoded bytes per request -----------------------------------------------------------------
+def python_refusal(runtime, api: str, data: bytes, cap: int) -> str:
+    """The Python path's INVALID_ARGUMENT message for `data` under a cap of `cap` decoded bytes."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from deeprec_runtime.server import tfs_grpc
+
+    if api == TFS_FORMAT:
+        inner = tfs_grpc.inner_request(predict_pb2.PredictRequest.FromString(data), cap)
+    else:
+        inner = pb.PredictRequest.FromString(data)
+    with runtime.manager.hold() as handle, pytest.raises(InvalidArgument) as err:
+        predict(handle.servable, inner, "serving_default", max_decoded_bytes=cap)
+    return str(err.value)
+
+
 @pytest.mark.parametrize("api", [DEEPREC, TFS_FORMAT])
-def test_a_request_decoding_past_the_cap_is_left_to_python(sequence_runtime, api):
+@pytest.mark.parametrize("over_by", ["history", "weights"])
+def test_a_request_decoding_past_the_cap_is_refused_as_python_refuses_it(sequence_runtime, api,
+                                                                          over_by):
+    """Without decoding it: the message and code are the Python path's, naming the first input
+    (in key order) whose bytes bring the total over the cap."""
     at_cap = feed(2, 40)
     cap = decoded_bytes(at_cap)
-    over = feed(2, 41)
+    over = {**at_cap, over_by: feed(2, 80 if over_by == "history" else 41)[over_by]}
     with own_plan(sequence_runtime, max_decoded_bytes=cap) as plan:
         code = TFS if api == TFS_FORMAT else 0
         assert plan.predict(request(api, valid_arrays(api, at_cap)), code) is not None
@@ -82,7 +113,32 @@ def test_a_request_decoding_past_the_cap_is_left_to_python(sequence_runtime, api
         # so a message well under it can still be over.
         data = request(api, valid_arrays(api, over))
         assert len(data) < cap < decoded_bytes(over)
-        assert plan.predict(data, code) is None
+        expected = python_refusal(sequence_runtime, api, data, cap)
+        assert f"input '{over_by}'" in expected
+        assert plan.call(data, code) == (grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                         expected.encode())
+        # A call the data plane offered went through Python's budget: it goes back there.
+        assert plan.call(data, code, counted=False) is None
+
+
+@pytest.mark.parametrize("api", [DEEPREC, TFS_FORMAT])
+def test_a_request_over_the_cap_that_python_refuses_otherwise_is_left_to_it(sequence_runtime,
+                                                                             api):
+    """Python parses the message and counts each input's values before it charges them: a
+    request whose varints are malformed or fewer than its shape says (which TF Serving's fill
+    rule may complete) is Python's to answer."""
+    values = feed(2, 41)
+    cap = decoded_bytes(values) - 1
+    wrong_count = valid_arrays(api, {**values, "history": values["history"][:, :40]})
+    wrong_count["history"] = array(api, values["history"][:, :40], dims=[2, 41])
+    unterminated = valid_arrays(api, values)
+    unterminated["history"] = array(api, values["history"],
+                                    values=values_payload(values["history"]) + b"\x80")
+    with own_plan(sequence_runtime, max_decoded_bytes=cap) as plan:
+        code = TFS if api == TFS_FORMAT else 0
+        assert plan.call(request(api, valid_arrays(api, values)), code)[0] == 3
+        assert plan.call(request(api, wrong_count), code) is None
+        assert plan.call(request(api, unterminated), code) is None
 
 
 def test_the_caps_default_to_the_largest_message():
@@ -309,7 +365,7 @@ def test_a_plan_is_freed_only_after_a_block_in_progress_returns(sequence_runtime
 def test_the_servers_message_size_sets_the_plans_caps(tmp_path):
     """`--max-message-bytes` (Runtime's max_message_bytes) is also the fast path's cap on decoded
     bytes: a request under the message size that decodes past it (int64 values sent as varints of
-    one or two bytes decode to 8 bytes each) is refused, not answered in C++."""
+    one or two bytes decode to 8 bytes each) is refused, by C++ as Python would refuse it."""
     path = str(tmp_path / "sequence")
     write_sequence_model(path)
     config = parse_model_config({"savedmodel_dir": path, "warmup_iterations": 1})
@@ -332,5 +388,11 @@ def test_the_servers_message_size_sets_the_plans_caps(tmp_path):
                 call(big, timeout=30)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
             assert plan.answered == answered + 1
+        # Refused in C++ without decoding it, with the Python path's message, and counted.
+        assert err.value.details() == python_refusal(runtime, DEEPREC, big, 128 << 10)
+        families = {f.name: f.samples for f in text_string_to_metric_families(
+            runtime.metrics.exposition().decode())}
+        assert value(families, "deeprec_requests_total", api="deeprec_grpc",
+                     code="INVALID_ARGUMENT") == 1
     finally:
         runtime.stop(1.0)
