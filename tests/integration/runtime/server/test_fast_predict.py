@@ -550,7 +550,7 @@ def test_every_model_of_a_runtime_has_its_own_plans(demo, serve):
     names none), REST calls to their model's plan, DeepRec's Predict to the default model's; an
     unknown model is Python's NOT_FOUND. Answers and metrics are per model."""
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir, http_port=0,
-                         models=("first", "second"))
+                         models=("first", "second"), retain_previous_version=False)
     slow, slow_client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=False,
                               models=("first", "second"))
     plans = {}
@@ -589,6 +589,25 @@ def test_every_model_of_a_runtime_has_its_own_plans(demo, serve):
     version = client.info().version
     assert (f'deeprec_requests_total{{api="tfs_grpc",code="OK",model="second",'
             f'version="{version}"}} 1.0') in text
+
+    # A new version of each model: its plan replaces the old one under the model's name, and the
+    # old one, closed with its version, is answered by nobody.
+    demo.write_full("checkpoint_2", steps=2)
+    for name in ("first", "second"):
+        manager = fast.models.get(name).manager
+        wait_for(lambda m=manager: m.info().version == "checkpoint_2", message=f"{name} swapped")
+        wait_for(lambda p=plans[name]: p.closed, message=f"{name}'s old plan closed")
+    with fast.models.get("second").manager.hold() as handle:
+        new = handle.servable.fast_plan
+        number = handle.servable.full_step
+    assert new is not None and new is not plans["second"]
+    answered = new.tfs_answered  # its check request
+    data = tfs_request(feed, model="second").SerializeToString()
+    code, answer = tfs_call(client.channel, data)
+    assert code == grpc.StatusCode.OK, answer
+    assert answer.model_spec.version.value == number and new.tfs_answered == answered + 1
+    np.testing.assert_allclose(tf.make_ndarray(answer.outputs["probability"]),
+                               demo.model.predict(feed), rtol=1e-5, atol=1e-6)
 
 
 def test_tf_serving_calls_answered_in_cpp_are_in_the_metrics(demo, serve):
