@@ -240,7 +240,8 @@ class Servable:
     def begin_update(self) -> None:
         """Waits until no request uses this version and keeps new ones waiting until
         end_update(): requests answered in C++ (the fast plan's) drain first, and new ones take
-        the Python path, which waits on the gate."""
+        the Python path, which waits on the gate, or (the native front end's) wait in C++ for
+        end_update()."""
         self._blocked_plan = self.fast_plan
         if self._blocked_plan is not None:
             self._blocked_plan.block()

@@ -42,8 +42,9 @@
 // request never touches a session that is gone: a request counts itself active on the plan and
 // then checks that the plan is neither closed nor blocked (sequentially consistent, paired with
 // Block/Close, which first set the flag and then wait for the active count to reach zero). Block
-// is how a delta gets exclusive access (requests arriving meanwhile take the Python path, which
-// waits on the version's gate); Close is called before the version's session is closed, and
+// is how a delta gets exclusive access (the front end's calls arriving meanwhile wait for the
+// unblock, within their deadlines, without counting as active; the C API's and the data plane's,
+// whose callers may hold the version's gate, take the Python path, which waits on the gate); Close is called before the version's session is closed, and
 // releases the callables made here.
 //
 // Request bytes are parsed and admitted by request_wire.cc, which knows no TensorFlow and is fuzzed
@@ -191,6 +192,10 @@ struct Plan {
   std::atomic<uint64_t> next_lane{0};
   std::atomic<int> active{0};
   std::atomic<int> blocked{0};
+  // Front-end calls that arrive while a delta blocks the plan wait here for it to end (see
+  // WaitUnblocked); woken by drf_unblock and drf_close.
+  std::mutex unblocked_mu;
+  std::condition_variable unblocked_cv;
   std::atomic<bool> closed{false};
   int64_t tfs_version = 0;  // TF Serving answers carry spec.tfs_model and this version number
   std::unique_ptr<Histogram> latency[kNumApis];
@@ -685,6 +690,29 @@ void EncodeTensorProto(const Tensor& t, int wire, bool raw, std::string* out) {
   PutValues(t, wire, raw, TfsValueField(wire), 4, out);
 }
 
+// Wakes the calls waiting for a blocked plan (after blocked or closed changed: taking the mutex
+// between the change and the notify means no waiter checks the old value and then sleeps).
+void WakeWaiters(Plan* plan) {
+  { std::lock_guard<std::mutex> lock(plan->unblocked_mu); }
+  plan->unblocked_cv.notify_all();
+}
+
+// Waits, counted as no user of the plan, until no delta blocks it: true then, false when the
+// plan closed first or `timeout_s` (>= 0; -1: none) ran out. A front-end call that went to Python
+// instead would wait on the version's write gate all the same, and then be answered at the
+// Python path's cost; this way the delta's new rows are still seen whole (the delta blocked the
+// plan before it took the gate, and unblocks it after releasing it).
+bool WaitUnblocked(Plan* plan, double timeout_s) {
+  auto ready = [plan] { return plan->closed.load() || plan->blocked.load() == 0; };
+  std::unique_lock<std::mutex> lock(plan->unblocked_mu);
+  if (timeout_s < 0) {
+    plan->unblocked_cv.wait(lock, ready);
+  } else if (!plan->unblocked_cv.wait_for(lock, std::chrono::duration<double>(timeout_s), ready)) {
+    return false;
+  }
+  return !plan->closed.load();
+}
+
 // Holds the plan's active count for one request; the plan is usable only if open().
 class Use {
  public:
@@ -731,8 +759,7 @@ int RefuseOverCap(Plan* plan, Api api, bool counted, const request_wire::OverCap
 // runs on that lane (the front end's choice, or the plan's check, which moves no caller for an
 // inline lane); -1 follows the policy.
 int Predict(Plan* plan, Api api, bool counted, int forced_lane, const char* data, size_t size,
-            double timeout_s, std::string* out) {
-  auto started = std::chrono::steady_clock::now();
+            std::chrono::steady_clock::time_point started, double timeout_s, std::string* out) {
   request_wire::Decoded request;
   request_wire::OverCap over;
   switch (request_wire::DecodeRequest(plan->spec, api, reinterpret_cast<const uint8_t*>(data),
@@ -834,6 +861,33 @@ int Predict(Plan* plan, Api api, bool counted, int forced_lane, const char* data
 }
 
 thread_local std::string t_answer;
+
+// One Predict call on `plan` (see drf_predict_on). `wait_blocked`: a call that holds nothing (the
+// front end's) waits for a delta blocking the plan to end (WaitUnblocked, within its deadline);
+// other callers may hold the version's read gate the delta is waiting for, so they go to Python.
+int PredictOn(const std::shared_ptr<Plan>& plan, int api, int lane, int how, const char* data,
+              size_t size, double timeout_s, bool counted, bool wait_blocked, const char** out,
+              size_t* out_size) {
+  if (api != kDeepRec && api != kTfs) return -1;
+  if (how != kAuto && how != kPooled && how != kInPlace && how != kDispatched) return -1;
+  struct Placing {  // this call's placement, for RunAlone (a merged batch's leader places it)
+    explicit Placing(int how) { t_how = static_cast<How>(how); }
+    ~Placing() { t_how = kAuto; }
+  } placing(how);
+  if (!plan || plan->lanes.empty()) return -1;
+  auto started = std::chrono::steady_clock::now();  // its latency and deadline count the wait
+  if (wait_blocked && plan->blocked.load() != 0 && !WaitUnblocked(plan.get(), timeout_s))
+    return -1;  // closed, or expired: Python answers
+  Use use(plan.get(), api, counted);
+  if (!use.open()) return -1;  // blocked again, or closed: Python answers
+  int code = Predict(plan.get(), static_cast<Api>(api), counted, lane, data, size, started,
+                     timeout_s, &t_answer);
+  if (code >= 0) {
+    *out = t_answer.data();
+    *out_size = t_answer.size();
+  }
+  return code;
+}
 
 }  // namespace
 
@@ -981,6 +1035,7 @@ void drf_unblock(void* handle) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
   if (plan->closed.load()) return;
   plan->blocked.fetch_sub(1);
+  WakeWaiters(plan);
 }
 
 // No request uses the plan after this returns (it is unpublished if it was the current one), and
@@ -995,6 +1050,7 @@ void drf_close(void* handle) {
       if (published == plan) SetModelPlan(name, nullptr);
   }
   if (plan->closed.exchange(true)) return;
+  WakeWaiters(plan.get());
   CloseBatches(plan.get());
   WaitIdle(plan.get());
   ReleaseSubsets(plan.get());
@@ -1094,24 +1150,10 @@ void drf_stats(void* handle, int which, uint64_t* count, double* sum, uint64_t* 
 // the error message, valid until this thread's next call.
 int drf_predict_on(void* handle, int api, int lane, int how, const char* data, size_t size,
                    double timeout_s, int counted, const char** out, size_t* out_size) {
-  if (api != kDeepRec && api != kTfs) return -1;
-  if (how != kAuto && how != kPooled && how != kInPlace && how != kDispatched) return -1;
-  struct Placing {  // this call's placement, for RunAlone (a merged batch's leader places it)
-    explicit Placing(int how) { t_how = static_cast<How>(how); }
-    ~Placing() { t_how = kAuto; }
-  } placing(how);
   std::shared_ptr<Plan> plan = handle ? *static_cast<std::shared_ptr<Plan>*>(handle)
                                       : std::atomic_load(&g_current);
-  if (!plan || plan->lanes.empty()) return -1;
-  Use use(plan.get(), api, counted != 0);
-  if (!use.open()) return -1;
-  int code = Predict(plan.get(), static_cast<Api>(api), counted != 0, lane, data, size, timeout_s,
-                     &t_answer);
-  if (code >= 0) {
-    *out = t_answer.data();
-    *out_size = t_answer.size();
-  }
-  return code;
+  return PredictOn(plan, api, lane, how, data, size, timeout_s, counted != 0, false, out,
+                   out_size);
 }
 
 // The front end's entry points (grpc_frontend.cc's dr_fast_fn) for DeepRec's and TF Serving's
@@ -1119,8 +1161,8 @@ int drf_predict_on(void* handle, int api, int lane, int how, const char* data, s
 // policy picks one).
 int drf_predict(const char* data, size_t size, double timeout_s, int lane, const char** out,
                 size_t* out_size) {
-  return drf_predict_on(nullptr, kDeepRec, lane, lane >= 0 ? kDispatched : kAuto, data, size,
-                        timeout_s, 1, out, out_size);
+  return PredictOn(std::atomic_load(&g_current), kDeepRec, lane, lane >= 0 ? kDispatched : kAuto,
+                   data, size, timeout_s, true, true, out, out_size);
 }
 
 int drf_predict_tfs(const char* data, size_t size, double timeout_s, int lane, const char** out,
@@ -1129,8 +1171,8 @@ int drf_predict_tfs(const char* data, size_t size, double timeout_s, int lane, c
   if (!plan) return -1;
   // The front end's workers serve the default model's lanes; another model's plan picks its own.
   if (plan != std::atomic_load(&g_current)) lane = -1;
-  return drf_predict_on(&plan, kTfs, lane, lane >= 0 ? kDispatched : kAuto, data, size,
-                        timeout_s, 1, out, out_size);
+  return PredictOn(plan, kTfs, lane, lane >= 0 ? kDispatched : kAuto, data, size, timeout_s, true,
+                   true, out, out_size);
 }
 
 }  // extern "C"

@@ -24,8 +24,9 @@ which merges the calls the Python handlers answer).
 
 Lifetime: Manager has a new version's plan made (and checked) just before the swap and publishes
 the serving version's plan (or none) right after every swap and swap-back; a delta blocks
-the plan while it holds the version's write gate (requests meanwhile take the Python path, which
-waits on the gate); Servable.close closes the plan before the session goes. The requests a plan
+the plan while it holds the version's write gate (the front end's calls meanwhile wait in C++
+for it to end, within their deadlines; others take the Python path, which waits on the gate);
+Servable.close closes the plan before the session goes. The requests a plan
 answered are added to the runtime's request metrics at each scrape and when it closes. The plan
 handle itself, with its figures and their flushing, is FastPlan (plan.py).
 """

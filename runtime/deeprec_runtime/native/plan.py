@@ -99,7 +99,8 @@ class FastPlan:
             self._leave()
 
     def block(self) -> None:
-        """Requests stop using the plan until unblock() (they take the Python path); returns
+        """Requests stop using the plan until unblock() (the front end's wait for it in C++,
+        others take the Python path); returns
         once none uses it. A no-op once the plan is closing."""
         if self._enter():
             try:

@@ -265,6 +265,57 @@ def test_deltas_swaps_and_rollback_are_followed(tmp_path, demo, serve):
     assert first.answered == first_answered + 1
 
 
+def test_front_end_calls_arriving_during_a_delta_wait_for_it_in_cpp(demo, serve):
+    """A plan blocked by a delta keeps the native front end's calls waiting in C++ (within their
+    deadlines) and answers them once unblocked; a closed plan lets its waiters go to Python. Calls
+    the data plane offers (REST, whose callers hold the version's read gate the delta waits for)
+    never wait: they go to Python at once."""
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir, http_port=0)
+    plan = plan_of(fast)
+    feed = demo.model.make_feed(3, np.random.default_rng(12))
+    data = make_request(feed).SerializeToString()
+    expected = demo.model.predict(feed)
+    answers: list = []
+
+    def send(timeout=30.0):
+        try:
+            answers.append(pb.PredictResponse.FromString(
+                client.channel.unary_unary(metrics_of.PREDICT)(data, timeout=timeout)))
+        except grpc.RpcError as exc:
+            answers.append(exc.code())
+
+    answered = plan.answered
+    plan.block()  # only the plan: the version's gate stays open, so Python would answer at once
+    caller = threading.Thread(target=send)
+    caller.start()
+    caller.join(0.5)
+    assert caller.is_alive() and answers == [], "the call did not wait for the delta"
+    # An offered REST call does not wait; Python answers it.
+    body = {"inputs": {k: v.tolist() for k, v in feed.items()}}
+    offered = plan.offered
+    assert http("POST", f"http://127.0.0.1:{fast.http_port}/v1/models/default:predict",
+                body)[0] == 200
+    assert plan.offered == offered
+    # A call whose deadline passes while it waits is refused, not answered from the plan.
+    send(timeout=0.3)
+    assert answers == [grpc.StatusCode.DEADLINE_EXCEEDED]
+    plan.unblock()
+    caller.join(10)
+    np.testing.assert_allclose(output(answers[1], "probability"), expected, rtol=1e-5, atol=1e-6)
+    assert plan.answered == answered + 1  # the waiter, answered in C++
+
+    plan.block()
+    caller = threading.Thread(target=send)
+    caller.start()
+    caller.join(0.5)
+    assert caller.is_alive(), "the call did not wait for the delta"
+    with fast.manager.hold() as handle:
+        plan.close()  # what closing the version does first: its waiters go to Python
+        handle.servable.fast_plan = None
+    caller.join(10)
+    np.testing.assert_allclose(output(answers[2], "probability"), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_a_new_versions_plan_is_ready_before_it_serves(demo, serve):
     fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir)
     prepare = fast.manager.before_serving
