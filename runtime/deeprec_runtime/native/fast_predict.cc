@@ -7,8 +7,8 @@
 // by alias or tensor name, each once), the request is decoded straight into TensorFlow tensors,
 // run through a prepared callable of one of the version's lanes (`Session::RunCallable`), and the
 // response is encoded here. TF Serving's Predict (TensorProto inputs, a model_spec naming no
-// version) is answered the same way when the plan allows it, by the plan of the model it names
-// (each model of a runtime has its own). Anything else -- and any failure,
+// version or the plan's own) is answered the same way when the plan allows it, by the plan of the
+// model it names (each model of a runtime has its own). Anything else -- and any failure,
 // TensorFlow's included -- returns "not handled", and the Python handler answers exactly as it
 // always has, error messages and status codes included. So this path answers successes and two
 // refusals only, both with the Python path's own codes and messages: RESOURCE_EXHAUSTED when its
@@ -197,7 +197,6 @@ struct Plan {
   std::mutex unblocked_mu;
   std::condition_variable unblocked_cv;
   std::atomic<bool> closed{false};
-  int64_t tfs_version = 0;  // TF Serving answers carry spec.tfs_model and this version number
   std::unique_ptr<Histogram> latency[kNumApis];
   std::unique_ptr<Histogram> rows;
   std::unique_ptr<Histogram> refused[kNumApis];  // calls refused with RESOURCE_EXHAUSTED
@@ -840,9 +839,9 @@ int Predict(Plan* plan, Api api, bool counted, int forced_lane, const char* data
   if (api == kTfs) {  // model_spec, as the Python adapter fills it
     std::string spec, version;
     PutBytes(&spec, 1, plan->spec.tfs_model.data(), plan->spec.tfs_model.size());
-    if (plan->tfs_version != 0) {
+    if (plan->spec.tfs_version != 0) {
       PutVarint(&version, (1 << 3) | 0);
-      PutVarint(&version, static_cast<uint64_t>(plan->tfs_version));
+      PutVarint(&version, static_cast<uint64_t>(plan->spec.tfs_version));
     }
     PutBytes(&spec, 2, version.data(), version.size());
     const std::string& signature = plan->spec.signature;
@@ -1094,13 +1093,16 @@ int drf_active(void* handle, int api) {
 
 // Lets the plan answer TF Serving's Predict for model `name` (NULL: not at all), its answers
 // naming version `number`; `default_model` nonzero: also requests naming no model, which mean the
-// default one. Before the plan is published.
-void drf_plan_tfs(void* handle, const char* name, int64_t number, int default_model) {
+// default one. Requests may pin the version by `number` or by `label` (its name). Before the plan
+// is published.
+void drf_plan_tfs(void* handle, const char* name, int64_t number, int default_model,
+                  const char* label) {
   Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
   plan->spec.tfs_on = name != nullptr;
   plan->spec.tfs_model = name ? name : "";
   plan->spec.tfs_default = name != nullptr && default_model != 0;
-  plan->tfs_version = number;
+  plan->spec.tfs_version = number;
+  plan->spec.tfs_label = label ? label : "";
 }
 
 // Merged runs of the plan so far and the rows they carried (padding excluded).

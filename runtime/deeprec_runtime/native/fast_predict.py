@@ -87,7 +87,8 @@ void drf_plan_batching(void *plan, int64_t max_batch_size, int64_t timeout_us, i
 int drf_queued(void *plan);
 void drf_merged(void *plan, uint64_t *runs, uint64_t *rows);
 int drf_active(void *plan, int api);
-void drf_plan_tfs(void *plan, const char *name, int64_t number, int default_model);
+void drf_plan_tfs(void *plan, const char *name, int64_t number, int default_model,
+                  const char *label);
 void drf_free(void *plan);
 void drf_stats(void *plan, int which, uint64_t *count, double *sum, uint64_t *buckets);
 int drf_predict_on(void *plan, int api, int lane, int how, const char *data, size_t size,
@@ -174,7 +175,7 @@ class FastPredict:
             try:
                 self._enable_tfs(plan, servable)
             except Exception:  # the DeepRec plan stands; TF Serving calls go to Python
-                self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0, 0)
+                self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0, 0, self.ffi.NULL)
                 log.exception("version %s: TF Serving Predict calls are answered by Python only",
                               servable.name)
         # After the check, which must not wait batch_timeout_micros for company; the plan is not
@@ -283,7 +284,7 @@ class FastPredict:
 
         number = version_number(servable.name, servable.full_step)
         self.lib.drf_plan_tfs(plan.handle, self.model_name.encode(), number,
-                              int(self.default_model))
+                              int(self.default_model), servable.name.encode())
         request = self.check_request or warmup.generated_request(servable, self.signature_name)
         why = ""
         if request is None:
@@ -305,7 +306,7 @@ class FastPredict:
             if answer is None or type(expected).FromString(answer) != expected:
                 why = "the C++ answer to the check request differs from the Python one"
         if why:
-            self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0, 0)
+            self.lib.drf_plan_tfs(plan.handle, self.ffi.NULL, 0, 0, self.ffi.NULL)
             log.warning("version %s: TF Serving Predict calls are answered by Python only: %s",
                      servable.name, why)
 

@@ -167,24 +167,54 @@ bool ParseArray(Api api, const uint8_t* data, size_t size, WireArray* a) {
 
 // TF Serving's ModelSpec: this model (or none) and this signature (or none); a version or a
 // version label is left to Python, which resolves which loaded version answers.
+// google.protobuf.Int64Value: its value (field 1, a varint; absent: 0), each field once.
+bool ParseInt64Value(const uint8_t* data, size_t size, int64_t* value) {
+  Reader r{data, data + size};
+  *value = 0;
+  bool seen = false;
+  while (r.p < r.end) {
+    uint64_t tag, v;
+    if (!r.Tag(&tag) || tag != ((1 << 3) | 0) || seen || !r.Varint(&v)) return false;
+    *value = static_cast<int64_t>(v);
+    seen = true;
+  }
+  return true;
+}
+
+// A TF Serving ModelSpec: this model (an empty name: the default one), this plan's signature,
+// and, if it pins a version, this plan's version -- by number or by label, not both (the Python
+// path resolves a label first and ignores the number: left to it). Each field once.
 bool ParseModelSpec(const RequestSpec& spec, const uint8_t* data, size_t size) {
   Reader r{data, data + size};
+  bool number = false, label = false;
   while (r.p < r.end) {
     uint64_t tag;
     const uint8_t* body;
     size_t n;
     if (!r.Tag(&tag)) return false;
-    if (tag == ((1 << 3) | 2)) {  // name: this model (empty: the default one)
+    if (tag == ((1 << 3) | 2)) {  // name
       if (!r.Bytes(&body, &n)) return false;
       if (n == 0 ? !spec.tfs_default : !Equals(body, n, spec.tfs_model)) return false;
+    } else if (tag == ((2 << 3) | 2) && !number) {  // version, an Int64Value
+      int64_t version;
+      if (!r.Bytes(&body, &n) || !ParseInt64Value(body, n, &version) ||
+          version != spec.tfs_version)
+        return false;
+      number = true;
     } else if (tag == ((3 << 3) | 2)) {  // signature_name
       if (!r.Bytes(&body, &n)) return false;
       if (n != 0 && !Equals(body, n, spec.signature)) return false;
+    } else if (tag == ((4 << 3) | 2) && !label) {  // version_label
+      if (!r.Bytes(&body, &n)) return false;
+      if (n != 0) {  // an empty label pins nothing (proto3: as if absent)
+        if (!Equals(body, n, spec.tfs_label)) return false;
+        label = true;
+      }
     } else {
       return false;
     }
   }
-  return true;
+  return !(number && label);
 }
 
 // One `inputs` map entry: key 1, value 2, each once. Marks the input it names as seen and parses

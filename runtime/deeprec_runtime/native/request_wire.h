@@ -85,6 +85,10 @@ struct RequestSpec {
   bool tfs_on = false;
   std::string tfs_model;
   bool tfs_default = false;  // tfs_model is the runtime's default model: an empty name means it
+  // The version the plan serves, as a model_spec may pin it: its number (`version`) and its
+  // label (`version_label`, the version's name). A request pinning another is declined.
+  int64_t tfs_version = 0;
+  std::string tfs_label;
   uint64_t max_decoded_bytes = 0;
 };
 

@@ -64,6 +64,8 @@ RequestSpec Plan(std::vector<InputSpec> inputs, uint64_t max_decoded_bytes,
   spec.tfs_on = true;
   spec.tfs_model = "default";
   spec.tfs_default = true;
+  spec.tfs_version = 1;
+  spec.tfs_label = "checkpoint_1";
   spec.max_decoded_bytes = max_decoded_bytes;
   for (size_t i = 0; i < inputs.size(); ++i) inputs[i].feed = static_cast<int>(i);
   spec.inputs = std::move(inputs);
@@ -312,7 +314,10 @@ std::string BuildRequest(FuzzedDataProvider& in, Api api) {
         if (api == kTfs) {
           if (in.ConsumeBool()) PutBytes(&spec, 1, in.ConsumeBool() ? "default" : "other");
           if (in.ConsumeBool()) PutBytes(&spec, 3, "serving_default");
-          if (in.ConsumeProbability<float>() < 0.1f) PutBytes(&spec, 2, "\x08\x01");  // version
+          if (in.ConsumeProbability<float>() < 0.2f)  // version 1 or 2 (or an empty one: 0)
+            PutBytes(&spec, 2, in.ConsumeBool() ? "\x08\x01" : in.ConsumeBool() ? "\x08\x02" : "");
+          if (in.ConsumeProbability<float>() < 0.2f)  // version_label
+            PutBytes(&spec, 4, in.ConsumeBool() ? "checkpoint_1" : in.ConsumeBool() ? "" : "other");
         } else {
           spec = in.ConsumeBool() ? "serving_default" : in.ConsumeRandomLengthString(16);
         }

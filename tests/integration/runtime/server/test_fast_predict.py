@@ -530,8 +530,9 @@ def test_tf_serving_requests_the_plan_declines_get_the_python_answer(demo, pair)
     feed = demo.model.make_feed(4, np.random.default_rng(8))
     version = tfs_call(slow_client.channel,
                        tfs_request(feed).SerializeToString())[1].model_spec.version.value
+    with fast.manager.hold() as handle:
+        label = handle.version
     cases = {
-        "version": tfs_request(feed, version=version),
         "unknown_version": tfs_request(feed, version=version + 1),
         "version_label": tfs_request(feed, version_label="stable"),
         "other_model": tfs_request(feed, model="other"),
@@ -553,13 +554,42 @@ def test_tf_serving_requests_the_plan_declines_get_the_python_answer(demo, pair)
     cases["dim_name"] = named
     data = {name: r.SerializeToString() for name, r in cases.items()}
     data["garbage"] = b"\xff\xff\xff"
+    # version and version_label are a oneof: on the wire both may come, and the last wins.
+    both = tfs_request(feed)
+    both.ClearField("model_spec")
+    data["version_and_label"] = bytes_field(1, bytes_field(1, b"default") + bytes_field(
+        2, varint_field(1, version)) + bytes_field(4, label.encode())) + both.SerializeToString()
     for name, payload in data.items():
         before = plan.tfs_answered
         got = tfs_call(fast_client.channel, payload)
         assert got == tfs_call(slow_client.channel, payload), name
         assert plan.tfs_answered == before, f"{name} was answered by the fast path"
-    assert tfs_call(fast_client.channel, data["version"])[0] == grpc.StatusCode.OK
+    assert tfs_call(fast_client.channel, data["version_and_label"])[0] == grpc.StatusCode.OK
     assert tfs_call(fast_client.channel, data["other_model"])[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_tf_serving_calls_pinning_the_served_version_are_answered_in_cpp(demo, pair):
+    """A model_spec pinning the serving version, by number or by label, is answered by its plan
+    as Python answers it; pinning another version is left to Python."""
+    fast, fast_client, slow, slow_client = pair
+    plan = plan_of(fast)
+    feed = demo.model.make_feed(4, np.random.default_rng(9))
+    with fast.manager.hold() as handle:
+        label, number = handle.version, handle.servable.full_step
+    for pin in ({"version": number}, {"version_label": label}, {"version_label": ""}):
+        data = tfs_request(feed, **pin).SerializeToString()
+        before = plan.tfs_answered
+        code, answer = tfs_call(fast_client.channel, data)
+        assert code == grpc.StatusCode.OK, (pin, answer)
+        assert answer == tfs_call(slow_client.channel, data)[1], pin
+        assert answer.model_spec.version.value == number
+        assert plan.tfs_answered == before + 1, pin
+    for pin in ({"version": number + 1}, {"version_label": "checkpoint_9"}):
+        data = tfs_request(feed, **pin).SerializeToString()
+        before = plan.tfs_answered
+        got = tfs_call(fast_client.channel, data)
+        assert got[0] == grpc.StatusCode.NOT_FOUND and got == tfs_call(slow_client.channel, data)
+        assert plan.tfs_answered == before, pin
 
 
 def test_random_tf_serving_mutations_get_the_same_answer_with_and_without_the_fast_path(demo, pair):
