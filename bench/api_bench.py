@@ -1,7 +1,7 @@
 """Front-door benchmark: what each API costs on top of the model, and what metrics cost.
 
   .venv/bin/python bench/api_bench.py [--duration 4] [--batch 64] [--concurrency 4]
-      [--fast-predict on|off]
+      [--fast-predict on|off] [--feature-store session|dram|dram_ssd]
 
 1. Per-request metrics work (begin + observe_request + end), in-process, microseconds.
 2. TF Serving TensorProto -> ArrayProto -> TensorProto conversion for one request, vs
@@ -185,11 +185,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load(art, feed, duration: float, concurrency: int, fast_predict: str = "on") -> None:
+#: --feature-store: where the embedding rows live (model_config fields).
+FEATURE_STORES = {"session": {}, "dram": {"ev_storage_type": 1},
+                  "dram_ssd": {"ev_storage_type": 12, "ev_storage_size": [1 << 20]}}
+
+
+def load(art, feed, duration: float, concurrency: int, fast_predict: str = "on",
+         store: str = "session") -> None:
     config = os.path.join(art.base_dir, "model_config.json")
+    fields = dict(FEATURE_STORES[store])
+    if store == "dram_ssd":
+        fields["ev_storage_path"] = os.path.join(art.base_dir, "ssd")
     with open(config, "w") as fh:
         json.dump({"savedmodel_dir": art.saved_model_dir, "checkpoint_dir": art.checkpoint_dir,
-                   "update_poll_seconds": 60}, fh)
+                   "update_poll_seconds": 60, **fields}, fh)
     models = os.path.join(art.base_dir, "models.json")
     with open(models, "w") as fh:
         json.dump({"model_config_list": [{"name": name, "model_config": config}
@@ -216,7 +225,7 @@ def load(art, feed, duration: float, concurrency: int, fast_predict: str = "on")
                     raise
                 time.sleep(0.3)
         print(f"3. batch {len(next(iter(feed.values())))}, {concurrency} callers, {duration:.0f} s "
-              f"each, fast predict {fast_predict}")
+              f"each, fast predict {fast_predict}, embedding rows in {store}")
         ctx = mp.get_context("spawn")
         for kind, body in bodies.items():
             out = ctx.Queue()
@@ -248,6 +257,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--fast-predict", choices=("on", "off"), default="on",
                         help="off: every call is answered by the Python handlers")
+    parser.add_argument("--feature-store", choices=tuple(FEATURE_STORES), default="session",
+                        help="where embedding rows live: the session, or a DRAM / DRAM+SSD tier "
+                             "(looked up by Python code, called from C++ with fast predict on)")
     args = parser.parse_args()
     from deeprec_runtime.training import write_demo_model
 
@@ -256,7 +268,7 @@ def main() -> None:
         art = write_demo_model(os.path.join(tmp, "m"), num_ids=10_000, num_deltas=0)
         feed = art.model.make_feed(args.batch, np.random.default_rng(0))
         conversion_cost(feed)
-        load(art, feed, args.duration, args.concurrency, args.fast_predict)
+        load(art, feed, args.duration, args.concurrency, args.fast_predict, args.feature_store)
         art.close()
 
 

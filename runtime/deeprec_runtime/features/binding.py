@@ -37,6 +37,11 @@ class ExternalTables:
         self._fallback_tensors = {lk.fallback.tensor for _, lk in self._lookups
                                   if lk.fallback is not None and lk.fallback.tensor}
 
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The gathers' outputs feed() adds to the feeds, in the order it adds them."""
+        return self._outputs
+
     def owns(self, variable: str) -> bool:
         return variable in self.tables
 

@@ -86,8 +86,23 @@
 #include "request_wire.h"
 #include "tensorflow/c/c_api_internal.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/types.h"
 #include "tensorflow/core/protobuf/config.pb.h"
 #include "tensorflow/core/public/session.h"
+
+// A tensor a lookup hook reads: a TensorFlow DataType number, its dims and its C-order bytes.
+extern "C" {
+struct drf_tensor {
+  int dtype;
+  int rank;
+  const int64_t* dims;
+  const void* data;
+  size_t bytes;
+};
+// A plan's lookup hook (drf_plan_lookup): reads a request's input feeds, puts each looked-up
+// tensor with drf_lookup_put(sink, ...); nonzero when the rows cannot be given.
+typedef int (*drf_lookup_fn)(void* sink, const drf_tensor* feeds, int num_feeds);
+}
 
 namespace {
 
@@ -185,6 +200,10 @@ struct Plan {
   std::vector<std::string> feed_names;   // the callables' feeds, in order
   std::vector<std::string> fetch_names;  // every output tensor, ascending (as Python sorts them)
   int num_feeds = 0;
+  // A version whose embedding rows come from a feature store (drf_plan_lookup): the hook that
+  // looks them up and the number of feeds it fills, the last of feed_names.
+  drf_lookup_fn lookup = nullptr;
+  int num_lookup_feeds = 0;
   int num_fetches = 0;
   std::vector<int> all_fetches;  // 0 .. num_fetches - 1
   std::vector<std::unique_ptr<Lane>> lanes;
@@ -622,6 +641,42 @@ bool BuildFeed(const request_wire::InputSpec& spec, const request_wire::WireArra
   return true;
 }
 
+// What drf_lookup_put fills while a plan's lookup hook runs: one tensor per looked-up feed.
+struct LookupSink {
+  std::vector<Tensor> rows;
+  std::vector<bool> filled;
+};
+
+// Looks up the embedding rows of a request whose input feeds are built (the first
+// num_feeds - num_lookup_feeds of `feeds`): the plan's hook (Python's feature-store code, under
+// the GIL) gets the inputs and puts each looked-up tensor through drf_lookup_put, which copies it
+// into its feed. Adds the rows' bytes to `bytes` and clears `rows_shared` when a looked-up tensor
+// does not lead with the request's `batch` rows (then it is not batched). False: not answered.
+bool LookUp(Plan* plan, int64_t batch, std::vector<Tensor>* feeds, uint64_t* bytes,
+            bool* rows_shared) {
+  int inputs = plan->num_feeds - plan->num_lookup_feeds;
+  std::vector<drf_tensor> in(static_cast<size_t>(inputs));
+  std::vector<std::vector<int64_t>> dims(static_cast<size_t>(inputs));
+  for (int f = 0; f < inputs; ++f) {
+    const Tensor& t = (*feeds)[f];
+    for (int d = 0; d < t.dims(); ++d) dims[f].push_back(t.dim_size(d));
+    auto data = t.tensor_data();
+    in[f] = {static_cast<int>(t.dtype()), t.dims(), dims[f].data(), data.data(), data.size()};
+  }
+  LookupSink sink;
+  sink.rows.resize(static_cast<size_t>(plan->num_lookup_feeds));
+  sink.filled.assign(static_cast<size_t>(plan->num_lookup_feeds), false);
+  if (plan->lookup(&sink, in.data(), inputs) != 0) return false;
+  for (int k = 0; k < plan->num_lookup_feeds; ++k) {
+    if (!sink.filled[k]) return false;
+    Tensor& t = sink.rows[k];
+    if (__builtin_add_overflow(*bytes, static_cast<uint64_t>(t.TotalBytes()), bytes)) return false;
+    if (t.dims() == 0 || t.dim_size(0) != batch) *rows_shared = false;
+    (*feeds)[inputs + k] = std::move(t);
+  }
+  return true;
+}
+
 void PutVarint(std::string* out, uint64_t v) {
   while (v >= 0x80) {
     out->push_back(static_cast<char>(v | 0x80));
@@ -775,6 +830,10 @@ int Predict(Plan* plan, Api api, bool counted, int forced_lane, const char* data
     const request_wire::InputSpec& spec = plan->spec.inputs[i];
     if (!BuildFeed(spec, request.arrays[i], &feeds[spec.feed])) return -1;
   }
+  uint64_t feed_bytes = request.bytes;  // what batching counts: the inputs and looked-up rows
+  bool rows_shared = request.rows_shared;
+  if (plan->lookup != nullptr && !LookUp(plan, request.batch, &feeds, &feed_bytes, &rows_shared))
+    return -1;  // the store failed, or the ids are invalid: Python answers, with its error
   // The fetches the answer needs (ascending, each once) and, per answered output, its key and
   // its spec: every output under its alias, sorted, without output_filter; else the filter's
   // names in the request's order (the Python path answers the same map).
@@ -798,8 +857,8 @@ int Predict(Plan* plan, Api api, bool counted, int forced_lane, const char* data
   Outputs result;
   int64_t batch = request.batch;
   Batcher* batcher = lane->batcher.get();
-  if (batcher && request.rows_shared && batcher->limits.Admits(batch, request.bytes)) {
-    int code = RunBatched(plan, batcher, run, &feeds, batch, request.bytes, &result, out);
+  if (batcher && rows_shared && batcher->limits.Admits(batch, feed_bytes)) {
+    int code = RunBatched(plan, batcher, run, &feeds, batch, feed_bytes, &result, out);
     if (code == kResourceExhausted && counted) {
       plan->refused[api]->Observe(
           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
@@ -1103,6 +1162,40 @@ void drf_plan_tfs(void* handle, const char* name, int64_t number, int default_mo
   plan->spec.tfs_default = name != nullptr && default_model != 0;
   plan->spec.tfs_version = number;
   plan->spec.tfs_label = label ? label : "";
+}
+
+// Gives the plan a lookup hook (before it is checked and published): its last `num_rows` feeds
+// are embedding rows the hook looks up in a feature store for each request (see LookUp).
+void drf_plan_lookup(void* handle, drf_lookup_fn fn, int num_rows) {
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  plan->lookup = fn;
+  plan->num_lookup_feeds = num_rows;
+}
+
+// Called by a lookup hook for each looked-up tensor `index`: copies `bytes` bytes of `data`, a
+// C-order tensor of `dtype` (a TensorFlow DataType number; a type copied by memcpy) and shape
+// `dims`, into the request's feed. 0, or -1 when refused (the request then goes to Python).
+int drf_lookup_put(void* sink_handle, int index, int dtype, int rank, const int64_t* dims,
+                   const void* data, size_t bytes) {
+  auto* sink = static_cast<LookupSink*>(sink_handle);
+  if (index < 0 || static_cast<size_t>(index) >= sink->rows.size() || sink->filled[index])
+    return -1;
+  if (!tensorflow::DataType_IsValid(dtype) || dtype == tensorflow::DT_INVALID ||
+      tensorflow::IsRefType(static_cast<DataType>(dtype)) ||
+      !tensorflow::DataTypeCanUseMemcpy(static_cast<DataType>(dtype)))
+    return -1;  // a plain numeric type only (no strings, resources, variants)
+  if (rank < 0 || rank > request_wire::kMaxRank) return -1;
+  TensorShape shape;
+  if (!TensorShape::BuildTensorShape(std::vector<int64_t>(dims, dims + rank), &shape).ok())
+    return -1;
+  Tensor t;
+  if (!Tensor::BuildTensor(static_cast<DataType>(dtype), shape, &t).ok() || !t.IsInitialized() ||
+      t.TotalBytes() != bytes)
+    return -1;
+  if (bytes != 0) std::memcpy(const_cast<char*>(t.tensor_data().data()), data, bytes);
+  sink->rows[index] = std::move(t);
+  sink->filled[index] = true;
+  return 0;
 }
 
 // Merged runs of the plan so far and the rows they carried (padding excluded).

@@ -9,9 +9,11 @@ inputs, unknown or repeated output_filter names, any invalid input but one over 
 decoded bytes, which it refuses with the Python path's message, a TensorFlow error, a blocked or
 closed plan) goes to the Python handler as before, so errors keep their codes and messages.
 
-A version gets a plan only when nothing else has to happen per request: the in-process feature
-store (no Redis / tiered lookups fed in place of gathers), no timeline, CPU lanes, numeric inputs
-and outputs only. Session groups are served lane by lane, each call on one lane chosen by
+A version gets a plan when no timeline is recorded, its lanes are CPU lanes and its signature's
+inputs and outputs are numeric. With a feature store (Redis, the DRAM and DRAM+SSD tiers) the plan
+gets a lookup hook: C++ parses, batches, runs and encodes; the rows are looked up by the same
+Python code as on the Python path (features/binding.py, under the GIL), called from C++ per
+request. Session groups are served lane by lane, each call on one lane chosen by
 `select_session_policy` (MOD or RR, as DeepRec defines them), with that lane's callables, on its
 CPUs, batched per lane. When the lanes are bound to cpusets, the front end's workers are pinned
 to them (app.py, grpc_frontend.cc), apply the policy, and run each call inline on their own
@@ -39,6 +41,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+
 from deeprec_api import predict_pb2 as pb
 from deeprec_runtime import metrics as metrics_mod
 from deeprec_runtime.core.handle import ServableHandle
@@ -60,6 +64,10 @@ log = logging.getLogger(__name__)
 
 TFS_PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 _CDEF = """
+struct drf_tensor { int dtype; int rank; const int64_t *dims; const void *data; size_t bytes; };
+void drf_plan_lookup(void *plan, int (*fn)(void *, const struct drf_tensor *, int), int num_rows);
+int drf_lookup_put(void *sink, int index, int dtype, int rank, const int64_t *dims,
+                   const void *data, size_t bytes);
 const void *drf_tf_session_type(void);
 const char *drf_tf_session_type_name(void);
 const char *drf_type_info_name(void);
@@ -102,6 +110,9 @@ int drf_predict_tfs(const char *data, size_t size, double timeout_s, int lane, c
 
 #: The wire dtypes fast_predict.cc carries (float, double, int32, int64).
 _CARRIED = frozenset({pb.DT_FLOAT, pb.DT_DOUBLE, pb.DT_INT32, pb.DT_INT64})
+#: Their numpy dtypes, for the input feeds a lookup hook reads.
+_NUMPY = {pb.DT_FLOAT: np.dtype(np.float32), pb.DT_DOUBLE: np.dtype(np.float64),
+          pb.DT_INT32: np.dtype(np.int32), pb.DT_INT64: np.dtype(np.int64)}
 
 
 class FastPredict:
@@ -202,9 +213,12 @@ class FastPredict:
         signature = servable.signature(self.signature_name)
         inputs = sorted(signature.inputs.values(), key=lambda s: s.alias)
         outputs = sorted(signature.outputs.values(), key=lambda s: s.alias)
-        feed_names = tuple(sorted({s.name for s in inputs}))
+        # The inputs, then (for a feature store) the gathers' outputs the lookup hook fills: the
+        # feeds the Python path's callables have (ExternalTables.feed).
+        input_feeds = tuple(sorted({s.name for s in inputs}))
+        feed_names = input_feeds + (servable.tables.outputs if servable.tables is not None else ())
         fetch_names = tuple(sorted({s.name for s in outputs}))
-        if len(feed_names) != len(inputs):
+        if len(input_feeds) != len(inputs):
             raise _Ineligible("two inputs of the signature name the same tensor")
         keep: list[Any] = []  # cffi buffers must outlive the call
 
@@ -250,10 +264,45 @@ class FastPredict:
                 if made != index:
                     raise _Ineligible(f"lane {index}: its run options or cpuset are refused")
                 plan.callables.append(callable_)
+            if servable.tables is not None:
+                hook = self._lookup_hook(servable, input_feeds)
+                plan.callables.append(hook)  # alive as long as the plan
+                lib.drf_plan_lookup(handle, hook, len(servable.tables.outputs))
         except BaseException:
             plan.close()
             raise
         return plan
+
+    def _lookup_hook(self, servable: Servable, input_feeds: tuple[str, ...]) -> Any:
+        """The plan's lookup hook for a version whose embedding rows are in a feature store: C++
+        calls it with a request's input feeds (views of its tensors, valid during the call); it
+        looks the rows up as the Python path does (ExternalTables.feed, under the GIL) and hands
+        each looked-up tensor to C++, which copies it. Any failure (the store, invalid ids) makes
+        the request Python's, which answers it with the error."""
+        ffi, lib = self.ffi, self.lib
+        tables = servable.tables
+        assert tables is not None
+        enums: dict[np.dtype, int] = {}
+
+        def hook(sink: Any, feeds: Any, count: int) -> int:
+            arrays = [_feed_array(ffi, feeds[i]) for i in range(count)]
+            _, fed = tables.feed(servable._run, input_feeds, arrays)
+            for index, rows in enumerate(fed[count:]):
+                rows = np.ascontiguousarray(rows)
+                dtype = enums.get(rows.dtype)
+                if dtype is None:
+                    dtype = enums.setdefault(rows.dtype, _datatype_enum(rows.dtype))
+                if lib.drf_lookup_put(sink, index, dtype, rows.ndim,
+                                      ffi.new("int64_t[]", rows.shape or (0,)),
+                                      ffi.from_buffer(rows), rows.nbytes) != 0:
+                    return -1
+            return 0
+
+        def failed(exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+            log.debug("version %s: a lookup in C++ failed, Python answers: %s", servable.name, exc)
+
+        return ffi.callback("int(void *, const struct drf_tensor *, int)", hook, error=-1,
+                            onerror=failed)
 
     def _check(self, plan: FastPlan, servable: Servable) -> None:
         """The plan must answer one real request exactly as the Python path does."""
@@ -380,10 +429,23 @@ def _hows(servable: Servable, lane: int) -> tuple[int, ...]:
     return (AUTO,)
 
 
+def _feed_array(ffi: Any, tensor: Any) -> np.ndarray:
+    """A view of one input feed a lookup hook gets (valid during the hook's call)."""
+    dims = tuple(tensor.dims[d] for d in range(tensor.rank))
+    dtype = _NUMPY[tensor.dtype]
+    if tensor.bytes == 0:
+        return np.empty(dims, dtype)
+    return np.frombuffer(ffi.buffer(tensor.data, tensor.bytes), dtype).reshape(dims)
+
+
+def _datatype_enum(dtype: np.dtype) -> int:
+    import tensorflow as tf
+
+    return int(tf.as_dtype(dtype).as_datatype_enum)
+
+
 def _ineligible(servable: Servable, signature_name: str) -> str:
     """Why `servable` cannot have a plan ('' when it can)."""
-    if servable.tables is not None:
-        return "embedding rows come from a feature store (looked up in Python per request)"
     if servable.tracer is not None:
         return "timelines are recorded (traced in Python per request)"
     group = servable.group

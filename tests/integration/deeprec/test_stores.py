@@ -35,9 +35,12 @@ def test_the_dram_ssd_tier_serves_evs_with_deeprecs_answers_and_grows_with_delta
         tmp_path, ev_model, serve):
     runtime, client = serve(ev_model.saved_model_dir, ev_model.checkpoint_dir, ev_storage_type=12,
                             ev_storage_path=str(tmp_path / "ssd"), ev_storage_size=[6000])
-    assert plan_of(runtime) is None  # rows come from the tier: Python looks them up
+    plan = plan_of(runtime)  # rows come from the tier, looked up by the plan's lookup hook
+    assert plan is not None
+    answered = plan.answered
     for n, batch in enumerate((1, 9, 40)):
         check(client, ev_model, mixed_feed(ev_model, batch, n))
+    assert plan.answered == answered + 3
     # More new keys than the room left at load: the SSD file grows, rows stay where they were.
     rng = np.random.default_rng(8)
     new_users = list(range(600000, 600000 + 150))

@@ -413,10 +413,52 @@ def test_versions_that_need_python_per_request_get_no_plan_and_say_why(demo, ser
     assert refusals() == ["version checkpoint_1 is served by the Python handler only: timelines "
                           "are recorded (traced in Python per request)"]
     client.predict(demo.model.make_feed(2, np.random.default_rng(0)))  # Python answers
-    tiered, client = serve(demo.saved_model_dir, demo.checkpoint_dir, ev_storage_type=1)
-    assert plan_of(tiered) is None
-    assert "embedding rows come from a feature store" in refusals()[-1]
-    client.predict(demo.model.make_feed(2, np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("store", [
+    {"ev_storage_type": 1},
+    {"ev_storage_type": 12, "ev_storage_size": [20_000]},
+    {"ev_storage_type": 12, "ev_storage_size": [20_000],
+     "batching": {"max_batch_size": 16, "batch_timeout_micros": 20_000}},
+], ids=["dram", "dram_ssd", "dram_ssd_batched"])
+def test_feature_store_versions_are_answered_in_cpp_with_rows_from_the_store(demo, serve,
+                                                                             tmp_path, store):
+    """The plan's lookup hook gives C++ the rows the store holds (the same Python code looks them
+    up); the answers are the Python path's, and what the store refuses (ids out of the table) is
+    Python's to answer, with its error."""
+    if store["ev_storage_type"] == 12:
+        store = {**store, "ev_storage_path": str(tmp_path / "ssd")}
+    fast, client = serve(demo.saved_model_dir, demo.checkpoint_dir, **store)
+    slow, slow_client = serve(demo.saved_model_dir, demo.checkpoint_dir, fast_predict=False,
+                              **store)
+    plan = plan_of(fast)
+    assert plan is not None and fast.manager.features is not None
+    answered = plan.answered
+    feeds = [demo.model.make_feed(batch, np.random.default_rng(batch)) for batch in (1, 3, 3, 8)]
+    answers: list = [None] * len(feeds)
+
+    def send(i: int) -> None:
+        answers[i] = deeprec_call(client.channel, make_request(feeds[i]).SerializeToString())
+
+    callers = [threading.Thread(target=send, args=(i,)) for i in range(len(feeds))]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(30)
+    for feed, (code, answer) in zip(feeds, answers, strict=True):
+        assert code == grpc.StatusCode.OK, answer
+        np.testing.assert_allclose(output(answer, "probability"), demo.model.predict(feed),
+                                   rtol=1e-5, atol=1e-6)
+    assert plan.answered == answered + len(feeds)
+    if "batching" in store:
+        assert plan.merged[0] >= 1  # looked-up rows are merged with the inputs
+    bad = dict(feeds[0])
+    bad["sparse_ids"] = np.full_like(bad["sparse_ids"], demo.model.num_ids + 5)
+    data = make_request(bad).SerializeToString()
+    got = deeprec_call(client.channel, data)
+    assert got[0] == grpc.StatusCode.INVALID_ARGUMENT and "embedding" in got[1], got
+    assert got == deeprec_call(slow_client.channel, data)
+    assert plan.answered == answered + len(feeds)
 
 
 def test_the_session_is_reached_through_pybind11s_conduit_and_nothing_else():
