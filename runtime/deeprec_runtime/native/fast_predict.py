@@ -111,8 +111,9 @@ int drf_predict_tfs(const char *data, size_t size, double timeout_s, int lane, c
 #: The wire dtypes fast_predict.cc carries (float, double, int32, int64).
 _CARRIED = frozenset({pb.DT_FLOAT, pb.DT_DOUBLE, pb.DT_INT32, pb.DT_INT64})
 #: Their numpy dtypes, for the input feeds a lookup hook reads.
-_NUMPY = {pb.DT_FLOAT: np.dtype(np.float32), pb.DT_DOUBLE: np.dtype(np.float64),
-          pb.DT_INT32: np.dtype(np.int32), pb.DT_INT64: np.dtype(np.int64)}
+_NUMPY: dict[int, np.dtype] = {
+    pb.DT_FLOAT: np.dtype(np.float32), pb.DT_DOUBLE: np.dtype(np.float64),
+    pb.DT_INT32: np.dtype(np.int32), pb.DT_INT64: np.dtype(np.int64)}
 
 
 class FastPredict:
