@@ -18,7 +18,7 @@
 // means.
 //
 // Why: at batch 64 the Python handler (protobuf objects, numpy conversions, metrics, the GIL)
-// cost more CPU than the model; this path holds no GIL at all.
+// cost more CPU than the model; this path holds no GIL (but for a feature store's lookups).
 //
 // Lanes (the session group, model/session_group.py): one session, one inter-op pool per lane,
 // picked per run by the callable's RunOptions.inter_op_thread_pool. Each lane has the callable the
@@ -44,8 +44,13 @@
 // Block/Close, which first set the flag and then wait for the active count to reach zero). Block
 // is how a delta gets exclusive access (the front end's calls arriving meanwhile wait for the
 // unblock, within their deadlines, without counting as active; the C API's and the data plane's,
-// whose callers may hold the version's gate, take the Python path, which waits on the gate); Close is called before the version's session is closed, and
-// releases the callables made here.
+// whose callers may hold the version's gate, take the Python path, which waits on the gate);
+// Close is called before the version's session is closed, and releases the callables made here.
+//
+// Feature stores: a version whose embedding rows live outside its session (Redis, the DRAM and
+// DRAM+SSD tiers) has a lookup hook (drf_plan_lookup), the Python feature-store code; each request
+// calls it once with its input feeds, and the rows it puts (drf_lookup_put) are fed in place of the
+// gathers. That call takes the GIL; the rest of the request does not.
 //
 // Request bytes are parsed and admitted by request_wire.cc, which knows no TensorFlow and is fuzzed
 // on its own: by the time this file builds a tensor, its shape, element count and size are
@@ -221,6 +226,7 @@ struct Plan {
   std::unique_ptr<Histogram> refused[kNumApis];  // calls refused with RESOURCE_EXHAUSTED
   std::unique_ptr<Histogram> invalid[kNumApis];  // refused INVALID_ARGUMENT: over the decoded cap
   std::atomic<int> api_active[kNumApis] = {};
+  std::atomic<int> api_waiting[kNumApis] = {};  // front-end calls waiting for a delta to end
   // Calls the Python data plane offered (REST, after its own parsing and admission) and this
   // plan answered: counted by their adapter, so in none of the figures above.
   std::atomic<uint64_t> offered_answered{0};
@@ -934,8 +940,12 @@ int PredictOn(const std::shared_ptr<Plan>& plan, int api, int lane, int how, con
   } placing(how);
   if (!plan || plan->lanes.empty()) return -1;
   auto started = std::chrono::steady_clock::now();  // its latency and deadline count the wait
-  if (wait_blocked && plan->blocked.load() != 0 && !WaitUnblocked(plan.get(), timeout_s))
-    return -1;  // closed, or expired: Python answers
+  if (wait_blocked && plan->blocked.load() != 0) {
+    plan->api_waiting[api].fetch_add(1);  // in flight for the metrics, not a user of the plan
+    bool unblocked = WaitUnblocked(plan.get(), timeout_s);
+    plan->api_waiting[api].fetch_sub(1);
+    if (!unblocked) return -1;  // closed, or expired: Python answers
+  }
   Use use(plan.get(), api, counted);
   if (!use.open()) return -1;  // blocked again, or closed: Python answers
   int code = Predict(plan.get(), static_cast<Api>(api), counted, lane, data, size, started,
@@ -1145,9 +1155,10 @@ int drf_queued(void* handle) {
 }
 
 // Calls of `api` (0 DeepRec, 1 TF Serving) using the plan now (answered in C++, or being decoded
-// before Python takes them).
+// before Python takes them), or waiting for a delta to end.
 int drf_active(void* handle, int api) {
-  return static_cast<std::shared_ptr<Plan>*>(handle)->get()->api_active[api].load();
+  Plan* plan = static_cast<std::shared_ptr<Plan>*>(handle)->get();
+  return plan->api_active[api].load() + plan->api_waiting[api].load();
 }
 
 // Lets the plan answer TF Serving's Predict for model `name` (NULL: not at all), its answers

@@ -282,7 +282,8 @@ class FastPredict:
         the request Python's, which answers it with the error."""
         ffi, lib = self.ffi, self.lib
         tables = servable.tables
-        assert tables is not None
+        if tables is None:
+            raise ValueError(f"version {servable.name} has no feature store to look rows up in")
         enums: dict[np.dtype, int] = {}
 
         def hook(sink: Any, feeds: Any, count: int) -> int:
@@ -369,8 +370,8 @@ class FastPredict:
             plan.flush()
 
     def in_flight(self, api: int) -> int:
-        """Calls of `api` in C++ now (answered there, or being decoded before Python takes
-        them)."""
+        """Calls of `api` in C++ now (answered there, being decoded before Python takes them, or
+        waiting for a delta to end)."""
         with self._lock:
             plans = list(self._plans)
         return sum(plan.active(api) for plan in plans)

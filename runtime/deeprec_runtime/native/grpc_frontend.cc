@@ -473,6 +473,11 @@ class Frontend {
         Reply(call, code, nullptr, 0, std::string(out, out_size).c_str());
         return;
       }
+      // Declined, possibly after waiting (for a delta to end): the handler gets what is left.
+      if (timeout >= 0) {
+        timeout = std::max(0.0, std::chrono::duration<double>(
+                                    deadline - std::chrono::system_clock::now()).count());
+      }
     }
     const char* auth = nullptr;
     size_t auth_len = 0;

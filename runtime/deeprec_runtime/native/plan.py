@@ -141,7 +141,7 @@ class FastPlan:
             return 0 if self._closed else self._read(_TFS_LATENCY)[0]
 
     def active(self, api: int = DEEPREC) -> int:
-        """Calls of `api` using the plan now (0 once closed)."""
+        """Calls of `api` using the plan now, or waiting for a delta to end (0 once closed)."""
         with self._lock:
             return 0 if self._closed else int(self._owner.lib.drf_active(self.handle, api))
 
