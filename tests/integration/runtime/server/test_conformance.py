@@ -1,5 +1,6 @@
 """One conformance suite, run against each executor: the Python handlers, the C++ fast path with
-one session, and the C++ fast path on a two-lane session group (RR and MOD).
+one session, and the C++ fast path on a two-lane session group (RR and MOD): output_filter, and
+TF Serving's version pins.
 
 Each case states the answer the API promises (status code, output names in order, the name an
 error must mention), not the other executor's answer, so a defect both executors share fails
@@ -18,6 +19,7 @@ from tests.support.sequence_model import (
     DEEPREC,
     TFS,
     bytes_field,
+    entry,
     request,
     valid_arrays,
     write_sequence_model,
@@ -121,3 +123,36 @@ def test_output_filter(executor, api, case):
             assert arrays[key].tolist() == [3, 3, 3]
     if counter is not None:
         assert counter() == before + 1, f"{name}: {api} {case} was not answered in C++"
+
+
+# TF Serving model_spec pins: (version, version_label) -> the status the API promises. The served
+# version of a model without checkpoint_dir is `savedmodel`, TF Serving's version 1.
+PINS = {
+    "number": ((1, ""), grpc.StatusCode.OK),
+    "label": ((None, "savedmodel"), grpc.StatusCode.OK),
+    "other_number": ((2, ""), grpc.StatusCode.NOT_FOUND),
+    "other_label": ((None, "checkpoint_9"), grpc.StatusCode.NOT_FOUND),
+}
+
+
+@pytest.mark.parametrize("pin", list(PINS))
+def test_tf_serving_version_pins(executor, pin):
+    name, _, channel, plan = executor
+    (number, label), code = PINS[pin]
+    spec = bytes_field(1, b"default")
+    if number is not None:
+        spec += bytes_field(2, bytes([0x08, number]))  # an Int64Value
+    if label:
+        spec += bytes_field(4, label.encode())
+    values = sequence_feed(2, 3, seed=len(pin))
+    data = bytes_field(1, spec) + b"".join(
+        entry(k, v) for k, v in valid_arrays(TFS, values).items())
+    before = plan.tfs_answered if plan else 0
+    try:
+        channel.unary_unary(METHODS[TFS])(data, timeout=30)
+        got = grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        got = exc.code()
+    assert got == code, (name, pin, got)
+    if plan is not None:  # the served version's pins are answered in C++, the others by Python
+        assert plan.tfs_answered == before + (code == grpc.StatusCode.OK), (name, pin)
