@@ -100,8 +100,8 @@ class FastPlan:
 
     def block(self) -> None:
         """Requests stop using the plan until unblock() (the front end's wait for it in C++,
-        others take the Python path); returns
-        once none uses it. A no-op once the plan is closing."""
+        others take the Python path); returns once none uses it. A no-op once the plan is
+        closing."""
         if self._enter():
             try:
                 self._owner.lib.drf_block(self.handle)
