@@ -165,8 +165,6 @@ bool ParseArray(Api api, const uint8_t* data, size_t size, WireArray* a) {
   return true;
 }
 
-// TF Serving's ModelSpec: this model (or none) and this signature (or none); a version or a
-// version label is left to Python, which resolves which loaded version answers.
 // google.protobuf.Int64Value: its value (field 1, a varint; absent: 0), each field once.
 bool ParseInt64Value(const uint8_t* data, size_t size, int64_t* value) {
   Reader r{data, data + size};
